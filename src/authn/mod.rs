@@ -1,0 +1,359 @@
+//! Authentication: from the `authorization` header to a [`Principal`], or a reason why not.
+//!
+//! Each configured issuer is trusted for exactly its own `iss`. A token is checked against the
+//! validation checklist (`shared/reference/oidc.md`): algorithm pinned per issuer and matched
+//! against the key, key only from the issuer's own JWKS by `kid` (embedded `jwk`/`jku`/`x5u`/
+//! `x5c` headers are never used), exact `iss`, required `aud`, `exp` required, `nbf` and `iat`
+//! checked with a small leeway, implausible lifetimes refused, tenant claims bound, ID tokens
+//! kept apart from access tokens, claims typed. A verified token is cached until it expires,
+//! so its signature is checked once, not on every call.
+
+pub mod cache;
+pub mod jwks;
+pub mod presets;
+pub mod principal;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::Algorithm;
+use serde_json::{Map, Value};
+
+pub use self::cache::TokenCache;
+pub use self::jwks::{HttpFetcher, KeyStore};
+pub use self::presets::ResolvedIssuer;
+pub use self::principal::Principal;
+use crate::admin::Metrics;
+use crate::config::{Config, ConfigError, IssuerConfig, PrincipalKind};
+
+/// The `typ` of credentials flowgate mints: only flowgate's own issuer accepts it.
+pub const MINTED_TOKEN_TYPE: &str = "flowgate-credential+jwt";
+
+/// Why a caller is not authenticated. The message goes to the client in `grpc-message` and to
+/// the decision record as `unauthenticated: <message>`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthnError {
+    #[error("no bearer token in the `authorization` header")]
+    MissingToken,
+    #[error("`authorization` header is not `Bearer <token>`")]
+    NotBearer,
+    #[error("token is not a signed JWT: {0}")]
+    Malformed(String),
+    #[error("token issuer `{0}` is not trusted")]
+    UntrustedIssuer(String),
+    #[error("algorithm `{alg}` is not accepted for issuer `{issuer}`")]
+    AlgorithmNotAccepted { alg: String, issuer: String },
+    #[error("token header has no `kid`")]
+    MissingKid,
+    #[error("{0}")]
+    Keys(String),
+    #[error("signing key `{kid}` is not for algorithm `{alg}`")]
+    KeyAlgorithmMismatch { kid: String, alg: String },
+    #[error("token signature is invalid")]
+    BadSignature,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not valid yet (`nbf` is in the future)")]
+    NotYetValid,
+    #[error("token was issued in the future (`iat`)")]
+    IssuedInFuture,
+    #[error("token lifetime exceeds the {0}s the issuer allows")]
+    LifetimeTooLong(u64),
+    #[error("token audience is not accepted")]
+    WrongAudience,
+    #[error("claim `{0}` is missing")]
+    MissingClaim(String),
+    #[error("claim `{claim}` has the wrong type: expected {expected}")]
+    ClaimType { claim: String, expected: &'static str },
+    #[error("claim `{claim}` is `{found}`, not the required value")]
+    ClaimMismatch { claim: String, found: String },
+    #[error("an ID token is not accepted as an access token")]
+    IdToken,
+    #[error("a flowgate credential is only accepted from flowgate's own issuer")]
+    MintedTokenElsewhere,
+}
+
+/// One trusted issuer: its resolved settings and its keys.
+pub struct Issuer {
+    pub settings: ResolvedIssuer,
+    pub keys: KeyStore,
+    leeway: Duration,
+    max_lifetime: Duration,
+    refresh_every: Duration,
+}
+
+/// Turns bearer tokens into principals.
+pub struct Authenticator {
+    by_iss: HashMap<String, Arc<Issuer>>,
+    cache: TokenCache,
+    metrics: Arc<Metrics>,
+}
+
+/// Resolves and checks every `[[issuers]]` entry (used by `serve` and `check`).
+pub fn resolve_issuers(issuers: &[IssuerConfig]) -> Result<Vec<ResolvedIssuer>, ConfigError> {
+    let resolved: Vec<ResolvedIssuer> =
+        issuers.iter().enumerate().map(|(i, c)| presets::resolve(i, c)).collect::<Result<_, _>>()?;
+    for (i, issuer) in resolved.iter().enumerate() {
+        if let Some(first) = resolved[..i].iter().find(|other| other.issuer == issuer.issuer) {
+            return Err(ConfigError::Invalid {
+                key: format!("issuers[{i}].issuer"),
+                message: format!("`{}` is already the issuer of `{}`", issuer.issuer, first.name),
+            });
+        }
+    }
+    Ok(resolved)
+}
+
+fn decode_segment(segment: &str, what: &str) -> Result<Map<String, Value>, AuthnError> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(segment.trim_end_matches('='))
+        .map_err(|_| AuthnError::Malformed(format!("{what} is not base64url")))?;
+    match serde_json::from_slice(&bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(AuthnError::Malformed(format!("{what} is not a JSON object"))),
+    }
+}
+
+fn string_claim<'a>(claims: &'a Map<String, Value>, claim: &str) -> Result<&'a str, AuthnError> {
+    match claims.get(claim) {
+        None | Some(Value::Null) => Err(AuthnError::MissingClaim(claim.to_owned())),
+        Some(Value::String(s)) if !s.is_empty() => Ok(s),
+        Some(Value::String(_)) => Err(AuthnError::MissingClaim(claim.to_owned())),
+        Some(_) => Err(AuthnError::ClaimType { claim: claim.to_owned(), expected: "a string" }),
+    }
+}
+
+fn time_claim(claims: &Map<String, Value>, claim: &str) -> Result<Option<u64>, AuthnError> {
+    match claims.get(claim) {
+        None => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| *f >= 0.0 && f.is_finite()).map(|f| f as u64))
+            .map(Some)
+            .ok_or_else(|| AuthnError::ClaimType { claim: claim.to_owned(), expected: "a non-negative NumericDate" }),
+        Some(_) => Err(AuthnError::ClaimType { claim: claim.to_owned(), expected: "a NumericDate" }),
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl Authenticator {
+    pub fn new(config: &Config, fetcher: HttpFetcher, metrics: Arc<Metrics>) -> Result<Authenticator, ConfigError> {
+        let resolved = resolve_issuers(&config.issuers)?;
+        let by_iss = resolved
+            .into_iter()
+            .zip(&config.issuers)
+            .map(|(settings, raw)| {
+                let keys = KeyStore::new(
+                    &settings.name,
+                    &settings.issuer,
+                    settings.keys.clone(),
+                    raw.jwks_min_refresh,
+                    raw.jwks_max_stale,
+                    fetcher.clone(),
+                    metrics.clone(),
+                );
+                let issuer = Issuer {
+                    settings,
+                    keys,
+                    leeway: raw.leeway,
+                    max_lifetime: raw.max_token_lifetime,
+                    refresh_every: raw.jwks_refresh,
+                };
+                (issuer.settings.issuer.clone(), Arc::new(issuer))
+            })
+            .collect();
+        Ok(Authenticator { by_iss, cache: TokenCache::new(config.token_cache.max_entries), metrics })
+    }
+
+    pub fn issuers(&self) -> impl Iterator<Item = &Arc<Issuer>> {
+        self.by_iss.values()
+    }
+
+    /// Fetches every issuer's keys once now, then keeps them fresh in the background until
+    /// `shutdown` resolves. Start-up does not wait for a slow IdP: its tokens fail until its
+    /// keys arrive, and the fetch is retried every `jwks_min_refresh` until it works.
+    pub fn spawn_key_refresh(&self, shutdown: crate::shutdown::Signal) {
+        for issuer in self.by_iss.values().cloned() {
+            let mut shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                loop {
+                    let ok = issuer.keys.refresh().await;
+                    let wait = if ok { issuer.refresh_every } else { issuer.keys_min_refresh() };
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.wait() => return,
+                    }
+                }
+            });
+        }
+    }
+
+    /// Authenticates the value of an `authorization` header.
+    pub async fn authenticate(&self, header: Option<&http::HeaderValue>) -> Result<Arc<Principal>, AuthnError> {
+        let header = header.ok_or(AuthnError::MissingToken)?;
+        let value = header.to_str().map_err(|_| AuthnError::NotBearer)?;
+        let (scheme, token) = value.split_once(' ').ok_or(AuthnError::NotBearer)?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(AuthnError::NotBearer);
+        }
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(AuthnError::MissingToken);
+        }
+        if let Some(principal) = self.cache.get(token) {
+            self.metrics.token_cache(true);
+            return Ok(principal);
+        }
+        self.metrics.token_cache(false);
+        let principal = Arc::new(self.verify(token).await?);
+        self.cache.insert(token, principal.clone());
+        Ok(principal)
+    }
+
+    /// Full verification of a token that is not in the cache.
+    pub async fn verify(&self, token: &str) -> Result<Principal, AuthnError> {
+        let mut parts = token.split('.');
+        let (Some(header_b64), Some(payload_b64), Some(_signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(AuthnError::Malformed("expected three `.`-separated parts".into()));
+        };
+        let header = decode_segment(header_b64, "header")?;
+        let unverified = decode_segment(payload_b64, "payload")?;
+
+        let iss = string_claim(&unverified, "iss")?;
+        let issuer = self.by_iss.get(iss).ok_or_else(|| AuthnError::UntrustedIssuer(iss.to_owned()))?;
+        let settings = &issuer.settings;
+
+        let alg_name = header.get("alg").and_then(Value::as_str).unwrap_or_default();
+        let not_accepted = || AuthnError::AlgorithmNotAccepted { alg: alg_name.to_owned(), issuer: settings.name.clone() };
+        let alg: Algorithm = alg_name.parse().map_err(|_| not_accepted())?;
+        if !settings.algorithms.contains(&alg) {
+            return Err(not_accepted());
+        }
+        if header.get("typ").and_then(Value::as_str).is_some_and(|typ| typ.eq_ignore_ascii_case(MINTED_TOKEN_TYPE)) {
+            return Err(AuthnError::MintedTokenElsewhere);
+        }
+        let kid = match header.get("kid") {
+            Some(Value::String(kid)) if !kid.is_empty() => kid.as_str(),
+            _ => return Err(AuthnError::MissingKid),
+        };
+        let key = issuer.keys.key(kid).await.map_err(|e| AuthnError::Keys(e.to_string()))?;
+        if !key.accepts(alg) {
+            return Err(AuthnError::KeyAlgorithmMismatch { kid: kid.to_owned(), alg: alg_name.to_owned() });
+        }
+
+        // Signature only: every claim is checked below, with errors that say which.
+        let mut validation = jsonwebtoken::Validation::new(alg);
+        validation.required_spec_claims.clear();
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation)
+            .map_err(|_| AuthnError::BadSignature)?
+            .claims;
+        issuer.check_claims(&claims, unix_now())?;
+        issuer.principal(&claims)
+    }
+
+    /// Drops expired cache entries (called periodically).
+    pub fn sweep_cache(&self) {
+        self.cache.sweep(SystemTime::now());
+    }
+}
+
+impl Issuer {
+    fn keys_min_refresh(&self) -> Duration {
+        // Retry a failed start-up fetch quickly, but never hammer the IdP.
+        self.refresh_every.min(Duration::from_secs(10)).max(Duration::from_millis(200))
+    }
+
+    /// Every claim check of the checklist, on signature-verified claims.
+    fn check_claims(&self, claims: &Map<String, Value>, now: u64) -> Result<(), AuthnError> {
+        let settings = &self.settings;
+        let leeway = self.leeway.as_secs();
+        if string_claim(claims, "iss")? != settings.issuer {
+            return Err(AuthnError::UntrustedIssuer(string_claim(claims, "iss")?.to_owned()));
+        }
+        let exp = time_claim(claims, "exp")?.ok_or_else(|| AuthnError::MissingClaim("exp".into()))?;
+        if now > exp.saturating_add(leeway) {
+            return Err(AuthnError::Expired);
+        }
+        if let Some(nbf) = time_claim(claims, "nbf")?
+            && nbf > now.saturating_add(leeway)
+        {
+            return Err(AuthnError::NotYetValid);
+        }
+        let iat = time_claim(claims, "iat")?;
+        if let Some(iat) = iat
+            && iat > now.saturating_add(leeway)
+        {
+            return Err(AuthnError::IssuedInFuture);
+        }
+        let max_lifetime = self.max_lifetime.as_secs();
+        if exp.saturating_sub(iat.unwrap_or(now)) > max_lifetime || exp.saturating_sub(now) > max_lifetime {
+            return Err(AuthnError::LifetimeTooLong(max_lifetime));
+        }
+        let audience_ok = match claims.get("aud") {
+            None => return Err(AuthnError::MissingClaim("aud".into())),
+            Some(Value::String(aud)) => settings.audiences.iter().any(|a| a == aud),
+            Some(Value::Array(auds)) => {
+                if auds.iter().any(|a| !a.is_string()) {
+                    return Err(AuthnError::ClaimType { claim: "aud".into(), expected: "strings" });
+                }
+                auds.iter().any(|aud| settings.audiences.iter().any(|a| aud.as_str() == Some(a)))
+            }
+            Some(_) => return Err(AuthnError::ClaimType { claim: "aud".into(), expected: "a string or array of strings" }),
+        };
+        if !audience_ok {
+            return Err(AuthnError::WrongAudience);
+        }
+        string_claim(claims, "sub")?;
+        for (claim, required) in &settings.required_claims {
+            match claims.get(claim) {
+                None | Some(Value::Null) => return Err(AuthnError::MissingClaim(claim.clone())),
+                Some(Value::String(found)) if found == required => {}
+                Some(Value::String(found)) => {
+                    return Err(AuthnError::ClaimMismatch { claim: claim.clone(), found: found.clone() });
+                }
+                Some(_) => return Err(AuthnError::ClaimType { claim: claim.clone(), expected: "a string" }),
+            }
+        }
+        // ID tokens carry these; access tokens and CI job tokens do not.
+        if ["nonce", "at_hash", "c_hash"].iter().any(|marker| claims.contains_key(*marker)) {
+            return Err(AuthnError::IdToken);
+        }
+        // Okta access tokens always carry `scp`; its ID tokens never do.
+        if settings.preset == Some("okta") && !claims.contains_key("scp") {
+            return Err(AuthnError::IdToken);
+        }
+        Ok(())
+    }
+
+    fn principal(&self, claims: &Map<String, Value>) -> Result<Principal, AuthnError> {
+        let settings = &self.settings;
+        let sub = string_claim(claims, "sub")?;
+        let groups = match &settings.groups_claim {
+            Some(claim) => principal::groups_from(claims, claim)
+                .map_err(|_| AuthnError::ClaimType { claim: claim.clone(), expected: "a string or array of strings" })?,
+            None => Vec::new(),
+        };
+        let kind = if settings.client_credentials_are_services
+            && claims.get("cid").and_then(Value::as_str) == Some(sub)
+            && !claims.contains_key("uid")
+        {
+            PrincipalKind::Service
+        } else {
+            settings.principal
+        };
+        let exp = time_claim(claims, "exp")?.unwrap_or(0);
+        let expires_at = UNIX_EPOCH + Duration::from_secs(exp.saturating_add(self.leeway.as_secs()));
+        Ok(Principal::new(kind, &settings.name, sub, groups, principal::flatten_claims(claims), expires_at))
+    }
+}

@@ -1,0 +1,416 @@
+//! Configuration: the TOML file `flowgate serve --config` reads, and its validation.
+//!
+//! Parsing is strict. An unknown key is an error naming the key (a typo in a security setting
+//! must not silently fall back to a default), and every value that could be wrong is checked
+//! here, at load time, so the request path never has to.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A configuration that cannot be used, with the key it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file `{path}`: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file `{path}`: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value for `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), message: message.into() }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub listen: ListenConfig,
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    pub upstream: UpstreamConfig,
+    pub policy: PolicyConfig,
+    pub audit: AuditConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub token_cache: TokenCacheConfig,
+    #[serde(default)]
+    pub issuers: Vec<IssuerConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    pub address: SocketAddr,
+    #[serde(default)]
+    pub tls: Option<ServerTlsConfig>,
+    /// Concurrent HTTP/2 streams per client connection. Workers multiplex many long polls on
+    /// one connection, so this is far above hyper's default of 200.
+    #[serde(default = "default_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
+    /// How long a graceful shutdown waits for in-flight calls (long polls included).
+    #[serde(default = "default_shutdown_grace", with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+fn default_max_concurrent_streams() -> u32 {
+    10_000
+}
+
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(75)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by this CA (mTLS).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `http://host:port` (h2c) or `https://host:port` (TLS, ALPN h2).
+    pub address: String,
+    /// CA bundle for an `https://` upstream; the built-in web PKI roots otherwise.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key for mTLS to the upstream.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// TLS server name when it differs from the address's host.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Forward the client's `authorization` header to Temporal (off: Temporal sees no token).
+    #[serde(default)]
+    pub forward_authorization: bool,
+    #[serde(default = "default_connect_timeout", with = "duration")]
+    pub connect_timeout: Duration,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// A file to append to, or `-` for standard output.
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest request message accepted (the Temporal frontend's own limit is 4 MiB).
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Largest size a compressed request message may inflate to.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_inflated_bytes: usize,
+}
+
+fn default_max_message_bytes() -> usize {
+    4 * 1024 * 1024
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig { max_message_bytes: default_max_message_bytes(), max_inflated_bytes: default_max_message_bytes() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCacheConfig {
+    /// Verified tokens kept until they expire; past this many, expired entries are swept and
+    /// then new tokens are verified without being cached.
+    #[serde(default = "default_token_cache_entries")]
+    pub max_entries: usize,
+}
+
+fn default_token_cache_entries() -> usize {
+    100_000
+}
+
+impl Default for TokenCacheConfig {
+    fn default() -> Self {
+        TokenCacheConfig { max_entries: default_token_cache_entries() }
+    }
+}
+
+/// The Cedar principal type of an issuer's tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum PrincipalKind {
+    User,
+    Service,
+    CiJob,
+    Worker,
+}
+
+impl PrincipalKind {
+    pub fn entity_type(self) -> &'static str {
+        match self {
+            PrincipalKind::User => "User",
+            PrincipalKind::Service => "Service",
+            PrincipalKind::CiJob => "CiJob",
+            PrincipalKind::Worker => "Worker",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// The name policies see: principal ids are `<name>:<sub>`, groups `<name>:<group>`.
+    pub name: String,
+    /// A provider preset that fills in the issuer URL, principal type and tenant rules.
+    #[serde(default)]
+    pub preset: Option<String>,
+    /// The exact `iss` value.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Accepted `aud` values; at least one must be in the token.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    #[serde(default)]
+    pub groups_claim: Option<String>,
+    #[serde(default)]
+    pub principal: Option<PrincipalKind>,
+    /// The JWKS location; without it, OIDC discovery at `<issuer>/.well-known/openid-configuration`.
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// Claims that must be present with exactly these string values (tenant binding).
+    #[serde(default)]
+    pub required_claims: BTreeMap<String, String>,
+    /// Accepted signing algorithms, pinned per issuer (never taken from the token alone).
+    #[serde(default)]
+    pub algorithms: Option<Vec<String>>,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`.
+    #[serde(default = "default_leeway", with = "duration")]
+    pub leeway: Duration,
+    /// Tokens whose `exp - iat` (or `exp - now`) exceeds this are refused as implausible.
+    #[serde(default = "default_max_token_lifetime", with = "duration")]
+    pub max_token_lifetime: Duration,
+    /// Background JWKS refresh period.
+    #[serde(default = "default_jwks_refresh", with = "duration")]
+    pub jwks_refresh: Duration,
+    /// At most one JWKS fetch per this interval when a token names an unknown `kid`.
+    #[serde(default = "default_jwks_min_refresh", with = "duration")]
+    pub jwks_min_refresh: Duration,
+    /// How long the last good keys are used while the IdP cannot be reached.
+    #[serde(default = "default_jwks_max_stale", with = "duration")]
+    pub jwks_max_stale: Duration,
+}
+
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_token_lifetime() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_jwks_refresh() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_jwks_min_refresh() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_jwks_max_stale() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+/// Durations as human strings: `"30s"`, `"5m"`, `"1h 30m"`.
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(&text)
+            .map_err(|e| serde::de::Error::custom(format!("`{text}` is not a duration like \"30s\" or \"5m\": {e}")))
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file. Relative paths inside it are resolved
+    /// against the file's directory, so a config works from any working directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let mut config = Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.to_owned(), message },
+            other => other,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        Ok(config)
+    }
+
+    /// Parses and validates config text (paths stay as written).
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: PathBuf::new(), message: e.to_string().trim_end().to_owned() })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() && p.as_os_str() != "-" {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut self.policy.dir);
+        resolve(&mut self.audit.path);
+        if let Some(tls) = &mut self.listen.tls {
+            resolve(&mut tls.cert);
+            resolve(&mut tls.key);
+            if let Some(ca) = &mut tls.client_ca {
+                resolve(ca);
+            }
+        }
+        for p in [&mut self.upstream.ca, &mut self.upstream.cert, &mut self.upstream.key].into_iter().flatten() {
+            resolve(p);
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let upstream = &self.upstream;
+        let uri: http::Uri = upstream
+            .address
+            .parse()
+            .map_err(|e| invalid("upstream.address", format!("`{}` is not a URL: {e}", upstream.address)))?;
+        match uri.scheme_str() {
+            Some("http") | Some("https") => {}
+            _ => return Err(invalid("upstream.address", format!("`{}` must start with http:// or https://", upstream.address))),
+        }
+        if uri.authority().is_none() {
+            return Err(invalid("upstream.address", format!("`{}` has no host", upstream.address)));
+        }
+        if uri.path() != "/" && !uri.path().is_empty() {
+            return Err(invalid("upstream.address", format!("`{}` must not have a path", upstream.address)));
+        }
+        let tls_options = upstream.ca.is_some() || upstream.cert.is_some() || upstream.server_name.is_some();
+        if uri.scheme_str() == Some("http") && tls_options {
+            return Err(invalid("upstream", "`ca`, `cert` and `server_name` need an https:// address"));
+        }
+        if upstream.cert.is_some() != upstream.key.is_some() {
+            return Err(invalid("upstream", "`cert` and `key` go together"));
+        }
+        if self.listen.max_concurrent_streams == 0 {
+            return Err(invalid("listen.max_concurrent_streams", "must be at least 1"));
+        }
+        if self.limits.max_message_bytes == 0 || self.limits.max_inflated_bytes == 0 {
+            return Err(invalid("limits", "message limits must be at least 1 byte"));
+        }
+        if self.audit.path.as_os_str().is_empty() {
+            return Err(invalid("audit.path", "must not be empty (use \"-\" for standard output)"));
+        }
+        if let Some(admin) = &self.admin
+            && admin.address == self.listen.address
+            && admin.address.port() != 0
+        {
+            return Err(invalid("admin.address", "must differ from `listen.address`"));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, issuer) in self.issuers.iter().enumerate() {
+            let key = |field: &str| format!("issuers[{i}].{field}");
+            if issuer.name.is_empty() || issuer.name.contains(':') {
+                return Err(invalid(key("name"), format!("`{}` must be non-empty and contain no `:`", issuer.name)));
+            }
+            if !names.insert(issuer.name.as_str()) {
+                return Err(invalid(key("name"), format!("`{}` is used by two issuers", issuer.name)));
+            }
+            if issuer.leeway > Duration::from_secs(60) {
+                return Err(invalid(key("leeway"), "must be at most 60s"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [listen]
+        address = "127.0.0.1:7233"
+        [upstream]
+        address = "http://127.0.0.1:7234"
+        [policy]
+        dir = "policies"
+        [audit]
+        path = "-"
+    "#;
+
+    fn with(extra: &str) -> Result<Config, ConfigError> {
+        Config::parse(&format!("{MINIMAL}\n{extra}"))
+    }
+
+    #[test]
+    fn minimal_config_gets_production_defaults() {
+        let config = Config::parse(MINIMAL).unwrap();
+        assert_eq!(config.listen.max_concurrent_streams, 10_000);
+        assert!(!config.upstream.forward_authorization);
+        assert_eq!(config.limits.max_message_bytes, 4 * 1024 * 1024);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Config::parse(&MINIMAL.replace("[audit]", "[audit]\nformat = \"json\"")).unwrap_err();
+        assert!(err.to_string().contains("unknown field `format`"), "{err}");
+        let err = with("[[issuers]]\nname = \"okta\"\naudience = [\"x\"]").unwrap_err();
+        assert!(err.to_string().contains("unknown field `audience`"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let err = Config::parse(&MINIMAL.replace("http://127.0.0.1:7234", "127.0.0.1:7234")).unwrap_err();
+        assert!(err.to_string().contains("`upstream.address`"), "{err}");
+        let err = with("[[issuers]]\nname = \"a:b\"").unwrap_err();
+        assert!(err.to_string().contains("`issuers[0].name`"), "{err}");
+        let err = with("[[issuers]]\nname = \"okta\"\nleeway = \"5m\"").unwrap_err();
+        assert!(err.to_string().contains("`issuers[0].leeway`"), "{err}");
+        let err = with("[[issuers]]\nname = \"okta\"\nleeway = \"soon\"").unwrap_err();
+        assert!(err.to_string().contains("`soon` is not a duration"), "{err}");
+        let err = with("[[issuers]]\nname = \"okta\"\nprincipal = \"Robot\"").unwrap_err();
+        assert!(err.to_string().contains("unknown variant `Robot`"), "{err}");
+        let err = Config::parse(&MINIMAL.replace("127.0.0.1:7233", "nowhere")).unwrap_err();
+        assert!(err.to_string().contains("listen"), "{err}");
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("flowgate.toml");
+        std::fs::write(&file, MINIMAL.replace("path = \"-\"", "path = \"decisions.jsonl\"")).unwrap();
+        let config = Config::load(&file).unwrap();
+        assert_eq!(config.policy.dir, dir.path().join("policies"));
+        assert_eq!(config.audit.path, dir.path().join("decisions.jsonl"));
+    }
+}

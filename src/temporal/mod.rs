@@ -1,0 +1,20 @@
+//! Temporal awareness: what a gRPC call to the Temporal frontend means.
+//!
+//! flowgate never trusts a method by its name alone. This module owns the two facts the rest of
+//! the gateway needs about a call:
+//!
+//! * [`catalog`]: every WorkflowService and OperatorService RPC with its Cedar action, the access
+//!   group the action belongs to, and which request fields name the resource it touches;
+//! * [`inspect`]: reading those fields out of the first (for Temporal: the only) request message,
+//!   un-gzipping it first when the client compressed it.
+//!
+//! The protobuf decoding lives in [`wire`]: a small, allocation-free walker over the wire format
+//! that follows protobuf's own merge rules (for a singular field the last occurrence wins), so a
+//! request that names a namespace twice is read the same way the Temporal server reads it.
+
+pub mod catalog;
+pub mod inspect;
+pub mod wire;
+
+pub use catalog::{Access, MethodSpec, ResourceSpec, TaskQueueRef, lookup};
+pub use inspect::{Call, InspectError, Resource, ResourceKind};
