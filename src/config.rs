@@ -259,8 +259,8 @@ impl Config {
     /// Reads, parses and validates a config file. Relative paths inside it are resolved
     /// against the file's directory, so a config works from any working directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         let mut config = Config::parse(&text).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.to_owned(), message },
             other => other,
@@ -306,7 +306,12 @@ impl Config {
             .map_err(|e| invalid("upstream.address", format!("`{}` is not a URL: {e}", upstream.address)))?;
         match uri.scheme_str() {
             Some("http") | Some("https") => {}
-            _ => return Err(invalid("upstream.address", format!("`{}` must start with http:// or https://", upstream.address))),
+            _ => {
+                return Err(invalid(
+                    "upstream.address",
+                    format!("`{}` must start with http:// or https://", upstream.address),
+                ));
+            }
         }
         if uri.authority().is_none() {
             return Err(invalid("upstream.address", format!("`{}` has no host", upstream.address)));

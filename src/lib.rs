@@ -1,2 +1,23 @@
+//! flowgate: an identity-aware access gateway for the Temporal workflow engine.
+//!
+//! A call flows through the modules in this order (see [`gateway`] for the phases):
+//! [`server`] accepts it, [`temporal`] classifies and inspects it, [`authn`] authenticates the
+//! caller, [`authz`] decides with Cedar, [`audit`] records the decision, [`proxy`] forwards it,
+//! and [`status`] is the one place refusals become gRPC statuses. [`config`] is the TOML file,
+//! [`admin`] the health and metrics endpoints.
 #![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod audit;
+pub mod authn;
+pub mod authz;
+pub mod config;
+pub mod gateway;
+pub mod proxy;
+pub mod server;
+pub mod shutdown;
+pub mod status;
 pub mod temporal;
+
+pub use config::Config;
+pub use server::{Listeners, run};

@@ -11,9 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::LazyLock;
 
-use flowgate::temporal::catalog::{
-    self, Access, CATALOG, MethodSpec, ResourceSpec, TaskQueueRef, all_actions, lookup,
-};
+use flowgate::temporal::catalog::{self, Access, CATALOG, MethodSpec, ResourceSpec, TaskQueueRef, all_actions, lookup};
 use flowgate::temporal::inspect::{self, Call};
 use serde::Deserialize;
 
@@ -29,12 +27,7 @@ fn run_support_script(name: &str) -> String {
         .arg(&script)
         .current_dir(root)
         .output()
-        .unwrap_or_else(|error| {
-            panic!(
-                "cannot run python3 {}: {error}; {SETUP_HINT}",
-                script.display()
-            )
-        });
+        .unwrap_or_else(|error| panic!("cannot run python3 {}: {error}; {SETUP_HINT}", script.display()));
     assert!(
         output.status.success(),
         "python3 {} failed ({}):\n{}\n{SETUP_HINT}",
@@ -97,10 +90,8 @@ const UPDATE_REF: &str = "temporal.api.update.v1.UpdateRef";
 /// Repeated fields a path may pass through. The wire walker merges all their elements, which is
 /// sound only where the server constrains the elements (ExecuteMultiOperation is exactly
 /// `[start, update]`); anywhere else a repeated step is a mistake.
-const REPEATED_STEPS_ALLOWED: &[(&str, &str)] = &[(
-    "temporal.api.workflowservice.v1.ExecuteMultiOperationRequest",
-    "operations",
-)];
+const REPEATED_STEPS_ALLOWED: &[(&str, &str)] =
+    &[("temporal.api.workflowservice.v1.ExecuteMultiOperationRequest", "operations")];
 
 static DESCRIPTORS: LazyLock<Descriptors> = LazyLock::new(|| {
     let json = run_support_script("temporal_descriptors.py");
@@ -109,16 +100,12 @@ static DESCRIPTORS: LazyLock<Descriptors> = LazyLock::new(|| {
 
 impl Descriptors {
     fn message(&self, name: &str) -> &Message {
-        self.messages
-            .get(name)
-            .unwrap_or_else(|| panic!("message {name} is not in the descriptors"))
+        self.messages.get(name).unwrap_or_else(|| panic!("message {name} is not in the descriptors"))
     }
 
     /// Every (service, method) pair, in proto order.
     fn methods(&self) -> impl Iterator<Item = (&Service, &Method)> {
-        self.services
-            .iter()
-            .flat_map(|service| service.methods.iter().map(move |method| (service, method)))
+        self.services.iter().flat_map(|service| service.methods.iter().map(move |method| (service, method)))
     }
 
     /// The full name of the request message of `spec`'s RPC.
@@ -146,19 +133,14 @@ impl Descriptors {
                 .find(|field| field.number == number)
                 .ok_or_else(|| format!("{current} has no field {number}"))?;
             let last = index + 1 == path.len();
-            if field.repeated
-                && (last
-                    || !REPEATED_STEPS_ALLOWED.contains(&(current.as_str(), field.name.as_str())))
-            {
+            if field.repeated && (last || !REPEATED_STEPS_ALLOWED.contains(&(current.as_str(), field.name.as_str()))) {
                 return Err(format!("{current}.{} is repeated", field.name));
             }
             fields.push(field);
             if !last {
                 current = field
                     .message_type()
-                    .ok_or_else(|| {
-                        format!("{current}.{} is a {}, not a message", field.name, field.ty)
-                    })?
+                    .ok_or_else(|| format!("{current}.{} is a {}, not a message", field.name, field.ty))?
                     .to_owned();
             }
         }
@@ -173,39 +155,24 @@ impl Descriptors {
 fn paths(spec: &MethodSpec) -> Vec<(&'static str, &'static [u32], &'static str)> {
     let mut out = Vec::new();
     let task_queue = |what, reference: Option<TaskQueueRef>, out: &mut Vec<_>| match reference {
-        Some(TaskQueueRef::Message(path)) => {
-            out.push((what, path, "message:temporal.api.taskqueue.v1.TaskQueue"))
-        }
+        Some(TaskQueueRef::Message(path)) => out.push((what, path, "message:temporal.api.taskqueue.v1.TaskQueue")),
         Some(TaskQueueRef::Name(path)) => out.push((what, path, "string")),
         None => {}
     };
     match spec.resource {
         ResourceSpec::Cluster => {}
         ResourceSpec::Namespace { namespace } => out.push(("namespace", namespace, "string")),
-        ResourceSpec::Workflow {
-            namespace,
-            workflow_id,
-            workflow_type,
-            task_queue: queue,
-        } => {
+        ResourceSpec::Workflow { namespace, workflow_id, workflow_type, task_queue: queue } => {
             out.push(("namespace", namespace, "string"));
             out.extend(workflow_id.map(|path| ("workflow_id", path, "string")));
             out.extend(workflow_type.map(|path| ("workflow_type", path, "string")));
             task_queue("task_queue", queue, &mut out);
         }
-        ResourceSpec::TaskQueue {
-            namespace,
-            task_queue: queue,
-        } => {
+        ResourceSpec::TaskQueue { namespace, task_queue: queue } => {
             out.push(("namespace", namespace, "string"));
             task_queue("task_queue", Some(queue), &mut out);
         }
-        ResourceSpec::Schedule {
-            namespace,
-            schedule_id,
-            workflow_type,
-            task_queue: queue,
-        } => {
+        ResourceSpec::Schedule { namespace, schedule_id, workflow_type, task_queue: queue } => {
             out.push(("namespace", namespace, "string"));
             out.push(("schedule_id", schedule_id, "string"));
             out.extend(workflow_type.map(|path| ("workflow_type", path, "string")));
@@ -225,62 +192,31 @@ fn paths(spec: &MethodSpec) -> Vec<(&'static str, &'static [u32], &'static str)>
 
 #[test]
 fn catalog_lists_every_rpc_once_in_proto_order() {
-    let expected: Vec<(String, String)> = DESCRIPTORS
-        .methods()
-        .map(|(service, method)| (service.name.clone(), method.name.clone()))
-        .collect();
-    let actual: Vec<(String, String)> = CATALOG
-        .iter()
-        .map(|spec| (spec.service.to_owned(), spec.name.to_owned()))
-        .collect();
+    let expected: Vec<(String, String)> =
+        DESCRIPTORS.methods().map(|(service, method)| (service.name.clone(), method.name.clone())).collect();
+    let actual: Vec<(String, String)> =
+        CATALOG.iter().map(|spec| (spec.service.to_owned(), spec.name.to_owned())).collect();
 
     let expected_set: HashSet<_> = expected.iter().collect();
     let actual_set: HashSet<_> = actual.iter().collect();
-    let missing: Vec<_> = expected
-        .iter()
-        .filter(|method| !actual_set.contains(method))
-        .collect();
-    let extra: Vec<_> = actual
-        .iter()
-        .filter(|method| !expected_set.contains(method))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "RPCs missing from the catalog: {missing:?}"
-    );
-    assert!(
-        extra.is_empty(),
-        "catalog entries that are no RPC: {extra:?}"
-    );
+    let missing: Vec<_> = expected.iter().filter(|method| !actual_set.contains(method)).collect();
+    let extra: Vec<_> = actual.iter().filter(|method| !expected_set.contains(method)).collect();
+    assert!(missing.is_empty(), "RPCs missing from the catalog: {missing:?}");
+    assert!(extra.is_empty(), "catalog entries that are no RPC: {extra:?}");
     assert_eq!(actual_set.len(), actual.len(), "duplicate catalog entries");
     assert_eq!(actual, expected, "catalog is not in proto order");
 
-    let counts: HashMap<&str, usize> = DESCRIPTORS
-        .services
-        .iter()
-        .map(|s| (s.name.as_str(), s.methods.len()))
-        .collect();
-    assert_eq!(
-        counts[catalog::WORKFLOW_SERVICE],
-        123,
-        "WorkflowService RPC count changed: review the catalog"
-    );
-    assert_eq!(
-        counts[catalog::OPERATOR_SERVICE],
-        12,
-        "OperatorService RPC count changed: review the catalog"
-    );
+    let counts: HashMap<&str, usize> =
+        DESCRIPTORS.services.iter().map(|s| (s.name.as_str(), s.methods.len())).collect();
+    assert_eq!(counts[catalog::WORKFLOW_SERVICE], 123, "WorkflowService RPC count changed: review the catalog");
+    assert_eq!(counts[catalog::OPERATOR_SERVICE], 12, "OperatorService RPC count changed: review the catalog");
 }
 
 #[test]
 fn action_names_are_unique() {
     let mut seen = HashSet::new();
     for spec in all_actions() {
-        assert!(
-            seen.insert(spec.action()),
-            "action {} appears twice",
-            spec.action()
-        );
+        assert!(seen.insert(spec.action()), "action {} appears twice", spec.action());
     }
 }
 
@@ -323,36 +259,23 @@ fn every_path_resolves_to_a_field_of_the_right_type() {
                         ));
                     }
                     if what == "namespace" && path.len() != 1 {
-                        errors.push(format!(
-                            "{}: namespace {path:?} is not a top-level field",
-                            spec.name
-                        ));
+                        errors.push(format!("{}: namespace {path:?} is not a top-level field", spec.name));
                     }
                 }
             }
         }
     }
-    assert!(
-        errors.is_empty(),
-        "bad catalog paths:\n{}",
-        errors.join("\n")
-    );
+    assert!(errors.is_empty(), "bad catalog paths:\n{}", errors.join("\n"));
 }
 
 /// The path to the top-level singular field called `name`, if the request has one.
 fn top_level<'a>(input: &'a Message, name: &str) -> Option<&'a Field> {
-    input
-        .fields
-        .iter()
-        .find(|field| field.name == name && !field.repeated)
+    input.fields.iter().find(|field| field.name == name && !field.repeated)
 }
 
 /// The top-level singular field whose type is the message `type_name`.
 fn top_level_of_type<'a>(input: &'a Message, type_name: &str) -> Option<&'a Field> {
-    input
-        .fields
-        .iter()
-        .find(|field| !field.repeated && field.message_type() == Some(type_name))
+    input.fields.iter().find(|field| !field.repeated && field.message_type() == Some(type_name))
 }
 
 fn number_of(message: &str, name: &str) -> u32 {
@@ -365,29 +288,18 @@ fn number_of(message: &str, name: &str) -> u32 {
         .number
 }
 
-fn workflow_parts(
-    spec: &MethodSpec,
-) -> (
-    Option<&'static [u32]>,
-    Option<&'static [u32]>,
-    Option<TaskQueueRef>,
-) {
+fn workflow_parts(spec: &MethodSpec) -> (Option<&'static [u32]>, Option<&'static [u32]>, Option<TaskQueueRef>) {
     match spec.resource {
-        ResourceSpec::Workflow {
-            workflow_id,
-            workflow_type,
-            task_queue,
-            ..
-        } => (workflow_id, workflow_type, task_queue),
+        ResourceSpec::Workflow { workflow_id, workflow_type, task_queue, .. } => {
+            (workflow_id, workflow_type, task_queue)
+        }
         _ => (None, None, None),
     }
 }
 
 fn task_queue_of(spec: &MethodSpec) -> Option<TaskQueueRef> {
     match spec.resource {
-        ResourceSpec::Workflow { task_queue, .. } | ResourceSpec::Schedule { task_queue, .. } => {
-            task_queue
-        }
+        ResourceSpec::Workflow { task_queue, .. } | ResourceSpec::Schedule { task_queue, .. } => task_queue,
         ResourceSpec::TaskQueue { task_queue, .. } => Some(task_queue),
         ResourceSpec::Cluster | ResourceSpec::Namespace { .. } => None,
     }
@@ -397,90 +309,44 @@ fn task_queue_of(spec: &MethodSpec) -> Option<TaskQueueRef> {
 #[test]
 fn every_named_resource_and_context_field_is_read() {
     let mut errors = Vec::new();
-    let check = |errors: &mut Vec<String>,
-                 spec: &MethodSpec,
-                 what: &str,
-                 actual: Option<&[u32]>,
-                 expected: Vec<u32>| {
-        if actual != Some(expected.as_slice()) {
-            errors.push(format!(
-                "{}: {what} is {actual:?}, the request has it at {expected:?}",
-                spec.name
-            ));
-        }
-    };
+    let check =
+        |errors: &mut Vec<String>, spec: &MethodSpec, what: &str, actual: Option<&[u32]>, expected: Vec<u32>| {
+            if actual != Some(expected.as_slice()) {
+                errors.push(format!("{}: {what} is {actual:?}, the request has it at {expected:?}", spec.name));
+            }
+        };
     for spec in CATALOG {
         let input = DESCRIPTORS.input(spec);
         let name = spec.name;
         match top_level(input, "namespace") {
-            Some(field) => check(
-                &mut errors,
-                spec,
-                "namespace",
-                spec.resource.namespace_path(),
-                vec![field.number],
-            ),
+            Some(field) => check(&mut errors, spec, "namespace", spec.resource.namespace_path(), vec![field.number]),
             None => {
                 if spec.resource != ResourceSpec::Cluster {
-                    errors.push(format!(
-                        "{name}: no namespace field, so the resource must be Cluster"
-                    ));
+                    errors.push(format!("{name}: no namespace field, so the resource must be Cluster"));
                 }
             }
         }
         if let Some(field) = top_level(input, "task_token") {
-            check(
-                &mut errors,
-                spec,
-                "task_token",
-                spec.task_token,
-                vec![field.number],
-            );
+            check(&mut errors, spec, "task_token", spec.task_token, vec![field.number]);
         }
         if let Some(field) = top_level(input, "signal_name") {
-            check(
-                &mut errors,
-                spec,
-                "signal_name",
-                spec.signal_name,
-                vec![field.number],
-            );
+            check(&mut errors, spec, "signal_name", spec.signal_name, vec![field.number]);
         }
         if let Some(field) = top_level_of_type(input, WORKFLOW_QUERY) {
             let inner = number_of(WORKFLOW_QUERY, "query_type");
-            check(
-                &mut errors,
-                spec,
-                "query_type",
-                spec.query_type,
-                vec![field.number, inner],
-            );
+            check(&mut errors, spec, "query_type", spec.query_type, vec![field.number, inner]);
         }
         if let Some(field) = top_level_of_type(input, UPDATE_REQUEST) {
             let input_field = number_of(UPDATE_REQUEST, "input");
             let name_field = number_of("temporal.api.update.v1.Input", "name");
-            check(
-                &mut errors,
-                spec,
-                "update_name",
-                spec.update_name,
-                vec![field.number, input_field, name_field],
-            );
+            check(&mut errors, spec, "update_name", spec.update_name, vec![field.number, input_field, name_field]);
         }
         if let Some(field) = top_level(input, "schedule_id") {
             match spec.resource {
                 ResourceSpec::Schedule { schedule_id, .. } => {
-                    check(
-                        &mut errors,
-                        spec,
-                        "schedule_id",
-                        Some(schedule_id),
-                        vec![field.number],
-                    );
+                    check(&mut errors, spec, "schedule_id", Some(schedule_id), vec![field.number]);
                 }
-                _ => errors.push(format!(
-                    "{name}: has schedule_id, so the resource must be Schedule"
-                )),
+                _ => errors.push(format!("{name}: has schedule_id, so the resource must be Schedule")),
             }
             continue;
         }
@@ -488,9 +354,8 @@ fn every_named_resource_and_context_field_is_read() {
         let (workflow_id, workflow_type, _) = workflow_parts(spec);
         let execution = top_level_of_type(input, WORKFLOW_EXECUTION)
             .map(|field| vec![field.number, number_of(WORKFLOW_EXECUTION, "workflow_id")]);
-        let plain_id = top_level(input, "workflow_id")
-            .filter(|field| field.ty == "string")
-            .map(|field| vec![field.number]);
+        let plain_id =
+            top_level(input, "workflow_id").filter(|field| field.ty == "string").map(|field| vec![field.number]);
         let update_ref = top_level_of_type(input, UPDATE_REF).map(|field| {
             vec![
                 field.number,
@@ -503,34 +368,16 @@ fn every_named_resource_and_context_field_is_read() {
         }
         if let Some(field) = top_level_of_type(input, WORKFLOW_TYPE) {
             let inner = number_of(WORKFLOW_TYPE, "name");
-            check(
-                &mut errors,
-                spec,
-                "workflow_type",
-                workflow_type,
-                vec![field.number, inner],
-            );
+            check(&mut errors, spec, "workflow_type", workflow_type, vec![field.number, inner]);
         }
         if let Some(field) = top_level(input, "task_queue") {
             let is_message = field.message_type() == Some(TASK_QUEUE);
             match task_queue_of(spec) {
                 Some(TaskQueueRef::Message(path)) if is_message => {
-                    check(
-                        &mut errors,
-                        spec,
-                        "task_queue",
-                        Some(path),
-                        vec![field.number],
-                    );
+                    check(&mut errors, spec, "task_queue", Some(path), vec![field.number]);
                 }
                 Some(TaskQueueRef::Name(path)) if !is_message => {
-                    check(
-                        &mut errors,
-                        spec,
-                        "task_queue",
-                        Some(path),
-                        vec![field.number],
-                    );
+                    check(&mut errors, spec, "task_queue", Some(path), vec![field.number]);
                 }
                 other => errors.push(format!(
                     "{name}: task_queue is {other:?}, the request has a {} at {}",
@@ -539,11 +386,7 @@ fn every_named_resource_and_context_field_is_read() {
             }
         }
     }
-    assert!(
-        errors.is_empty(),
-        "catalog misses request fields:\n{}",
-        errors.join("\n")
-    );
+    assert!(errors.is_empty(), "catalog misses request fields:\n{}", errors.join("\n"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -590,23 +433,14 @@ fn access_groups_follow_temporal_with_workers_split_out() {
         let name = spec.name;
         let expected_worker = WORKER_RPCS.contains(&name);
         if expected_worker != (spec.access == Access::Worker) {
-            errors.push(format!(
-                "{name}: {:?}, worker RPC: {expected_worker}",
-                spec.access
-            ));
+            errors.push(format!("{name}: {:?}, worker RPC: {expected_worker}", spec.access));
         }
         let expected_admin = ADMIN_RPCS.contains(&name);
         if expected_admin != (spec.access == Access::Admin) {
-            errors.push(format!(
-                "{name}: {:?}, namespace admin RPC: {expected_admin}",
-                spec.access
-            ));
+            errors.push(format!("{name}: {:?}, namespace admin RPC: {expected_admin}", spec.access));
         }
         if (name == "GetSystemInfo") != (spec.access == Access::Public) {
-            errors.push(format!(
-                "{name}: {:?}; only GetSystemInfo is public",
-                spec.access
-            ));
+            errors.push(format!("{name}: {:?}; only GetSystemInfo is public", spec.access));
         }
         if spec.access == Access::Ungrouped {
             errors.push(format!("{name}: catalog RPCs belong to a group"));
@@ -618,46 +452,24 @@ fn access_groups_follow_temporal_with_workers_split_out() {
         if !cluster && spec.access == Access::ClusterAdmin {
             errors.push(format!("{name}: cluster-admin but namespace-scoped"));
         }
-        let reads = ["Describe", "List", "Count", "Get", "Scan"]
-            .iter()
-            .any(|prefix| name.starts_with(prefix));
+        let reads = ["Describe", "List", "Count", "Get", "Scan"].iter().any(|prefix| name.starts_with(prefix));
         if reads && !cluster && spec.access != Access::Read {
             errors.push(format!("{name}: looks read-only but is {:?}", spec.access));
         }
-        let mutates = [
-            "Start",
-            "Signal",
-            "Terminate",
-            "Delete",
-            "Reset",
-            "Create",
-            "Set",
-            "Pause",
-            "Unpause",
-            "Trigger",
-        ]
-        .iter()
-        .any(|prefix| name.starts_with(prefix));
-        if mutates
-            && !matches!(
-                spec.access,
-                Access::Write | Access::Admin | Access::ClusterAdmin | Access::Worker
-            )
-        {
+        let mutates =
+            ["Start", "Signal", "Terminate", "Delete", "Reset", "Create", "Set", "Pause", "Unpause", "Trigger"]
+                .iter()
+                .any(|prefix| name.starts_with(prefix));
+        if mutates && !matches!(spec.access, Access::Write | Access::Admin | Access::ClusterAdmin | Access::Worker) {
             errors.push(format!("{name}: changes state but is {:?}", spec.access));
         }
         let expected_long_poll = name.starts_with("Poll")
             || matches!(
                 name,
-                "GetWorkflowExecutionHistory"
-                    | "DescribeActivityExecution"
-                    | "DescribeNexusOperationExecution"
+                "GetWorkflowExecutionHistory" | "DescribeActivityExecution" | "DescribeNexusOperationExecution"
             );
         if expected_long_poll != spec.long_poll {
-            errors.push(format!(
-                "{name}: long_poll {}, expected {expected_long_poll}",
-                spec.long_poll
-            ));
+            errors.push(format!("{name}: long_poll {}, expected {expected_long_poll}", spec.long_poll));
         }
     }
     assert!(errors.is_empty(), "access groups:\n{}", errors.join("\n"));
@@ -674,44 +486,17 @@ fn lookup_finds_every_rpc_and_catches_all_others() {
         assert_eq!(lookup(&path), spec, "{path}");
     }
     for (path, action) in [
-        (
-            "/temporal.api.workflowservice.v1.WorkflowService/NoSuchMethod",
-            "UnknownMethod",
-        ),
-        (
-            "/temporal.api.operatorservice.v1.OperatorService/StartWorkflowExecution",
-            "UnknownMethod",
-        ),
-        (
-            "/temporal.api.workflowservice.v1.WorkflowService/",
-            "UnknownMethod",
-        ),
-        (
-            "/temporal.api.workflowservice.v1.WorkflowService/StartWorkflowExecution/",
-            "UnknownMethod",
-        ),
-        (
-            "temporal.api.workflowservice.v1.WorkflowService/StartWorkflowExecution",
-            "UnknownMethod",
-        ),
+        ("/temporal.api.workflowservice.v1.WorkflowService/NoSuchMethod", "UnknownMethod"),
+        ("/temporal.api.operatorservice.v1.OperatorService/StartWorkflowExecution", "UnknownMethod"),
+        ("/temporal.api.workflowservice.v1.WorkflowService/", "UnknownMethod"),
+        ("/temporal.api.workflowservice.v1.WorkflowService/StartWorkflowExecution/", "UnknownMethod"),
+        ("temporal.api.workflowservice.v1.WorkflowService/StartWorkflowExecution", "UnknownMethod"),
         ("/", "UnknownMethod"),
         ("", "UnknownMethod"),
-        (
-            "/temporal.server.api.adminservice.v1.AdminService/X",
-            "AdminService",
-        ),
-        (
-            "/temporal.server.api.adminservice.v1.AdminService/DescribeCluster",
-            "AdminService",
-        ),
-        (
-            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-            "ServerReflection",
-        ),
-        (
-            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-            "ServerReflection",
-        ),
+        ("/temporal.server.api.adminservice.v1.AdminService/X", "AdminService"),
+        ("/temporal.server.api.adminservice.v1.AdminService/DescribeCluster", "AdminService"),
+        ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", "ServerReflection"),
+        ("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", "ServerReflection"),
         ("/grpc.health.v1.Health/Check", "HealthCheck"),
         ("/grpc.health.v1.Health/Watch", "UnknownMethod"),
     ] {
@@ -770,10 +555,7 @@ impl From<Call> for Expect {
 
 fn from_hex(hex: &str) -> Vec<u8> {
     assert!(hex.len().is_multiple_of(2), "odd-length hex");
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex digit"))
-        .collect()
+    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex digit")).collect()
 }
 
 const LIMIT: usize = 4 << 20;
@@ -783,17 +565,11 @@ fn inspect_reads_what_the_server_would() {
     let json = run_support_script("temporal_vectors.py");
     let vectors: HashMap<String, Vector> =
         serde_json::from_str(&json).expect("temporal_vectors.py prints the documented JSON");
-    let covered: HashSet<&str> = vectors
-        .values()
-        .map(|vector| vector.method.as_str())
-        .collect();
+    let covered: HashSet<&str> = vectors.values().map(|vector| vector.method.as_str()).collect();
     for spec in CATALOG {
         assert!(covered.contains(spec.name), "no vector for {}", spec.name);
     }
-    assert!(
-        vectors.values().any(|vector| vector.framing == "gzip"),
-        "no compressed vector"
-    );
+    assert!(vectors.values().any(|vector| vector.framing == "gzip"), "no compressed vector");
 
     let mut names: Vec<&String> = vectors.keys().collect();
     names.sort();
@@ -806,18 +582,15 @@ fn inspect_reads_what_the_server_would() {
         let message = match vector.framing.as_str() {
             "none" => bytes,
             "gzip" => {
-                let framed = inspect::first_message(&bytes, LIMIT)
-                    .expect("frame within limits")
-                    .expect("whole frame present");
+                let framed =
+                    inspect::first_message(&bytes, LIMIT).expect("frame within limits").expect("whole frame present");
                 assert!(framed.compressed, "{name}: compressed flag");
                 assert_eq!(
                     inspect::decompress(&framed, None, LIMIT).err(),
                     Some(inspect::InspectError::CompressedWithoutEncoding),
                     "{name}"
                 );
-                inspect::decompress(&framed, Some("gzip"), LIMIT)
-                    .expect("valid gzip")
-                    .into_owned()
+                inspect::decompress(&framed, Some("gzip"), LIMIT).expect("valid gzip").into_owned()
             }
             other => panic!("{name}: unknown framing {other}"),
         };
@@ -825,19 +598,11 @@ fn inspect_reads_what_the_server_would() {
             Ok(call) => {
                 let actual = Expect::from(call);
                 if actual != vector.expect {
-                    errors.push(format!(
-                        "{name}:\n  expected {:?}\n  inspected {actual:?}",
-                        vector.expect
-                    ));
+                    errors.push(format!("{name}:\n  expected {:?}\n  inspected {actual:?}", vector.expect));
                 }
             }
             Err(error) => errors.push(format!("{name}: {error}")),
         }
     }
-    assert!(
-        errors.is_empty(),
-        "{} vector(s) differ:\n{}",
-        errors.len(),
-        errors.join("\n")
-    );
+    assert!(errors.is_empty(), "{} vector(s) differ:\n{}", errors.len(), errors.join("\n"));
 }

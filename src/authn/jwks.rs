@@ -80,11 +80,12 @@ impl HttpFetcher {
         if !response.status().is_success() {
             return Err(FetchError::Status { url: url.to_owned(), status: response.status().as_u16() });
         }
-        let body = tokio::time::timeout(FETCH_TIMEOUT, Limited::new(response.into_body(), MAX_DOCUMENT_BYTES).collect())
-            .await
-            .map_err(|_| unreachable("timed out reading the body".into()))?
-            .map_err(|e| unreachable(e.to_string()))?
-            .to_bytes();
+        let body =
+            tokio::time::timeout(FETCH_TIMEOUT, Limited::new(response.into_body(), MAX_DOCUMENT_BYTES).collect())
+                .await
+                .map_err(|_| unreachable("timed out reading the body".into()))?
+                .map_err(|e| unreachable(e.to_string()))?
+                .to_bytes();
         serde_json::from_slice(&body).map_err(|e| FetchError::BadJson { url: url.to_owned(), reason: e.to_string() })
     }
 }
@@ -232,12 +233,8 @@ impl KeyStore {
     }
 
     fn unavailable(&self) -> KeyError {
-        let reason = self
-            .last_error
-            .lock()
-            .expect("last_error lock")
-            .clone()
-            .unwrap_or_else(|| "not fetched yet".to_owned());
+        let reason =
+            self.last_error.lock().expect("last_error lock").clone().unwrap_or_else(|| "not fetched yet".to_owned());
         KeyError::Unavailable { issuer: self.issuer_name.clone(), reason }
     }
 
@@ -311,7 +308,10 @@ impl KeyStore {
                 let document = self.fetcher.get_json(&url).await?;
                 let found = document.get("issuer").and_then(|v| v.as_str()).unwrap_or_default();
                 if found != self.issuer_url {
-                    return Err(FetchError::IssuerMismatch { expected: self.issuer_url.clone(), found: found.to_owned() });
+                    return Err(FetchError::IssuerMismatch {
+                        expected: self.issuer_url.clone(),
+                        found: found.to_owned(),
+                    });
                 }
                 document
                     .get("jwks_uri")
@@ -371,7 +371,9 @@ mod tests {
 
     #[test]
     fn a_key_only_verifies_its_own_algorithm() {
-        let keys = parse_jwks(&serde_json::json!({"keys": [ec_jwk("declared", Some("ES256"), "P-256"), ec_jwk("open", None, "P-256")]}));
+        let keys = parse_jwks(
+            &serde_json::json!({"keys": [ec_jwk("declared", Some("ES256"), "P-256"), ec_jwk("open", None, "P-256")]}),
+        );
         let declared = &keys["declared"];
         assert!(declared.accepts(Algorithm::ES256));
         assert!(!declared.accepts(Algorithm::RS256));

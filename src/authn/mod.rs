@@ -232,7 +232,8 @@ impl Authenticator {
         let settings = &issuer.settings;
 
         let alg_name = header.get("alg").and_then(Value::as_str).unwrap_or_default();
-        let not_accepted = || AuthnError::AlgorithmNotAccepted { alg: alg_name.to_owned(), issuer: settings.name.clone() };
+        let not_accepted =
+            || AuthnError::AlgorithmNotAccepted { alg: alg_name.to_owned(), issuer: settings.name.clone() };
         let alg: Algorithm = alg_name.parse().map_err(|_| not_accepted())?;
         if !settings.algorithms.contains(&alg) {
             return Err(not_accepted());
@@ -309,7 +310,9 @@ impl Issuer {
                 }
                 auds.iter().any(|aud| settings.audiences.iter().any(|a| aud.as_str() == Some(a)))
             }
-            Some(_) => return Err(AuthnError::ClaimType { claim: "aud".into(), expected: "a string or array of strings" }),
+            Some(_) => {
+                return Err(AuthnError::ClaimType { claim: "aud".into(), expected: "a string or array of strings" });
+            }
         };
         if !audience_ok {
             return Err(AuthnError::WrongAudience);
@@ -340,8 +343,10 @@ impl Issuer {
         let settings = &self.settings;
         let sub = string_claim(claims, "sub")?;
         let groups = match &settings.groups_claim {
-            Some(claim) => principal::groups_from(claims, claim)
-                .map_err(|_| AuthnError::ClaimType { claim: claim.clone(), expected: "a string or array of strings" })?,
+            Some(claim) => principal::groups_from(claims, claim).map_err(|_| AuthnError::ClaimType {
+                claim: claim.clone(),
+                expected: "a string or array of strings",
+            })?,
             None => Vec::new(),
         };
         let kind = if settings.client_credentials_are_services

@@ -39,7 +39,14 @@ const PRESETS: &[Preset] = &[
         principal: PrincipalKind::CiJob,
         groups_claim: None,
         algorithms: &["RS256"],
-        tenant_claims: &["repository_owner", "repository_owner_id", "repository", "repository_id", "enterprise", "enterprise_id"],
+        tenant_claims: &[
+            "repository_owner",
+            "repository_owner_id",
+            "repository",
+            "repository_id",
+            "enterprise",
+            "enterprise_id",
+        ],
     },
     Preset {
         name: "buildkite",
@@ -223,7 +230,11 @@ fn bind_tenant(
                 .strip_prefix("https://vstoken.dev.azure.com/")
                 .filter(|org| !org.is_empty() && !org.contains('/'))
                 .ok_or_else(|| {
-                    invalid(index, "issuer", "must be `https://vstoken.dev.azure.com/<organization-id>` for azure-devops")
+                    invalid(
+                        index,
+                        "issuer",
+                        "must be `https://vstoken.dev.azure.com/<organization-id>` for azure-devops",
+                    )
                 })?;
             match required.get("org_id") {
                 Some(bound) if bound != org => {
@@ -295,7 +306,9 @@ mod tests {
         let ok = issuer("preset = \"azure-devops\"\nissuer = \"https://vstoken.dev.azure.com/0ca3ddd9\"").unwrap();
         assert_eq!(ok.required_claims.get("org_id").map(String::as_str), Some("0ca3ddd9"));
         assert_eq!(ok.keys, KeySource::Jwks("https://vstoken.dev.azure.com/.well-known/jwks".into()));
-        let err = issuer("preset = \"azure-devops\"\nissuer = \"https://vstoken.dev.azure.com/a\"\nrequired_claims = { org_id = \"b\" }");
+        let err = issuer(
+            "preset = \"azure-devops\"\nissuer = \"https://vstoken.dev.azure.com/a\"\nrequired_claims = { org_id = \"b\" }",
+        );
         assert!(err.unwrap_err().to_string().contains("contradicts"));
         assert!(issuer("preset = \"azure-devops\"").is_err());
     }

@@ -33,7 +33,8 @@ pub struct Principal {
 }
 
 pub fn entity_uid(type_name: &str, id: &str) -> EntityUid {
-    let type_name = EntityTypeName::from_str(&format!("Temporal::{type_name}")).expect("static entity type names are valid");
+    let type_name =
+        EntityTypeName::from_str(&format!("Temporal::{type_name}")).expect("static entity type names are valid");
     EntityUid::from_type_name_and_id(type_name, EntityId::new(id))
 }
 
@@ -73,7 +74,9 @@ pub fn groups_from(claims: &Map<String, Value>, claim: &str) -> Result<Vec<Strin
         Some(Value::String(group)) => Ok(vec![group.clone()]),
         Some(Value::Array(items)) => items
             .iter()
-            .map(|item| item.as_str().map(str::to_owned).ok_or_else(|| format!("claim `{claim}` holds a non-string group")))
+            .map(|item| {
+                item.as_str().map(str::to_owned).ok_or_else(|| format!("claim `{claim}` holds a non-string group"))
+            })
             .collect(),
         Some(_) => Err(format!("claim `{claim}` must be a string or an array of strings")),
     }
@@ -127,7 +130,8 @@ mod tests {
 
     #[test]
     fn groups_are_typed() {
-        let claims: Map<String, Value> = serde_json::from_str(r#"{"g1":["a","b"],"g2":"solo","g3":[1],"g4":{}}"#).unwrap();
+        let claims: Map<String, Value> =
+            serde_json::from_str(r#"{"g1":["a","b"],"g2":"solo","g3":[1],"g4":{}}"#).unwrap();
         assert_eq!(groups_from(&claims, "g1").unwrap(), ["a", "b"]);
         assert_eq!(groups_from(&claims, "g2").unwrap(), ["solo"]);
         assert!(groups_from(&claims, "g3").is_err());
@@ -138,7 +142,14 @@ mod tests {
     #[test]
     fn principal_entity_carries_tags_and_groups() {
         let tags = BTreeMap::from([("repository".to_owned(), "acme/payments".to_owned())]);
-        let p = Principal::new(PrincipalKind::CiJob, "github", "repo:acme/payments:ref:refs/heads/main", vec!["ops".into()], tags, SystemTime::now());
+        let p = Principal::new(
+            PrincipalKind::CiJob,
+            "github",
+            "repo:acme/payments:ref:refs/heads/main",
+            vec!["ops".into()],
+            tags,
+            SystemTime::now(),
+        );
         assert_eq!(p.id, "github:repo:acme/payments:ref:refs/heads/main");
         assert_eq!(p.uid.to_string(), r#"Temporal::CiJob::"github:repo:acme/payments:ref:refs/heads/main""#);
         assert_eq!(p.entities.len(), 2);

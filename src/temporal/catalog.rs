@@ -17,10 +17,8 @@ pub const WORKFLOW_SERVICE: &str = "temporal.api.workflowservice.v1.WorkflowServ
 pub const OPERATOR_SERVICE: &str = "temporal.api.operatorservice.v1.OperatorService";
 pub const ADMIN_SERVICE: &str = "temporal.server.api.adminservice.v1.AdminService";
 pub const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
-pub const REFLECTION_SERVICES: [&str; 2] = [
-    "grpc.reflection.v1.ServerReflection",
-    "grpc.reflection.v1alpha.ServerReflection",
-];
+pub const REFLECTION_SERVICES: [&str; 2] =
+    ["grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"];
 
 /// The access group an action belongs to, as Temporal's own authorizer classes them, with
 /// worker RPCs split out of `write` so a policy can grant polling without starting workflows.
@@ -79,17 +77,9 @@ pub enum ResourceSpec {
         task_queue: Option<TaskQueueRef>,
     },
     /// `Temporal::TaskQueue`.
-    TaskQueue {
-        namespace: Path,
-        task_queue: TaskQueueRef,
-    },
+    TaskQueue { namespace: Path, task_queue: TaskQueueRef },
     /// `Temporal::Schedule`.
-    Schedule {
-        namespace: Path,
-        schedule_id: Path,
-        workflow_type: Option<Path>,
-        task_queue: Option<TaskQueueRef>,
-    },
+    Schedule { namespace: Path, schedule_id: Path, workflow_type: Option<Path>, task_queue: Option<TaskQueueRef> },
 }
 
 impl ResourceSpec {
@@ -142,12 +132,7 @@ impl MethodSpec {
     }
 }
 
-const fn spec(
-    service: &'static str,
-    name: &'static str,
-    access: Access,
-    resource: ResourceSpec,
-) -> MethodSpec {
+const fn spec(service: &'static str, name: &'static str, access: Access, resource: ResourceSpec) -> MethodSpec {
     MethodSpec {
         service,
         name,
@@ -162,33 +147,15 @@ const fn spec(
 }
 
 /// A method that is not in the catalog: denied unless a policy names `UnknownMethod`.
-pub static UNKNOWN_METHOD: MethodSpec = spec(
-    "",
-    "UnknownMethod",
-    Access::Ungrouped,
-    ResourceSpec::Cluster,
-);
+pub static UNKNOWN_METHOD: MethodSpec = spec("", "UnknownMethod", Access::Ungrouped, ResourceSpec::Cluster);
 /// Temporal's internal AdminService: denied unless a policy names `AdminService`.
-pub static ADMIN_SERVICE_METHOD: MethodSpec = spec(
-    ADMIN_SERVICE,
-    "AdminService",
-    Access::Ungrouped,
-    ResourceSpec::Cluster,
-);
+pub static ADMIN_SERVICE_METHOD: MethodSpec =
+    spec(ADMIN_SERVICE, "AdminService", Access::Ungrouped, ResourceSpec::Cluster);
 /// gRPC server reflection: denied unless a policy names `ServerReflection`.
-pub static REFLECTION_METHOD: MethodSpec = spec(
-    "grpc.reflection.v1.ServerReflection",
-    "ServerReflection",
-    Access::Ungrouped,
-    ResourceSpec::Cluster,
-);
+pub static REFLECTION_METHOD: MethodSpec =
+    spec("grpc.reflection.v1.ServerReflection", "ServerReflection", Access::Ungrouped, ResourceSpec::Cluster);
 /// `grpc.health.v1.Health/Check`: public.
-pub static HEALTH_CHECK: MethodSpec = spec(
-    HEALTH_SERVICE,
-    "HealthCheck",
-    Access::Public,
-    ResourceSpec::Cluster,
-);
+pub static HEALTH_CHECK: MethodSpec = spec(HEALTH_SERVICE, "HealthCheck", Access::Public, ResourceSpec::Cluster);
 
 // ---------------------------------------------------------------------------------------------
 // The table. Keep it in the order of the services' proto files.
@@ -207,38 +174,23 @@ const fn op(name: &'static str, access: Access, resource: ResourceSpec) -> Metho
 /// The builders below keep each table row to one line; they only fill in `MethodSpec` fields.
 impl MethodSpec {
     const fn task_token(self, path: Path) -> Self {
-        MethodSpec {
-            task_token: Some(path),
-            ..self
-        }
+        MethodSpec { task_token: Some(path), ..self }
     }
 
     const fn signal_name(self, path: Path) -> Self {
-        MethodSpec {
-            signal_name: Some(path),
-            ..self
-        }
+        MethodSpec { signal_name: Some(path), ..self }
     }
 
     const fn query_type(self, path: Path) -> Self {
-        MethodSpec {
-            query_type: Some(path),
-            ..self
-        }
+        MethodSpec { query_type: Some(path), ..self }
     }
 
     const fn update_name(self, path: Path) -> Self {
-        MethodSpec {
-            update_name: Some(path),
-            ..self
-        }
+        MethodSpec { update_name: Some(path), ..self }
     }
 
     const fn long_poll(self) -> Self {
-        MethodSpec {
-            long_poll: true,
-            ..self
-        }
+        MethodSpec { long_poll: true, ..self }
     }
 }
 
@@ -249,21 +201,11 @@ const fn ns(namespace: Path) -> ResourceSpec {
 /// A workflow named only by its id (a `WorkflowExecution` message's `workflow_id = 1`, or a
 /// plain string).
 const fn workflow(namespace: Path, workflow_id: Path) -> ResourceSpec {
-    ResourceSpec::Workflow {
-        namespace,
-        workflow_id: Some(workflow_id),
-        workflow_type: None,
-        task_queue: None,
-    }
+    ResourceSpec::Workflow { namespace, workflow_id: Some(workflow_id), workflow_type: None, task_queue: None }
 }
 
 /// A new workflow: id, type (`WorkflowType.name`) and task queue message.
-const fn new_workflow(
-    namespace: Path,
-    workflow_id: Path,
-    workflow_type: Path,
-    task_queue: Path,
-) -> ResourceSpec {
+const fn new_workflow(namespace: Path, workflow_id: Path, workflow_type: Path, task_queue: Path) -> ResourceSpec {
     ResourceSpec::Workflow {
         namespace,
         workflow_id: Some(workflow_id),
@@ -273,19 +215,11 @@ const fn new_workflow(
 }
 
 const fn task_queue(namespace: Path, task_queue: TaskQueueRef) -> ResourceSpec {
-    ResourceSpec::TaskQueue {
-        namespace,
-        task_queue,
-    }
+    ResourceSpec::TaskQueue { namespace, task_queue }
 }
 
 const fn schedule(namespace: Path, schedule_id: Path) -> ResourceSpec {
-    ResourceSpec::Schedule {
-        namespace,
-        schedule_id,
-        workflow_type: None,
-        task_queue: None,
-    }
+    ResourceSpec::Schedule { namespace, schedule_id, workflow_type: None, task_queue: None }
 }
 
 /// A schedule with its action: `schedule = 3` -> `Schedule.action = 2` ->
@@ -473,12 +407,8 @@ pub static CATALOG: &[MethodSpec] = &[
     op("ListNexusEndpoints", ClusterAdmin, CLUSTER),
 ];
 
-static BY_PATH: LazyLock<HashMap<String, &'static MethodSpec>> = LazyLock::new(|| {
-    CATALOG
-        .iter()
-        .map(|spec| (format!("/{}/{}", spec.service, spec.name), spec))
-        .collect()
-});
+static BY_PATH: LazyLock<HashMap<String, &'static MethodSpec>> =
+    LazyLock::new(|| CATALOG.iter().map(|spec| (format!("/{}/{}", spec.service, spec.name), spec)).collect());
 
 /// The spec for a request path such as `/temporal.api.workflowservice.v1.WorkflowService/StartWorkflowExecution`.
 /// Every path has one: paths outside the catalog map to the ungrouped catch-all actions.
@@ -486,11 +416,7 @@ pub fn lookup(path: &str) -> &'static MethodSpec {
     if let Some(spec) = BY_PATH.get(path) {
         return spec;
     }
-    let service = path
-        .trim_start_matches('/')
-        .split('/')
-        .next()
-        .unwrap_or_default();
+    let service = path.trim_start_matches('/').split('/').next().unwrap_or_default();
     if service == ADMIN_SERVICE {
         &ADMIN_SERVICE_METHOD
     } else if REFLECTION_SERVICES.contains(&service) {
@@ -504,7 +430,5 @@ pub fn lookup(path: &str) -> &'static MethodSpec {
 
 /// Every action flowgate can ask Cedar about: the catalog plus the catch-alls.
 pub fn all_actions() -> impl Iterator<Item = &'static MethodSpec> {
-    CATALOG
-        .iter()
-        .chain([&UNKNOWN_METHOD, &ADMIN_SERVICE_METHOD, &REFLECTION_METHOD])
+    CATALOG.iter().chain([&UNKNOWN_METHOD, &ADMIN_SERVICE_METHOD, &REFLECTION_METHOD])
 }

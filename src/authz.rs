@@ -1,0 +1,436 @@
+//! Authorization: Cedar policies from `policy.dir`, loaded and validated once, asked per call.
+//!
+//! A policy set is every `*.cedar` file of the directory plus `schema.cedarschema`. Loading is
+//! all-or-nothing: a parse error, a policy without a unique `@id`, a strict-validation error or
+//! a schema that does not declare every action flowgate can ask about is reported with its file,
+//! line and column, and the set is not used. Policies are known by their `@id`, so decisions
+//! name the policies that determined them.
+//!
+//! Per call, the request is built from entities prepared ahead: the principal's (cached with
+//! its token) and each action's (built at load time with its access group as parent). The
+//! resource entity is the only one made per call.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use cedar_policy::{
+    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityUid, PolicyId, PolicySet, Request,
+    RestrictedExpression, Schema, ValidationMode, Validator,
+};
+use miette::Diagnostic;
+use sha2::{Digest, Sha256};
+
+use crate::authn::Principal;
+use crate::authn::principal::entity_uid;
+use crate::temporal::catalog::{self, Access, MethodSpec};
+use crate::temporal::{Call, ResourceKind};
+
+pub const SCHEMA_FILE: &str = "schema.cedarschema";
+
+/// One problem with a policy directory, located as precisely as Cedar allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyProblem {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+impl std::fmt::Display for PolicyProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let (Some(line), Some(column)) = (self.line, self.column) {
+            write!(f, ":{line}:{column}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// A policy directory that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read policy directory `{dir}`: {source}")]
+    ReadDir { dir: PathBuf, source: std::io::Error },
+    #[error("policy directory `{0}` has no `.cedar` files")]
+    NoPolicies(PathBuf),
+    #[error("invalid policy set:\n{}", .0.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<PolicyProblem>),
+}
+
+/// 1-based line and column of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    (line, column)
+}
+
+/// Turns a Cedar diagnostic into problems located in `file`.
+fn problem(file: &Path, text: &str, diagnostic: &dyn Diagnostic, fallback_offset: Option<usize>) -> PolicyProblem {
+    let mut message = diagnostic.to_string();
+    if let Some(help) = diagnostic.help() {
+        let _ = write!(message, " (help: {help})");
+    }
+    let offset = diagnostic.labels().and_then(|mut labels| labels.next()).map(|l| l.offset()).or(fallback_offset);
+    let (line, column) = match offset {
+        Some(offset) => {
+            let (l, c) = line_column(text, offset);
+            (Some(l), Some(c))
+        }
+        None => (None, None),
+    };
+    PolicyProblem { file: file.to_owned(), line, column, message }
+}
+
+/// A loaded, validated policy set.
+pub struct PolicyEngine {
+    policies: PolicySet,
+    /// Each action's entity, with its access group as parent.
+    actions: HashMap<&'static str, (EntityUid, Entity)>,
+    /// A hash of the schema and every policy file: which policies made a decision.
+    version: String,
+    /// Non-fatal findings (e.g. a policy that can never apply).
+    pub warnings: Vec<PolicyProblem>,
+    pub files: Vec<PathBuf>,
+}
+
+/// What Cedar decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// `@id`s of the policies that determined the decision.
+    pub reasons: Vec<String>,
+    /// Policies that failed to evaluate (they count as not applying).
+    pub errors: Vec<String>,
+}
+
+fn action_uid(name: &str) -> EntityUid {
+    entity_uid("Action", name)
+}
+
+fn string(value: &str) -> RestrictedExpression {
+    RestrictedExpression::new_string(value.to_owned())
+}
+
+impl PolicyEngine {
+    /// Loads and validates `dir`.
+    pub fn load(dir: &Path) -> Result<PolicyEngine, PolicyError> {
+        let read_dir = |source| PolicyError::ReadDir { dir: dir.to_owned(), source };
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(read_dir)?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| path.extension().is_some_and(|ext| ext == "cedar") && path.is_file())
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(PolicyError::NoPolicies(dir.to_owned()));
+        }
+        let schema_path = dir.join(SCHEMA_FILE);
+        let schema_text = std::fs::read_to_string(&schema_path).map_err(|e| {
+            PolicyError::Invalid(vec![PolicyProblem {
+                file: schema_path.clone(),
+                line: None,
+                column: None,
+                message: format!("cannot read the schema: {e}"),
+            }])
+        })?;
+        let sources = files
+            .iter()
+            .map(|path| std::fs::read_to_string(path).map(|text| (path.clone(), text)).map_err(read_dir))
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::from_sources(&schema_path, &schema_text, &sources)
+    }
+
+    /// Builds an engine from in-memory sources (`load` and tests).
+    pub fn from_sources(
+        schema_path: &Path,
+        schema_text: &str,
+        sources: &[(PathBuf, String)],
+    ) -> Result<PolicyEngine, PolicyError> {
+        let mut problems = Vec::new();
+        let schema = match Schema::from_cedarschema_str(schema_text) {
+            Ok((schema, _warnings)) => Some(schema),
+            Err(error) => {
+                problems.push(problem(schema_path, schema_text, &error, None));
+                None
+            }
+        };
+        if let Some(schema) = &schema {
+            problems.extend(missing_actions(schema_path, schema));
+        }
+
+        let mut policies = PolicySet::new();
+        let mut origin: HashMap<PolicyId, (usize, usize)> = HashMap::new();
+        for (index, (path, text)) in sources.iter().enumerate() {
+            let parsed = match PolicySet::from_str(text) {
+                Ok(parsed) => parsed,
+                Err(errors) => {
+                    problems.extend(errors.iter().map(|e| problem(path, text, e, None)));
+                    continue;
+                }
+            };
+            if parsed.templates().next().is_some() {
+                problems.push(PolicyProblem {
+                    file: path.clone(),
+                    line: None,
+                    column: None,
+                    message: "templates are not supported: write static policies".into(),
+                });
+            }
+            for policy in parsed.policies() {
+                let id = policy.annotation("id").map(str::to_owned);
+                // Cedar does not expose where a policy starts; its `@id` annotation does.
+                let offset = id.as_deref().and_then(|id| text.find(&format!("@id(\"{id}\")")));
+                let locate = |message: String| {
+                    let (line, column) = offset.map(|o| line_column(text, o)).unzip();
+                    PolicyProblem { file: path.clone(), line, column, message }
+                };
+                let Some(id) = id else {
+                    let source = policy.to_string();
+                    let head = source.lines().next().unwrap_or_default().trim();
+                    problems.push(locate(format!("policy `{head}` has no `@id(\"...\")` annotation")));
+                    continue;
+                };
+                let id = PolicyId::new(&id);
+                if let Some((file_index, _)) = origin.get(&id) {
+                    problems.push(locate(format!(
+                        "`@id(\"{id}\")` is also used in `{}`",
+                        sources[*file_index].0.display()
+                    )));
+                    continue;
+                }
+                origin.insert(id.clone(), (index, offset.unwrap_or(0)));
+                if let Err(error) = policies.add(policy.new_id(id)) {
+                    problems.push(locate(error.to_string()));
+                }
+            }
+        }
+
+        let mut warnings = Vec::new();
+        if let Some(schema) = &schema
+            && problems.is_empty()
+        {
+            let validator = Validator::new(schema.clone());
+            let result = validator.validate(&policies, ValidationMode::Strict);
+            let locate = |id: &PolicyId, diagnostic: &dyn Diagnostic| {
+                let (index, offset) = origin.get(id).copied().unwrap_or((0, 0));
+                let (path, text) = &sources[index];
+                problem(path, text, diagnostic, Some(offset))
+            };
+            problems.extend(result.validation_errors().map(|e| locate(e.policy_id(), e)));
+            warnings.extend(result.validation_warnings().map(|w| locate(w.policy_id(), w)));
+        }
+        if !problems.is_empty() {
+            return Err(PolicyError::Invalid(problems));
+        }
+        let version = version_of(schema_text, sources);
+        Ok(PolicyEngine {
+            policies,
+            actions: action_entities(),
+            version,
+            warnings,
+            files: sources.iter().map(|(p, _)| p.clone()).chain([schema_path.to_owned()]).collect(),
+        })
+    }
+
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    pub fn policy_count(&self) -> usize {
+        self.policies.policies().count()
+    }
+
+    /// Decides one call.
+    pub fn authorize(&self, principal: &Principal, spec: &MethodSpec, method_path: &str, call: &Call) -> Decision {
+        let (action, action_entity) = self.actions.get(spec.name).expect("every catalog action has an entity");
+        let (resource, resource_entities) = resource_entities(call);
+        let mut context = Vec::with_capacity(4);
+        context.push(("method".to_owned(), string(method_path)));
+        for (key, value) in
+            [("signal_name", &call.signal_name), ("query_type", &call.query_type), ("update_name", &call.update_name)]
+        {
+            if let Some(value) = value {
+                context.push((key.to_owned(), string(value)));
+            }
+        }
+        let context = Context::from_pairs(context).expect("string-valued context is always valid");
+        let request = Request::new(principal.uid.clone(), action.clone(), resource, context, None)
+            .expect("requests without a schema are not validated");
+        let entities = principal.entities.iter().cloned().chain(resource_entities).chain([action_entity.clone()]);
+        let entities = match Entities::from_entities(entities, None) {
+            Ok(entities) => entities,
+            Err(error) => {
+                return Decision {
+                    allowed: false,
+                    reasons: vec![],
+                    errors: vec![format!("cannot build entities: {error}")],
+                };
+            }
+        };
+        let response = Authorizer::new().is_authorized(&request, &self.policies, &entities);
+        let errors: Vec<String> = response.diagnostics().errors().map(|e| e.to_string()).collect();
+        if !errors.is_empty() {
+            tracing::warn!(?errors, action = spec.name, "policies failed to evaluate (they did not apply)");
+        }
+        Decision {
+            allowed: response.decision() == CedarDecision::Allow,
+            reasons: response.diagnostics().reason().map(|id| id.to_string()).collect(),
+            errors,
+        }
+    }
+}
+
+/// The hash that names a policy set in decision records.
+fn version_of(schema_text: &str, sources: &[(PathBuf, String)]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(schema_text.as_bytes());
+    for (path, text) in sources {
+        hasher.update(path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
+        hasher.update([0]);
+        hasher.update(text.as_bytes());
+        hasher.update([0]);
+    }
+    let digest = hasher.finalize();
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn action_entities() -> HashMap<&'static str, (EntityUid, Entity)> {
+    catalog::all_actions()
+        .filter(|spec| spec.access != Access::Public)
+        .map(|spec| {
+            let uid = action_uid(spec.name);
+            let parents: HashSet<EntityUid> = spec.access.group().map(action_uid).into_iter().collect();
+            (spec.name, (uid.clone(), Entity::new_no_attrs(uid, parents)))
+        })
+        .collect()
+}
+
+/// Every action flowgate can ask about must be declared, with the resource type flowgate sends.
+fn missing_actions(schema_path: &Path, schema: &Schema) -> Vec<PolicyProblem> {
+    catalog::all_actions()
+        .filter(|spec| spec.access != Access::Public)
+        .filter_map(|spec| {
+            let wanted = format!("Temporal::{}", spec.resource.entity_type());
+            let message = match schema.resources_for_action(&action_uid(spec.name)) {
+                None => format!(
+                    "the schema does not declare action `{}` (regenerate it with `flowgate policy schema`)",
+                    spec.name
+                ),
+                Some(types) => {
+                    let mut types = types.map(|t| t.to_string());
+                    if types.any(|t| t == wanted) {
+                        return None;
+                    }
+                    format!("action `{}` must apply to resource type `{wanted}`", spec.name)
+                }
+            };
+            Some(PolicyProblem { file: schema_path.to_owned(), line: None, column: None, message })
+        })
+        .collect()
+}
+
+/// The resource entity of a call (and its namespace), e.g. `Temporal::Workflow::"payments/wf-1"`.
+fn resource_entities(call: &Call) -> (EntityUid, Vec<Entity>) {
+    let resource = &call.resource;
+    let namespace = resource.namespace.as_deref().unwrap_or_default();
+    let namespace_uid = entity_uid("Namespace", namespace);
+    let cluster_uid = entity_uid("Cluster", "cluster");
+    let mut attrs: Vec<(String, RestrictedExpression)> = Vec::with_capacity(4);
+    let attr = |attrs: &mut Vec<(String, RestrictedExpression)>, key: &str, value: &Option<String>| {
+        if let Some(value) = value {
+            attrs.push((key.to_owned(), string(value)));
+        }
+    };
+    let scoped = |id: Option<&str>| format!("{namespace}/{}", id.unwrap_or_default());
+    let id = match resource.kind {
+        ResourceKind::Cluster => {
+            return (cluster_uid.clone(), vec![Entity::new_no_attrs(cluster_uid, HashSet::new())]);
+        }
+        ResourceKind::Namespace => {
+            let attrs = [("name".to_owned(), string(namespace))];
+            let entity = Entity::new(namespace_uid.clone(), attrs.into_iter().collect(), HashSet::from([cluster_uid]))
+                .expect("string attributes always evaluate");
+            return (namespace_uid, vec![entity]);
+        }
+        ResourceKind::Workflow => {
+            attr(&mut attrs, "id", &resource.workflow_id);
+            attr(&mut attrs, "type", &resource.workflow_type);
+            attr(&mut attrs, "task_queue", &resource.task_queue);
+            scoped(resource.workflow_id.as_deref())
+        }
+        ResourceKind::TaskQueue => {
+            attrs.push(("name".to_owned(), string(resource.task_queue.as_deref().unwrap_or_default())));
+            scoped(resource.task_queue.as_deref())
+        }
+        ResourceKind::Schedule => {
+            attrs.push(("id".to_owned(), string(resource.schedule_id.as_deref().unwrap_or_default())));
+            attr(&mut attrs, "workflow_type", &resource.workflow_type);
+            attr(&mut attrs, "task_queue", &resource.task_queue);
+            scoped(resource.schedule_id.as_deref())
+        }
+    };
+    attrs.push(("namespace".to_owned(), string(namespace)));
+    let uid = entity_uid(resource.kind.entity_type(), &id);
+    let entity = Entity::new(uid.clone(), attrs.into_iter().collect(), HashSet::from([namespace_uid.clone()]))
+        .expect("string attributes always evaluate");
+    let namespace_entity = Entity::new(
+        namespace_uid,
+        [("name".to_owned(), string(namespace))].into_iter().collect(),
+        HashSet::from([cluster_uid]),
+    )
+    .expect("string attributes always evaluate");
+    (uid, vec![entity, namespace_entity])
+}
+
+/// The Cedar schema flowgate's requests conform to, generated from the method catalog.
+/// `policies/schema.cedarschema` is this text; a test keeps the two equal.
+pub fn generated_schema() -> String {
+    let mut out = String::from(SCHEMA_HEADER);
+    for group in ["read", "write", "worker", "admin", "cluster-admin"] {
+        let _ = writeln!(out, "  action \"{group}\";");
+    }
+    out.push('\n');
+    for spec in catalog::all_actions().filter(|spec| spec.access != Access::Public) {
+        let parent = spec.access.group().map(|g| format!(" in [\"{g}\"]")).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  action \"{}\"{parent} appliesTo {{ principal: [User, Service, CiJob, Worker], resource: [{}], context: CallContext }};",
+            spec.name,
+            spec.resource.entity_type()
+        );
+    }
+    out.push_str("}\n");
+    out
+}
+
+const SCHEMA_HEADER: &str = r#"// The Cedar schema of flowgate's requests. Generated by `flowgate policy schema` from the
+// method catalog: do not edit by hand; flowgate refuses a schema that misses an action.
+namespace Temporal {
+  // Groups from an issuer's groups claim: Temporal::Group::"<issuer name>:<group>".
+  entity Group;
+
+  // Principals: id "<issuer name>:<sub>"; every string/number/boolean claim is a tag.
+  entity User in [Group] { issuer: String, sub: String } tags String;
+  entity Service in [Group] { issuer: String, sub: String } tags String;
+  entity CiJob in [Group] { issuer: String, sub: String } tags String;
+  entity Worker in [Group] { issuer: String, sub: String } tags String;
+
+  // Resources: each namespaced one is `in` its namespace.
+  entity Cluster;
+  entity Namespace in [Cluster] { name: String };
+  entity Workflow in [Namespace] { namespace: String, id?: String, type?: String, task_queue?: String };
+  entity TaskQueue in [Namespace] { namespace: String, name: String };
+  entity Schedule in [Namespace] { namespace: String, id: String, workflow_type?: String, task_queue?: String };
+
+  type CallContext = {
+    method: String,
+    signal_name?: String,
+    query_type?: String,
+    update_name?: String,
+  };
+
+  // Access groups: `action in Temporal::Action::"read"`.
+"#;

@@ -1,0 +1,327 @@
+//! The request flow. One call goes through these phases, in this order, in [`Gateway::handle`]:
+//!
+//! 1. **classify**: the method path names the action (`temporal::catalog`);
+//! 2. **authenticate**: the bearer token becomes a principal (`authn`), unless the method is
+//!    public (health checks, `GetSystemInfo`);
+//! 3. **inspect**: the first request message is read (un-gzipped, size-capped) and the resource
+//!    it touches decoded (`temporal::inspect`);
+//! 4. **authorize**: Cedar decides (`authz`);
+//! 5. **record**: the decision record is written (`audit`), for allows and denials alike; if it
+//!    cannot be written the call is refused;
+//! 6. **forward**: an allowed call goes upstream unchanged (`proxy`); a refused one gets a
+//!    trailers-only gRPC error (`status`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::admin::Metrics;
+use crate::audit::{self, ClientRecord, DecisionLog, DecisionRecord, PrincipalRecord, ResourceRecord};
+use crate::authn::{Authenticator, Principal};
+use crate::authz::{Decision, PolicyEngine};
+use crate::config::{Config, LimitsConfig};
+use crate::proxy::{CallObserver, ForwardBody, ResponseBody, Upstream, grpc_timeout};
+use crate::status::{Refusal, trailers_only};
+use crate::temporal::catalog::{self, Access, MethodSpec};
+use crate::temporal::{Call, ResourceKind, inspect};
+
+/// Reasons recorded for calls that need no policy.
+const PUBLIC_REASON: &str = "flowgate:public-method";
+
+/// Everything a call needs, shared by all connections.
+pub struct Gateway {
+    authn: Authenticator,
+    policies: ArcSwap<PolicyEngine>,
+    log: DecisionLog,
+    upstream: Upstream,
+    metrics: Arc<Metrics>,
+    limits: LimitsConfig,
+    forward_authorization: bool,
+}
+
+/// What the phases before `record` concluded.
+struct Outcome {
+    principal: Option<Arc<Principal>>,
+    call: Option<Call>,
+    decision: Result<Decision, Refusal>,
+}
+
+impl Gateway {
+    pub fn new(
+        config: &Config,
+        authn: Authenticator,
+        policies: PolicyEngine,
+        log: DecisionLog,
+        upstream: Upstream,
+        metrics: Arc<Metrics>,
+    ) -> Gateway {
+        metrics.policy_loaded(policies.version());
+        Gateway {
+            authn,
+            policies: ArcSwap::from_pointee(policies),
+            log,
+            upstream,
+            metrics,
+            limits: config.limits.clone(),
+            forward_authorization: config.upstream.forward_authorization,
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn authenticator(&self) -> &Authenticator {
+        &self.authn
+    }
+
+    /// Ready when a policy set is loaded (always, once constructed) and the upstream answers.
+    pub async fn ready(&self) -> Result<(), String> {
+        self.upstream.check_health().await
+    }
+
+    /// Handles one gRPC call from `client`.
+    pub async fn handle(&self, request: http::Request<Incoming>, client: SocketAddr) -> http::Response<ResponseBody> {
+        let started = Instant::now();
+        let (mut parts, body) = request.into_parts();
+        let path = parts.uri.path().to_owned();
+
+        // Phase 1: classify.
+        let spec = catalog::lookup(&path);
+
+        if let Err(refusal) = check_grpc(&parts) {
+            self.metrics.call_finished(spec.name, false, refusal.code().as_str(), started.elapsed());
+            return trailers_only(refusal.code(), &refusal.to_string());
+        }
+
+        // Policies in force for this whole call, even if a reload lands meanwhile.
+        let policies = self.policies.load_full();
+
+        // Phases 2-4: authenticate, inspect, authorize.
+        let (outcome, forward_body) = self.decide(spec, &parts, body, &path, &policies).await;
+        self.metrics.authorized_in(started.elapsed());
+
+        // Phase 5: record, before anything goes upstream.
+        let refusal = match &outcome.decision {
+            Ok(decision) if decision.allowed => None,
+            Ok(decision) => Some(Refusal::Denied(denial_message(spec, outcome.call.as_ref(), decision))),
+            Err(refusal) => Some(refusal.clone()),
+        };
+        let record = self.record(&parts, client, spec, &path, &outcome, refusal.as_ref(), &policies, started);
+        if let Err(error) = self.log.write(&record).await {
+            self.metrics.decision_log_failed();
+            let refusal = Refusal::Audit(error);
+            self.metrics.call_finished(spec.name, false, refusal.code().as_str(), started.elapsed());
+            return trailers_only(refusal.code(), &refusal.to_string());
+        }
+        if let Some(refusal) = refusal {
+            self.metrics.call_finished(spec.name, false, refusal.code().as_str(), started.elapsed());
+            return trailers_only(refusal.code(), &refusal.to_string());
+        }
+
+        // Phase 6: forward.
+        if !self.forward_authorization {
+            parts.headers.remove(http::header::AUTHORIZATION);
+        }
+        let deadline = grpc_timeout(&parts.headers);
+        match self.upstream.send(parts, forward_body.expect("allowed calls keep their body"), deadline).await {
+            Ok(response) => {
+                let (parts, body) = response.into_parts();
+                let observer = CallObserver { metrics: self.metrics.clone(), method: spec.name, started, status: None };
+                let body = ResponseBody::forwarded(body, observer, &parts.headers);
+                http::Response::from_parts(parts, body)
+            }
+            Err(refusal) => {
+                tracing::warn!(error = %refusal, method = spec.name, "forwarding failed");
+                self.metrics.call_finished(spec.name, true, refusal.code().as_str(), started.elapsed());
+                trailers_only(refusal.code(), &refusal.to_string())
+            }
+        }
+    }
+
+    /// Authenticate, inspect, authorize. Returns the outcome and, for allowed calls, the body
+    /// to forward.
+    async fn decide(
+        &self,
+        spec: &'static MethodSpec,
+        parts: &http::request::Parts,
+        body: Incoming,
+        path: &str,
+        policies: &PolicyEngine,
+    ) -> (Outcome, Option<ForwardBody>) {
+        let refused = |principal, call, refusal| (Outcome { principal, call, decision: Err(refusal) }, None);
+
+        if spec.access == Access::Public {
+            let decision = Decision { allowed: true, reasons: vec![PUBLIC_REASON.to_owned()], errors: vec![] };
+            return (
+                Outcome { principal: None, call: None, decision: Ok(decision) },
+                Some(ForwardBody::new(Bytes::new(), Some(body))),
+            );
+        }
+
+        // Phase 2: authenticate.
+        let principal = match self.authn.authenticate(parts.headers.get(http::header::AUTHORIZATION)).await {
+            Ok(principal) => principal,
+            Err(error) => return refused(None, None, Refusal::Unauthenticated(error)),
+        };
+
+        // Phase 3: inspect.
+        let (buffered, rest) = match self.read_first_message(body).await {
+            Ok(read) => read,
+            Err(refusal) => return refused(Some(principal), None, refusal),
+        };
+        let encoding = parts.headers.get("grpc-encoding").and_then(|v| v.to_str().ok());
+        let call = match self.inspect(spec, &buffered, encoding) {
+            Ok(call) => call,
+            Err(refusal) => return refused(Some(principal), None, refusal),
+        };
+        if call.resource.kind != ResourceKind::Cluster && call.resource.namespace.is_none() {
+            let detail = if call.has_task_token { " (a task token does not name one)" } else { "" };
+            return refused(Some(principal), Some(call), Refusal::NoNamespace { action: spec.name, detail });
+        }
+
+        // Phase 4: authorize.
+        let decision = policies.authorize(&principal, spec, path, &call);
+        let body = decision.allowed.then(|| ForwardBody::new(buffered, rest));
+        (Outcome { principal: Some(principal), call: Some(call), decision: Ok(decision) }, body)
+    }
+
+    /// Reads the body until the first gRPC message is complete (or the stream ends). Returns the
+    /// bytes read and the rest of the stream, if it has not ended.
+    async fn read_first_message(&self, mut body: Incoming) -> Result<(Bytes, Option<Incoming>), Refusal> {
+        let mut buffer = BytesMut::new();
+        loop {
+            if inspect::first_message(&buffer, self.limits.max_message_bytes)?.is_some() {
+                return Ok((buffer.freeze(), Some(body)));
+            }
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        buffer.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(error)) => return Err(Refusal::Body(error.to_string())),
+                None => return Ok((buffer.freeze(), None)),
+            }
+        }
+    }
+
+    fn inspect(&self, spec: &'static MethodSpec, buffered: &[u8], encoding: Option<&str>) -> Result<Call, Refusal> {
+        let framed = match inspect::first_message(buffered, self.limits.max_message_bytes)? {
+            Some(framed) => framed,
+            None if buffered.is_empty() => return Err(Refusal::EmptyRequest),
+            None => {
+                return Err(Refusal::Inspect(if buffered.len() < 5 {
+                    inspect::InspectError::TruncatedPrefix
+                } else {
+                    let expected = u32::from_be_bytes([buffered[1], buffered[2], buffered[3], buffered[4]]) as usize;
+                    inspect::InspectError::TruncatedMessage { got: buffered.len() - 5, expected }
+                }));
+            }
+        };
+        let message = inspect::decompress(&framed, encoding, self.limits.max_inflated_bytes)?;
+        Ok(inspect::inspect(spec, &message)?)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record<'a>(
+        &self,
+        parts: &'a http::request::Parts,
+        client: SocketAddr,
+        spec: &'static MethodSpec,
+        path: &'a str,
+        outcome: &'a Outcome,
+        refusal: Option<&Refusal>,
+        policies: &'a PolicyEngine,
+        started: Instant,
+    ) -> DecisionRecord<'a> {
+        let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+        let (reasons, errors) = match (&outcome.decision, refusal) {
+            (Ok(decision), _) => (decision.reasons.clone(), decision.errors.clone()),
+            (Err(refusal), _) => (vec![refusal.to_string()], vec![]),
+        };
+        DecisionRecord {
+            ts: audit::timestamp(SystemTime::now()),
+            decision_id: audit::decision_id(),
+            kind: "grpc",
+            decision: if refusal.is_none() { "allow" } else { "deny" },
+            reasons,
+            errors,
+            principal: outcome.principal.as_ref().map(|p| PrincipalRecord {
+                kind: p.kind.entity_type(),
+                id: &p.id,
+                issuer: &p.issuer,
+            }),
+            action: spec.name,
+            method: path,
+            resource: outcome.call.as_ref().map(|call| {
+                let r = &call.resource;
+                ResourceRecord {
+                    kind: r.kind.entity_type(),
+                    namespace: r.namespace.as_deref(),
+                    workflow_type: r.workflow_type.as_deref(),
+                    workflow_id: r.workflow_id.as_deref(),
+                    task_queue: r.task_queue.as_deref(),
+                    schedule_id: r.schedule_id.as_deref(),
+                    signal_name: call.signal_name.as_deref(),
+                    query_type: call.query_type.as_deref(),
+                    update_name: call.update_name.as_deref(),
+                }
+            }),
+            client: ClientRecord {
+                addr: client.to_string(),
+                name: header("client-name"),
+                version: header("client-version"),
+            },
+            policy_version: policies.version(),
+            latency_us: started.elapsed().as_micros() as u64,
+            status: refusal.map(|r| r.code() as u16),
+        }
+    }
+}
+
+/// Only gRPC over HTTP/2 POST is proxied.
+fn check_grpc(parts: &http::request::Parts) -> Result<(), Refusal> {
+    let content_type = parts.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if parts.method != http::Method::POST || !content_type.starts_with("application/grpc") {
+        return Err(Refusal::NotGrpc(content_type.to_owned()));
+    }
+    Ok(())
+}
+
+/// "`StartWorkflowExecution` on Workflow `wf-1` (type `Deploy`) in namespace `payments`".
+fn denial_message(spec: &MethodSpec, call: Option<&Call>, decision: &Decision) -> String {
+    let mut message = format!("`{}`", spec.name);
+    if let Some(call) = call {
+        let r = &call.resource;
+        message.push_str(&format!(" on {}", r.kind.entity_type()));
+        let name = r.workflow_id.as_deref().or(r.schedule_id.as_deref()).or(if r.kind == ResourceKind::TaskQueue {
+            r.task_queue.as_deref()
+        } else {
+            None
+        });
+        if let Some(name) = name {
+            message.push_str(&format!(" `{name}`"));
+        }
+        if let Some(workflow_type) = &r.workflow_type {
+            message.push_str(&format!(" (workflow type `{workflow_type}`)"));
+        }
+        if let Some(namespace) = &r.namespace {
+            message.push_str(&format!(" in namespace `{namespace}`"));
+        }
+    }
+    if decision.reasons.is_empty() {
+        message.push_str(" is not permitted by any policy");
+    } else {
+        message.push_str(&format!(
+            " is forbidden by policy {}",
+            decision.reasons.iter().map(|r| format!("`{r}`")).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    message
+}

@@ -1,0 +1,184 @@
+//! The listeners and the `run` entry point.
+//!
+//! [`run`] is what `flowgate serve` calls and what tests call directly with listeners bound to
+//! `127.0.0.1:0`: it loads everything that can fail (policies, issuers, TLS material, the
+//! decision log) before accepting a single connection, then serves until `shutdown` resolves,
+//! and drains: no new connections, in-flight calls (long polls included) get up to
+//! `listen.shutdown_grace` to finish.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::admin::{self, Metrics};
+use crate::audit::DecisionLog;
+use crate::authn::{Authenticator, HttpFetcher};
+use crate::authz::PolicyEngine;
+use crate::config::{Config, ServerTlsConfig};
+use crate::gateway::Gateway;
+use crate::proxy::{Upstream, read_certs, read_pem_key};
+use crate::shutdown;
+
+/// The sockets flowgate serves on.
+pub struct Listeners {
+    pub gateway: TcpListener,
+    pub admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the addresses in the config.
+    pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
+        let gateway = TcpListener::bind(config.listen.address)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on `{}`: {e}", config.listen.address))?;
+        let admin = match &config.admin {
+            Some(admin) => Some(
+                TcpListener::bind(admin.address)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen on `{}`: {e}", admin.address))?,
+            ),
+            None => None,
+        };
+        Ok(Listeners { gateway, admin })
+    }
+}
+
+/// Everything `run` builds from a config, checked: what `flowgate check` validates too.
+pub struct Prepared {
+    pub gateway: Arc<Gateway>,
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// Loads and checks everything in the config; no sockets, no background tasks.
+pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
+    let metrics = Arc::new(Metrics::new());
+    let policies = PolicyEngine::load(&config.policy.dir)?;
+    for warning in &policies.warnings {
+        tracing::warn!(%warning, "policy warning");
+    }
+    let authn = Authenticator::new(config, HttpFetcher::new(), metrics.clone())?;
+    let upstream = Upstream::new(&config.upstream)?;
+    let tls = config.listen.tls.as_ref().map(tls_acceptor).transpose()?;
+    let log = DecisionLog::open(&config.audit.path)?;
+    let gateway = Arc::new(Gateway::new(config, authn, policies, log, upstream, metrics));
+    Ok(Prepared { gateway, tls })
+}
+
+fn tls_acceptor(tls: &ServerTlsConfig) -> anyhow::Result<TlsAcceptor> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?;
+    let builder = match &tls.client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in read_certs(ca)? {
+                roots.add(cert)?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots)).build()?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut server = builder.with_single_cert(read_certs(&tls.cert)?, read_pem_key(&tls.key)?)?;
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(server)))
+}
+
+/// Serves until `shutdown` resolves, then drains.
+pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let Prepared { gateway, tls } = prepare(&config)?;
+    let (trigger, signal) = shutdown::channel();
+    gateway.authenticator().spawn_key_refresh(signal.clone());
+    spawn_cache_sweeper(gateway.clone(), signal.clone());
+    if let Some(admin) = listeners.admin {
+        tokio::spawn(admin::serve(admin, gateway.clone(), signal.clone()));
+    }
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(config.listen.max_concurrent_streams)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .adaptive_window(true);
+    let builder = Arc::new(builder);
+    let graceful = GracefulShutdown::new();
+    let local = listeners.gateway.local_addr()?;
+    tracing::info!(address = %local, tls = tls.is_some(), "flowgate is serving");
+
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listeners.gateway.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(error) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let gateway = gateway.clone();
+        let builder = builder.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let gateway = gateway.clone();
+            async move { Ok::<_, std::convert::Infallible>(gateway.handle(request, peer).await) }
+        });
+        match &tls {
+            None => {
+                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(log_connection_end(connection, peer));
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => return tracing::debug!(%peer, %error, "TLS handshake failed"),
+                        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                    };
+                    let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                    log_connection_end(watcher.watch(connection), peer).await;
+                });
+            }
+        }
+    }
+
+    tracing::info!(grace = ?config.listen.shutdown_grace, "shutting down: draining in-flight calls");
+    drop(listeners.gateway);
+    trigger.fire();
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections drained"),
+        () = tokio::time::sleep(config.listen.shutdown_grace) => tracing::warn!("grace period over; closing the remaining connections"),
+    }
+    Ok(())
+}
+
+async fn log_connection_end<E: std::fmt::Display>(connection: impl Future<Output = Result<(), E>>, peer: SocketAddr) {
+    if let Err(error) = connection.await {
+        tracing::debug!(%peer, %error, "connection ended with an error");
+    }
+}
+
+fn spawn_cache_sweeper(gateway: Arc<Gateway>, mut signal: shutdown::Signal) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(60)) => gateway.authenticator().sweep_cache(),
+                _ = signal.wait() => return,
+            }
+        }
+    });
+}

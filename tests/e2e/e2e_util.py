@@ -1,0 +1,145 @@
+"""Helpers shared by the e2e tests: tokens shaped like each provider's, SDK clients, checks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import time
+import uuid
+
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
+
+OKTA_AUD = "api://temporal"
+GITHUB_AUD = "https://temporal.example.com"
+TASK_QUEUE = "deploys"  # the queue the e2e worker serves
+PARKED_QUEUE = "deploys-parked"  # starts that no worker should pick up
+
+
+def temporal_bin() -> str:
+    explicit = os.environ.get("TEMPORAL_BIN")
+    if explicit:
+        return explicit
+    found = shutil.which("temporal")
+    if found:
+        return found
+    import importlib.metadata as md
+
+    try:
+        for f in md.distribution("temporal-bin").files or []:
+            if os.path.basename(str(f)) == "temporal":
+                return os.path.realpath(str(f.locate()))
+    except md.PackageNotFoundError:
+        pass
+    raise RuntimeError("the `temporal` CLI is missing: run `bash scripts/setup.sh`")
+
+
+def run(coro, timeout: float = 60.0):
+    """Runs a coroutine to completion with an explicit timeout (no pytest-asyncio needed)."""
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def uid(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def deployer(okta, sub: str = "alice", **kw) -> str:
+    return okta.mint(_okta_claims(sub, ["deployers"]), **kw)
+
+
+def worker_token(okta, sub: str = "deploy-worker", **kw) -> str:
+    return okta.mint(_okta_claims(sub, ["workers"]), **kw)
+
+
+def _okta_claims(sub: str, groups: list[str], **extra) -> dict:
+    claims = {"sub": sub, "aud": OKTA_AUD, "cid": "0oa-e2e-client", "uid": sub, "scp": ["openid"],
+              "groups": groups, "jti": uid("AT"), "ver": 1}  # fmt: skip
+    claims.update(extra)
+    return claims
+
+
+def okta_claims(sub: str, groups: list[str], **extra) -> dict:
+    return _okta_claims(sub, groups, **extra)
+
+
+def github_claims(repository: str = "acme/payments", environment: str = "production", owner: str | None = None,
+                  **extra) -> dict:  # fmt: skip
+    owner = owner or repository.split("/")[0]
+    claims = {
+        "jti": uid("gh"), "sub": f"repo:{repository}:environment:{environment}", "environment": environment,
+        "aud": GITHUB_AUD, "ref": "refs/heads/main", "sha": "0" * 40, "repository": repository,
+        "repository_owner": owner, "actor_id": "12", "repository_visibility": "private", "repository_id": "74",
+        "repository_owner_id": "65", "run_id": "1234", "run_number": "10", "run_attempt": "1",
+        "runner_environment": "github-hosted", "actor": "octocat", "workflow": "deploy", "head_ref": "",
+        "base_ref": "", "event_name": "workflow_dispatch", "ref_type": "branch",
+        "job_workflow_ref": f"{repository}/.github/workflows/deploy.yml@refs/heads/main",
+    }  # fmt: skip
+    claims.update(extra)
+    return claims
+
+
+async def connect(address: str, token: str | None, namespace: str = "payments", api_key: bool = False, **kw) -> Client:
+    if token is None:
+        return await Client.connect(address, namespace=namespace, **kw)
+    if api_key:
+        return await Client.connect(address, namespace=namespace, api_key=token, tls=False, **kw)
+    return await Client.connect(address, namespace=namespace, rpc_metadata={"authorization": f"Bearer {token}"}, **kw)
+
+
+async def expect_rpc_error(coro, status: RPCStatusCode) -> RPCError:
+    try:
+        await coro
+    except RPCError as e:
+        assert e.status == status, f"expected {status.name}, got {e.status.name}: {e.message}"
+        return e
+    raise AssertionError(f"expected RPCError {status.name}, the call succeeded")
+
+
+RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
+
+
+def check_record_shape(rec: dict) -> None:
+    """Fields every grpc decision record must have, with the right types."""
+    for field in ("ts", "decision_id", "kind", "decision", "reasons", "principal", "action", "resource", "client",
+                  "policy_version", "latency_us"):  # fmt: skip
+        assert field in rec, f"decision record lacks `{field}`: {rec}"
+    assert RFC3339.match(rec["ts"]), f"ts is not RFC 3339: {rec['ts']!r}"
+    assert uuid.UUID(rec["decision_id"]).version == 7, f"decision_id is not a UUIDv7: {rec['decision_id']}"
+    assert rec["kind"] == "grpc", rec
+    assert rec["decision"] in ("allow", "deny"), rec
+    assert isinstance(rec["reasons"], list), rec
+    assert isinstance(rec["latency_us"], int) and rec["latency_us"] >= 0, rec
+    if rec["principal"] is not None:  # decided by policy: which policy set decided
+        assert isinstance(rec["policy_version"], str) and rec["policy_version"], f"empty policy_version: {rec}"
+    if rec["decision"] == "deny":
+        assert rec.get("status") in (7, 16), f"deny without status 7/16: {rec}"
+    else:
+        assert rec.get("status") in (None, 0), f"allow with a status: {rec}"
+
+
+def by(action: str | None = None, principal: str | None = None, decision: str | None = None, workflow_id=None):
+    """A predicate for Gateway.decisions() / wait_decisions()."""
+
+    def pred(rec: dict) -> bool:
+        if action is not None and rec.get("action") != action:
+            return False
+        if decision is not None and rec.get("decision") != decision:
+            return False
+        if principal is not None and (rec.get("principal") or {}).get("id") != principal:
+            return False
+        if workflow_id is not None and (rec.get("resource") or {}).get("workflow_id") != workflow_id:
+            return False
+        return True
+
+    return pred
+
+
+def wait_until(fn, timeout: float = 10.0, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
