@@ -27,13 +27,14 @@ pub enum AuditError {
     Stopped,
 }
 
+#[derive(Debug)]
 struct Job {
     line: Vec<u8>,
     written: oneshot::Sender<Result<(), String>>,
 }
 
 /// A handle to the decision log. Cheap to clone; the writer stops when the last handle drops.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct DecisionLog {
     jobs: mpsc::Sender<Job>,
 }
