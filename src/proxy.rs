@@ -210,10 +210,11 @@ impl Body for ForwardBody {
     fn size_hint(&self) -> SizeHint {
         let prefix = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
         let mut hint = self.rest.as_ref().map_or_else(|| SizeHint::with_exact(0), |rest| rest.size_hint());
-        hint.set_lower(hint.lower() + prefix);
+        // Upper first: `set_lower` asserts the new lower bound does not pass the upper one.
         if let Some(upper) = hint.upper() {
             hint.set_upper(upper + prefix);
         }
+        hint.set_lower(hint.lower() + prefix);
         hint
     }
 }

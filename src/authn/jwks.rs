@@ -201,7 +201,9 @@ pub struct KeyStore {
     min_refresh: Duration,
     max_stale: Duration,
     current: ArcSwap<KeySet>,
-    /// Held while fetching; its value is when the last fetch was attempted.
+    /// Held while fetching; its value is when the last on-demand (unknown `kid`) fetch was
+    /// attempted. Background refreshes do not count: a key published just after one must
+    /// still be picked up when a token first names it.
     refresh: tokio::sync::Mutex<Option<Instant>>,
     last_error: std::sync::Mutex<Option<String>>,
     fetcher: HttpFetcher,
@@ -276,8 +278,7 @@ impl KeyStore {
 
     /// Fetches the keys now (background refresh and start-up use this); returns whether it worked.
     pub async fn refresh(&self) -> bool {
-        let mut last_attempt = self.refresh.lock().await;
-        *last_attempt = Some(Instant::now());
+        let _single_flight = self.refresh.lock().await;
         self.fetch_now().await
     }
 

@@ -1,0 +1,447 @@
+//! The gateway end to end against a fake upstream and an in-test JWKS server: authentication
+//! (every checklist item), inspection of bad input, authorization, decision records, and the
+//! fault cases (IdP down, upstream down, decision log unwritable). The same behaviour against a
+//! real Temporal server is in tests/e2e.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+async fn setup() -> (SigningKey, Jwks, Upstream) {
+    let key = SigningKey::es256("key-1");
+    let jwks = Jwks::start(&[&key]).await;
+    let upstream = Upstream::start().await;
+    (key, jwks, upstream)
+}
+
+fn deploy() -> Vec<u8> {
+    start_request("payments", "deploy-1", "DeployWorkflow", "deploys")
+}
+
+#[tokio::test]
+async fn an_allowed_call_is_forwarded_intact_without_the_token() {
+    let (key, jwks, upstream) = setup().await;
+    let gateway = Gateway::start(&jwks, Setup::new(&upstream)).await;
+    let mut client = Client::connect(gateway.addr).await;
+    let token = key.sign(&claims("alice", &["deployers"]));
+
+    let reply = client.unary("StartWorkflowExecution", Some(&token), &deploy()).await;
+    assert_eq!(reply.code(), "0", "{reply:?}");
+    assert_eq!(reply.body.as_ref(), frame(b"\x0a\x02ok", false).as_slice(), "response body intact");
+    let trailers = reply.trailers.expect("trailers are forwarded");
+    assert_eq!(trailers["x-upstream-trailer"], "kept");
+
+    let calls = upstream.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].path, format!("{WS}/StartWorkflowExecution"));
+    assert_eq!(calls[0].body.as_ref(), frame(&deploy(), false).as_slice(), "request body intact");
+    assert!(calls[0].headers.get("authorization").is_none(), "the token is not forwarded by default");
+    assert_eq!(calls[0].headers["client-name"], "flowgate-tests");
+
+    let records = gateway.records();
+    assert_eq!(records.len(), 1);
+    let record = &records[0];
+    assert_eq!(record["decision"], "allow");
+    assert_eq!(record["kind"], "grpc");
+    assert_eq!(record["action"], "StartWorkflowExecution");
+    assert_eq!(record["reasons"], serde_json::json!(["deployers-start-deploys"]));
+    assert_eq!(record["principal"]["id"], "test:alice");
+    assert_eq!(record["principal"]["type"], "User");
+    assert_eq!(record["principal"]["issuer"], "test");
+    assert_eq!(record["resource"]["type"], "Workflow");
+    assert_eq!(record["resource"]["namespace"], "payments");
+    assert_eq!(record["resource"]["workflow_type"], "DeployWorkflow");
+    assert_eq!(record["resource"]["workflow_id"], "deploy-1");
+    assert_eq!(record["resource"]["task_queue"], "deploys");
+    assert_eq!(record["client"]["name"], "flowgate-tests");
+    assert!(record["client"]["addr"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert_eq!(record["policy_version"].as_str().unwrap().len(), 16);
+    assert!(record["status"].is_null());
+    assert!(record["ts"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(record["decision_id"].as_str().unwrap().len(), 36);
+    gateway.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn policy_denials_name_the_action_and_resource() {
+    let (key, jwks, upstream) = setup().await;
+    let gateway = Gateway::start(&jwks, Setup::new(&upstream)).await;
+    let mut client = Client::connect(gateway.addr).await;
+    let token = key.sign(&claims("alice", &["deployers"]));
+
+    let wrong_type = start_request("payments", "x-1", "DropTables", "deploys");
+    let reply = client.unary("StartWorkflowExecution", Some(&token), &wrong_type).await;
+    assert_eq!(reply.code(), "7");
+    let message = reply.message.unwrap();
+    assert!(message.contains("`StartWorkflowExecution`") && message.contains("`DropTables`"), "{message}");
+    assert!(message.contains("namespace `payments`"), "{message}");
+
+    let other_namespace = start_request("analytics", "deploy-2", "DeployWorkflow", "deploys");
+    assert_eq!(client.unary("StartWorkflowExecution", Some(&token), &other_namespace).await.code(), "7");
+
+    // Workers' group may poll but not start.
+    let worker = key.sign(&claims("w", &["workers"]));
+    assert_eq!(client.unary("StartWorkflowExecution", Some(&worker), &deploy()).await.code(), "7");
+    assert!(upstream.calls().is_empty(), "nothing denied reached the upstream");
+
+    let records = gateway.records();
+    assert_eq!(records.len(), 3);
+    assert!(records.iter().all(|r| r["decision"] == "deny" && r["status"] == 7));
+    assert_eq!(records[0]["resource"]["workflow_type"], "DropTables");
+    gateway.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn unknown_admin_and_reflection_methods_are_denied_without_a_policy() {
+    let (key, jwks, upstream) = setup().await;
+    let gateway = Gateway::start(&jwks, Setup::new(&upstream)).await;
+    let mut client = Client::connect(gateway.addr).await;
+    let token = format!("Bearer {}", key.sign(&claims("alice", &["deployers"])));
+    for path in [
+        "/temporal.server.api.adminservice.v1.AdminService/DescribeCluster",
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        "/temporal.api.workflowservice.v1.WorkflowService/NoSuchMethod",
+        "/acme.Other/Call",
+    ] {
+        let reply = client.call(path, &[("authorization", &token)], frame(b"", false)).await;
+        assert_eq!(reply.code(), "7", "{path}: {reply:?}");
+    }
+    assert!(upstream.calls().is_empty());
+    let actions: Vec<_> = gateway.records().iter().map(|r| r["action"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(actions, ["AdminService", "ServerReflection", "UnknownMethod", "UnknownMethod"]);
+    gateway.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn public_calls_need_no_token_and_others_do() {
+    let (_key, jwks, upstream) = setup().await;
+    let gateway = Gateway::start(&jwks, Setup::new(&upstream)).await;
+    let mut client = Client::connect(gateway.addr).await;
+    assert_eq!(client.unary("GetSystemInfo", None, b"").await.code(), "0");
+    let health = client.call("/grpc.health.v1.Health/Check", &[], frame(b"", false)).await;
+    assert_eq!(health.code(), "0");
+    let reply = client.unary("StartWorkflowExecution", None, &deploy()).await;
+    assert_eq!(reply.code(), "16");
+    assert!(reply.message.unwrap().contains("no bearer token"));
+    let records = gateway.records();
+    assert_eq!(records.len(), 3);
+    assert_eq!(
+        records[2]["reasons"],
+        serde_json::json!(["unauthenticated: no bearer token in the `authorization` header"])
+    );
+    assert!(records[2]["principal"].is_null());
+    gateway.stop().await.unwrap();
+}
+
+/// Every item of the validation checklist, one token each.
+#[tokio::test]
+async fn tokens_failing_the_checklist_are_unauthenticated_with_a_reason() {
+    let (key, jwks, upstream) = setup().await;
+    let gateway = Gateway::start(&jwks, Setup::new(&upstream)).await;
+    let mut client = Client::connect(gateway.addr).await;
+    let base = claims("alice", &["deployers"]);
+    let with = |patch: serde_json::Value| {
+        let mut claims = base.clone();
+        for (k, v) in patch.as_object().unwrap() {
+            if v.is_null() {
+                claims.as_object_mut().unwrap().remove(k);
+            } else {
+                claims[k] = v.clone();
+            }
+        }
+        claims
+    };
+    let attacker = SigningKey::es256("key-1");
+    let header = |alg: &str, extra: serde_json::Value| {
+        let mut h = serde_json::json!({"alg": alg, "kid": "key-1", "typ": "JWT"});
+        for (k, v) in extra.as_object().unwrap() {
+            h[k] = v.clone();
+        }
+        h
+    };
+    // HS256 "signed" with the public key's JSON as the secret (the classic confusion attack).
+    let hs256 = {
+        let secret = key.jwk.to_string();
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        h.kid = Some("key-1".into());
+        jsonwebtoken::encode(&h, &base, &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes())).unwrap()
+    };
+    let embedded_jwk = {
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        h.kid = Some("attacker".into());
+        h.jwk = Some(serde_json::from_value(attacker.jwk.clone()).unwrap());
+        h.jku = Some("http://127.0.0.1:1/jwks".into());
+        attacker.sign_with_header(&h, &base)
+    };
+    let valid = key.sign(&base);
+    let (signed_part, _) = valid.rsplit_once('.').unwrap();
+    let zero_signature = format!("{signed_part}.{}", "A".repeat(86));
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("alg none", raw_token(&header("none", serde_json::json!({})), &base, b""), "algorithm `none` is not accepted"),
+        ("HS256 with the public key", hs256, "algorithm `HS256` is not accepted"),
+        ("forged with another key", attacker.sign(&base), "signature is invalid"),
+        ("embedded jwk/jku", embedded_jwk, "unknown signing key `attacker`"),
+        ("ECDSA r=s=0", zero_signature, "signature is invalid"),
+        (
+            "kid path trick",
+            {
+                let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+                h.kid = Some("../../key-1".into());
+                key.sign_with_header(&h, &base)
+            },
+            "unknown signing key `../../key-1`",
+        ),
+        (
+            "no kid",
+            {
+                let h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+                key.sign_with_header(&h, &base)
+            },
+            "no `kid`",
+        ),
+        ("expired", key.sign(&with(serde_json::json!({"exp": now() - 120, "iat": now() - 400}))), "expired"),
+        ("nbf in the future", key.sign(&with(serde_json::json!({"nbf": now() + 600}))), "not valid yet"),
+        ("iat in the future", key.sign(&with(serde_json::json!({"iat": now() + 600}))), "issued in the future"),
+        ("no exp", key.sign(&with(serde_json::json!({"exp": null}))), "claim `exp` is missing"),
+        (
+            "implausible lifetime",
+            key.sign(&with(serde_json::json!({"exp": now() + 30 * 24 * 3600}))),
+            "lifetime exceeds",
+        ),
+        ("wrong audience", key.sign(&with(serde_json::json!({"aud": "api://other"}))), "audience is not accepted"),
+        ("no audience", key.sign(&with(serde_json::json!({"aud": null}))), "claim `aud` is missing"),
+        (
+            "wrong issuer",
+            key.sign(&with(serde_json::json!({"iss": "https://evil.test"}))),
+            "issuer `https://evil.test` is not trusted",
+        ),
+        ("other tenant", key.sign(&with(serde_json::json!({"tenant": "evil"}))), "claim `tenant` is `evil`"),
+        (
+            "tenant of the wrong type",
+            key.sign(&with(serde_json::json!({"tenant": 7}))),
+            "claim `tenant` has the wrong type",
+        ),
+        ("sub not a string", key.sign(&with(serde_json::json!({"sub": 42}))), "claim `sub` has the wrong type"),
+        ("an ID token", key.sign(&with(serde_json::json!({"nonce": "n-0S6_WzA2Mj"}))), "ID token"),
+        (
+            "groups of the wrong type",
+            key.sign(&with(serde_json::json!({"groups": {"a": 1}}))),
+            "claim `groups` has the wrong type",
+        ),
+        (
+            "a flowgate credential",
+            {
+                let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+                h.kid = Some("key-1".into());
+                h.typ = Some(flowgate::authn::MINTED_TOKEN_TYPE.into());
+                key.sign_with_header(&h, &base)
+            },
+            "flowgate credential",
+        ),
+        ("not a JWT", "not-a-token".into(), "not a signed JWT"),
+        ("an encrypted JWT", "a.b.c.d.e".into(), "not a signed JWT"),
+    ];
+    for (name, token, expected) in &cases {
+        let reply = client.unary("StartWorkflowExecution", Some(token), &deploy()).await;
+        assert_eq!(reply.code(), "16", "{name}: {reply:?}");
+        let message = reply.message.unwrap_or_default();
+        assert!(message.contains(expected), "{name}: expected `{expected}` in `{message}`");
+    }
+    let basic = client
+        .call(&format!("{WS}/StartWorkflowExecution"), &[("authorization", "Basic dTpw")], frame(&deploy(), false))
+        .await;
+    assert_eq!(basic.code(), "16");
+    // The same, valid token passes: the failures above were the tokens, not the setup.
+    assert_eq!(client.unary("StartWorkflowExecution", Some(&valid), &deploy()).await.code(), "0");
+    assert_eq!(upstream.calls().len(), 1);
+    let records = gateway.records();
+    assert_eq!(records.len(), cases.len() + 2);
+    assert!(records[..cases.len() + 1].iter().all(|r| r["decision"] == "deny"
+        && r["status"] == 16
+        && r["reasons"][0].as_str().unwrap().starts_with("unauthenticated: ")));
+    gateway.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_rotated_key_is_fetched_once_and_the_last_good_keys_survive_an_idp_outage() {
+    let (key, jwks, upstream) = setup().await;
+    let gateway = Gateway::start(&jwks, Setup::new(&upstream)).await;
+    let mut client = Client::connect(gateway.addr).await;
+    let old = key.sign(&claims("alice", &["deployers"]));
+    assert_eq!(client.unary("StartWorkflowExecution", Some(&old), &deploy()).await.code(), "0");
+    let fetches = jwks.fetch_count();
+
+    // Rotation: the IdP publishes key-2 and signs with it.
+    let rotated = SigningKey::es256("key-2");
+    jwks.set_keys(&[&key, &rotated]);
+    let new = rotated.sign(&claims("bob", &["deployers"]));
+    assert_eq!(client.unary("StartWorkflowExecution", Some(&new), &deploy()).await.code(), "0");
+    assert_eq!(jwks.fetch_count(), fetches + 1, "one refresh for the unknown kid");
+
+    // Unknown kids do not hammer the IdP: at most one fetch per `jwks_min_refresh` (1 s).
+    let stranger = SigningKey::es256("key-x");
+    for i in 0..5 {
+        let token = stranger.sign(&claims(&format!("s{i}"), &["deployers"]));
+        assert_eq!(client.unary("StartWorkflowExecution", Some(&token), &deploy()).await.code(), "16");
+    }
+    assert!(jwks.fetch_count() <= fetches + 2, "rate-limited: {} fetches", jwks.fetch_count() - fetches);
+
+    // The IdP goes down: known keys keep working (fresh tokens, so no cache hit helps).
+    jwks.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let during_outage = rotated.sign(&claims("carol", &["deployers"]));
+    assert_eq!(client.unary("StartWorkflowExecution", Some(&during_outage), &deploy()).await.code(), "0");
+    let unknown = stranger.sign(&claims("dave", &["deployers"]));
+    let reply = client.unary("StartWorkflowExecution", Some(&unknown), &deploy()).await;
+    assert_eq!(reply.code(), "16");
+    let (_, metrics) = gateway.admin_get("/metrics").await;
+    assert!(metrics.contains(r#"flowgate_jwks_fetches_total{issuer="test",result="failure"}"#), "{metrics}");
+    assert!(metrics.contains(r#"flowgate_token_cache_total{result="miss"}"#), "{metrics}");
+    gateway.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_verified_token_is_cached_until_it_expires() {
+    let (key, jwks, upstream) = setup().await;
+    let gateway = Gateway::start(&jwks, Setup::new(&upstream)).await;
+    let mut client = Client::connect(gateway.addr).await;
+    let token = key.sign(&claims("alice", &["deployers"]));
+    for _ in 0..5 {
+        assert_eq!(client.unary("DescribeNamespace", Some(&token), &field(1, b"payments")).await.code(), "0");
+    }
+    let (_, metrics) = gateway.admin_get("/metrics").await;
+    assert!(metrics.contains(r#"flowgate_token_cache_total{result="hit"} 4"#), "{metrics}");
+    assert!(metrics.contains(r#"flowgate_token_cache_total{result="miss"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"flowgate_calls_total{method="DescribeNamespace",decision="allow",grpc_status="0"} 5"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("flowgate_authorization_duration_seconds_bucket"), "{metrics}");
+    gateway.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_messages_get_clean_grpc_errors() {
+    let (key, jwks, upstream) = setup().await;
+    let gateway = Gateway::start(&jwks, Setup::new(&upstream)).await;
+    let mut client = Client::connect(gateway.addr).await;
+    let auth = format!("Bearer {}", key.sign(&claims("alice", &["deployers"])));
+    let path = format!("{WS}/StartWorkflowExecution");
+    let gz = [("authorization", auth.as_str()), ("grpc-encoding", "gzip")];
+    let plain = [("authorization", auth.as_str())];
+
+    // A gzip request is inspected: the denied type inside is still denied, the allowed passes.
+    let denied = start_request("payments", "x", "DropTables", "deploys");
+    assert_eq!(client.call(&path, &gz, frame(&gzip(&denied), true)).await.code(), "7");
+    assert_eq!(client.call(&path, &gz, frame(&gzip(&deploy()), true)).await.code(), "0");
+    // A second gzip member cannot smuggle a namespace past inspection.
+    let smuggled = [gzip(&deploy()), gzip(&field(1, b"analytics"))].concat();
+    assert_eq!(client.call(&path, &gz, frame(&smuggled, true)).await.code(), "7");
+
+    let cases: Vec<(&str, &[(&str, &str)], Vec<u8>, &str, &str)> = vec![
+        ("gzip bomb", &gz, frame(&gzip(&vec![0u8; 10_000_000]), true), "8", "inflates past"),
+        ("oversize message", &plain, frame(&vec![0u8; 70_000], false), "8", "over the 65536-byte limit"),
+        ("corrupt protobuf", &plain, frame(&[0x0a, 0x20, 0x01], false), "3", "malformed request message"),
+        ("truncated frame", &plain, frame(&deploy(), false)[..20].to_vec(), "3", "request ended after"),
+        ("not gzip", &gz, frame(b"plainly not gzip", true), "3", "not valid gzip"),
+        ("compressed, no encoding", &plain, frame(&gzip(&deploy()), true), "3", "no `grpc-encoding`"),
+        ("empty body", &plain, vec![], "3", "request has no message"),
+        ("bad utf-8", &plain, frame(&field(1, &[0xff, 0xfe]), false), "3", "not valid UTF-8"),
+        ("no namespace", &plain, frame(&field(2, b"wf"), false), "7", "names no namespace"),
+    ];
+    for (name, headers, body, code, expected) in cases {
+        let reply = client.call(&path, headers, body).await;
+        assert_eq!(reply.code(), code, "{name}: {reply:?}");
+        assert!(reply.message.as_deref().unwrap_or_default().contains(expected), "{name}: {reply:?}");
+    }
+    let deflate = [("authorization", auth.as_str()), ("grpc-encoding", "deflate")];
+    assert_eq!(client.call(&path, &deflate, frame(b"x", true)).await.code(), "12");
+
+    // A worker response with a task token but no namespace: the server would trust the token.
+    let worker = format!("Bearer {}", key.sign(&claims("w", &["workers"])));
+    let respond = format!("{WS}/RespondWorkflowTaskCompleted");
+    let reply =
+        client.call(&respond, &[("authorization", &worker)], frame(&field(1, b"opaque-task-token"), false)).await;
+    assert_eq!(reply.code(), "7");
+    assert!(reply.message.unwrap().contains("task token"));
+    let with_namespace = [field(1, b"opaque-task-token"), field(9, b"payments")].concat();
+    assert_eq!(client.call(&respond, &[("authorization", &worker)], frame(&with_namespace, false)).await.code(), "0");
+
+    assert_eq!(upstream.calls().len(), 2, "only the two valid calls went upstream");
+    // The gateway is still healthy after all that.
+    assert_eq!(
+        client.unary("StartWorkflowExecution", Some(auth.trim_start_matches("Bearer ")), &deploy()).await.code(),
+        "0"
+    );
+    gateway.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unwritable_decision_log_refuses_calls() {
+    let (key, jwks, upstream) = setup().await;
+    let mut setup = Setup::new(&upstream);
+    setup.audit_path = Some("/dev/full".into());
+    let gateway = Gateway::start(&jwks, setup).await;
+    let mut client = Client::connect(gateway.addr).await;
+    let token = key.sign(&claims("alice", &["deployers"]));
+    let reply = client.unary("StartWorkflowExecution", Some(&token), &deploy()).await;
+    assert_eq!(reply.code(), "14", "{reply:?}");
+    assert!(reply.message.unwrap().contains("decision log write failed"));
+    assert!(upstream.calls().is_empty(), "fail closed: nothing forwarded without a record");
+    let (_, metrics) = gateway.admin_get("/metrics").await;
+    assert!(metrics.contains("flowgate_decision_log_write_failures_total 1"), "{metrics}");
+    gateway.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_down_upstream_is_unavailable_and_not_ready() {
+    let (key, jwks, upstream) = setup().await;
+    let mut setup = Setup::new(&upstream);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    setup.upstream = format!("http://{closed}");
+    let gateway = Gateway::start(&jwks, setup).await;
+    let mut client = Client::connect(gateway.addr).await;
+    let token = key.sign(&claims("alice", &["deployers"]));
+    let reply = client.unary("StartWorkflowExecution", Some(&token), &deploy()).await;
+    assert_eq!(reply.code(), "14", "{reply:?}");
+    assert!(reply.message.unwrap().contains("upstream unavailable"));
+    let (status, body) = gateway.admin_get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(gateway.admin_get("/healthz").await.0, 200);
+    gateway.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn long_calls_are_not_cut_and_shutdown_drains_them() {
+    let (key, jwks, upstream) = setup().await;
+    let gateway = Gateway::start(&jwks, Setup::new(&upstream)).await;
+    assert_eq!(gateway.admin_get("/readyz").await.0, 200);
+    let token = key.sign(&claims("w", &["workers"]));
+    let poll = [field(1, b"payments"), field(2, &field(1, b"deploys"))].concat();
+    let auth = format!("Bearer {token}");
+    let addr = gateway.addr;
+    // The upstream holds polls for 2 s; the call's own deadline is 70 s.
+    let in_flight = tokio::spawn(async move {
+        let mut client = Client::connect(addr).await;
+        let path = format!("{WS}/PollActivityTaskQueue");
+        client.call(&path, &[("authorization", auth.as_str()), ("grpc-timeout", "70S")], frame(&poll, false)).await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopped = tokio::spawn(gateway.stop());
+    let reply = in_flight.await.unwrap();
+    assert_eq!(reply.code(), "0", "the in-flight poll finished during shutdown: {reply:?}");
+    stopped.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn an_invalid_policy_stops_start_up_with_file_and_line() {
+    let (_key, jwks, upstream) = setup().await;
+    let mut setup = Setup::new(&upstream);
+    setup.policy = "@id(\"ok\")\npermit (principal, action, resource);\n\n@id(\"typo\")\npermit (principal, action == Temporal::Action::\"StartWorkflow\", resource);\n".into();
+    let gateway = Gateway::start(&jwks, setup).await;
+    let error = gateway.task.await.unwrap().unwrap_err().to_string();
+    assert!(error.contains("test.cedar:5:30"), "the exact line and column: {error}");
+    assert!(error.contains("StartWorkflow"), "{error}");
+}
