@@ -250,6 +250,9 @@ impl KeyStore {
         drop(seen);
         self.refresh_if_due(generation).await;
         let now = self.current.load();
+        if now.fetched_at.is_none() {
+            return Err(self.unavailable());
+        }
         self.fresh_key(&now, kid)?.ok_or_else(|| KeyError::UnknownKid(kid.to_owned()))
     }
 
