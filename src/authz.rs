@@ -179,10 +179,18 @@ impl PolicyEngine {
                     message: "templates are not supported: write static policies".into(),
                 });
             }
+            // Where each `@id` was last found in this file, so a repeated one is located at its
+            // second occurrence.
+            let mut searched_to: HashMap<String, usize> = HashMap::new();
             for policy in parsed.policies() {
                 let id = policy.annotation("id").map(str::to_owned);
                 // Cedar does not expose where a policy starts; its `@id` annotation does.
-                let offset = id.as_deref().and_then(|id| text.find(&format!("@id(\"{id}\")")));
+                let offset = id.as_deref().and_then(|id| {
+                    let from = searched_to.get(id).copied().unwrap_or(0);
+                    let found = text[from..].find(&format!("@id(\"{id}\")")).map(|at| from + at)?;
+                    searched_to.insert(id.to_owned(), found + 1);
+                    Some(found)
+                });
                 let locate = |message: String| {
                     let (line, column) = offset.map(|o| line_column(text, o)).unzip();
                     PolicyProblem { file: path.clone(), line, column, message }
