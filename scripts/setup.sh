@@ -7,6 +7,10 @@
 set -euo pipefail
 
 PYTHON="${PYTHON:-python3}"
+if ! "$PYTHON" -c 'import sys; assert sys.version_info >= (3, 10)' >/dev/null 2>&1; then
+  echo "setup.sh: \`$PYTHON\` is not a working Python >= 3.10 (set PYTHON=...)" >&2
+  exit 1
+fi
 
 # distribution name -> pip requirement
 PACKAGES=(
@@ -19,14 +23,23 @@ PACKAGES=(
   "redis:redis"
 )
 
-missing=()
-for entry in "${PACKAGES[@]}"; do
-  dist="${entry%%:*}"
-  req="${entry#*:}"
-  if ! "$PYTHON" -c "import importlib.metadata as m, sys; m.version(sys.argv[1])" "$dist" >/dev/null 2>&1; then
-    missing+=("$req")
-  fi
-done
+# One interpreter start: print the requirement of every package that is not installed.
+mapfile -t missing < <("$PYTHON" - "${PACKAGES[@]}" <<'PY'
+import importlib.metadata as m, re, sys
+def nums(v):
+    return tuple(int(x) for x in re.findall(r"\d+", v)[:3])
+for entry in sys.argv[1:]:
+    dist, req = entry.split(":", 1)
+    try:
+        have = m.version(dist)
+    except m.PackageNotFoundError:
+        print(req)
+        continue
+    floor = re.search(r">=([\d.]+)", req)
+    if floor and nums(have) < nums(floor.group(1)):
+        print(req)  # too old: pip upgrades it to the range
+PY
+)
 
 if ((${#missing[@]})); then
   log="$(mktemp)"

@@ -340,7 +340,8 @@ async fn bad_messages_get_clean_grpc_errors() {
     let smuggled = [gzip(&deploy()), gzip(&field(1, b"analytics"))].concat();
     assert_eq!(client.call(&path, &gz, frame(&smuggled, true)).await.code(), "7");
 
-    let cases: Vec<(&str, &[(&str, &str)], Vec<u8>, &str, &str)> = vec![
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], Vec<u8>, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
         ("gzip bomb", &gz, frame(&gzip(&vec![0u8; 10_000_000]), true), "8", "inflates past"),
         ("oversize message", &plain, frame(&vec![0u8; 70_000], false), "8", "over the 65536-byte limit"),
         ("corrupt protobuf", &plain, frame(&[0x0a, 0x20, 0x01], false), "3", "malformed request message"),

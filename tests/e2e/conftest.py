@@ -474,3 +474,5 @@ def gateway(temporal, okta, github, tmp_path):
     yield start
     for gw in started:
         gw.stop()
+        if os.environ.get("E2E_DEBUG"):
+            print(f"\nflowgate stopped in {gw.stop_seconds} s")
