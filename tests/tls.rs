@@ -8,7 +8,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::*;
-use tokio::net::TcpListener;
 
 struct Pki {
     ca_pem: String,
@@ -40,58 +39,21 @@ fn pki() -> Pki {
     }
 }
 
-async fn start_tls_gateway(
-    pki: &Pki,
-    mtls: bool,
-    jwks: &Jwks,
-    upstream: &Upstream,
-) -> (std::net::SocketAddr, tempfile::TempDir, tokio::sync::oneshot::Sender<()>) {
+/// A gateway whose listener serves TLS with the test PKI (and requires client certificates
+/// signed by its CA when `mtls`).
+async fn start_tls_gateway(pki: &Pki, mtls: bool, jwks: &Jwks, upstream: &Upstream) -> (Gateway, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let write = |name: &str, text: &str| {
         let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
         path.display().to_string()
     };
-    let cert = write("server.pem", &pki.server_cert);
-    let key = write("server.key", &pki.server_key);
-    let ca = write("ca.pem", &pki.ca_pem);
-    let policies = dir.path().join("policies");
-    std::fs::create_dir(&policies).unwrap();
-    std::fs::write(policies.join("schema.cedarschema"), flowgate::authz::generated_schema()).unwrap();
-    std::fs::write(policies.join("test.cedar"), POLICY).unwrap();
+    let (cert, key, ca) =
+        (write("server.pem", &pki.server_cert), write("server.key", &pki.server_key), write("ca.pem", &pki.ca_pem));
     let client_ca = if mtls { format!(", client_ca = \"{ca}\"") } else { String::new() };
-    let text = format!(
-        r#"
-        [listen]
-        address = "127.0.0.1:0"
-        tls = {{ cert = "{cert}", key = "{key}"{client_ca} }}
-        [upstream]
-        address = "http://{upstream}"
-        [policy]
-        dir = "{policies}"
-        [audit]
-        path = "{audit}"
-        [[issuers]]
-        name = "test"
-        issuer = "{ISSUER}"
-        jwks_uri = "{jwks}"
-        audiences = ["{AUDIENCE}"]
-        groups_claim = "groups"
-        "#,
-        upstream = upstream.addr,
-        policies = policies.display(),
-        audit = dir.path().join("decisions.jsonl").display(),
-        jwks = jwks.url,
-    );
-    let config = flowgate::Config::parse(&text).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(flowgate::run(flowgate::Listeners { gateway: listener, admin: None }, config, async move {
-        let _ = rx.await;
-    }));
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    (addr, dir, tx)
+    let mut setup = Setup::new(upstream);
+    setup.listen_extra = format!("tls = {{ cert = \"{cert}\", key = \"{key}\"{client_ca} }}");
+    (Gateway::start(jwks, setup).await, dir)
 }
 
 async fn tls_call(
@@ -146,10 +108,12 @@ async fn tls_listener_serves_h2_and_mtls_requires_a_client_certificate() {
     let pki = pki();
     let token = key.sign(&claims("alice", &["deployers"]));
 
-    let (addr, _dir, _stop) = start_tls_gateway(&pki, false, &jwks, &upstream).await;
-    assert_eq!(tls_call(addr, &pki, false, &token).await.unwrap().as_deref(), Some("0"));
-    let (addr, _dir2, _stop2) = start_tls_gateway(&pki, true, &jwks, &upstream).await;
-    assert_eq!(tls_call(addr, &pki, true, &token).await.unwrap().as_deref(), Some("0"));
-    assert!(tls_call(addr, &pki, false, &token).await.is_err(), "no client certificate, no call");
+    let (gateway, _pem) = start_tls_gateway(&pki, false, &jwks, &upstream).await;
+    assert_eq!(tls_call(gateway.addr, &pki, false, &token).await.unwrap().as_deref(), Some("0"));
+    let (mtls, _mtls_pem) = start_tls_gateway(&pki, true, &jwks, &upstream).await;
+    assert_eq!(tls_call(mtls.addr, &pki, true, &token).await.unwrap().as_deref(), Some("0"));
+    assert!(tls_call(mtls.addr, &pki, false, &token).await.is_err(), "no client certificate, no call");
     assert_eq!(upstream.calls().len(), 2);
+    gateway.stop().await.unwrap();
+    mtls.stop().await.unwrap();
 }

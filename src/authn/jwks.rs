@@ -21,6 +21,7 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 
 use super::presets::KeySource;
 use crate::admin::Metrics;
+use crate::proxy::error_chain;
 
 const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -94,17 +95,6 @@ impl Default for HttpFetcher {
     fn default() -> Self {
         HttpFetcher::new()
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// One verifying key, ready to use.

@@ -364,6 +364,8 @@ pub struct Gateway {
 }
 
 pub struct Setup {
+    /// Extra keys for `[listen]`, e.g. `tls = { … }`.
+    pub listen_extra: String,
     pub issuer_extra: String,
     pub audit_path: Option<String>,
     pub upstream: String,
@@ -373,6 +375,7 @@ pub struct Setup {
 impl Setup {
     pub fn new(upstream: &Upstream) -> Setup {
         Setup {
+            listen_extra: String::new(),
             issuer_extra: String::new(),
             audit_path: None,
             upstream: format!("http://{}", upstream.addr),
@@ -405,6 +408,7 @@ impl Gateway {
             [listen]
             address = "127.0.0.1:0"
             shutdown_grace = "5s"
+            {listen_extra}
             [admin]
             address = "127.0.0.1:0"
             [upstream]
@@ -433,6 +437,7 @@ impl Gateway {
             audit = audit_path.display(),
             jwks = jwks.url,
             extra = setup.issuer_extra,
+            listen_extra = setup.listen_extra,
         );
         let config = flowgate::Config::parse(&text).unwrap();
         let listeners = flowgate::Listeners {
