@@ -24,6 +24,11 @@ use crate::status::Refusal;
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
+/// Per-stream HTTP/2 flow-control window: one 4 MiB Temporal message in flight per call.
+pub const HTTP2_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+/// Per-connection window, shared by every call on a connection.
+pub const HTTP2_CONNECTION_WINDOW: u32 = 64 * 1024 * 1024;
+
 /// The upstream Temporal frontend.
 #[derive(Clone)]
 pub struct Upstream {
@@ -101,7 +106,12 @@ impl Upstream {
             .http2_keep_alive_interval(Duration::from_secs(30))
             .http2_keep_alive_timeout(Duration::from_secs(10))
             .http2_keep_alive_while_idle(true)
-            .http2_adaptive_window(true)
+            // Large windows, not adaptive ones: h2 budgets small non-final DATA frames (every
+            // unary response is one, before its trailers) at half the connection window, and
+            // a burst of hundreds of poll responses overran the default and tore down the
+            // whole upstream connection. Windows are credit, not allocated memory.
+            .http2_initial_stream_window_size(HTTP2_STREAM_WINDOW)
+            .http2_initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector);
         Ok(Upstream {

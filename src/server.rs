@@ -23,7 +23,7 @@ use crate::authn::{Authenticator, HttpFetcher};
 use crate::authz::PolicyEngine;
 use crate::config::{Config, ServerTlsConfig};
 use crate::gateway::Gateway;
-use crate::proxy::{Upstream, read_certs, read_pem_key};
+use crate::proxy::{HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW, Upstream, read_certs, read_pem_key};
 use crate::shutdown;
 
 /// The sockets flowgate serves on.
@@ -107,7 +107,8 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
         .max_concurrent_streams(config.listen.max_concurrent_streams)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20))
-        .adaptive_window(true);
+        .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW);
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let local = listeners.gateway.local_addr()?;

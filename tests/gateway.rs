@@ -446,3 +446,51 @@ async fn an_invalid_policy_stops_start_up_with_file_and_line() {
     assert!(error.contains("test.cedar:5:30"), "the exact line and column: {error}");
     assert!(error.contains("StartWorkflow"), "{error}");
 }
+
+#[tokio::test]
+async fn hundreds_of_long_polls_share_one_connection_and_every_call_is_recorded() {
+    let (key, jwks, upstream) = setup().await;
+    let gateway = Gateway::start(&jwks, Setup::new(&upstream)).await;
+    let token = key.sign(&claims("w", &["workers"]));
+    let auth = format!("Bearer {token}");
+    let poll = [field(1, b"payments"), field(2, &field(1, b"deploys"))].concat();
+    // One HTTP/2 connection, more concurrent streams than hyper's default limit of 200; the
+    // upstream holds each poll for 2 s, so they are all open at once.
+    let stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .handshake::<_, http_body_util::Full<bytes::Bytes>>(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let started = std::time::Instant::now();
+    let polls: Vec<_> = (0..500)
+        .map(|_| {
+            let mut sender = sender.clone();
+            let auth = auth.clone();
+            let body = frame(&poll, false);
+            tokio::spawn(async move {
+                let request = http::Request::post(format!("http://flowgate{WS}/PollActivityTaskQueue"))
+                    .header("content-type", "application/grpc")
+                    .header("te", "trailers")
+                    .header("grpc-timeout", "70S")
+                    .header("authorization", auth)
+                    .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                    .unwrap();
+                sender.ready().await.unwrap();
+                let response = sender.send_request(request).await.unwrap();
+                let collected = http_body_util::BodyExt::collect(response.into_body()).await.unwrap();
+                collected.trailers().and_then(|t| t.get("grpc-status")).map(|s| s.to_str().unwrap().to_owned())
+            })
+        })
+        .collect();
+    for poll in polls {
+        assert_eq!(poll.await.unwrap().as_deref(), Some("0"));
+    }
+    // One round of 2 s polls, not three rounds of 200 streams (hyper's default limit).
+    assert!(started.elapsed() < Duration::from_millis(4500), "the polls ran concurrently: {:?}", started.elapsed());
+    assert_eq!(upstream.calls().len(), 500);
+    let records = gateway.records();
+    assert_eq!(records.len(), 500, "one record per decision, none dropped");
+    assert!(records.iter().all(|r| r["decision"] == "allow" && r["resource"]["task_queue"] == "deploys"));
+    gateway.stop().await.unwrap();
+}

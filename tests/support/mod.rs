@@ -230,7 +230,9 @@ impl Upstream {
                             )
                         }
                     });
+                    // Like Temporal's frontend, not hyper's default of 200 streams.
                     let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .max_concurrent_streams(100_000)
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
                 });
