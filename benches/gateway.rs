@@ -1,0 +1,790 @@
+//! Side-by-side benchmark of three targets in front of one real Temporal dev server:
+//! `direct` (Temporal itself), `bare` (a bare hyper h2c pass-through proxy, the floor any
+//! proxy starts from) and `flowgate` (the gateway with a valid token and real policies).
+//!
+//! Run it with `bash scripts/bench.sh` (starts Temporal, builds flowgate, runs this). This
+//! binary expects `TEMPORAL_ADDR=127.0.0.1:PORT` of a dev server that has the namespace
+//! `payments` and raised rate limits; it starts the bare proxy (a child process: itself with
+//! `--bare-proxy`), a test OIDC issuer (in process) and flowgate (`target/release/flowgate`).
+//!
+//! Environment (defaults in brackets):
+//!   TEMPORAL_ADDR        host:port of Temporal's frontend (required)
+//!   TEMPORAL_PID         its pid, to report Temporal's CPU time per call (optional)
+//!   BENCH_TARGETS        [direct,bare,flowgate] which targets, in this base order
+//!   BENCH_WORKLOADS      [describe,start]
+//!   BENCH_MODES          [seq,rate,max]
+//!   BENCH_ROUNDS         [3] rounds; targets alternate inside each round, order rotated
+//!   BENCH_SEQ_CALLS      [2000] calls in sequential mode (DescribeNamespace)
+//!   BENCH_START_SEQ_CALLS [500] calls in sequential mode for StartWorkflowExecution
+//!   BENCH_RATE           [1000] requests/s in fixed-rate mode (DescribeNamespace)
+//!   BENCH_START_RATE     [50] requests/s in fixed-rate mode for StartWorkflowExecution (the dev
+//!                        server's SQLite store takes only ~100-150 starts/s on 2 cores)
+//!   BENCH_DURATION       [10] seconds of fixed-rate and max-throughput runs
+//!   BENCH_CONCURRENCY    [32] callers in max-throughput mode
+//!   BENCH_CONNS          [2] HTTP/2 connections per target (round-robin)
+//!   BENCH_WARMUP         [300] calls before each measurement
+//!   BENCH_POLLS          [2000] idle long polls for the memory figure (0 = skip)
+//!   BENCH_POLL_CONNS     [4] connections those polls are spread over
+//!   BENCH_NAMESPACE      [payments]
+//!   FLOWGATE_BIN         [target/release/flowgate]
+//!   BENCH_POLICY_SET     [repo] `repo` = the repo's policies/ plus a bench policy; `bench` = schema + bench policy only
+//!   BENCH_OUT            write the markdown report here too
+//!   BENCH_KEEP           keep the work dir (flowgate config, logs, decision log)
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use support::issuer::Issuer;
+use support::loadgen::{self, Conns, Sample, Status, Summary, Workload};
+use support::proto;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Mode {
+    Sequential,
+    Rate,
+    Max,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Sequential => "sequential",
+            Mode::Rate => "fixed rate",
+            Mode::Max => "max throughput",
+        }
+    }
+}
+
+struct Settings {
+    temporal: SocketAddr,
+    temporal_pid: Option<u32>,
+    targets: Vec<String>,
+    workloads: Vec<Workload>,
+    modes: Vec<Mode>,
+    rounds: usize,
+    seq_calls: usize,
+    start_seq_calls: usize,
+    rate: u64,
+    start_rate: u64,
+    duration: Duration,
+    concurrency: usize,
+    conns: usize,
+    warmup: usize,
+    polls: usize,
+    poll_conns: usize,
+    namespace: String,
+    flowgate_bin: PathBuf,
+    policy_set: String,
+    out: Option<PathBuf>,
+    keep: bool,
+}
+
+impl Settings {
+    fn seq_calls_for(&self, w: Workload) -> usize {
+        match w {
+            Workload::DescribeNamespace => self.seq_calls,
+            Workload::StartWorkflow => self.start_seq_calls,
+        }
+    }
+    /// StartWorkflowExecution is ~10x slower on the dev server: warm up with fewer calls.
+    fn warmup_for(&self, w: Workload) -> usize {
+        match w {
+            Workload::DescribeNamespace => self.warmup,
+            Workload::StartWorkflow => self.warmup.min(100),
+        }
+    }
+    fn rate_for(&self, w: Workload) -> u64 {
+        match w {
+            Workload::DescribeNamespace => self.rate,
+            Workload::StartWorkflow => self.start_rate,
+        }
+    }
+}
+
+fn env_or(key: &str, default: &str) -> String {
+    std::env::var(key).ok().filter(|v| !v.trim().is_empty()).unwrap_or_else(|| default.to_string())
+}
+
+fn env_num<T: std::str::FromStr>(key: &str, default: T) -> anyhow::Result<T> {
+    match std::env::var(key) {
+        Ok(v) if !v.trim().is_empty() => v.trim().parse().map_err(|_| anyhow::anyhow!("{key}={v} is not a number")),
+        _ => Ok(default),
+    }
+}
+
+fn list(v: &str) -> Vec<String> {
+    v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+}
+
+impl Settings {
+    fn from_env() -> anyhow::Result<Settings> {
+        let temporal = std::env::var("TEMPORAL_ADDR")
+            .context("TEMPORAL_ADDR (host:port of a Temporal dev server) is required; run scripts/bench.sh")?
+            .parse()
+            .context("TEMPORAL_ADDR must be ip:port")?;
+        let targets = list(&env_or("BENCH_TARGETS", "direct,bare,flowgate"));
+        for t in &targets {
+            if !["direct", "bare", "flowgate"].contains(&t.as_str()) {
+                bail!("unknown target {t} (direct, bare, flowgate)");
+            }
+        }
+        let workloads = list(&env_or("BENCH_WORKLOADS", "describe,start"))
+            .iter()
+            .map(|w| match w.as_str() {
+                "describe" => Ok(Workload::DescribeNamespace),
+                "start" => Ok(Workload::StartWorkflow),
+                _ => bail!("unknown workload {w} (describe, start)"),
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let modes = list(&env_or("BENCH_MODES", "seq,rate,max"))
+            .iter()
+            .map(|m| match m.as_str() {
+                "seq" => Ok(Mode::Sequential),
+                "rate" => Ok(Mode::Rate),
+                "max" => Ok(Mode::Max),
+                _ => bail!("unknown mode {m} (seq, rate, max)"),
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        Ok(Settings {
+            temporal,
+            temporal_pid: std::env::var("TEMPORAL_PID").ok().and_then(|p| p.trim().parse().ok()),
+            targets,
+            workloads,
+            modes,
+            rounds: env_num("BENCH_ROUNDS", 3)?,
+            seq_calls: env_num("BENCH_SEQ_CALLS", 2000)?,
+            start_seq_calls: env_num("BENCH_START_SEQ_CALLS", 500)?,
+            rate: env_num("BENCH_RATE", 1000)?,
+            start_rate: env_num("BENCH_START_RATE", 50)?,
+            duration: Duration::from_secs_f64(env_num("BENCH_DURATION", 10.0)?),
+            concurrency: env_num("BENCH_CONCURRENCY", 32)?,
+            conns: env_num("BENCH_CONNS", 2)?,
+            warmup: env_num("BENCH_WARMUP", 300)?,
+            polls: env_num("BENCH_POLLS", 2000)?,
+            poll_conns: env_num("BENCH_POLL_CONNS", 4)?,
+            namespace: env_or("BENCH_NAMESPACE", "payments"),
+            flowgate_bin: std::env::var_os("FLOWGATE_BIN")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| manifest.join("target/release/flowgate")),
+            policy_set: env_or("BENCH_POLICY_SET", "repo"),
+            out: std::env::var_os("BENCH_OUT").map(PathBuf::from),
+            keep: std::env::var_os("BENCH_KEEP").is_some(),
+        })
+    }
+}
+
+/// A child process killed on drop.
+struct ChildGuard {
+    name: &'static str,
+    child: Child,
+}
+
+impl ChildGuard {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        eprintln!("stopped {} (pid {})", self.name, self.child.id());
+    }
+}
+
+fn free_port() -> anyhow::Result<SocketAddr> {
+    let l = StdListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?)
+}
+
+async fn wait_for_port(addr: SocketAddr, what: &str, child: &mut ChildGuard, log: Option<&Path>) -> anyhow::Result<()> {
+    let until = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < until {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        if !child.alive() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let tail = log.and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default();
+    bail!("{what} did not come up on {addr}\n{tail}")
+}
+
+/// User + system CPU time of a process so far, in µs (from /proc/PID/stat; includes exited threads).
+fn cpu_us(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After "pid (comm) ": state is field 3, utime 14, stime 15.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) * 1e6 / clock_ticks())
+}
+
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// CPU µs per call of (the proxy, Temporal, the load generator) over one measurement.
+#[derive(Clone, Copy)]
+struct CpuSnap([Option<f64>; 3]);
+
+impl CpuSnap {
+    fn take(proxy: Option<u32>, temporal: Option<u32>) -> CpuSnap {
+        CpuSnap([proxy.and_then(cpu_us), temporal.and_then(cpu_us), cpu_us(std::process::id())])
+    }
+    fn per_call(self, later: CpuSnap, calls: usize) -> [f64; 3] {
+        std::array::from_fn(|i| match (self.0[i], later.0[i]) {
+            (Some(a), Some(b)) => (b - a) / calls.max(1) as f64,
+            _ => f64::NAN,
+        })
+    }
+}
+
+fn vm_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// flowgate setup
+
+const BENCH_POLICY: &str = r#"// Written by benches/gateway.rs: the load generator's principal may do what the benchmark does.
+@id("bench")
+permit (
+  principal == Temporal::Service::"bench:loadgen",
+  action in [
+    Temporal::Action::"DescribeNamespace",
+    Temporal::Action::"StartWorkflowExecution",
+    Temporal::Action::"PollActivityTaskQueue"
+  ],
+  resource in Temporal::Namespace::"payments"
+);
+"#;
+
+fn write_policies(dir: &Path, set: &str, flowgate_bin: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    if set == "repo" && repo.is_dir() {
+        for entry in std::fs::read_dir(&repo)? {
+            let p = entry?.path();
+            let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+            if ext == "cedar" || ext == "cedarschema" {
+                std::fs::copy(&p, dir.join(p.file_name().unwrap()))?;
+            }
+        }
+    } else if repo.join("schema.cedarschema").is_file() {
+        std::fs::copy(repo.join("schema.cedarschema"), dir.join("schema.cedarschema"))?;
+    } else {
+        let out = Command::new(flowgate_bin).args(["policy", "schema"]).output()?;
+        anyhow::ensure!(out.status.success(), "flowgate policy schema failed");
+        std::fs::write(dir.join("schema.cedarschema"), out.stdout)?;
+    }
+    std::fs::write(dir.join("bench.cedar"), BENCH_POLICY)?;
+    Ok(())
+}
+
+async fn start_flowgate(
+    s: &Settings,
+    work: &Path,
+    issuer: &Issuer,
+) -> anyhow::Result<(ChildGuard, SocketAddr, SocketAddr)> {
+    let listen = free_port()?;
+    let admin = free_port()?;
+    let policies = work.join("policies");
+    write_policies(&policies, &s.policy_set, &s.flowgate_bin)?;
+    let config = format!(
+        r#"[listen]
+address = "{listen}"
+[admin]
+address = "{admin}"
+[upstream]
+address = "http://{temporal}"
+[policy]
+dir = "{policies}"
+[audit]
+path = "{audit}"
+[[issuers]]
+name = "bench"
+issuer = "{iss}"
+jwks_uri = "{jwks}"
+audiences = ["{aud}"]
+principal = "Service"
+algorithms = ["ES256"]
+"#,
+        temporal = s.temporal,
+        policies = policies.display(),
+        audit = work.join("decisions.jsonl").display(),
+        iss = issuer.url,
+        jwks = issuer.jwks_uri,
+        aud = support::issuer::AUDIENCE,
+    );
+    let config_path = work.join("flowgate.toml");
+    std::fs::write(&config_path, config)?;
+    let log_path = work.join("flowgate.log");
+    let log = std::fs::File::create(&log_path)?;
+    let child = Command::new(&s.flowgate_bin)
+        .arg("serve")
+        .arg("--config")
+        .arg(&config_path)
+        .env("FLOWGATE_LOG", std::env::var("FLOWGATE_LOG").unwrap_or_else(|_| "warn".into()))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", s.flowgate_bin.display()))?;
+    let mut guard = ChildGuard { name: "flowgate", child };
+    // Readiness: GET /readyz on the admin listener until 200.
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let uri: http::Uri = format!("http://{admin}/readyz").parse()?;
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(resp) = client.get(uri.clone()).await
+            && resp.status() == 200
+        {
+            break;
+        }
+        if !guard.alive() || Instant::now() > until {
+            let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+            bail!("flowgate did not become ready (GET {uri}):\n{tail}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok((guard, listen, admin))
+}
+
+// ---------------------------------------------------------------------------------------------
+// measurements
+
+struct Target {
+    name: String,
+    addr: SocketAddr,
+    token: Option<String>,
+    pid: Option<u32>,
+}
+
+#[derive(Default)]
+struct Cell {
+    rounds: Vec<Summary>,
+    statuses: BTreeMap<Status, u64>,
+    messages: BTreeMap<Status, String>,
+}
+
+type Key = (usize, Mode, String); // (workload index, mode, target)
+
+async fn measure(
+    s: &Settings,
+    target: &Target,
+    workload: Workload,
+    mode: Mode,
+    round: usize,
+) -> anyhow::Result<(Sample, [f64; 3])> {
+    let prefix = format!("bench-{}-{}-r{round}-{:?}", std::process::id(), target.name, mode);
+    let conns = Conns::connect(target.addr, s.conns, target.token.as_deref(), &s.namespace, prefix).await?;
+    // Warm up: connections, upstream pools, token cache, Temporal's caches.
+    let warmup = s.warmup_for(workload);
+    if warmup > 0 {
+        let per = warmup.div_ceil(8);
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let c = conns.clone();
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..per {
+                    c.run(workload).await;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await?;
+        }
+    }
+    let before = CpuSnap::take(target.pid, s.temporal_pid);
+    let sample = match mode {
+        Mode::Sequential => loadgen::sequential(&conns, workload, s.seq_calls_for(workload)).await,
+        Mode::Rate => loadgen::fixed_rate(&conns, workload, s.rate_for(workload), s.duration).await,
+        Mode::Max => loadgen::max_throughput(&conns, workload, s.concurrency, s.duration).await,
+    };
+    let cpu = before.per_call(CpuSnap::take(target.pid, s.temporal_pid), sample.latencies.len());
+    Ok((sample, cpu))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| !x.is_nan());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+fn med(cell: &Cell, f: impl Fn(&Summary) -> f64) -> f64 {
+    median(cell.rounds.iter().map(f).collect())
+}
+
+fn fmt_statuses(st: &BTreeMap<Status, u64>) -> String {
+    st.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+}
+
+/// Idle long polls held open through a target; returns (rss before, rss during, polls still
+/// open when measured, statuses of polls that ended early).
+async fn poll_memory(s: &Settings, target: &Target) -> anyhow::Result<(u64, u64, usize, BTreeMap<Status, u64>)> {
+    let pid = target.pid.context("no pid")?;
+    let conns = Conns::connect(target.addr, s.poll_conns, target.token.as_deref(), &s.namespace, "poll".into()).await?;
+    // Settle, then measure the baseline.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = vm_rss_kib(pid).context("VmRSS")?;
+    let queue = format!("bench-idle-{}", uuid::Uuid::now_v7());
+    let body = proto::poll_activity(&s.namespace, &queue);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut tasks = Vec::with_capacity(s.polls);
+    for _ in 0..s.polls {
+        let (c, b, tx) = (conns.clone(), body.clone(), tx.clone());
+        tasks.push(tokio::spawn(async move {
+            let (st, msg) = c.call("PollActivityTaskQueue", b, Some("70S")).await;
+            let _ = tx.send((st, msg));
+        }));
+    }
+    drop(tx);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let during = vm_rss_kib(pid).context("VmRSS")?;
+    let mut ended = BTreeMap::new();
+    while let Ok((st, msg)) = rx.try_recv() {
+        *ended.entry(st).or_default() += 1;
+        if let Some(m) = msg {
+            eprintln!("  poll ended early: {st}: {m}");
+        }
+    }
+    let open = s.polls - ended.values().sum::<u64>() as usize;
+    for t in &tasks {
+        t.abort(); // drops the response future: RST_STREAM(CANCEL) to the target
+    }
+    drop(conns);
+    Ok((before, during, open, ended))
+}
+
+/// One target's idle-poll memory figure: name, RSS before and during (KiB), polls open, statuses.
+type MemoryRow = (String, u64, u64, usize, BTreeMap<Status, u64>);
+
+/// A report row: mode, label, metric, target text, bound, whether higher is better.
+type TargetRow<'a> = (Mode, &'a str, &'a dyn Fn(&Summary) -> f64, &'a str, f64, bool);
+
+fn report(s: &Settings, cells: &BTreeMap<Key, Cell>, memory: &[MemoryRow]) -> String {
+    let mut out = String::new();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let _ = writeln!(out, "## Results\n");
+    let _ = writeln!(
+        out,
+        "Machine: {nproc} CPUs ({cpu}), shared with other work. {} rounds, targets interleaved (order rotated each round); \
+         medians across rounds. Sequential: {} DescribeNamespace / {} StartWorkflowExecution calls; fixed rate: open-loop at {} rps for DescribeNamespace and {} rps for StartWorkflowExecution, {:.0} s (latency from the intended send time); \
+         max throughput: {} callers for {:.0} s. {} HTTP/2 connection(s) per target, {} warm-up calls (at most 100 for StartWorkflowExecution) before each run. Latencies in µs.\n",
+        s.rounds,
+        s.seq_calls,
+        s.start_seq_calls,
+        s.rate,
+        s.start_rate,
+        s.duration.as_secs_f64(),
+        s.concurrency,
+        s.duration.as_secs_f64(),
+        s.conns,
+        s.warmup
+    );
+    let _ = writeln!(
+        out,
+        "| workload | mode | target | p50 | p90 | p99 | max | rps | CPU µs/call: proxy · Temporal | gRPC statuses (all rounds) |"
+    );
+    let _ = writeln!(out, "|---|---|---|---:|---:|---:|---:|---:|---:|---|");
+    for (wi, w) in s.workloads.iter().enumerate() {
+        for m in &s.modes {
+            for t in &s.targets {
+                let Some(c) = cells.get(&(wi, *m, t.clone())) else { continue };
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} · {:.0} | {} |",
+                    w.name(),
+                    m.name(),
+                    t,
+                    med(c, |x| x.p50),
+                    med(c, |x| x.p90),
+                    med(c, |x| x.p99),
+                    med(c, |x| x.max),
+                    med(c, |x| x.rps),
+                    {
+                        let p = med(c, |x| x.cpu_proxy);
+                        if p.is_nan() { "–".to_string() } else { format!("{p:.0}") }
+                    },
+                    med(c, |x| x.cpu_temporal),
+                    fmt_statuses(&c.statuses)
+                );
+            }
+        }
+    }
+    // Comparisons against the targets the issue sets.
+    let _ = writeln!(out, "\n### flowgate vs bare proxy (and bare vs direct)\n");
+    let _ = writeln!(out, "| workload | metric | direct | bare | flowgate | flowgate − bare | target | met |");
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---|---|");
+    for (wi, w) in s.workloads.iter().enumerate() {
+        let get = |m: Mode, t: &str, f: &dyn Fn(&Summary) -> f64| {
+            cells.get(&(wi, m, t.to_string())).map(|c| med(c, f)).unwrap_or(f64::NAN)
+        };
+        let rows: [TargetRow; 3] = [
+            (Mode::Sequential, "p50 sequential (µs)", &|x| x.p50, "≤ +50 µs", 50.0, false),
+            (Mode::Rate, "p99 at fixed rate (µs)", &|x| x.p99, "≤ +250 µs", 250.0, false),
+            (Mode::Max, "max throughput (rps)", &|x| x.rps, "≥ 85 % of bare", 0.85, true),
+        ];
+        for (m, label, f, goal, limit, ratio) in rows {
+            if !s.modes.contains(&m) {
+                continue;
+            }
+            let (d, b, g) = (get(m, "direct", f), get(m, "bare", f), get(m, "flowgate", f));
+            let (diff, met) = if ratio {
+                let r = g / b;
+                (
+                    format!("{:.1} %", r * 100.0),
+                    if r.is_nan() {
+                        "–"
+                    } else if r >= limit {
+                        "yes"
+                    } else {
+                        "no"
+                    },
+                )
+            } else {
+                let dd = g - b;
+                (
+                    format!("{dd:+.0}"),
+                    if dd.is_nan() {
+                        "–"
+                    } else if dd <= limit {
+                        "yes"
+                    } else {
+                        "no"
+                    },
+                )
+            };
+            let _ = writeln!(out, "| {} | {label} | {d:.0} | {b:.0} | {g:.0} | {diff} | {goal} | {met} |", w.name());
+        }
+        if s.modes.contains(&Mode::Max) {
+            let (b, g) = (get(Mode::Max, "bare", &|x| x.cpu_proxy), get(Mode::Max, "flowgate", &|x| x.cpu_proxy));
+            let _ = writeln!(
+                out,
+                "| {} | proxy CPU per call at max throughput (µs) | – | {b:.0} | {g:.0} | {:+.0} | (context) | |",
+                w.name(),
+                g - b
+            );
+        }
+    }
+    if s.rounds > 1 {
+        let _ = writeln!(out, "\n### Per round (p50 / p99 µs, rps)\n");
+        let _ = writeln!(out, "| workload | mode | target | rounds |");
+        let _ = writeln!(out, "|---|---|---|---|");
+        for (wi, w) in s.workloads.iter().enumerate() {
+            for m in &s.modes {
+                for t in &s.targets {
+                    let Some(c) = cells.get(&(wi, *m, t.clone())) else { continue };
+                    let rounds: Vec<String> =
+                        c.rounds.iter().map(|r| format!("{:.0} / {:.0}, {:.0}", r.p50, r.p99, r.rps)).collect();
+                    let _ = writeln!(out, "| {} | {} | {} | {} |", w.name(), m.name(), t, rounds.join(" · "));
+                }
+            }
+        }
+    }
+    // Generator health at fixed rate.
+    let mut lags = Vec::new();
+    for ((wi, m, t), c) in cells {
+        if *m == Mode::Rate {
+            lags.push(format!(
+                "{} {}: p50 {:.0} µs, p99 {:.0} µs",
+                s.workloads[*wi].name(),
+                t,
+                med(c, |x| x.lag_p50),
+                med(c, |x| x.lag_p99)
+            ));
+        }
+    }
+    if !lags.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nLoad generator send lag at fixed rate (included in the latencies above): {}.",
+            lags.join("; ")
+        );
+    }
+    let msgs: Vec<String> =
+        cells.iter().flat_map(|((_, _, t), c)| c.messages.iter().map(move |(k, v)| format!("{t} {k}: {v}"))).collect();
+    if !msgs.is_empty() {
+        let _ = writeln!(out, "\nSample error messages:");
+        for m in msgs.iter().take(12) {
+            let _ = writeln!(out, "- {m}");
+        }
+    }
+    if !memory.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n### Memory with {} idle long polls (PollActivityTaskQueue, grpc-timeout 70S, {} connections)\n",
+            s.polls, s.poll_conns
+        );
+        let _ = writeln!(out, "| target | RSS before | RSS with polls open | per poll | polls open | ended early |");
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---|");
+        for (t, before, during, open, ended) in memory {
+            let per = (*during as f64 - *before as f64) * 1024.0 / (*open).max(1) as f64;
+            let _ = writeln!(
+                out,
+                "| {t} | {:.1} MiB | {:.1} MiB | {:.1} KiB | {open} | {} |",
+                *before as f64 / 1024.0,
+                *during as f64 / 1024.0,
+                per / 1024.0,
+                if ended.is_empty() { "none".to_string() } else { fmt_statuses(ended) }
+            );
+        }
+    }
+    out
+}
+
+async fn run(s: Settings) -> anyhow::Result<()> {
+    let work = tempfile::Builder::new().prefix("flowgate-bench-").tempdir()?;
+    let work_path = work.path().to_path_buf();
+    eprintln!("work dir: {}", work_path.display());
+    let mut targets = Vec::new();
+    let mut _guards = Vec::new();
+    for name in &s.targets {
+        match name.as_str() {
+            "direct" => targets.push(Target { name: name.clone(), addr: s.temporal, token: None, pid: None }),
+            "bare" => {
+                let addr = free_port()?;
+                let log_path = work_path.join("bare.log");
+                let child = Command::new(std::env::current_exe()?)
+                    .arg("--bare-proxy")
+                    .arg(addr.to_string())
+                    .arg(s.temporal.to_string())
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(std::fs::File::create(&log_path)?)
+                    .spawn()?;
+                let mut guard = ChildGuard { name: "bare proxy", child };
+                wait_for_port(addr, "bare proxy", &mut guard, Some(&log_path)).await?;
+                targets.push(Target { name: name.clone(), addr, token: None, pid: Some(guard.pid()) });
+                _guards.push(guard);
+            }
+            "flowgate" => {
+                if !s.flowgate_bin.is_file() {
+                    bail!(
+                        "{} not found: build it (cargo build --release) or set BENCH_TARGETS=direct,bare",
+                        s.flowgate_bin.display()
+                    );
+                }
+                let issuer = Issuer::start().await?;
+                let token = issuer.token()?;
+                let (guard, addr, admin) = start_flowgate(&s, &work_path, &issuer).await?;
+                eprintln!("flowgate ready on {addr} (admin {admin}, pid {})", guard.pid());
+                targets.push(Target { name: name.clone(), addr, token: Some(token), pid: Some(guard.pid()) });
+                _guards.push(guard);
+            }
+            _ => unreachable!(),
+        }
+    }
+
+    let mut cells: BTreeMap<Key, Cell> = BTreeMap::new();
+    let total_start = Instant::now();
+    for round in 0..s.rounds {
+        for (wi, &w) in s.workloads.iter().enumerate() {
+            for &m in &s.modes {
+                for k in 0..targets.len() {
+                    let t = &targets[(k + round) % targets.len()];
+                    let (mut sample, cpu) = measure(&s, t, w, m, round).await?;
+                    let mut sum = sample.summary();
+                    [sum.cpu_proxy, sum.cpu_temporal, sum.cpu_loadgen] = cpu;
+                    eprintln!(
+                        "round {} {:<22} {:<14} {:<8} p50 {:>7.0} p90 {:>7.0} p99 {:>7.0} max {:>8.0} µs  {:>7.0} rps  cpu/call proxy {:>5.0} temporal {:>5.0} µs  [{}]",
+                        round + 1,
+                        w.name(),
+                        m.name(),
+                        t.name,
+                        sum.p50,
+                        sum.p90,
+                        sum.p99,
+                        sum.max,
+                        sum.rps,
+                        sum.cpu_proxy,
+                        sum.cpu_temporal,
+                        fmt_statuses(&sample.statuses)
+                    );
+                    let cell = cells.entry((wi, m, t.name.clone())).or_default();
+                    cell.rounds.push(sum);
+                    for (st, n) in &sample.statuses {
+                        *cell.statuses.entry(st).or_default() += n;
+                    }
+                    for (st, msg) in std::mem::take(&mut sample.messages) {
+                        cell.messages.entry(st).or_insert(msg);
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("measurements took {:.0} s", total_start.elapsed().as_secs_f64());
+
+    let mut memory = Vec::new();
+    if s.polls > 0 {
+        for t in targets.iter().filter(|t| t.pid.is_some()) {
+            let (before, during, open, ended) = poll_memory(&s, t).await?;
+            eprintln!("memory {}: {before} KiB -> {during} KiB with {open} polls open", t.name);
+            memory.push((t.name.clone(), before, during, open, ended));
+        }
+    }
+
+    let text = report(&s, &cells, &memory);
+    println!("{text}");
+    if let Some(path) = &s.out {
+        std::fs::write(path, &text)?;
+    }
+    if s.keep {
+        let kept = work.keep();
+        eprintln!("kept {}", kept.display());
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    if args.first().map(String::as_str) == Some("--bare-proxy") {
+        let listen = args.get(1).context("--bare-proxy LISTEN UPSTREAM")?.parse()?;
+        let upstream = args.get(2).context("--bare-proxy LISTEN UPSTREAM")?.parse()?;
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        return rt.block_on(support::bare_proxy::serve(listen, upstream));
+    }
+    let settings = Settings::from_env()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(run(settings))
+}

@@ -1,0 +1,91 @@
+//! A throwaway OIDC issuer for the flowgate target: an ES256 key made at start, its JWKS
+//! (and a discovery document) served over HTTP/1 on 127.0.0.1, and a token for the bench
+//! principal signed with it.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+pub const KID: &str = "bench-es256-1";
+pub const AUDIENCE: &str = "flowgate-bench";
+pub const SUBJECT: &str = "loadgen";
+
+pub struct Issuer {
+    pub url: String,
+    pub jwks_uri: String,
+    pem: String,
+}
+
+impl Issuer {
+    /// Binds an ephemeral port and serves `/jwks` and the discovery document from a task.
+    pub async fn start() -> anyhow::Result<Issuer> {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let point = key.public_key_raw(); // 0x04 || x || y
+        anyhow::ensure!(point.len() == 65 && point[0] == 4, "unexpected P-256 public key encoding");
+        let jwks = serde_json::json!({"keys": [{
+            "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": KID,
+            "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
+            "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
+        }]})
+        .to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr: SocketAddr = listener.local_addr()?;
+        let url = format!("http://{addr}");
+        let jwks_uri = format!("{url}/jwks");
+        let discovery = serde_json::json!({
+            "issuer": url, "jwks_uri": jwks_uri,
+            "id_token_signing_alg_values_supported": ["ES256"],
+        })
+        .to_string();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let (jwks, discovery) = (jwks.clone(), discovery.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let body = match req.uri().path() {
+                            "/jwks" => Some(jwks.clone()),
+                            "/.well-known/openid-configuration" => Some(discovery.clone()),
+                            _ => None,
+                        };
+                        async move {
+                            let resp = match body {
+                                Some(b) => Response::builder()
+                                    .header("content-type", "application/json")
+                                    .body(Full::new(Bytes::from(b))),
+                                None => Response::builder().status(404).body(Full::new(Bytes::new())),
+                            };
+                            Ok::<_, Infallible>(resp.expect("response"))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(Issuer { url, jwks_uri, pem: key.serialize_pem() })
+    }
+
+    /// A one-hour bearer token for `bench:loadgen`.
+    pub fn token(&self) -> anyhow::Result<String> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+        let claims = serde_json::json!({
+            "iss": self.url, "sub": SUBJECT, "aud": AUDIENCE, "iat": now, "nbf": now, "exp": now + 3600,
+        });
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some(KID.into());
+        let key = jsonwebtoken::EncodingKey::from_ec_pem(self.pem.as_bytes())?;
+        Ok(jsonwebtoken::encode(&header, &claims, &key)?)
+    }
+}

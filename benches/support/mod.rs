@@ -1,0 +1,6 @@
+//! Building blocks of the gateway benchmark (benches/gateway.rs).
+
+pub mod bare_proxy;
+pub mod issuer;
+pub mod loadgen;
+pub mod proto;
