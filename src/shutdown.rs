@@ -25,8 +25,4 @@ impl Signal {
     pub async fn wait(&mut self) {
         let _ = self.0.wait_for(|fired| *fired).await;
     }
-
-    pub fn fired(&self) -> bool {
-        *self.0.borrow()
-    }
 }

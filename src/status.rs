@@ -14,13 +14,11 @@ use crate::temporal::InspectError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u16)]
 pub enum Code {
-    Ok = 0,
     InvalidArgument = 3,
     DeadlineExceeded = 4,
     PermissionDenied = 7,
     ResourceExhausted = 8,
     Unimplemented = 12,
-    Internal = 13,
     Unavailable = 14,
     Unauthenticated = 16,
 }
@@ -28,13 +26,11 @@ pub enum Code {
 impl Code {
     pub fn as_str(self) -> &'static str {
         match self {
-            Code::Ok => "0",
             Code::InvalidArgument => "3",
             Code::DeadlineExceeded => "4",
             Code::PermissionDenied => "7",
             Code::ResourceExhausted => "8",
             Code::Unimplemented => "12",
-            Code::Internal => "13",
             Code::Unavailable => "14",
             Code::Unauthenticated => "16",
         }

@@ -321,15 +321,6 @@ impl KeyStore {
         }
         Ok(keys)
     }
-
-    /// Seconds since the last successful fetch, for `/metrics`.
-    pub fn age(&self) -> Option<Duration> {
-        self.current.load().fetched_at.map(|at| at.elapsed())
-    }
-
-    pub fn issuer_name(&self) -> &str {
-        &self.issuer_name
-    }
 }
 
 #[cfg(test)]

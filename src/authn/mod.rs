@@ -171,10 +171,6 @@ impl Authenticator {
         Ok(Authenticator { by_iss, cache: TokenCache::new(config.token_cache.max_entries), metrics })
     }
 
-    pub fn issuers(&self) -> impl Iterator<Item = &Arc<Issuer>> {
-        self.by_iss.values()
-    }
-
     /// Fetches every issuer's keys once now, then keeps them fresh in the background until
     /// `shutdown` resolves. Start-up does not wait for a slow IdP: its tokens fail until its
     /// keys arrive, and the fetch is retried every `jwks_min_refresh` until it works.
