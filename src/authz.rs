@@ -93,6 +93,7 @@ pub struct PolicyEngine {
     version: String,
     /// Non-fatal findings (e.g. a policy that can never apply).
     pub warnings: Vec<PolicyProblem>,
+    /// The policy files (not the schema) the set was loaded from.
     pub files: Vec<PathBuf>,
 }
 
@@ -239,7 +240,7 @@ impl PolicyEngine {
             actions: action_entities(),
             version,
             warnings,
-            files: sources.iter().map(|(p, _)| p.clone()).chain([schema_path.to_owned()]).collect(),
+            files: sources.iter().map(|(p, _)| p.clone()).collect(),
         })
     }
 

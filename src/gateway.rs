@@ -89,10 +89,11 @@ impl Gateway {
     pub async fn handle(&self, request: http::Request<Incoming>, client: SocketAddr) -> http::Response<ResponseBody> {
         let started = Instant::now();
         let (mut parts, body) = request.into_parts();
-        let path = parts.uri.path().to_owned();
+        let uri = parts.uri.clone();
+        let path = uri.path();
 
         // Phase 1: classify.
-        let spec = catalog::lookup(&path);
+        let spec = catalog::lookup(path);
 
         if let Err(refusal) = check_grpc(&parts) {
             self.metrics.call_finished(spec.name, false, refusal.code().as_str(), started.elapsed());
@@ -103,7 +104,7 @@ impl Gateway {
         let policies = self.policies.load_full();
 
         // Phases 2-4: authenticate, inspect, authorize.
-        let (outcome, forward_body) = self.decide(spec, &parts, body, &path, &policies).await;
+        let (outcome, forward_body) = self.decide(spec, &parts, body, path, &policies).await;
         self.metrics.authorized_in(started.elapsed());
 
         // Phase 5: record, before anything goes upstream.
@@ -112,7 +113,7 @@ impl Gateway {
             Ok(decision) => Some(Refusal::Denied(denial_message(spec, outcome.call.as_ref(), decision))),
             Err(refusal) => Some(refusal.clone()),
         };
-        let record = self.record(&parts, client, spec, &path, &outcome, refusal.as_ref(), &policies, started);
+        let record = self.record(&parts, client, spec, path, &outcome, refusal.as_ref(), &policies, started);
         if let Err(error) = self.log.write(&record).await {
             self.metrics.decision_log_failed();
             let refusal = Refusal::Audit(error);

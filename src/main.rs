@@ -56,7 +56,7 @@ fn print_policy_report(engine: &PolicyEngine) {
     println!(
         "policies ok: {} policies in {} files, version {}",
         engine.policy_count(),
-        engine.files.len() - 1,
+        engine.files.len(),
         engine.version()
     );
 }

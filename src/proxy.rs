@@ -246,27 +246,17 @@ pub struct CallObserver {
     pub status: Option<&'static str>,
 }
 
+/// gRPC status codes as static label values (metrics labels must not allocate per call).
+const STATUS_LABELS: [&str; 17] =
+    ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16"];
+
 fn static_status(value: &http::HeaderValue) -> &'static str {
-    match value.as_bytes() {
-        b"0" => "0",
-        b"1" => "1",
-        b"2" => "2",
-        b"3" => "3",
-        b"4" => "4",
-        b"5" => "5",
-        b"6" => "6",
-        b"7" => "7",
-        b"8" => "8",
-        b"9" => "9",
-        b"10" => "10",
-        b"11" => "11",
-        b"12" => "12",
-        b"13" => "13",
-        b"14" => "14",
-        b"15" => "15",
-        b"16" => "16",
-        _ => "other",
-    }
+    value
+        .to_str()
+        .ok()
+        .and_then(|text| text.parse::<usize>().ok())
+        .and_then(|code| STATUS_LABELS.get(code).copied())
+        .unwrap_or("other")
 }
 
 impl Drop for CallObserver {

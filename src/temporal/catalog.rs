@@ -93,15 +93,21 @@ impl ResourceSpec {
         }
     }
 
+    /// The kind of resource a request of this shape touches.
+    pub fn kind(&self) -> super::ResourceKind {
+        use super::ResourceKind;
+        match self {
+            ResourceSpec::Cluster => ResourceKind::Cluster,
+            ResourceSpec::Namespace { .. } => ResourceKind::Namespace,
+            ResourceSpec::Workflow { .. } => ResourceKind::Workflow,
+            ResourceSpec::TaskQueue { .. } => ResourceKind::TaskQueue,
+            ResourceSpec::Schedule { .. } => ResourceKind::Schedule,
+        }
+    }
+
     /// The Cedar entity type of the resource (without the `Temporal::` namespace).
     pub fn entity_type(&self) -> &'static str {
-        match self {
-            ResourceSpec::Cluster => "Cluster",
-            ResourceSpec::Namespace { .. } => "Namespace",
-            ResourceSpec::Workflow { .. } => "Workflow",
-            ResourceSpec::TaskQueue { .. } => "TaskQueue",
-            ResourceSpec::Schedule { .. } => "Schedule",
-        }
+        self.kind().entity_type()
     }
 }
 
