@@ -9,15 +9,31 @@
 //! Per call, the request is built from entities prepared ahead: the principal's (cached with
 //! its token) and each action's (built at load time with its access group as parent). The
 //! resource entity is the only one made per call.
+//!
+//! Two things keep a decision cheap on the path of every call:
+//!
+//! * **Per-action slices.** At load time each action gets the policies whose action scope can
+//!   match it (`action`, `action == A`, `action in [A, group-of-A]`); Cedar evaluates only those.
+//!   A policy whose action scope does not match is false before its conditions run, so it can
+//!   neither determine a decision nor report an error: the slice decides exactly as the whole
+//!   set would.
+//! * **Decision cache.** A decision is a pure function of the policy set, the principal's
+//!   entities (fixed for the life of its token), the action, the method and the call's
+//!   resource and context fields. Each principal keeps its last [`DECISION_CACHE_SIZE`]
+//!   decisions keyed by exactly those inputs and tagged with the policy set's generation, so a
+//!   worker polling the same task queue is decided by Cedar once per token and policy set, and
+//!   a reload invalidates everything at once.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use cedar_policy::{
-    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityUid, PolicyId, PolicySet, Request,
-    RestrictedExpression, Schema, ValidationMode, Validator,
+    ActionConstraint, Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityUid, PolicyId, PolicySet,
+    Request, RestrictedExpression, Schema, ValidationMode, Validator,
 };
 use miette::Diagnostic;
 use sha2::{Digest, Sha256};
@@ -87,8 +103,10 @@ fn problem(file: &Path, text: &str, diagnostic: &dyn Diagnostic, fallback_offset
 /// A loaded, validated policy set.
 pub struct PolicyEngine {
     policies: PolicySet,
-    /// Each action's entity, with its access group as parent.
-    actions: HashMap<&'static str, (EntityUid, Entity)>,
+    /// Each action's entity and the policies that can apply to it.
+    actions: HashMap<&'static str, ActionPolicies>,
+    /// Unique per loaded set in this process: the decision caches' key.
+    generation: u64,
     /// A hash of the schema and every policy file: which policies made a decision.
     version: String,
     /// Non-fatal findings (e.g. a policy that can never apply).
@@ -106,6 +124,15 @@ pub struct Decision {
     /// Policies that failed to evaluate (they count as not applying).
     pub errors: Vec<String>,
 }
+
+/// An action's entity (its access group as parent) and the slice of the set it can match.
+struct ActionPolicies {
+    uid: EntityUid,
+    entity: Entity,
+    policies: PolicySet,
+}
+
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
 
 fn action_uid(name: &str) -> EntityUid {
     entity_uid("Action", name)
@@ -236,8 +263,9 @@ impl PolicyEngine {
         }
         let version = version_of(schema_text, sources);
         Ok(PolicyEngine {
+            actions: action_policies(&policies),
             policies,
-            actions: action_entities(),
+            generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
             version,
             warnings,
             files: sources.iter().map(|(p, _)| p.clone()).collect(),
@@ -252,9 +280,38 @@ impl PolicyEngine {
         self.policies.policies().count()
     }
 
-    /// Decides one call.
-    pub fn authorize(&self, principal: &Principal, spec: &MethodSpec, method_path: &str, call: &Call) -> Decision {
-        let (action, action_entity) = self.actions.get(spec.name).expect("every catalog action has an entity");
+    /// Decides one call: from the principal's decision cache when the same call was decided
+    /// under this policy set before, otherwise by Cedar.
+    pub fn authorize(
+        &self,
+        principal: &Principal,
+        spec: &'static MethodSpec,
+        method_path: &str,
+        call: &Call,
+    ) -> Arc<Decision> {
+        if let Some(decision) = principal.decisions.get(self.generation, spec.name, method_path, call) {
+            return decision;
+        }
+        let decision = Arc::new(self.evaluate(principal, spec, method_path, call));
+        principal.decisions.insert(self.generation, spec.name, method_path, call, decision.clone());
+        decision
+    }
+
+    /// Asks Cedar, without the cache.
+    pub fn evaluate(&self, principal: &Principal, spec: &MethodSpec, method_path: &str, call: &Call) -> Decision {
+        let action = self.actions.get(spec.name).expect("every catalog action has an entity");
+        self.evaluate_with(&action.policies, principal, spec, method_path, call)
+    }
+
+    fn evaluate_with(
+        &self,
+        policies: &PolicySet,
+        principal: &Principal,
+        spec: &MethodSpec,
+        method_path: &str,
+        call: &Call,
+    ) -> Decision {
+        let action = self.actions.get(spec.name).expect("every catalog action has an entity");
         let (resource, resource_entities) = resource_entities(call);
         let mut context = Vec::with_capacity(4);
         context.push(("method".to_owned(), string(method_path)));
@@ -266,9 +323,9 @@ impl PolicyEngine {
             }
         }
         let context = Context::from_pairs(context).expect("string-valued context is always valid");
-        let request = Request::new(principal.uid.clone(), action.clone(), resource, context, None)
+        let request = Request::new(principal.uid.clone(), action.uid.clone(), resource, context, None)
             .expect("requests without a schema are not validated");
-        let entities = principal.entities.iter().cloned().chain(resource_entities).chain([action_entity.clone()]);
+        let entities = principal.entities.iter().cloned().chain(resource_entities).chain([action.entity.clone()]);
         let entities = match Entities::from_entities(entities, None) {
             Ok(entities) => entities,
             Err(error) => {
@@ -279,15 +336,72 @@ impl PolicyEngine {
                 };
             }
         };
-        let response = Authorizer::new().is_authorized(&request, &self.policies, &entities);
+        let response = Authorizer::new().is_authorized(&request, policies, &entities);
         let errors: Vec<String> = response.diagnostics().errors().map(|e| e.to_string()).collect();
         if !errors.is_empty() {
             tracing::warn!(?errors, action = spec.name, "policies failed to evaluate (they did not apply)");
         }
-        Decision {
-            allowed: response.decision() == CedarDecision::Allow,
-            reasons: response.diagnostics().reason().map(|id| id.to_string()).collect(),
-            errors,
+        // Cedar reports reasons as a set; sorted, records of the same decision read the same.
+        let mut reasons: Vec<String> = response.diagnostics().reason().map(|id| id.to_string()).collect();
+        reasons.sort_unstable();
+        Decision { allowed: response.decision() == CedarDecision::Allow, reasons, errors }
+    }
+}
+
+/// How many decisions a principal remembers. A worker repeats a handful of distinct calls
+/// (polls and responses on its queues); a client starting workflows with fresh ids misses
+/// anyway, and a small bound keeps a token's footprint small.
+pub const DECISION_CACHE_SIZE: usize = 16;
+
+/// The last decisions made for one principal, under one policy set generation.
+#[derive(Debug, Default)]
+pub struct DecisionCache {
+    state: Mutex<CacheState>,
+}
+
+#[derive(Debug, Default)]
+struct CacheState {
+    generation: u64,
+    entries: Vec<CachedDecision>,
+    /// Next slot to overwrite once full (round robin: cheap, and fair to a steady mix).
+    next: usize,
+}
+
+#[derive(Debug)]
+struct CachedDecision {
+    action: &'static str,
+    method_path: Box<str>,
+    call: Call,
+    decision: Arc<Decision>,
+}
+
+impl DecisionCache {
+    fn get(&self, generation: u64, action: &str, method_path: &str, call: &Call) -> Option<Arc<Decision>> {
+        let state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if state.generation != generation {
+            return None;
+        }
+        state
+            .entries
+            .iter()
+            .find(|e| e.action == action && &*e.method_path == method_path && e.call == *call)
+            .map(|e| e.decision.clone())
+    }
+
+    fn insert(&self, generation: u64, action: &'static str, method_path: &str, call: &Call, decision: Arc<Decision>) {
+        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if state.generation != generation {
+            state.generation = generation;
+            state.entries.clear();
+            state.next = 0;
+        }
+        let entry = CachedDecision { action, method_path: method_path.into(), call: call.clone(), decision };
+        if state.entries.len() < DECISION_CACHE_SIZE {
+            state.entries.push(entry);
+        } else {
+            let slot = state.next;
+            state.entries[slot] = entry;
+            state.next = (slot + 1) % DECISION_CACHE_SIZE;
         }
     }
 }
@@ -306,13 +420,28 @@ fn version_of(schema_text: &str, sources: &[(PathBuf, String)]) -> String {
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn action_entities() -> HashMap<&'static str, (EntityUid, Entity)> {
+/// Each action's entity and the policies whose action scope can match it.
+fn action_policies(policies: &PolicySet) -> HashMap<&'static str, ActionPolicies> {
     catalog::all_actions()
         .filter(|spec| spec.access != Access::Public)
         .map(|spec| {
             let uid = action_uid(spec.name);
-            let parents: HashSet<EntityUid> = spec.access.group().map(action_uid).into_iter().collect();
-            (spec.name, (uid.clone(), Entity::new_no_attrs(uid, parents)))
+            let group = spec.access.group().map(action_uid);
+            let parents: HashSet<EntityUid> = group.iter().cloned().collect();
+            let matches = |candidate: &EntityUid| *candidate == uid || group.as_ref() == Some(candidate);
+            let mut slice = PolicySet::new();
+            for policy in policies.policies() {
+                let applies = match policy.action_constraint() {
+                    ActionConstraint::Any => true,
+                    ActionConstraint::Eq(action) => matches(&action),
+                    ActionConstraint::In(actions) => actions.iter().any(matches),
+                };
+                if applies {
+                    slice.add(policy.clone()).expect("policy ids are unique within the whole set");
+                }
+            }
+            let entity = Entity::new_no_attrs(uid.clone(), parents);
+            (spec.name, ActionPolicies { uid, entity, policies: slice })
         })
         .collect()
 }
@@ -443,3 +572,142 @@ namespace Temporal {
 
   // Access groups: `action in Temporal::Action::"read"`.
 "#;
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::config::PrincipalKind;
+    use crate::temporal::Resource;
+
+    /// Every shape of action scope, permits and forbids, conditions on principal and resource.
+    const SCOPES: &str = r#"
+@id("any-action")
+permit (principal in Temporal::Group::"okta:admins", action, resource);
+@id("one-action")
+permit (principal, action == Temporal::Action::"StartWorkflowExecution", resource)
+when { resource has type && resource.type == "Deploy" };
+@id("group")
+permit (principal, action in Temporal::Action::"read", resource in Temporal::Namespace::"payments");
+@id("mixed-list")
+permit (principal, action in [Temporal::Action::"worker", Temporal::Action::"SignalWorkflowExecution"], resource)
+when { principal.hasTag("team") && principal.getTag("team") == "payments" };
+@id("forbid-admin")
+forbid (principal, action in Temporal::Action::"admin", resource)
+unless { principal in Temporal::Group::"okta:admins" };
+@id("forbid-one")
+forbid (principal, action == Temporal::Action::"TerminateWorkflowExecution", resource)
+when { resource has id && resource.id like "prod-*" };
+"#;
+
+    fn engine(policies: &str) -> PolicyEngine {
+        PolicyEngine::from_sources(
+            Path::new("schema.cedarschema"),
+            &generated_schema(),
+            &[(PathBuf::from("test.cedar"), policies.to_owned())],
+        )
+        .unwrap()
+    }
+
+    fn principal(groups: &[&str], tags: &[(&str, &str)]) -> Principal {
+        Principal::new(
+            PrincipalKind::User,
+            "okta",
+            "u1",
+            groups.iter().map(|g| g.to_string()).collect(),
+            tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            SystemTime::now() + Duration::from_secs(60),
+        )
+    }
+
+    fn call(kind: ResourceKind, workflow_id: Option<&str>, workflow_type: Option<&str>) -> Call {
+        Call {
+            resource: Resource {
+                kind,
+                namespace: Some("payments".into()),
+                workflow_id: workflow_id.map(Into::into),
+                workflow_type: workflow_type.map(Into::into),
+                task_queue: Some("q".into()),
+                schedule_id: Some("s".into()),
+            },
+            signal_name: None,
+            query_type: None,
+            update_name: None,
+            has_task_token: false,
+        }
+    }
+
+    #[test]
+    fn each_action_slice_decides_exactly_as_the_whole_set() {
+        let engine = engine(SCOPES);
+        let principals = [principal(&[], &[]), principal(&["admins"], &[]), principal(&[], &[("team", "payments")])];
+        let mut allowed = 0;
+        for spec in catalog::all_actions().filter(|spec| spec.access != Access::Public) {
+            let kind = match spec.resource.entity_type() {
+                "Cluster" => ResourceKind::Cluster,
+                "Namespace" => ResourceKind::Namespace,
+                "Workflow" => ResourceKind::Workflow,
+                "TaskQueue" => ResourceKind::TaskQueue,
+                _ => ResourceKind::Schedule,
+            };
+            for call in [call(kind, Some("prod-1"), Some("Deploy")), call(kind, Some("dev-1"), None)] {
+                for principal in &principals {
+                    let path = format!("/svc/{}", spec.name);
+                    let sliced = engine.evaluate(principal, spec, &path, &call);
+                    let whole = engine.evaluate_with(&engine.policies, principal, spec, &path, &call);
+                    assert_eq!(sliced, whole, "{} for {}", spec.name, principal.id);
+                    allowed += usize::from(sliced.allowed);
+                }
+            }
+        }
+        assert!(allowed > 100, "the test set exercises allows too ({allowed})");
+    }
+
+    #[test]
+    fn a_slice_holds_only_the_policies_whose_action_scope_matches() {
+        let engine = engine(SCOPES);
+        let ids = |action: &str| {
+            let mut ids: Vec<String> = engine.actions[action].policies.policies().map(|p| p.id().to_string()).collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(ids("StartWorkflowExecution"), ["any-action", "one-action"]);
+        assert_eq!(ids("DescribeNamespace"), ["any-action", "group"]);
+        assert_eq!(ids("PollActivityTaskQueue"), ["any-action", "mixed-list"]);
+        assert_eq!(ids("SignalWorkflowExecution"), ["any-action", "mixed-list"]);
+        assert_eq!(ids("TerminateWorkflowExecution"), ["any-action", "forbid-one"]);
+    }
+
+    #[test]
+    fn cached_decisions_are_reused_until_the_policy_set_changes() {
+        let permissive = engine(r#"@id("all") permit (principal, action, resource);"#);
+        let strict = engine(r#"@id("none") forbid (principal, action, resource);"#);
+        let who = principal(&[], &[]);
+        let spec = catalog::lookup("/temporal.api.workflowservice.v1.WorkflowService/DescribeNamespace");
+        let describe = call(ResourceKind::Namespace, None, None);
+        let first = permissive.authorize(&who, spec, "/m", &describe);
+        let again = permissive.authorize(&who, spec, "/m", &describe);
+        assert!(first.allowed);
+        assert!(Arc::ptr_eq(&first, &again), "the second identical call is a cache hit");
+        let other_path = permissive.authorize(&who, spec, "/other", &describe);
+        assert!(!Arc::ptr_eq(&first, &other_path), "the method is part of the key");
+        let under_strict = strict.authorize(&who, spec, "/m", &describe);
+        assert!(!under_strict.allowed, "a new policy set is never answered from the old set's cache");
+        assert_eq!(under_strict.reasons, ["none"]);
+    }
+
+    #[test]
+    fn the_cache_is_bounded_and_keyed_by_every_call_field() {
+        let engine = engine(r#"@id("deploys") permit (principal, action, resource) when { resource has type };"#);
+        let who = principal(&[], &[]);
+        let spec = catalog::lookup("/temporal.api.workflowservice.v1.WorkflowService/StartWorkflowExecution");
+        for n in 0..3 * DECISION_CACHE_SIZE {
+            let id = format!("wf-{n}");
+            assert!(engine.authorize(&who, spec, "/m", &call(ResourceKind::Workflow, Some(&id), Some("T"))).allowed);
+            assert!(!engine.authorize(&who, spec, "/m", &call(ResourceKind::Workflow, Some(&id), None)).allowed);
+        }
+        let cached = who.decisions.state.lock().unwrap().entries.len();
+        assert_eq!(cached, DECISION_CACHE_SIZE);
+    }
+}

@@ -11,8 +11,9 @@
 //! 6. **forward**: an allowed call goes upstream unchanged (`proxy`); a refused one gets a
 //!    trailers-only gRPC error (`status`).
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -33,6 +34,9 @@ use crate::temporal::{Call, ResourceKind, inspect};
 /// Reasons recorded for calls that need no policy.
 const PUBLIC_REASON: &str = "flowgate:public-method";
 
+static PUBLIC_DECISION: LazyLock<Arc<Decision>> =
+    LazyLock::new(|| Arc::new(Decision { allowed: true, reasons: vec![PUBLIC_REASON.to_owned()], errors: vec![] }));
+
 /// Everything a call needs, shared by all connections.
 pub struct Gateway {
     authn: Authenticator,
@@ -48,7 +52,7 @@ pub struct Gateway {
 struct Outcome {
     principal: Option<Arc<Principal>>,
     call: Option<Call>,
-    decision: Result<Decision, Refusal>,
+    decision: Result<Arc<Decision>, Refusal>,
 }
 
 impl Gateway {
@@ -158,9 +162,8 @@ impl Gateway {
         let refused = |principal, call, refusal| (Outcome { principal, call, decision: Err(refusal) }, None);
 
         if spec.access == Access::Public {
-            let decision = Decision { allowed: true, reasons: vec![PUBLIC_REASON.to_owned()], errors: vec![] };
             return (
-                Outcome { principal: None, call: None, decision: Ok(decision) },
+                Outcome { principal: None, call: None, decision: Ok(PUBLIC_DECISION.clone()) },
                 Some(ForwardBody::new(Bytes::new(), Some(body))),
             );
         }
@@ -242,9 +245,9 @@ impl Gateway {
         started: Instant,
     ) -> DecisionRecord<'a> {
         let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
-        let (reasons, errors) = match (&outcome.decision, refusal) {
-            (Ok(decision), _) => (decision.reasons.clone(), decision.errors.clone()),
-            (Err(refusal), _) => (vec![refusal.to_string()], vec![]),
+        let (reasons, errors) = match &outcome.decision {
+            Ok(decision) => (Cow::Borrowed(&decision.reasons[..]), Cow::Borrowed(&decision.errors[..])),
+            Err(refusal) => (Cow::Owned(vec![refusal.to_string()]), Cow::Borrowed(&[][..])),
         };
         DecisionRecord {
             ts: audit::timestamp(SystemTime::now()),

@@ -48,7 +48,7 @@ fn decide(engine: &PolicyEngine, who: &Principal, method: &str, what: &Call) -> 
     assert_eq!(spec.name, method, "{method} is in the catalog");
     let decision = engine.authorize(who, spec, &path, what);
     assert!(decision.errors.is_empty(), "{method}: {:?}", decision.errors);
-    (decision.allowed, decision.reasons)
+    (decision.allowed, decision.reasons.clone())
 }
 
 #[test]

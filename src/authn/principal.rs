@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 use crate::config::PrincipalKind;
 
 /// An authenticated caller.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Principal {
     pub kind: PrincipalKind,
     /// The configured issuer name (not the URL).
@@ -30,6 +30,8 @@ pub struct Principal {
     /// The principal entity and its group entities, ready for Cedar.
     pub entities: Vec<Entity>,
     pub uid: EntityUid,
+    /// Decisions already made for this principal (see `authz`).
+    pub decisions: crate::authz::DecisionCache,
 }
 
 pub fn entity_uid(type_name: &str, id: &str) -> EntityUid {
@@ -103,7 +105,18 @@ impl Principal {
             .expect("string attributes and tags always evaluate");
         let mut entities = vec![principal];
         entities.extend(group_uids.into_iter().map(|g| Entity::new_no_attrs(g, Default::default())));
-        Principal { kind, issuer: issuer.to_owned(), sub: sub.to_owned(), id, groups, tags, expires_at, entities, uid }
+        Principal {
+            kind,
+            issuer: issuer.to_owned(),
+            sub: sub.to_owned(),
+            id,
+            groups,
+            tags,
+            expires_at,
+            entities,
+            uid,
+            decisions: Default::default(),
+        }
     }
 }
 
