@@ -69,6 +69,7 @@ pub struct Metrics {
     token_cache: Family<ResultLabels, Counter>,
     decision_log_failures: Counter,
     policy_info: Family<VersionLabels, Gauge>,
+    token_exchanges: Family<ResultLabels, Counter>,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -112,6 +113,12 @@ impl Metrics {
         );
         let policy_info = Family::<VersionLabels, Gauge>::default();
         registry.register("policy_info", "The loaded policy set", policy_info.clone());
+        let token_exchanges = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "token_exchanges",
+            "Token exchanges by result (issued or the OAuth error code)",
+            token_exchanges.clone(),
+        );
         Metrics {
             registry,
             calls,
@@ -122,6 +129,7 @@ impl Metrics {
             token_cache,
             decision_log_failures,
             policy_info,
+            token_exchanges,
         }
     }
 
@@ -146,6 +154,10 @@ impl Metrics {
 
     pub fn token_cache(&self, hit: bool) {
         self.token_cache.get_or_create(&ResultLabels { result: if hit { "hit" } else { "miss" } }).inc();
+    }
+
+    pub fn token_exchange(&self, result: &'static str) {
+        self.token_exchanges.get_or_create(&ResultLabels { result }).inc();
     }
 
     pub fn decision_log_failed(&self) {

@@ -234,7 +234,11 @@ pub struct DecisionRecord<'a> {
     pub client: ClientRecord<'a>,
     pub policy_version: &'a str,
     pub latency_us: u64,
+    /// The gRPC status of a refused call; for a token exchange, the HTTP status of a refusal.
     pub status: Option<u16>,
+    /// For a token exchange: the scope asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<&'a str>,
 }
 
 /// RFC 3339 with microseconds, UTC.

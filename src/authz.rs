@@ -45,6 +45,9 @@ use crate::temporal::{Call, ResourceKind};
 
 pub const SCHEMA_FILE: &str = "schema.cedarschema";
 
+/// The action of the token exchange (`Temporal::Action::"IssueCredential"`).
+pub const ISSUE_CREDENTIAL: &str = "IssueCredential";
+
 /// One problem with a policy directory, located as precisely as Cedar allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyProblem {
@@ -326,6 +329,16 @@ impl PolicyEngine {
         let request = Request::new(principal.uid.clone(), action.uid.clone(), resource, context, None)
             .expect("requests without a schema are not validated");
         let entities = principal.entities.iter().cloned().chain(resource_entities).chain([action.entity.clone()]);
+        self.decide(request, entities, policies, spec.name)
+    }
+
+    fn decide(
+        &self,
+        request: Request,
+        entities: impl IntoIterator<Item = Entity>,
+        policies: &PolicySet,
+        action: &str,
+    ) -> Decision {
         let entities = match Entities::from_entities(entities, None) {
             Ok(entities) => entities,
             Err(error) => {
@@ -339,12 +352,48 @@ impl PolicyEngine {
         let response = Authorizer::new().is_authorized(&request, policies, &entities);
         let errors: Vec<String> = response.diagnostics().errors().map(|e| e.to_string()).collect();
         if !errors.is_empty() {
-            tracing::warn!(?errors, action = spec.name, "policies failed to evaluate (they did not apply)");
+            tracing::warn!(?errors, action, "policies failed to evaluate (they did not apply)");
         }
         // Cedar reports reasons as a set; sorted, records of the same decision read the same.
         let mut reasons: Vec<String> = response.diagnostics().reason().map(|id| id.to_string()).collect();
         reasons.sort_unstable();
         Decision { allowed: response.decision() == CedarDecision::Allow, reasons, errors }
+    }
+}
+
+impl PolicyEngine {
+    /// Decides a token exchange: may `principal` get a credential for `namespace` with this
+    /// role, task queues and workflow types?
+    pub fn authorize_credential(
+        &self,
+        principal: &Principal,
+        namespace: &str,
+        role: &str,
+        task_queues: &[String],
+        workflow_types: &[String],
+    ) -> Decision {
+        let action = self.actions.get(ISSUE_CREDENTIAL).expect("IssueCredential has an entity");
+        let namespace_uid = entity_uid("Namespace", namespace);
+        let cluster_uid = entity_uid("Cluster", "cluster");
+        let namespace_entity = Entity::new(
+            namespace_uid.clone(),
+            [("name".to_owned(), string(namespace))].into_iter().collect(),
+            HashSet::from([cluster_uid]),
+        )
+        .expect("string attributes always evaluate");
+        let set = |items: &[String]| RestrictedExpression::new_set(items.iter().map(|i| string(i)));
+        let context = Context::from_pairs([
+            ("method".to_owned(), string(crate::mint::TOKEN_ENDPOINT)),
+            ("role".to_owned(), string(role)),
+            ("task_queues".to_owned(), set(task_queues)),
+            ("workflow_types".to_owned(), set(workflow_types)),
+        ])
+        .expect("string-valued context is always valid");
+        let request = Request::new(principal.uid.clone(), action.uid.clone(), namespace_uid, context, None)
+            .expect("requests without a schema are not validated");
+        let entities =
+            principal.entities.iter().cloned().chain([namespace_entity, action.entity.clone()]);
+        self.decide(request, entities, &action.policies, ISSUE_CREDENTIAL)
     }
 }
 
@@ -424,9 +473,11 @@ fn version_of(schema_text: &str, sources: &[(PathBuf, String)]) -> String {
 fn action_policies(policies: &PolicySet) -> HashMap<&'static str, ActionPolicies> {
     catalog::all_actions()
         .filter(|spec| spec.access != Access::Public)
-        .map(|spec| {
-            let uid = action_uid(spec.name);
-            let group = spec.access.group().map(action_uid);
+        .map(|spec| (spec.name, spec.access.group()))
+        .chain([(ISSUE_CREDENTIAL, None)])
+        .map(|(name, group)| {
+            let uid = action_uid(name);
+            let group = group.map(action_uid);
             let parents: HashSet<EntityUid> = group.iter().cloned().collect();
             let matches = |candidate: &EntityUid| *candidate == uid || group.as_ref() == Some(candidate);
             let mut slice = PolicySet::new();
@@ -441,7 +492,7 @@ fn action_policies(policies: &PolicySet) -> HashMap<&'static str, ActionPolicies
                 }
             }
             let entity = Entity::new_no_attrs(uid.clone(), parents);
-            (spec.name, ActionPolicies { uid, entity, policies: slice })
+            (name, ActionPolicies { uid, entity, policies: slice })
         })
         .collect()
 }
@@ -450,19 +501,20 @@ fn action_policies(policies: &PolicySet) -> HashMap<&'static str, ActionPolicies
 fn missing_actions(schema_path: &Path, schema: &Schema) -> Vec<PolicyProblem> {
     catalog::all_actions()
         .filter(|spec| spec.access != Access::Public)
-        .filter_map(|spec| {
-            let wanted = format!("Temporal::{}", spec.resource.entity_type());
-            let message = match schema.resources_for_action(&action_uid(spec.name)) {
+        .map(|spec| (spec.name, spec.resource.entity_type()))
+        .chain([(ISSUE_CREDENTIAL, "Namespace")])
+        .filter_map(|(name, resource_type)| {
+            let wanted = format!("Temporal::{resource_type}");
+            let message = match schema.resources_for_action(&action_uid(name)) {
                 None => format!(
-                    "the schema does not declare action `{}` (regenerate it with `flowgate policy schema`)",
-                    spec.name
+                    "the schema does not declare action `{name}` (regenerate it with `flowgate policy schema`)"
                 ),
                 Some(types) => {
                     let mut types = types.map(|t| t.to_string());
                     if types.any(|t| t == wanted) {
                         return None;
                     }
-                    format!("action `{}` must apply to resource type `{wanted}`", spec.name)
+                    format!("action `{name}` must apply to resource type `{wanted}`")
                 }
             };
             Some(PolicyProblem { file: schema_path.to_owned(), line: None, column: None, message })
@@ -540,6 +592,10 @@ pub fn generated_schema() -> String {
             spec.resource.entity_type()
         );
     }
+    let _ = writeln!(
+        out,
+        "\n  action \"{ISSUE_CREDENTIAL}\" appliesTo {{ principal: [User, Service, CiJob, Worker], resource: [Namespace], context: CredentialContext }};"
+    );
     out.push_str("}\n");
     out
 }
@@ -568,6 +624,14 @@ namespace Temporal {
     signal_name?: String,
     query_type?: String,
     update_name?: String,
+  };
+
+  // The token exchange: what a credential would grant (`role` is read, write or worker).
+  type CredentialContext = {
+    method: String,
+    role: String,
+    task_queues: Set<String>,
+    workflow_types: Set<String>,
   };
 
   // Access groups: `action in Temporal::Action::"read"`.

@@ -41,6 +41,84 @@ pub struct Config {
     pub token_cache: TokenCacheConfig,
     #[serde(default)]
     pub issuers: Vec<IssuerConfig>,
+    /// Credentials flowgate mints (token exchange); off when absent.
+    #[serde(default)]
+    pub mint: Option<MintConfig>,
+    #[serde(default)]
+    pub replay: ReplayConfig,
+}
+
+/// `[mint]`: flowgate as an issuer of short-lived worker credentials.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MintConfig {
+    /// flowgate's own issuer URL (`iss` of minted credentials), as clients and Temporal reach it.
+    pub issuer: String,
+    /// The name policies see for minted credentials: principal ids are `<name>:<sub>`.
+    #[serde(default = "default_mint_name")]
+    pub name: String,
+    /// `aud` of minted credentials (Temporal's `audience` setting, when it checks one).
+    #[serde(default = "default_mint_audience")]
+    pub audience: String,
+    /// Signing keys: `*.pem` (PKCS#8 P-256) files; one is generated here on first start.
+    pub key_dir: PathBuf,
+    /// How long a minted credential lives. Minutes, not hours.
+    #[serde(default = "default_credential_lifetime", with = "duration")]
+    pub credential_lifetime: Duration,
+    /// How long a chain of refreshes (exchanging a credential for the next) may last, counted
+    /// from the exchange of the original CI or workload token.
+    #[serde(default = "default_max_session", with = "duration")]
+    pub max_session: Duration,
+    /// How long before it signs a newly generated key is published (Temporal re-reads a JWKS
+    /// only every `refreshInterval`).
+    #[serde(default = "default_key_publish_ahead", with = "duration")]
+    pub key_publish_ahead: Duration,
+    /// How often the key directory is re-read for new keys.
+    #[serde(default = "default_key_reload", with = "duration")]
+    pub key_reload: Duration,
+}
+
+fn default_mint_name() -> String {
+    "flowgate".into()
+}
+fn default_mint_audience() -> String {
+    "temporal".into()
+}
+fn default_credential_lifetime() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+fn default_max_session() -> Duration {
+    Duration::from_secs(12 * 3600)
+}
+fn default_key_publish_ahead() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+fn default_key_reload() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// `[replay]`: where used subject tokens are remembered.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayConfig {
+    /// `redis://host:port/db`: share the replay cache between gateway replicas. Without it the
+    /// cache is in this process's memory.
+    #[serde(default)]
+    pub redis_url: Option<String>,
+}
+
+/// What flowgate sends Temporal in `authorization`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamCredentials {
+    /// Nothing: Temporal trusts its network.
+    #[default]
+    None,
+    /// The client's own header, unchanged.
+    Forward,
+    /// A credential flowgate mints for the call's principal, namespace and access class, so
+    /// Temporal's own JWT authorizer can check that the call came through flowgate.
+    Minted,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -98,9 +176,12 @@ pub struct UpstreamConfig {
     /// TLS server name when it differs from the address's host.
     #[serde(default)]
     pub server_name: Option<String>,
-    /// Forward the client's `authorization` header to Temporal (off: Temporal sees no token).
+    /// Forward the client's `authorization` header to Temporal (same as `credentials = "forward"`).
     #[serde(default)]
     pub forward_authorization: bool,
+    /// `none`, `forward` or `minted`: what Temporal receives in `authorization`.
+    #[serde(default)]
+    pub credentials: UpstreamCredentials,
     #[serde(default = "default_connect_timeout", with = "duration")]
     pub connect_timeout: Duration,
 }
@@ -255,6 +336,13 @@ mod duration {
     }
 }
 
+impl UpstreamConfig {
+    /// The effective credential mode (`forward_authorization = true` is `forward`).
+    pub fn credentials(&self) -> UpstreamCredentials {
+        if self.forward_authorization { UpstreamCredentials::Forward } else { self.credentials }
+    }
+}
+
 impl Config {
     /// Reads, parses and validates a config file. Relative paths inside it are resolved
     /// against the file's directory, so a config works from any working directory.
@@ -286,6 +374,9 @@ impl Config {
         };
         resolve(&mut self.policy.dir);
         resolve(&mut self.audit.path);
+        if let Some(mint) = &mut self.mint {
+            resolve(&mut mint.key_dir);
+        }
         if let Some(tls) = &mut self.listen.tls {
             resolve(&mut tls.cert);
             resolve(&mut tls.key);
@@ -340,6 +431,42 @@ impl Config {
             && admin.address.port() != 0
         {
             return Err(invalid("admin.address", "must differ from `listen.address`"));
+        }
+        if upstream.forward_authorization && upstream.credentials == UpstreamCredentials::Minted {
+            return Err(invalid("upstream.forward_authorization", "contradicts `credentials = \"minted\"`"));
+        }
+        if upstream.credentials == UpstreamCredentials::Minted && self.mint.is_none() {
+            return Err(invalid("upstream.credentials", "`minted` needs a `[mint]` section"));
+        }
+        if let Some(mint) = &self.mint {
+            let uri: http::Uri =
+                mint.issuer.parse().map_err(|e| invalid("mint.issuer", format!("`{}` is not a URL: {e}", mint.issuer)))?;
+            if !matches!(uri.scheme_str(), Some("http") | Some("https")) || uri.authority().is_none() {
+                return Err(invalid("mint.issuer", format!("`{}` must be an http:// or https:// URL", mint.issuer)));
+            }
+            if mint.issuer.ends_with('/') {
+                return Err(invalid("mint.issuer", format!("`{}` must not end with `/`", mint.issuer)));
+            }
+            if mint.name.is_empty() || mint.name.contains(':') {
+                return Err(invalid("mint.name", format!("`{}` must be non-empty and contain no `:`", mint.name)));
+            }
+            if self.issuers.iter().any(|i| i.name == mint.name) {
+                return Err(invalid("mint.name", format!("`{}` is also an `[[issuers]]` name", mint.name)));
+            }
+            if mint.credential_lifetime < Duration::from_secs(10) || mint.credential_lifetime > Duration::from_secs(3600) {
+                return Err(invalid("mint.credential_lifetime", "must be between 10s and 1h"));
+            }
+            if mint.max_session < mint.credential_lifetime {
+                return Err(invalid("mint.max_session", "must be at least `credential_lifetime`"));
+            }
+            if mint.key_reload.is_zero() {
+                return Err(invalid("mint.key_reload", "must be more than 0s"));
+            }
+        }
+        if let Some(url) = &self.replay.redis_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://"))
+        {
+            return Err(invalid("replay.redis_url", format!("`{url}` must start with redis://, rediss:// or unix://")));
         }
         let mut names = std::collections::HashSet::new();
         for (i, issuer) in self.issuers.iter().enumerate() {

@@ -25,7 +25,8 @@ use crate::admin::Metrics;
 use crate::audit::{self, ClientRecord, DecisionLog, DecisionRecord, PrincipalRecord, ResourceRecord};
 use crate::authn::{Authenticator, Principal};
 use crate::authz::{Decision, PolicyEngine};
-use crate::config::{Config, LimitsConfig};
+use crate::config::{Config, LimitsConfig, UpstreamCredentials};
+use crate::mint::Minter;
 use crate::proxy::{CallObserver, ForwardBody, ResponseBody, Upstream, grpc_timeout};
 use crate::status::{Refusal, trailers_only};
 use crate::temporal::catalog::{self, Access, MethodSpec};
@@ -45,7 +46,8 @@ pub struct Gateway {
     upstream: Upstream,
     metrics: Arc<Metrics>,
     limits: LimitsConfig,
-    forward_authorization: bool,
+    credentials: UpstreamCredentials,
+    minter: Option<Arc<Minter>>,
 }
 
 /// What the phases before `record` concluded.
@@ -63,6 +65,7 @@ impl Gateway {
         log: DecisionLog,
         upstream: Upstream,
         metrics: Arc<Metrics>,
+        minter: Option<Arc<Minter>>,
     ) -> Gateway {
         metrics.policy_loaded(policies.version());
         Gateway {
@@ -72,8 +75,22 @@ impl Gateway {
             upstream,
             metrics,
             limits: config.limits.clone(),
-            forward_authorization: config.upstream.forward_authorization,
+            credentials: config.upstream.credentials(),
+            minter,
         }
+    }
+
+    /// The policy set in force now.
+    pub fn policies(&self) -> Arc<PolicyEngine> {
+        self.policies.load_full()
+    }
+
+    pub fn decision_log(&self) -> &DecisionLog {
+        &self.log
+    }
+
+    pub fn minter(&self) -> Option<&Arc<Minter>> {
+        self.minter.as_ref()
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -95,6 +112,12 @@ impl Gateway {
         let (mut parts, body) = request.into_parts();
         let uri = parts.uri.clone();
         let path = uri.path();
+        if let Some(minter) = &self.minter
+            && crate::mint::exchange::is_oauth_path(path)
+        {
+            let request = http::Request::from_parts(parts, body);
+            return crate::mint::exchange::serve(self, minter, request, client).await;
+        }
 
         // Phase 1: classify.
         let spec = catalog::lookup(path);
@@ -130,8 +153,22 @@ impl Gateway {
         }
 
         // Phase 6: forward.
-        if !self.forward_authorization {
-            parts.headers.remove(http::header::AUTHORIZATION);
+        match self.credentials {
+            UpstreamCredentials::Forward => {}
+            UpstreamCredentials::None => {
+                parts.headers.remove(http::header::AUTHORIZATION);
+            }
+            UpstreamCredentials::Minted => {
+                let minter = self.minter.as_ref().expect("config requires [mint] for minted credentials");
+                let credential = match (&outcome.principal, &outcome.call) {
+                    (Some(principal), Some(call)) => Some(minter.upstream_credential(principal, spec, call)),
+                    _ => None, // public methods: Temporal lets them through without a token
+                };
+                match credential.and_then(|c| http::HeaderValue::try_from(format!("Bearer {c}")).ok()) {
+                    Some(value) => parts.headers.insert(http::header::AUTHORIZATION, value),
+                    None => parts.headers.remove(http::header::AUTHORIZATION),
+                };
+            }
         }
         let deadline = grpc_timeout(&parts.headers);
         match self.upstream.send(parts, forward_body.expect("allowed calls keep their body"), deadline).await {
@@ -187,6 +224,13 @@ impl Gateway {
         if call.resource.kind != ResourceKind::Cluster && call.resource.namespace.is_none() {
             let detail = if call.has_task_token { " (a task token does not name one)" } else { "" };
             return refused(Some(principal), Some(call), Refusal::NoNamespace { action: spec.name, detail });
+        }
+
+        // A flowgate credential carries its own limits, checked before any policy.
+        if let Some(minted) = &principal.minted
+            && let Err(outside) = minted.grant.check(spec, &call)
+        {
+            return refused(Some(principal), Some(call), Refusal::OutsideGrant(outside));
         }
 
         // Phase 4: authorize.
@@ -285,6 +329,7 @@ impl Gateway {
             policy_version: policies.version(),
             latency_us: started.elapsed().as_micros() as u64,
             status: refusal.map(|r| r.code() as u16),
+            scope: None,
         }
     }
 }

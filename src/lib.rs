@@ -4,7 +4,8 @@
 //! [`server`] accepts it, [`temporal`] classifies and inspects it, [`authn`] authenticates the
 //! caller, [`authz`] decides with Cedar, [`audit`] records the decision, [`proxy`] forwards it,
 //! and [`status`] is the one place refusals become gRPC statuses. [`config`] is the TOML file,
-//! [`admin`] the health and metrics endpoints.
+//! [`admin`] the health and metrics endpoints. [`mint`] issues short-lived worker credentials
+//! in exchange for CI tokens (the token endpoint on the same listener).
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -13,6 +14,7 @@ pub mod authn;
 pub mod authz;
 pub mod config;
 pub mod gateway;
+pub mod mint;
 pub mod proxy;
 pub mod server;
 pub mod shutdown;

@@ -236,6 +236,8 @@ impl Body for ForwardBody {
 pub struct ResponseBody {
     upstream: Option<Incoming>,
     observer: Option<CallObserver>,
+    /// A complete body flowgate answers itself (token endpoint, JWKS, discovery).
+    full: Option<Bytes>,
 }
 
 /// Reports a forwarded call to the metrics exactly once, when its response ends (or is dropped).
@@ -272,7 +274,11 @@ impl ResponseBody {
         if let Some(status) = headers.get("grpc-status") {
             observer.status = Some(static_status(status));
         }
-        ResponseBody { upstream: Some(upstream), observer: Some(observer) }
+        ResponseBody { upstream: Some(upstream), observer: Some(observer), full: None }
+    }
+
+    pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
+        ResponseBody { upstream: None, observer: None, full: Some(bytes.into()) }
     }
 }
 
@@ -281,6 +287,9 @@ impl Body for ResponseBody {
     type Error = hyper::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(bytes) = self.full.take() {
+            return Poll::Ready(Some(Ok(Frame::data(bytes))));
+        }
         let Some(upstream) = self.upstream.as_mut() else {
             return Poll::Ready(None);
         };
@@ -298,10 +307,13 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.upstream.as_ref().is_none_or(|u| u.is_end_stream())
+        self.full.is_none() && self.upstream.as_ref().is_none_or(|u| u.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
+        if let Some(bytes) = &self.full {
+            return SizeHint::with_exact(bytes.len() as u64);
+        }
         self.upstream.as_ref().map_or_else(|| SizeHint::with_exact(0), |u| u.size_hint())
     }
 }

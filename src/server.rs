@@ -23,6 +23,8 @@ use crate::authn::{Authenticator, HttpFetcher};
 use crate::authz::PolicyEngine;
 use crate::config::{Config, ServerTlsConfig};
 use crate::gateway::Gateway;
+use crate::mint::Minter;
+use crate::mint::replay::ReplayCache;
 use crate::proxy::{HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW, Upstream, read_certs, read_pem_key};
 use crate::shutdown;
 
@@ -63,11 +65,23 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
     for warning in &policies.warnings {
         tracing::warn!(%warning, "policy warning");
     }
-    let authn = Authenticator::new(config, HttpFetcher::new(), metrics.clone())?;
+    let mut authn = Authenticator::new(config, HttpFetcher::new(), metrics.clone())?;
+    let minter = match &config.mint {
+        Some(mint) => {
+            let replay = match &config.replay.redis_url {
+                Some(url) => ReplayCache::redis(url).map_err(anyhow::Error::msg)?,
+                None => ReplayCache::memory(),
+            };
+            let minter = Arc::new(Minter::new(mint, replay)?);
+            authn = authn.with_minter(minter.clone());
+            Some(minter)
+        }
+        None => None,
+    };
     let upstream = Upstream::new(&config.upstream)?;
     let tls = config.listen.tls.as_ref().map(tls_acceptor).transpose()?;
     let log = DecisionLog::open(&config.audit.path)?;
-    let gateway = Arc::new(Gateway::new(config, authn, policies, log, upstream, metrics));
+    let gateway = Arc::new(Gateway::new(config, authn, policies, log, upstream, metrics, minter));
     Ok(Prepared { gateway, tls })
 }
 
@@ -95,6 +109,9 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     let Prepared { gateway, tls } = prepare(&config)?;
     let (trigger, signal) = shutdown::channel();
     gateway.authenticator().spawn_key_refresh(signal.clone());
+    if let Some(minter) = gateway.minter() {
+        minter.spawn_key_reload(signal.clone());
+    }
     spawn_cache_sweeper(gateway.clone(), signal.clone());
     if let Some(admin) = listeners.admin {
         tokio::spawn(admin::serve(admin, gateway.clone(), signal.clone()));

@@ -44,6 +44,8 @@ pub enum Refusal {
     Unauthenticated(#[from] AuthnError),
     #[error("permission denied: {0}")]
     Denied(String),
+    #[error("permission denied: {0}")]
+    OutsideGrant(String),
     #[error("permission denied: `{action}` names no namespace{detail}")]
     NoNamespace { action: &'static str, detail: &'static str },
     #[error("{0}")]
@@ -66,7 +68,7 @@ impl Refusal {
     pub fn code(&self) -> Code {
         match self {
             Refusal::Unauthenticated(_) => Code::Unauthenticated,
-            Refusal::Denied(_) | Refusal::NoNamespace { .. } => Code::PermissionDenied,
+            Refusal::Denied(_) | Refusal::OutsideGrant(_) | Refusal::NoNamespace { .. } => Code::PermissionDenied,
             Refusal::Inspect(InspectError::TooLarge { .. } | InspectError::InflatedTooLarge { .. }) => {
                 Code::ResourceExhausted
             }

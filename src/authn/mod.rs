@@ -88,6 +88,8 @@ pub struct Issuer {
 /// Turns bearer tokens into principals.
 pub struct Authenticator {
     by_iss: HashMap<String, Arc<Issuer>>,
+    /// flowgate's own issuer, when it mints credentials.
+    minter: Option<Arc<crate::mint::Minter>>,
     cache: TokenCache,
     metrics: Arc<Metrics>,
 }
@@ -168,7 +170,13 @@ impl Authenticator {
                 (issuer.settings.issuer.clone(), Arc::new(issuer))
             })
             .collect();
-        Ok(Authenticator { by_iss, cache: TokenCache::new(config.token_cache.max_entries), metrics })
+        Ok(Authenticator { by_iss, minter: None, cache: TokenCache::new(config.token_cache.max_entries), metrics })
+    }
+
+    /// Accepts flowgate's own credentials, verified with its own keys.
+    pub fn with_minter(mut self, minter: Arc<crate::mint::Minter>) -> Authenticator {
+        self.minter = Some(minter);
+        self
     }
 
     /// Fetches every issuer's keys once now, then keeps them fresh in the background until
@@ -224,6 +232,11 @@ impl Authenticator {
         let unverified = decode_segment(payload_b64, "payload")?;
 
         let iss = string_claim(&unverified, "iss")?;
+        if let Some(minter) = &self.minter
+            && minter.is_own(iss)
+        {
+            return minter.verify(token, &header);
+        }
         let issuer = self.by_iss.get(iss).ok_or_else(|| AuthnError::UntrustedIssuer(iss.to_owned()))?;
         let settings = &issuer.settings;
 
@@ -355,6 +368,8 @@ impl Issuer {
         };
         let exp = time_claim(claims, "exp")?.unwrap_or(0);
         let expires_at = UNIX_EPOCH + Duration::from_secs(exp.saturating_add(self.leeway.as_secs()));
-        Ok(Principal::new(kind, &settings.name, sub, groups, principal::flatten_claims(claims), expires_at))
+        let mut principal = Principal::new(kind, &settings.name, sub, groups, principal::flatten_claims(claims), expires_at);
+        principal.issuer_url = settings.issuer.clone();
+        Ok(principal)
     }
 }
