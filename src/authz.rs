@@ -391,8 +391,7 @@ impl PolicyEngine {
         .expect("string-valued context is always valid");
         let request = Request::new(principal.uid.clone(), action.uid.clone(), namespace_uid, context, None)
             .expect("requests without a schema are not validated");
-        let entities =
-            principal.entities.iter().cloned().chain([namespace_entity, action.entity.clone()]);
+        let entities = principal.entities.iter().cloned().chain([namespace_entity, action.entity.clone()]);
         self.decide(request, entities, &action.policies, ISSUE_CREDENTIAL)
     }
 }
@@ -506,9 +505,9 @@ fn missing_actions(schema_path: &Path, schema: &Schema) -> Vec<PolicyProblem> {
         .filter_map(|(name, resource_type)| {
             let wanted = format!("Temporal::{resource_type}");
             let message = match schema.resources_for_action(&action_uid(name)) {
-                None => format!(
-                    "the schema does not declare action `{name}` (regenerate it with `flowgate policy schema`)"
-                ),
+                None => {
+                    format!("the schema does not declare action `{name}` (regenerate it with `flowgate policy schema`)")
+                }
                 Some(types) => {
                     let mut types = types.map(|t| t.to_string());
                     if types.any(|t| t == wanted) {

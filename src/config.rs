@@ -439,8 +439,10 @@ impl Config {
             return Err(invalid("upstream.credentials", "`minted` needs a `[mint]` section"));
         }
         if let Some(mint) = &self.mint {
-            let uri: http::Uri =
-                mint.issuer.parse().map_err(|e| invalid("mint.issuer", format!("`{}` is not a URL: {e}", mint.issuer)))?;
+            let uri: http::Uri = mint
+                .issuer
+                .parse()
+                .map_err(|e| invalid("mint.issuer", format!("`{}` is not a URL: {e}", mint.issuer)))?;
             if !matches!(uri.scheme_str(), Some("http") | Some("https")) || uri.authority().is_none() {
                 return Err(invalid("mint.issuer", format!("`{}` must be an http:// or https:// URL", mint.issuer)));
             }
@@ -453,7 +455,9 @@ impl Config {
             if self.issuers.iter().any(|i| i.name == mint.name) {
                 return Err(invalid("mint.name", format!("`{}` is also an `[[issuers]]` name", mint.name)));
             }
-            if mint.credential_lifetime < Duration::from_secs(10) || mint.credential_lifetime > Duration::from_secs(3600) {
+            if mint.credential_lifetime < Duration::from_secs(10)
+                || mint.credential_lifetime > Duration::from_secs(3600)
+            {
                 return Err(invalid("mint.credential_lifetime", "must be between 10s and 1h"));
             }
             if mint.max_session < mint.credential_lifetime {

@@ -368,7 +368,8 @@ impl Issuer {
         };
         let exp = time_claim(claims, "exp")?.unwrap_or(0);
         let expires_at = UNIX_EPOCH + Duration::from_secs(exp.saturating_add(self.leeway.as_secs()));
-        let mut principal = Principal::new(kind, &settings.name, sub, groups, principal::flatten_claims(claims), expires_at);
+        let mut principal =
+            Principal::new(kind, &settings.name, sub, groups, principal::flatten_claims(claims), expires_at);
         principal.issuer_url = settings.issuer.clone();
         Ok(principal)
     }

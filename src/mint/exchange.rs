@@ -44,7 +44,11 @@ fn refuse(code: &'static str, description: impl Into<String>) -> ExchangeError {
         "method_not_allowed" => http::StatusCode::METHOD_NOT_ALLOWED,
         _ => http::StatusCode::BAD_REQUEST,
     };
-    ExchangeError { code: if code == "method_not_allowed" { "invalid_request" } else { code }, description: description.into(), http }
+    ExchangeError {
+        code: if code == "method_not_allowed" { "invalid_request" } else { code },
+        description: description.into(),
+        http,
+    }
 }
 
 fn json_response(status: http::StatusCode, body: serde_json::Value) -> http::Response<ResponseBody> {
@@ -197,7 +201,8 @@ async fn decide(
     if form.get("grant_type")? != Some(GRANT_TYPE) {
         return Err(refuse("unsupported_grant_type", format!("`grant_type` must be `{GRANT_TYPE}`")));
     }
-    let subject_token = form.get("subject_token")?.ok_or_else(|| refuse("invalid_request", "`subject_token` is missing"))?;
+    let subject_token =
+        form.get("subject_token")?.ok_or_else(|| refuse("invalid_request", "`subject_token` is missing"))?;
     match form.get("subject_token_type")? {
         Some(kind) if SUBJECT_TOKEN_TYPES.contains(&kind) => {}
         Some(kind) => return Err(refuse("invalid_request", format!("unsupported `subject_token_type` `{kind}`"))),
@@ -217,7 +222,10 @@ async fn decide(
     if let Some(audience) = form.get("audience")?
         && audience != minter.config.audience
     {
-        return Err(refuse("invalid_target", format!("credentials are only issued for audience `{}`", minter.config.audience)));
+        return Err(refuse(
+            "invalid_target",
+            format!("credentials are only issued for audience `{}`", minter.config.audience),
+        ));
     }
     let scope = form.get("scope")?.ok_or_else(|| refuse("invalid_scope", "`scope` is missing"))?;
     found.scope = Some(scope.to_owned());
@@ -258,7 +266,10 @@ async fn decide(
         let because = if decision.reasons.is_empty() {
             "no policy permits it".to_owned()
         } else {
-            format!("forbidden by policy {}", decision.reasons.iter().map(|r| format!("`{r}`")).collect::<Vec<_>>().join(", "))
+            format!(
+                "forbidden by policy {}",
+                decision.reasons.iter().map(|r| format!("`{r}`")).collect::<Vec<_>>().join(", ")
+            )
         };
         return Err(refuse(
             "unauthorized_client",

@@ -184,7 +184,10 @@ impl Grant {
     pub fn check(&self, spec: &MethodSpec, call: &Call) -> Result<(), String> {
         let resource = &call.resource;
         if resource.kind == ResourceKind::Cluster {
-            return Err(format!("`{}` is cluster-wide; the credential is for namespace `{}`", spec.name, self.namespace));
+            return Err(format!(
+                "`{}` is cluster-wide; the credential is for namespace `{}`",
+                spec.name, self.namespace
+            ));
         }
         if resource.namespace.as_deref() != Some(self.namespace.as_str()) {
             return Err(format!(
@@ -196,11 +199,16 @@ impl Grant {
         if !self.role.covers(spec.access) {
             return Err(format!("`{}` is outside the credential's role `{}`", spec.name, self.role.as_str()));
         }
-        if let Some(queue) = &resource.task_queue
-            && !self.task_queues.is_empty()
-            && !self.task_queues.contains(queue)
-        {
-            return Err(format!("task queue `{queue}` is outside the credential's task queues"));
+        if !self.task_queues.is_empty() {
+            match &resource.task_queue {
+                Some(queue) if !self.task_queues.contains(queue) => {
+                    return Err(format!("task queue `{queue}` is outside the credential's task queues"));
+                }
+                None if resource.kind == ResourceKind::TaskQueue => {
+                    return Err(format!("`{}` names no task queue; the credential is for named ones", spec.name));
+                }
+                _ => {}
+            }
         }
         if let Some(workflow_type) = &resource.workflow_type
             && !self.workflow_types.is_empty()

@@ -371,6 +371,10 @@ pub struct Setup {
     pub issuer_extra: String,
     pub audit_path: Option<String>,
     pub upstream: String,
+    /// Extra keys for `[upstream]`, e.g. `credentials = "minted"`.
+    pub upstream_extra: String,
+    /// Extra top-level tables after the issuer, e.g. `[mint]`.
+    pub tables: String,
     pub policy: String,
 }
 
@@ -381,6 +385,8 @@ impl Setup {
             issuer_extra: String::new(),
             audit_path: None,
             upstream: format!("http://{}", upstream.addr),
+            upstream_extra: String::new(),
+            tables: String::new(),
             policy: POLICY.to_owned(),
         }
     }
@@ -415,6 +421,7 @@ impl Gateway {
             address = "127.0.0.1:0"
             [upstream]
             address = "{upstream}"
+            {upstream_extra}
             [policy]
             dir = "{policies}"
             [audit]
@@ -433,6 +440,7 @@ impl Gateway {
             jwks_min_refresh = "1s"
             max_token_lifetime = "1h"
             {extra}
+            {tables}
             "#,
             upstream = setup.upstream,
             policies = policies.display(),
@@ -440,6 +448,8 @@ impl Gateway {
             jwks = jwks.url,
             extra = setup.issuer_extra,
             listen_extra = setup.listen_extra,
+            upstream_extra = setup.upstream_extra,
+            tables = setup.tables,
         );
         let config = flowgate::Config::parse(&text).unwrap();
         let listeners = flowgate::Listeners {
@@ -461,6 +471,24 @@ impl Gateway {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         Gateway { addr, admin, dir, audit_path, shutdown: Some(tx), task }
+    }
+
+    /// An HTTP/1.1 request to the gateway's listener (token endpoint, JWKS, discovery).
+    pub async fn http(&self, method: &str, path: &str, content_type: &str, body: &str) -> (u16, serde_json::Value) {
+        let stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(connection);
+        let request = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "flowgate")
+            .header("content-type", content_type)
+            .body(http_body_util::Full::new(Bytes::from(body.to_owned())))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
     }
 
     pub fn records(&self) -> Vec<serde_json::Value> {
