@@ -6,6 +6,10 @@
 //! and [`status`] is the one place refusals become gRPC statuses. [`config`] is the TOML file,
 //! [`admin`] the health and metrics endpoints. [`mint`] issues short-lived worker credentials
 //! in exchange for CI tokens (the token endpoint on the same listener).
+//!
+//! Beside a worker, [`sidecar`] is a local endpoint that forwards to the gateway with a
+//! short-lived credential it keeps fresh, got through [`exchange_client`] (RFC 8693 token
+//! exchange at the gateway's token endpoint).
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -13,11 +17,13 @@ pub mod audit;
 pub mod authn;
 pub mod authz;
 pub mod config;
+pub mod exchange_client;
 pub mod gateway;
 pub mod mint;
 pub mod proxy;
 pub mod server;
 pub mod shutdown;
+pub mod sidecar;
 pub mod status;
 pub mod temporal;
 

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use flowgate::authz::{PolicyEngine, PolicyError, generated_schema};
+use flowgate::exchange_client::{ExchangeClient, write_secret_file};
+use flowgate::sidecar::{SidecarConfig, run_sidecar};
 use flowgate::{Config, Listeners};
 
 #[derive(Parser)]
@@ -32,6 +34,49 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Get flowgate credentials from a gateway's token endpoint.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Run a local credential-free endpoint for a worker that forwards to the gateway with a
+    /// short-lived credential it keeps fresh.
+    Sidecar {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Exchange a CI or workload token for a flowgate credential (RFC 8693 token exchange).
+    Exchange(ExchangeArgs),
+}
+
+#[derive(clap::Args)]
+#[command(group = clap::ArgGroup::new("subject").required(true).args(["subject_token_env", "subject_token_file"]))]
+struct ExchangeArgs {
+    /// The gateway's address; its token endpoint is found by OIDC discovery.
+    #[arg(long)]
+    gateway: String,
+    /// The environment variable holding the subject token (e.g. a CI job's OIDC token).
+    #[arg(long, value_name = "VAR")]
+    subject_token_env: Option<String>,
+    /// A file holding the subject token.
+    #[arg(long, value_name = "FILE")]
+    subject_token_file: Option<PathBuf>,
+    /// The scope to request, e.g. "namespace:payments role:worker task_queue:deploys".
+    #[arg(long)]
+    scope: String,
+    /// CA bundle (PEM) for an https:// gateway; the web PKI roots otherwise.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Write to this file (atomically, mode 0600) instead of standard output.
+    #[arg(long, short, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// The whole token response as JSON, not just the token.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -77,6 +122,8 @@ fn main() -> ExitCode {
             print!("{}", generated_schema());
             Ok(())
         }
+        Command::Token { command: TokenCommand::Exchange(args) } => token_exchange(args),
+        Command::Sidecar { config } => sidecar(config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -112,6 +159,47 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let listeners = Listeners::bind(&config).await?;
         flowgate::run(listeners, config, shutdown_signal()).await
+    })
+}
+
+fn token_exchange(args: ExchangeArgs) -> anyhow::Result<()> {
+    let subject_token = match (&args.subject_token_env, &args.subject_token_file) {
+        (Some(name), _) => std::env::var(name)
+            .ok()
+            .filter(|token| !token.trim().is_empty())
+            .ok_or_else(|| anyhow::anyhow!("environment variable `{name}` is not set or empty"))?,
+        (None, Some(path)) => {
+            std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read `{}`: {e}", path.display()))?
+        }
+        (None, None) => unreachable!("clap requires one subject token option"),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let credential = runtime.block_on(async {
+        let client = ExchangeClient::new(args.ca.as_deref())?;
+        let discovery = client.discover(&args.gateway).await?;
+        anyhow::Ok(client.exchange(&discovery.token_endpoint, subject_token.trim(), &args.scope).await?)
+    })?;
+    let output = match args.json {
+        true => format!("{:#}\n", credential.to_response_json()),
+        false => credential.token.clone(),
+    };
+    match &args.output {
+        Some(path) => write_secret_file(path, output.as_bytes())
+            .map_err(|e| anyhow::anyhow!("cannot write `{}`: {e}", path.display()))?,
+        None => println!("{}", output.trim_end()),
+    }
+    Ok(())
+}
+
+fn sidecar(path: PathBuf) -> anyhow::Result<()> {
+    init_tracing();
+    let config = SidecarConfig::load(&path)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen.address)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on `{}`: {e}", config.listen.address))?;
+        run_sidecar(listener, config, shutdown_signal()).await
     })
 }
 
