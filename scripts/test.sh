@@ -4,7 +4,10 @@
 #   2. checks formatting and lints (cargo fmt, cargo clippy -D warnings);
 #   3. runs the Rust tests (unit tests, gateway tests against a fake upstream, the method
 #      catalog checked against the Temporal API descriptors);
-#   4. runs the end-to-end tests against a real Temporal dev server and the Python SDK.
+#   4. runs the end-to-end tests against a real Temporal dev server and the Python SDK, and
+#      against Temporal's full server with its own JWT authorizer (defense in depth): these
+#      must run here, so FLOWGATE_REQUIRE_FULL_SERVER=1 overrides a FLOWGATE_SKIP_FULL_SERVER=1
+#      left in the environment (a missing server binary fails the run instead of skipping).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,5 +25,6 @@ cargo clippy --all-targets --quiet -- -D warnings
 echo "== cargo test"
 cargo build --quiet
 cargo test --quiet 2>&1 | tee target/cargo-test.log
-echo "== end-to-end tests (real Temporal dev server, Python SDK, temporal CLI)"
-FLOWGATE_BIN="$PWD/target/debug/flowgate" python3 -m pytest tests/e2e -q -p no:cacheprovider
+echo "== end-to-end tests (real Temporal dev and full servers, Python SDK, temporal CLI)"
+FLOWGATE_BIN="$PWD/target/debug/flowgate" FLOWGATE_REQUIRE_FULL_SERVER=1 \
+  python3 -m pytest tests/e2e -q -p no:cacheprovider

@@ -29,6 +29,17 @@ Fixtures
     before, waits up to 30 s for the admin ``/readyz`` to answer 200, and returns a
     :class:`Gateway` with ``.address``, ``.admin``, ``.decisions()``, ``.stderr``. Every
     gateway started is stopped with SIGTERM at the end of the test.
+
+    Token exchange: ``gateway(mint={...})`` adds a ``[mint]`` table whose ``issuer`` is the
+    gateway's own listener (``http://127.0.0.1:PORT``, also ``.url``) and ``key_dir`` a fresh
+    ``keys/`` directory unless given (``mint=True``: those defaults only);
+    ``upstream_credentials="minted"`` sets ``upstream.credentials``. ``wait="jwks"`` waits for
+    the listener's ``/.well-known/jwks.json`` instead of ``/readyz`` (which stays 503 while
+    the upstream does not answer, e.g. a Temporal server that needs flowgate's keys first).
+
+``bare_gateway`` (module)
+    The same factory without the dev server, for a module that runs its own upstream:
+    ``upstream="http://HOST:PORT"`` is required; gateways live until the module's last test.
 """
 
 from __future__ import annotations
@@ -340,6 +351,8 @@ class Gateway:
         self.stdout_path = workdir / "flowgate.stdout"
         self.proc: subprocess.Popen | None = None
         self.stop_seconds: float | None = None
+        self.url = f"http://{address}"  # the listener over HTTP: token endpoint, JWKS (with [mint])
+        self.wait = "readyz"  # or "jwks": what start() waits for
 
     @property
     def stderr(self) -> str:
@@ -391,6 +404,13 @@ class Gateway:
             if self.proc.poll() is not None:
                 pytest.fail(f"flowgate exited with {self.proc.returncode} before ready; stderr:\n{self.stderr[-6000:]}")
             try:
+                if self.wait == "jwks":
+                    with urllib.request.urlopen(self.url + "/.well-known/jwks.json", timeout=1.0) as r:
+                        if r.status == 200 and json.loads(r.read()).get("keys"):
+                            return self
+                        last = f"/.well-known/jwks.json answered {r.status}"
+                    time.sleep(0.1)
+                    continue
                 status, _ = self.http_get("/readyz", timeout=1.0)
                 if status == 200:
                     return self
@@ -427,12 +447,16 @@ def copy_policies(dest: Path, source: Path | None = None) -> Path:
     return dest
 
 
-@pytest.fixture
-def gateway(temporal, okta, github, tmp_path):
+def _gateway_factory(okta_ref, github_ref, tmp_path, default_upstream: str | None):
+    """The `gateway` factory (see the module docstring); returns (start, started)."""
     started: list[Gateway] = []
 
     def start(okta: dict | None = None, github: dict | None = None, extra: str = "", policies: Path | None = None,
-              upstream: str | None = None) -> Gateway:  # fmt: skip
+              upstream: str | None = None, mint: dict | bool | None = None, upstream_credentials: str | None = None,
+              wait: str = "readyz") -> Gateway:  # fmt: skip
+        upstream = upstream or default_upstream
+        if upstream is None:
+            raise ValueError("no upstream: pass upstream=\"http://HOST:PORT\"")
         work = Path(tempfile.mkdtemp(prefix="gw-", dir=tmp_path))
         policy_dir = copy_policies(work / "policies", policies)
         audit = work / "decisions.jsonl"
@@ -456,23 +480,49 @@ def gateway(temporal, okta, github, tmp_path):
             "jwks_min_refresh": "1s",
         }
         github_issuer.update(github or {})
+        upstream_table = f"address = \"{upstream}\"\nforward_authorization = false\n"
+        if upstream_credentials is not None:
+            upstream_table += f"credentials = {_toml_value(upstream_credentials)}\n"
+        mint_table = ""
+        if mint:
+            mint_entries = {"issuer": f"http://127.0.0.1:{listen}", "key_dir": str(work / "keys")}
+            mint_entries.update(mint if isinstance(mint, dict) else {})
+            mint_table = f"[mint]\n{_toml_table(mint_entries)}\n"
         text = (
             f"[listen]\naddress = \"127.0.0.1:{listen}\"\n\n"
             f"[admin]\naddress = \"127.0.0.1:{admin}\"\n\n"
-            f"[upstream]\naddress = \"{upstream or 'http://' + temporal}\"\nforward_authorization = false\n\n"
+            f"[upstream]\n{upstream_table}\n"
             f"[policy]\ndir = {_toml_value(str(policy_dir))}\n\n"
             f"[audit]\npath = {_toml_value(str(audit))}\n\n"
+            f"{mint_table}"
             f"{extra}\n"
             f"[[issuers]]\n{_toml_table(okta_issuer)}\n"
             f"[[issuers]]\n{_toml_table(github_issuer)}"
         )
         gw = Gateway(work, text, f"127.0.0.1:{listen}", f"http://127.0.0.1:{admin}", audit)
+        gw.wait = wait
         started.append(gw)
         return gw.start()
 
-    okta_ref, github_ref = okta, github
-    yield start
+    return start, started
+
+
+def _stop_all(started: list[Gateway]) -> None:
     for gw in started:
         gw.stop()
         if os.environ.get("E2E_DEBUG"):
             print(f"\nflowgate stopped in {gw.stop_seconds} s")
+
+
+@pytest.fixture
+def gateway(temporal, okta, github, tmp_path):
+    start, started = _gateway_factory(okta, github, tmp_path, "http://" + temporal)
+    yield start
+    _stop_all(started)
+
+
+@pytest.fixture(scope="module")
+def bare_gateway(okta, github, tmp_path_factory):
+    start, started = _gateway_factory(okta, github, tmp_path_factory.mktemp("bare-gw"), None)
+    yield start
+    _stop_all(started)

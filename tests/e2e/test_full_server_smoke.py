@@ -2,9 +2,10 @@
 
 No flowgate here: this pins down what Temporal itself does with our tokens, so that the
 defense-in-depth tests (flowgate in front of a JWT-checking Temporal) rest on checked facts.
-One server start for the module (~0.3 s; the module runs in ~2 s); skipped when the server binary is not installed
-(`bash scripts/install-temporal-server.sh`, ~10+ min the first time) unless
-FLOWGATE_REQUIRE_FULL_SERVER=1.
+One server start for the module (~0.3 s; the module runs in ~2 s). The server binary comes
+from `bash scripts/setup.sh` (scripts/install-temporal-server.sh, ~10+ min the first time);
+without it the module fails, unless a developer opts out with FLOWGATE_SKIP_FULL_SERVER=1
+(see e2e_util.full_server_binary).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import threading
 import time
 import uuid
@@ -32,14 +32,10 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 from google.protobuf.duration_pb2 import Duration
 
-from temporal_server.full_server import FullServer, find_server_binary
+from e2e_util import full_server_binary
+from temporal_server.full_server import FullServer
 
-try:
-    SERVER_BIN = find_server_binary()
-except FileNotFoundError as e:
-    if os.environ.get("FLOWGATE_REQUIRE_FULL_SERVER") == "1":
-        raise
-    pytest.skip(f"{e}", allow_module_level=True)
+SERVER_BIN = full_server_binary()
 
 
 def _b64u(n: int) -> str:

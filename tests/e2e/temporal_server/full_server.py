@@ -216,6 +216,7 @@ class FullServer:
         workdir: str | os.PathLike | None = None,
         keep_workdir: bool = False,
         env: Mapping[str, str] | None = None,
+        ports: Mapping[str, int] | None = None,
     ):
         self.jwks_urls = [jwks_url] if isinstance(jwks_url, str) else list(jwks_url)
         self.namespaces = list(namespaces)
@@ -230,6 +231,10 @@ class FullServer:
         self._given_workdir = Path(workdir) if workdir else None
         self.keep_workdir = keep_workdir or workdir is not None
         self.env = dict(env or {})
+        unknown = set(ports or {}) - set(_PORT_NAMES)
+        if unknown:
+            raise ValueError(f"unknown port names {sorted(unknown)}; known: {_PORT_NAMES}")
+        self.fixed_ports = dict(ports or {})
         self.proc: subprocess.Popen | None = None
         self.workdir: Path | None = None
         self.ports: dict[str, int] = {}
@@ -292,7 +297,12 @@ class FullServer:
             self.workdir.mkdir(parents=True, exist_ok=True)
         else:
             self.workdir = Path(tempfile.mkdtemp(prefix="flowgate-temporal-"))
-        self.ports = dict(zip(_PORT_NAMES, _free_ports(len(_PORT_NAMES))))
+        # Fixed ports (e.g. a frontend port a proxy already points at) win; the others are
+        # picked free, never equal to a fixed one.
+        fixed = set(self.fixed_ports.values())
+        free = [p for p in _free_ports(len(_PORT_NAMES) + len(fixed)) if p not in fixed]
+        self.ports = dict(zip(_PORT_NAMES, free))
+        self.ports.update(self.fixed_ports)
         render_config(
             self.workdir, self.jwks_urls, self.ports,
             log_level=self.log_level, refresh_interval=self.refresh_interval, audience=self.audience,
@@ -434,7 +444,8 @@ def full_server(jwks_url: str | Sequence[str], namespaces: Sequence[str] = (), *
     Keyword arguments are :class:`FullServer`'s (binary, log_level, refresh_interval,
     audience, in_memory, dynamic_config, retention, startup_timeout, workdir, keep_workdir,
     env: extra environment for the server, e.g. {"SSL_CERT_FILE": ca_pem} for an https JWKS
-    with a self-signed certificate).
+    with a self-signed certificate; ports: fixed ports by name, e.g. {"frontend_port": P} when
+    a proxy started first already points at P).
     """
     with FullServer(jwks_url, namespaces, **kwargs) as srv:
         yield srv.address
