@@ -94,6 +94,32 @@ fn main() {
         black_box(engine.authorize(&github, start, "/x/StartWorkflowExecution", &start_call));
     });
 
+    // flowgate's own credentials: full verification (once per credential), then the cached path
+    // every call of a worker takes.
+    let keys = tempfile::tempdir().unwrap();
+    let mint_config: flowgate::config::MintConfig =
+        toml::from_str(&format!("issuer = \"http://flowgate.bench\"\nkey_dir = \"{}\"", keys.path().display()))
+            .unwrap();
+    let minter = flowgate::mint::Minter::new(&mint_config, flowgate::mint::replay::ReplayCache::memory()).unwrap();
+    let grant = flowgate::mint::Grant::parse_scope("namespace:payments role:worker task_queue:deploys").unwrap();
+    let credential = minter.mint_worker(&github, &grant, SystemTime::now()).token;
+    let header = flowgate::mint::unverified_header(&credential).unwrap();
+    time("mint a worker credential (ES256 sign)", 2_000, || {
+        black_box(minter.mint_worker(&github, &grant, SystemTime::now()));
+    });
+    time("verify a worker credential (ES256, uncached)", 2_000, || {
+        black_box(minter.verify(&credential, &header).unwrap());
+    });
+    let cache = flowgate::authn::TokenCache::new(1000);
+    cache.insert(&credential, std::sync::Arc::new(minter.verify(&credential, &header).unwrap()));
+    let poll = catalog::lookup("/temporal.api.workflowservice.v1.WorkflowService/PollActivityTaskQueue");
+    let poll_call = call(ResourceKind::TaskQueue, None, None);
+    time("worker credential per call: cache + grant + decision", 200_000, || {
+        let principal = cache.get(&credential).unwrap();
+        principal.minted.as_ref().unwrap().grant.check(poll, &poll_call).unwrap();
+        black_box(engine.authorize(&principal, poll, "/x/PollActivityTaskQueue", &poll_call));
+    });
+
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let log = flowgate::audit::DecisionLog::open(&dir.path().join("decisions.jsonl")).unwrap();

@@ -79,10 +79,18 @@ impl Issuer {
 
     /// A one-hour bearer token for `bench:loadgen`.
     pub fn token(&self) -> anyhow::Result<String> {
+        self.token_with_jti(None)
+    }
+
+    /// The same, with a `jti` (token exchange takes each one once).
+    pub fn token_with_jti(&self, jti: Option<&str>) -> anyhow::Result<String> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-        let claims = serde_json::json!({
+        let mut claims = serde_json::json!({
             "iss": self.url, "sub": SUBJECT, "aud": AUDIENCE, "iat": now, "nbf": now, "exp": now + 3600,
         });
+        if let Some(jti) = jti {
+            claims["jti"] = jti.into();
+        }
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
         header.kid = Some(KID.into());
         let key = jsonwebtoken::EncodingKey::from_ec_pem(self.pem.as_bytes())?;

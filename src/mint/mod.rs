@@ -210,6 +210,23 @@ impl Grant {
                 _ => {}
             }
         }
+        // A call that acts on a workflow by id names neither its queue nor its type, so a grant
+        // limited to those cannot tell whether the workflow is inside it: refused (fail closed).
+        // Reads stay open: every role may read its namespace.
+        if resource.kind == ResourceKind::Workflow && spec.access != Access::Read {
+            if !self.task_queues.is_empty() && resource.task_queue.is_none() {
+                return Err(format!(
+                    "`{}` names a workflow but not its task queue; a credential limited to task queues cannot act on workflows by id",
+                    spec.name
+                ));
+            }
+            if !self.workflow_types.is_empty() && resource.workflow_type.is_none() {
+                return Err(format!(
+                    "`{}` names a workflow but not its type; a credential limited to workflow types can only start workflows",
+                    spec.name
+                ));
+            }
+        }
         if let Some(workflow_type) = &resource.workflow_type
             && !self.workflow_types.is_empty()
             && !self.workflow_types.contains(workflow_type)
@@ -523,6 +540,12 @@ mod tests {
         assert!(err.contains("workflow type `Drop`"), "{err}");
         let err = writer.check(spec("PollActivityTaskQueue"), &call("payments", Some("q"), None)).unwrap_err();
         assert!(err.contains("role `write`"), "{err}");
+        // By-id calls name neither queue nor type: a limited grant refuses them.
+        let err = writer.check(spec("SignalWorkflowExecution"), &call("payments", None, None)).unwrap_err();
+        assert!(err.contains("only start workflows"), "{err}");
+        let err = grant.check(spec("RespondActivityTaskCompletedById"), &call("payments", None, None)).unwrap_err();
+        assert!(err.contains("cannot act on workflows by id"), "{err}");
+        assert!(grant.check(spec("DescribeWorkflowExecution"), &call("payments", None, None)).is_ok(), "reads stay");
     }
 
     #[test]

@@ -307,14 +307,6 @@ def test_a_credential_is_held_to_its_grant(gateway, github, temporal):
     assert starter_denied and starter_denied[0]["resource"]["workflow_type"] == "DropDatabaseWorkflow", starter_denied
 
 
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="flowgate bug: a task-queue-limited worker credential may call the *ById activity "
-    "methods (RespondActivityTaskCompletedById, ...FailedById, ...CanceledById, "
-    "RecordActivityTaskHeartbeatById) on any workflow of its namespace: they name a workflow, not a "
-    "task queue, so Grant::check lets them through. Remove this marker once flowgate refuses them.",
-)
 def test_a_queue_limited_credential_cannot_complete_another_queues_activity(gateway, okta, github, temporal):
     """A worker credential for queue A completes, by id, an activity that a workflow on queue B
     scheduled, and so injects its result into B's workflow. It must be PERMISSION_DENIED."""
