@@ -39,6 +39,11 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Manage the keys flowgate signs credentials with.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Run a local credential-free endpoint for a worker that forwards to the gateway with a
     /// short-lived credential it keeps fresh.
     Sidecar {
@@ -80,6 +85,16 @@ struct ExchangeArgs {
 }
 
 #[derive(Subcommand)]
+enum KeysCommand {
+    /// Add a new P-256 signing key to DIR (`mint.key_dir`). A running gateway publishes it at
+    /// its next key reload and signs with it once it has been published for
+    /// `mint.key_publish_ahead`; the previous key stays published until its tokens expire.
+    Generate { dir: PathBuf },
+    /// List the keys of DIR with their kids.
+    List { dir: PathBuf },
+}
+
+#[derive(Subcommand)]
 enum PolicyCommand {
     /// Strictly validate every policy in DIR against DIR/schema.cedarschema.
     Validate { dir: PathBuf },
@@ -106,6 +121,19 @@ fn print_policy_report(engine: &PolicyEngine) {
     );
 }
 
+fn list_keys(dir: &std::path::Path) -> anyhow::Result<()> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "pem"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let key = flowgate::mint::keys::SigningKey::read(&path)?;
+        println!("{}\t{}\t{}", key.kid, humantime::format_rfc3339_seconds(key.created), path.display());
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -124,6 +152,14 @@ fn main() -> ExitCode {
         }
         Command::Token { command: TokenCommand::Exchange(args) } => token_exchange(args),
         Command::Sidecar { config } => sidecar(config),
+        Command::Keys { command: KeysCommand::Generate { dir } } => {
+            flowgate::mint::keys::generate(&dir, std::time::SystemTime::now())
+                .map(|(path, kid)| {
+                    println!("{kid}\t{}", path.display());
+                })
+                .map_err(Into::into)
+        }
+        Command::Keys { command: KeysCommand::List { dir } } => list_keys(&dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -379,3 +379,32 @@ async fn two_gateways_sharing_redis_accept_a_subject_token_once_and_fail_closed_
     a.stop().await.unwrap();
     b.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_new_key_is_published_at_the_next_reload_but_signs_only_after_the_publication_window() {
+    let key = SigningKey::es256("k1");
+    let jwks = Jwks::start(&[&key]).await;
+    let upstream = Upstream::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let mut setup = Setup::new(&upstream);
+    setup.policy = POLICY_EXCHANGE.to_owned();
+    setup.tables = format!("{}key_reload = \"200ms\"\nkey_publish_ahead = \"15m\"\n", mint_table(keys.path(), "10m", None));
+    let gateway = Gateway::start(&jwks, setup).await;
+    let published = |doc: &Value| -> Vec<String> {
+        doc["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap().to_owned()).collect()
+    };
+    let (_, before) = gateway.http("GET", "/.well-known/jwks.json", "text/plain", "").await;
+    let first = published(&before);
+    assert_eq!(first.len(), 1);
+
+    // What `flowgate keys generate DIR` does.
+    let (_, new_kid) = flowgate::mint::keys::generate(keys.path(), std::time::SystemTime::now()).unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (_, after) = gateway.http("GET", "/.well-known/jwks.json", "text/plain", "").await;
+    assert_eq!(published(&after), [first[0].clone(), new_kid.clone()], "the new key is published");
+    let ci_token = token_for(&key, "pipeline-7", &["workers"], "rotation");
+    let (_, body) = exchange(&gateway, &ci_token, "namespace:payments role:worker task_queue:q").await;
+    let header = jsonwebtoken::decode_header(body["access_token"].as_str().unwrap()).unwrap();
+    assert_eq!(header.kid.as_deref(), Some(first[0].as_str()), "the old key signs until the new one is known");
+    gateway.stop().await.unwrap();
+}
