@@ -388,7 +388,8 @@ async fn a_new_key_is_published_at_the_next_reload_but_signs_only_after_the_publ
     let keys = tempfile::tempdir().unwrap();
     let mut setup = Setup::new(&upstream);
     setup.policy = POLICY_EXCHANGE.to_owned();
-    setup.tables = format!("{}key_reload = \"200ms\"\nkey_publish_ahead = \"15m\"\n", mint_table(keys.path(), "10m", None));
+    setup.tables =
+        format!("{}key_reload = \"200ms\"\nkey_publish_ahead = \"15m\"\n", mint_table(keys.path(), "10m", None));
     let gateway = Gateway::start(&jwks, setup).await;
     let published = |doc: &Value| -> Vec<String> {
         doc["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap().to_owned()).collect()
