@@ -104,6 +104,22 @@ fn tls_acceptor(tls: &ServerTlsConfig) -> anyhow::Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(server)))
 }
 
+/// The HTTP/2 server settings every flowgate listener uses (the gateway and the sidecar):
+/// many concurrent streams for multiplexed long polls, keep-alive pings, and the large
+/// windows `proxy` explains.
+pub fn http2_server(max_concurrent_streams: u32) -> Builder<TokioExecutor> {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(max_concurrent_streams)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW);
+    builder
+}
+
 /// Serves until `shutdown` resolves, then drains.
 pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let Prepared { gateway, tls } = prepare(&config)?;
@@ -117,15 +133,7 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
         tokio::spawn(admin::serve(admin, gateway.clone(), signal.clone()));
     }
 
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(config.listen.max_concurrent_streams)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20))
-        .initial_stream_window_size(HTTP2_STREAM_WINDOW)
-        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW);
+    let builder = http2_server(config.listen.max_concurrent_streams);
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let local = listeners.gateway.local_addr()?;

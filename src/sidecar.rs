@@ -34,8 +34,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -44,7 +43,7 @@ use tokio::sync::watch;
 
 use crate::config::{ConfigError, UpstreamConfig};
 use crate::exchange_client::{Credential, ExchangeClient, ExchangeError};
-use crate::proxy::{ForwardBody, HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW, Upstream, grpc_timeout};
+use crate::proxy::{ForwardBody, Upstream, grpc_timeout};
 use crate::shutdown;
 use crate::status::{Code, trailers_only};
 
@@ -833,15 +832,7 @@ pub async fn run_sidecar(
     ));
     let forwarder = Arc::new(Forwarder { upstream, state, wait: config.credential.wait });
 
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(config.listen.max_concurrent_streams)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20))
-        .initial_stream_window_size(HTTP2_STREAM_WINDOW)
-        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW);
+    let builder = crate::server::http2_server(config.listen.max_concurrent_streams);
     let graceful = GracefulShutdown::new();
     tracing::info!(
         address = %listener.local_addr()?,
