@@ -20,6 +20,7 @@ pub mod config;
 pub mod exchange_client;
 pub mod gateway;
 pub mod mint;
+pub mod policy_fmt;
 pub mod proxy;
 pub mod server;
 pub mod shutdown;

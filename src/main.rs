@@ -97,9 +97,21 @@ enum KeysCommand {
 #[derive(Subcommand)]
 enum PolicyCommand {
     /// Strictly validate every policy in DIR against DIR/schema.cedarschema.
-    Validate { dir: PathBuf },
+    Validate {
+        dir: PathBuf,
+        /// Fail (exit 1) when there are warnings too.
+        #[arg(long)]
+        deny_warnings: bool,
+    },
     /// Print the Cedar schema of flowgate's requests (write it to DIR/schema.cedarschema).
     Schema,
+    /// Format every policy file in DIR with Cedar's formatter; print the files it rewrote.
+    Fmt {
+        /// Write nothing: print a diff of each file that is not formatted and exit 1 if any is.
+        #[arg(long)]
+        check: bool,
+        dir: PathBuf,
+    },
 }
 
 fn init_tracing() {
@@ -139,13 +151,20 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => serve(config),
         Command::Check { config } => check(config),
-        Command::Policy { command: PolicyCommand::Validate { dir } } => match PolicyEngine::load(&dir) {
+        Command::Policy { command: PolicyCommand::Validate { dir, deny_warnings } } => match PolicyEngine::load(&dir) {
             Ok(engine) => {
                 print_policy_report(&engine);
-                Ok(())
+                if deny_warnings && !engine.warnings.is_empty() {
+                    Err(anyhow::anyhow!("warnings are denied (--deny-warnings)"))
+                } else {
+                    Ok(())
+                }
             }
             Err(error) => Err(error.into()),
         },
+        Command::Policy { command: PolicyCommand::Fmt { check, dir } } => {
+            flowgate::policy_fmt::run(&dir, check).map_err(Into::into)
+        }
         Command::Policy { command: PolicyCommand::Schema } => {
             print!("{}", generated_schema());
             Ok(())
