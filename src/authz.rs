@@ -284,6 +284,25 @@ impl PolicyEngine {
         self.policies.policies().count()
     }
 
+    /// The `@id`s of every policy, sorted.
+    pub fn policy_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.policies.policies().map(|p| p.id().to_string()).collect();
+        ids.sort();
+        ids
+    }
+
+    /// The `@id`s of the policies whose action scope can match `action` (sorted): the only ones
+    /// that can decide it.
+    pub fn policies_for(&self, action: &str) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .actions
+            .get(action)
+            .map(|a| a.policies.policies().map(|p| p.id().to_string()).collect())
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    }
+
     /// Decides one call: from the principal's decision cache when the same call was decided
     /// under this policy set before, otherwise by Cedar.
     pub fn authorize(
@@ -293,11 +312,24 @@ impl PolicyEngine {
         method_path: &str,
         call: &Call,
     ) -> Arc<Decision> {
-        if let Some(decision) = principal.decisions.get(self.generation, spec.name, method_path, call) {
+        self.authorize_in(&principal.decisions, principal, spec, method_path, call)
+    }
+
+    /// [`authorize`](Self::authorize) with another of the principal's caches (the shadow set
+    /// keeps its own, so the two sets do not evict each other's decisions).
+    pub fn authorize_in(
+        &self,
+        cache: &DecisionCache,
+        principal: &Principal,
+        spec: &'static MethodSpec,
+        method_path: &str,
+        call: &Call,
+    ) -> Arc<Decision> {
+        if let Some(decision) = cache.get(self.generation, spec.name, method_path, call) {
             return decision;
         }
         let decision = Arc::new(self.evaluate(principal, spec, method_path, call));
-        principal.decisions.insert(self.generation, spec.name, method_path, call, decision.clone());
+        cache.insert(self.generation, spec.name, method_path, call, decision.clone());
         decision
     }
 
@@ -317,15 +349,7 @@ impl PolicyEngine {
     ) -> Decision {
         let action = self.actions.get(spec.name).expect("every catalog action has an entity");
         let (resource, resource_entities) = resource_entities(call);
-        let mut context = Vec::with_capacity(4);
-        context.push(("method".to_owned(), string(method_path)));
-        for (key, value) in
-            [("signal_name", &call.signal_name), ("query_type", &call.query_type), ("update_name", &call.update_name)]
-        {
-            if let Some(value) = value {
-                context.push((key.to_owned(), string(value)));
-            }
-        }
+        let context = call_context(method_path, call).map(|(key, value)| (key.to_owned(), string(value)));
         let context = Context::from_pairs(context).expect("string-valued context is always valid");
         let request = Request::new(principal.uid.clone(), action.uid.clone(), resource, context, None)
             .expect("requests without a schema are not validated");
@@ -522,8 +546,16 @@ fn missing_actions(schema_path: &Path, schema: &Schema) -> Vec<PolicyProblem> {
         .collect()
 }
 
+/// The context of a call: `method`, and the signal, query or update name where it has one.
+pub fn call_context<'a>(method_path: &'a str, call: &'a Call) -> impl Iterator<Item = (&'static str, &'a str)> {
+    [("signal_name", &call.signal_name), ("query_type", &call.query_type), ("update_name", &call.update_name)]
+        .into_iter()
+        .filter_map(|(key, value)| value.as_deref().map(|value| (key, value)))
+        .chain([("method", method_path)])
+}
+
 /// The resource entity of a call (and its namespace), e.g. `Temporal::Workflow::"payments/wf-1"`.
-fn resource_entities(call: &Call) -> (EntityUid, Vec<Entity>) {
+pub fn resource_entities(call: &Call) -> (EntityUid, Vec<Entity>) {
     let resource = &call.resource;
     let namespace = resource.namespace.as_deref().unwrap_or_default();
     let namespace_uid = entity_uid("Namespace", namespace);

@@ -33,7 +33,7 @@ use crate::temporal::catalog::{self, Access, MethodSpec};
 use crate::temporal::{Call, ResourceKind, inspect};
 
 /// Reasons recorded for calls that need no policy.
-const PUBLIC_REASON: &str = "flowgate:public-method";
+pub const PUBLIC_REASON: &str = "flowgate:public-method";
 
 static PUBLIC_DECISION: LazyLock<Arc<Decision>> =
     LazyLock::new(|| Arc::new(Decision { allowed: true, reasons: vec![PUBLIC_REASON.to_owned()], errors: vec![] }));

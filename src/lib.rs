@@ -18,6 +18,7 @@ pub mod authn;
 pub mod authz;
 pub mod config;
 pub mod exchange_client;
+pub mod explain;
 pub mod gateway;
 pub mod mint;
 pub mod policy_fmt;

@@ -27,7 +27,7 @@ pub use self::jwks::{HttpFetcher, KeyStore};
 pub use self::presets::ResolvedIssuer;
 pub use self::principal::Principal;
 use crate::admin::Metrics;
-use crate::config::{Config, ConfigError, IssuerConfig, PrincipalKind};
+use crate::config::{Config, ConfigError, IssuerConfig};
 
 /// The `typ` of credentials flowgate mints: only flowgate's own issuer accepts it.
 pub const MINTED_TOKEN_TYPE: &str = "flowgate-credential+jwt";
@@ -349,28 +349,10 @@ impl Issuer {
     }
 
     fn principal(&self, claims: &Map<String, Value>) -> Result<Principal, AuthnError> {
-        let settings = &self.settings;
-        let sub = string_claim(claims, "sub")?;
-        let groups = match &settings.groups_claim {
-            Some(claim) => principal::groups_from(claims, claim).map_err(|_| AuthnError::ClaimType {
-                claim: claim.clone(),
-                expected: "a string or array of strings",
-            })?,
-            None => Vec::new(),
-        };
-        let kind = if settings.client_credentials_are_services
-            && claims.get("cid").and_then(Value::as_str) == Some(sub)
-            && !claims.contains_key("uid")
-        {
-            PrincipalKind::Service
-        } else {
-            settings.principal
-        };
         let exp = time_claim(claims, "exp")?.unwrap_or(0);
         let expires_at = UNIX_EPOCH + Duration::from_secs(exp.saturating_add(self.leeway.as_secs()));
-        let mut principal =
-            Principal::new(kind, &settings.name, sub, groups, principal::flatten_claims(claims), expires_at);
-        principal.issuer_url = settings.issuer.clone();
+        let mut principal = self.settings.mapping.principal(claims, expires_at)?;
+        principal.issuer_url = self.settings.issuer.clone();
         Ok(principal)
     }
 }

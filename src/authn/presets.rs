@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::authn::principal::ClaimMapping;
 use crate::config::{ConfigError, IssuerConfig, PrincipalKind};
 
 /// Where an issuer's JWKS is found.
@@ -122,12 +123,10 @@ pub struct ResolvedIssuer {
     pub issuer: String,
     pub audiences: Vec<String>,
     pub keys: KeySource,
-    pub principal: PrincipalKind,
-    pub groups_claim: Option<String>,
+    /// How its tokens' claims become principals.
+    pub mapping: ClaimMapping,
     pub algorithms: Vec<jsonwebtoken::Algorithm>,
     pub required_claims: BTreeMap<String, String>,
-    /// Okta: a token whose `sub` equals its `cid` is a client-credentials token of a service.
-    pub client_credentials_are_services: bool,
 }
 
 fn invalid(index: usize, field: &str, message: impl Into<String>) -> ConfigError {
@@ -207,12 +206,46 @@ pub fn resolve(index: usize, config: &IssuerConfig) -> Result<ResolvedIssuer, Co
         issuer,
         audiences: config.audiences.clone(),
         keys,
-        principal: config.principal.or(preset.map(|p| p.principal)).unwrap_or(PrincipalKind::User),
-        groups_claim: config.groups_claim.clone().or_else(|| preset.and_then(|p| p.groups_claim.map(str::to_owned))),
+        mapping: claim_mapping(&config.name, preset, config.principal, config.groups_claim.clone()),
         algorithms,
         required_claims,
-        client_credentials_are_services: preset.is_some_and(|p| p.name == "okta") && config.principal.is_none(),
     })
+}
+
+/// How an issuer named `name` maps claims to principals: the explicit settings, else the
+/// preset's, else a `User` without groups.
+fn claim_mapping(
+    name: &str,
+    preset: Option<&Preset>,
+    principal: Option<PrincipalKind>,
+    groups_claim: Option<String>,
+) -> ClaimMapping {
+    ClaimMapping {
+        issuer_name: name.to_owned(),
+        kind: principal.or(preset.map(|p| p.principal)).unwrap_or(PrincipalKind::User),
+        groups_claim: groups_claim.or_else(|| preset.and_then(|p| p.groups_claim.map(str::to_owned))),
+        client_credentials_are_services: preset.is_some_and(|p| p.name == "okta") && principal.is_none(),
+    }
+}
+
+/// The claim mapping of an issuer described only by preset and overrides, without the issuer
+/// URL, audiences and keys a gateway needs (`flowgate policy test`, `flowgate explain`).
+pub fn mapping_for(
+    name: &str,
+    preset: Option<&str>,
+    principal: Option<PrincipalKind>,
+    groups_claim: Option<String>,
+) -> Result<ClaimMapping, String> {
+    let preset = match preset {
+        None => None,
+        Some(wanted) => Some(
+            PRESETS
+                .iter()
+                .find(|p| p.name == wanted)
+                .ok_or_else(|| format!("unknown preset `{wanted}` (known: {})", PRESET_NAMES.join(", ")))?,
+        ),
+    };
+    Ok(claim_mapping(name, preset, principal, groups_claim))
 }
 
 /// Enforces the tenant binding of shared issuers.
@@ -290,7 +323,7 @@ mod tests {
         let ok = issuer("preset = \"github-actions\"\nrequired_claims = { repository_owner = \"acme\" }").unwrap();
         assert_eq!(ok.issuer, "https://token.actions.githubusercontent.com");
         assert_eq!(ok.keys, KeySource::Jwks("https://token.actions.githubusercontent.com/.well-known/jwks".into()));
-        assert_eq!(ok.principal, PrincipalKind::CiJob);
+        assert_eq!(ok.mapping.kind, PrincipalKind::CiJob);
         let binding_elsewhere = issuer("preset = \"buildkite\"\nrequired_claims = { pipeline_slug = \"x\" }");
         assert!(binding_elsewhere.is_err());
     }
@@ -331,8 +364,8 @@ mod tests {
     #[test]
     fn okta_preset_maps_groups_and_services() {
         let ok = issuer("preset = \"okta\"\nissuer = \"https://acme.okta.com/oauth2/default\"").unwrap();
-        assert_eq!(ok.groups_claim.as_deref(), Some("groups"));
-        assert!(ok.client_credentials_are_services);
+        assert_eq!(ok.mapping.groups_claim.as_deref(), Some("groups"));
+        assert!(ok.mapping.client_credentials_are_services);
         assert_eq!(ok.keys, KeySource::Discovery);
         assert!(issuer("preset = \"okta\"").is_err(), "okta needs its issuer");
         assert!(issuer("preset = \"jenkins\"").unwrap_err().to_string().contains("unknown preset `jenkins`"));

@@ -12,6 +12,7 @@ use std::time::SystemTime;
 use cedar_policy::{Entity, EntityId, EntityTypeName, EntityUid, RestrictedExpression};
 use serde_json::{Map, Value};
 
+use crate::authn::AuthnError;
 use crate::config::PrincipalKind;
 
 /// An authenticated caller.
@@ -36,6 +37,8 @@ pub struct Principal {
     pub minted: Option<crate::mint::MintedGrant>,
     /// Decisions already made for this principal (see `authz`).
     pub decisions: crate::authz::DecisionCache,
+    /// Decisions of the shadow policy set, if one is configured.
+    pub shadow_decisions: crate::authz::DecisionCache,
     /// Credentials minted for Temporal on this principal's behalf (`upstream.credentials = "minted"`).
     pub upstream_credentials: CredentialCache,
 }
@@ -64,6 +67,46 @@ impl CredentialCache {
         entries.retain(|(p, _, at)| p != permission && *at > now);
         entries.push((permission.to_owned(), token.clone(), refresh_at));
         token
+    }
+}
+
+/// How one issuer's claims become a principal: the part of an issuer's settings that policies
+/// see. The gateway, `flowgate policy test` and `flowgate explain` share it, so a test case's
+/// principal is exactly the one a real token with those claims would get.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimMapping {
+    /// The configured issuer name (principal ids are `<name>:<sub>`).
+    pub issuer_name: String,
+    pub kind: PrincipalKind,
+    pub groups_claim: Option<String>,
+    /// Okta: a token whose `sub` equals its `cid` (and that has no `uid`) is a service's.
+    pub client_credentials_are_services: bool,
+}
+
+impl ClaimMapping {
+    /// The principal of (already verified) `claims`.
+    pub fn principal(&self, claims: &Map<String, Value>, expires_at: SystemTime) -> Result<Principal, AuthnError> {
+        let sub = match claims.get("sub") {
+            Some(Value::String(sub)) if !sub.is_empty() => sub.as_str(),
+            None | Some(Value::Null) | Some(Value::String(_)) => return Err(AuthnError::MissingClaim("sub".into())),
+            Some(_) => return Err(AuthnError::ClaimType { claim: "sub".into(), expected: "a string" }),
+        };
+        let groups = match &self.groups_claim {
+            Some(claim) => groups_from(claims, claim).map_err(|_| AuthnError::ClaimType {
+                claim: claim.clone(),
+                expected: "a string or array of strings",
+            })?,
+            None => Vec::new(),
+        };
+        let kind = if self.client_credentials_are_services
+            && claims.get("cid").and_then(Value::as_str) == Some(sub)
+            && !claims.contains_key("uid")
+        {
+            PrincipalKind::Service
+        } else {
+            self.kind
+        };
+        Ok(Principal::new(kind, &self.issuer_name, sub, groups, flatten_claims(claims), expires_at))
     }
 }
 
@@ -151,6 +194,7 @@ impl Principal {
             issuer_url: String::new(),
             minted: None,
             decisions: Default::default(),
+            shadow_decisions: Default::default(),
             upstream_credentials: Default::default(),
         }
     }

@@ -237,6 +237,41 @@ impl Grant {
     }
 }
 
+/// The `Temporal::Worker` principal of a flowgate credential's (already verified) claims, with
+/// the grant it carries. `name` is `mint.name`, the issuer name policies see.
+pub fn worker_principal(
+    name: &str,
+    issuer_url: &str,
+    claims: &Map<String, Value>,
+    expires_at: SystemTime,
+) -> Result<Principal, AuthnError> {
+    let number = |name: &str| claims.get(name).and_then(Value::as_u64);
+    let text = |name: &str| claims.get(name).and_then(Value::as_str);
+    let strings = |name: &str| -> Result<Vec<String>, AuthnError> {
+        principal::groups_from(claims, name)
+            .map_err(|_| AuthnError::ClaimType { claim: name.into(), expected: "an array of strings" })
+    };
+    let missing = |name: &str| AuthnError::MissingClaim(name.into());
+    let grant = Grant {
+        namespace: text("namespace").ok_or_else(|| missing("namespace"))?.to_owned(),
+        role: text("role").and_then(Role::parse).ok_or_else(|| missing("role"))?,
+        task_queues: strings("task_queues")?,
+        workflow_types: strings("workflow_types")?,
+    };
+    let sub = text("sub").ok_or_else(|| missing("sub"))?.to_owned();
+    let minted = MintedGrant {
+        grant,
+        session_expires: number("session_exp").ok_or_else(|| missing("session_exp"))?,
+        act: claims.get("act").cloned().unwrap_or(Value::Null),
+        sub: sub.clone(),
+    };
+    let mut principal =
+        Principal::new(PrincipalKind::Worker, name, &sub, Vec::new(), principal::flatten_claims(claims), expires_at);
+    principal.issuer_url = issuer_url.to_owned();
+    principal.minted = Some(minted);
+    Ok(principal)
+}
+
 /// What a verified flowgate credential carries besides the principal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MintedGrant {
@@ -442,35 +477,7 @@ impl Minter {
                 found: text("token_use").unwrap_or_default().to_owned(),
             });
         }
-        let strings = |name: &str| -> Result<Vec<String>, AuthnError> {
-            principal::groups_from(&claims, name)
-                .map_err(|_| AuthnError::ClaimType { claim: name.into(), expected: "an array of strings" })
-        };
-        let missing = |name: &str| AuthnError::MissingClaim(name.into());
-        let grant = Grant {
-            namespace: text("namespace").ok_or_else(|| missing("namespace"))?.to_owned(),
-            role: text("role").and_then(Role::parse).ok_or_else(|| missing("role"))?,
-            task_queues: strings("task_queues")?,
-            workflow_types: strings("workflow_types")?,
-        };
-        let sub = text("sub").ok_or_else(|| missing("sub"))?.to_owned();
-        let minted = MintedGrant {
-            grant,
-            session_expires: number("session_exp").ok_or_else(|| missing("session_exp"))?,
-            act: claims.get("act").cloned().unwrap_or(Value::Null),
-            sub: sub.clone(),
-        };
-        let mut principal = Principal::new(
-            PrincipalKind::Worker,
-            &self.config.name,
-            &sub,
-            Vec::new(),
-            principal::flatten_claims(&claims),
-            UNIX_EPOCH + Duration::from_secs(exp),
-        );
-        principal.issuer_url = self.config.issuer.clone();
-        principal.minted = Some(minted);
-        Ok(principal)
+        worker_principal(&self.config.name, &self.config.issuer, &claims, UNIX_EPOCH + Duration::from_secs(exp))
     }
 
     pub fn is_own(&self, iss: &str) -> bool {
