@@ -239,6 +239,18 @@ pub struct DecisionRecord<'a> {
     /// For a token exchange: the scope asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scope: Option<&'a str>,
+    /// What the shadow policy set decided, when it differs from the enforced decision.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowRecord<'a>>,
+}
+
+/// The shadow set's decision (`policy.shadow_dir`), recorded when it disagrees.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShadowRecord<'a> {
+    pub decision: &'static str,
+    pub reasons: &'a [String],
+    pub errors: &'a [String],
+    pub policy_version: &'a str,
 }
 
 /// RFC 3339 with microseconds, UTC.

@@ -194,6 +194,17 @@ fn default_connect_timeout() -> Duration {
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
     pub dir: PathBuf,
+    /// A second policy set evaluated on every call and recorded, never enforced.
+    #[serde(default)]
+    pub shadow_dir: Option<PathBuf>,
+    /// How often the policy directories are checked for changes; `0s` turns watching off
+    /// (SIGHUP still reloads).
+    #[serde(default = "default_policy_watch_interval", with = "duration")]
+    pub watch_interval: Duration,
+}
+
+fn default_policy_watch_interval() -> Duration {
+    Duration::from_secs(2)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -373,6 +384,9 @@ impl Config {
             }
         };
         resolve(&mut self.policy.dir);
+        if let Some(shadow) = &mut self.policy.shadow_dir {
+            resolve(shadow);
+        }
         resolve(&mut self.audit.path);
         if let Some(mint) = &mut self.mint {
             resolve(&mut mint.key_dir);

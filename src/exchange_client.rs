@@ -325,6 +325,23 @@ impl ExchangeClient {
         })
     }
 
+    /// Any request with a JSON body (or none), answered with text (`flowgate explain --admin`).
+    pub async fn request_text(
+        &self,
+        method: http::Method,
+        url: &str,
+        body: String,
+    ) -> Result<(http::StatusCode, String), ExchangeError> {
+        let request = http::Request::builder()
+            .method(method)
+            .uri(parse_url(url)?)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|_| ExchangeError::BadUrl { url: url.to_owned() })?;
+        let (status, body) = self.send(url, request).await?;
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+
     async fn send(
         &self,
         url: &str,

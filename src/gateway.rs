@@ -12,20 +12,22 @@
 //!    trailers-only gRPC error (`status`).
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Instant, SystemTime};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::admin::Metrics;
-use crate::audit::{self, ClientRecord, DecisionLog, DecisionRecord, PrincipalRecord, ResourceRecord};
+use crate::admin::{Metrics, PolicySet};
+use crate::audit::{self, ClientRecord, DecisionLog, DecisionRecord, PrincipalRecord, ResourceRecord, ShadowRecord};
 use crate::authn::{Authenticator, Principal};
-use crate::authz::{Decision, PolicyEngine};
-use crate::config::{Config, LimitsConfig, UpstreamCredentials};
+use crate::authz::{Decision, PolicyEngine, PolicyError};
+use crate::config::{Config, LimitsConfig, PolicyConfig, UpstreamCredentials};
+use crate::explain::{Ask, Explanation, Issuers, explain};
 use crate::mint::Minter;
 use crate::proxy::{CallObserver, ForwardBody, ResponseBody, Upstream, grpc_timeout};
 use crate::status::{Refusal, trailers_only};
@@ -42,6 +44,15 @@ static PUBLIC_DECISION: LazyLock<Arc<Decision>> =
 pub struct Gateway {
     authn: Authenticator,
     policies: ArcSwap<PolicyEngine>,
+    /// Evaluated on every call and recorded, never enforced (`policy.shadow_dir`).
+    shadow: ArcSwapOption<PolicyEngine>,
+    policy_config: PolicyConfig,
+    /// One reload at a time (the watcher and SIGHUP may both ask).
+    reloading: tokio::sync::Mutex<()>,
+    /// The last denied calls, for `GET /explain/<decision_id>` on the admin port.
+    recent_denials: Mutex<VecDeque<RecentDenial>>,
+    /// How claims become principals, for `POST /explain` on the admin port.
+    issuers: Issuers,
     log: DecisionLog,
     upstream: Upstream,
     metrics: Arc<Metrics>,
@@ -55,22 +66,56 @@ struct Outcome {
     principal: Option<Arc<Principal>>,
     call: Option<Call>,
     decision: Result<Arc<Decision>, Refusal>,
+    /// The shadow set's decision, when one is loaded and the enforced set was asked.
+    shadow: Option<Arc<Decision>>,
+}
+
+/// How many denied calls `GET /explain/<decision_id>` can explain.
+pub const RECENT_DENIALS: usize = 1024;
+
+/// A denied call, kept so an operator can ask why.
+pub struct RecentDenial {
+    pub decision_id: String,
+    pub ts: String,
+    pub policy_version: String,
+    pub principal: Arc<Principal>,
+    pub spec: &'static MethodSpec,
+    pub path: String,
+    pub call: Call,
+    pub reasons: Vec<String>,
+}
+
+/// The result of reloading the policy directories.
+#[derive(Debug)]
+pub struct Reload {
+    /// The enforced set: its new version, or why it was refused (the old set stays).
+    pub enforced: Result<String, PolicyError>,
+    /// The shadow set, when configured.
+    pub shadow: Option<Result<String, PolicyError>>,
 }
 
 impl Gateway {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: &Config,
         authn: Authenticator,
         policies: PolicyEngine,
+        shadow: Option<PolicyEngine>,
         log: DecisionLog,
         upstream: Upstream,
         metrics: Arc<Metrics>,
         minter: Option<Arc<Minter>>,
     ) -> Gateway {
-        metrics.policy_loaded(policies.version());
+        metrics.policy_loaded(PolicySet::Enforced, Some(policies.version()));
+        metrics.policy_loaded(PolicySet::Shadow, shadow.as_ref().map(PolicyEngine::version));
         Gateway {
             authn,
             policies: ArcSwap::from_pointee(policies),
+            shadow: ArcSwapOption::from(shadow.map(Arc::new)),
+            policy_config: config.policy.clone(),
+            reloading: tokio::sync::Mutex::new(()),
+            recent_denials: Mutex::new(VecDeque::new()),
+            issuers: Issuers::from_config(config).unwrap_or_default(),
             log,
             upstream,
             metrics,
@@ -83,6 +128,98 @@ impl Gateway {
     /// The policy set in force now.
     pub fn policies(&self) -> Arc<PolicyEngine> {
         self.policies.load_full()
+    }
+
+    /// The shadow policy set, if one is configured.
+    pub fn shadow_policies(&self) -> Option<Arc<PolicyEngine>> {
+        self.shadow.load_full()
+    }
+
+    pub fn policy_config(&self) -> &PolicyConfig {
+        &self.policy_config
+    }
+
+    pub fn issuers(&self) -> &Issuers {
+        &self.issuers
+    }
+
+    /// Loads `policy.dir` (and `policy.shadow_dir`) again. Each set is validated completely
+    /// before it replaces the one in force; a set that does not load is refused and the last
+    /// good one stays. Calls already past their `load` finish under the set they started with.
+    pub async fn reload_policies(&self) -> Reload {
+        let _one_at_a_time = self.reloading.lock().await;
+        let dirs = self.policy_config.clone();
+        let (enforced, shadow) = tokio::task::spawn_blocking(move || {
+            (PolicyEngine::load(&dirs.dir), dirs.shadow_dir.as_deref().map(PolicyEngine::load))
+        })
+        .await
+        .expect("loading policies does not panic");
+        let enforced = self.install(PolicySet::Enforced, &self.policy_config.dir, enforced);
+        let shadow = match (shadow, &self.policy_config.shadow_dir) {
+            (Some(loaded), Some(dir)) => Some(self.install(PolicySet::Shadow, dir, loaded)),
+            _ => None,
+        };
+        Reload { enforced, shadow }
+    }
+
+    fn install(
+        &self,
+        set: PolicySet,
+        dir: &std::path::Path,
+        loaded: Result<PolicyEngine, PolicyError>,
+    ) -> Result<String, PolicyError> {
+        match loaded {
+            Ok(engine) => {
+                let version = engine.version().to_owned();
+                let current = match set {
+                    PolicySet::Enforced => Some(self.policies.load_full()),
+                    PolicySet::Shadow => self.shadow.load_full(),
+                };
+                for warning in &engine.warnings {
+                    tracing::warn!(%warning, set = set.as_str(), "policy warning");
+                }
+                if current.as_deref().map(PolicyEngine::version) != Some(version.as_str()) {
+                    tracing::info!(set = set.as_str(), dir = %dir.display(), policy_version = %version, "policy set loaded");
+                    match set {
+                        PolicySet::Enforced => self.policies.store(Arc::new(engine)),
+                        PolicySet::Shadow => self.shadow.store(Some(Arc::new(engine))),
+                    }
+                    self.metrics.policy_loaded(set, Some(&version));
+                }
+                self.metrics.policy_reloaded(set, true);
+                Ok(version)
+            }
+            Err(error) => {
+                tracing::error!(set = set.as_str(), dir = %dir.display(), %error, "policy set refused; the last good set stays in force");
+                self.metrics.policy_reloaded(set, false);
+                Err(error)
+            }
+        }
+    }
+
+    /// Explains a denied call of the last [`RECENT_DENIALS`], under the policies in force now.
+    pub fn explain_denial(&self, decision_id: &str) -> Option<(RecentDenialSummary, Explanation)> {
+        let denials = self.recent_denials.lock().unwrap_or_else(|p| p.into_inner());
+        let denial = denials.iter().find(|d| d.decision_id == decision_id)?;
+        let ask = Ask::Call { spec: denial.spec, path: denial.path.clone(), call: denial.call.clone() };
+        let summary = RecentDenialSummary {
+            decision_id: denial.decision_id.clone(),
+            ts: denial.ts.clone(),
+            policy_version: denial.policy_version.clone(),
+            reasons: denial.reasons.clone(),
+        };
+        let principal = denial.principal.clone();
+        drop(denials);
+        let shadow = self.shadow.load_full();
+        Some((summary, explain(&self.policies.load(), shadow.as_deref(), &principal, &ask)))
+    }
+
+    fn remember_denial(&self, denial: RecentDenial) {
+        let mut denials = self.recent_denials.lock().unwrap_or_else(|p| p.into_inner());
+        if denials.len() == RECENT_DENIALS {
+            denials.pop_front();
+        }
+        denials.push_back(denial);
     }
 
     pub fn decision_log(&self) -> &DecisionLog {
@@ -129,18 +266,37 @@ impl Gateway {
 
         // Policies in force for this whole call, even if a reload lands meanwhile.
         let policies = self.policies.load_full();
+        let shadow = self.shadow.load_full();
 
         // Phases 2-4: authenticate, inspect, authorize.
-        let (outcome, forward_body) = self.decide(spec, &parts, body, path, &policies).await;
+        let (outcome, forward_body) = self.decide(spec, &parts, body, path, &policies, shadow.as_deref()).await;
         self.metrics.authorized_in(started.elapsed());
 
         // Phase 5: record, before anything goes upstream.
+        let decision_id = audit::decision_id();
         let refusal = match &outcome.decision {
             Ok(decision) if decision.allowed => None,
-            Ok(decision) => Some(Refusal::Denied(denial_message(spec, outcome.call.as_ref(), decision))),
+            Ok(decision) => Some(Refusal::Denied(format!(
+                "{}{}",
+                denial_message(spec, outcome.call.as_ref(), decision),
+                explain_pointer(&decision_id)
+            ))),
+            Err(Refusal::OutsideGrant(why)) => {
+                Some(Refusal::OutsideGrant(format!("{why}{}", explain_pointer(&decision_id))))
+            }
             Err(refusal) => Some(refusal.clone()),
         };
-        let record = self.record(&parts, client, spec, path, &outcome, refusal.as_ref(), &policies, started);
+        let record = self.record(
+            &parts,
+            client,
+            spec,
+            path,
+            &outcome,
+            refusal.as_ref(),
+            (&policies, shadow.as_deref()),
+            decision_id,
+            started,
+        );
         if let Err(error) = self.log.write(&record).await {
             self.metrics.decision_log_failed();
             let refusal = Refusal::Audit(error);
@@ -148,6 +304,20 @@ impl Gateway {
             return trailers_only(refusal.code(), &refusal.to_string());
         }
         if let Some(refusal) = refusal {
+            if let (Some(principal), Some(call), Refusal::Denied(_) | Refusal::OutsideGrant(_)) =
+                (&outcome.principal, &outcome.call, &refusal)
+            {
+                self.remember_denial(RecentDenial {
+                    decision_id: record.decision_id.clone(),
+                    ts: record.ts.clone(),
+                    policy_version: policies.version().to_owned(),
+                    principal: principal.clone(),
+                    spec,
+                    path: path.to_owned(),
+                    call: call.clone(),
+                    reasons: record.reasons.to_vec(),
+                });
+            }
             self.metrics.call_finished(spec.name, false, refusal.code().as_str(), started.elapsed());
             return trailers_only(refusal.code(), &refusal.to_string());
         }
@@ -195,12 +365,14 @@ impl Gateway {
         body: Incoming,
         path: &str,
         policies: &PolicyEngine,
+        shadow: Option<&PolicyEngine>,
     ) -> (Outcome, Option<ForwardBody>) {
-        let refused = |principal, call, refusal| (Outcome { principal, call, decision: Err(refusal) }, None);
+        let refused =
+            |principal, call, refusal| (Outcome { principal, call, decision: Err(refusal), shadow: None }, None);
 
         if spec.access == Access::Public {
             return (
-                Outcome { principal: None, call: None, decision: Ok(PUBLIC_DECISION.clone()) },
+                Outcome { principal: None, call: None, decision: Ok(PUBLIC_DECISION.clone()), shadow: None },
                 Some(ForwardBody::new(Bytes::new(), Some(body))),
             );
         }
@@ -235,8 +407,13 @@ impl Gateway {
 
         // Phase 4: authorize.
         let decision = policies.authorize(&principal, spec, path, &call);
+        let shadow = shadow.map(|shadow| {
+            let shadow_decision = shadow.authorize_in(&principal.shadow_decisions, &principal, spec, path, &call);
+            self.metrics.shadow_compared(spec.name, decision.allowed, shadow_decision.allowed);
+            shadow_decision
+        });
         let body = decision.allowed.then(|| ForwardBody::new(buffered, rest));
-        (Outcome { principal: Some(principal), call: Some(call), decision: Ok(decision) }, body)
+        (Outcome { principal: Some(principal), call: Some(call), decision: Ok(decision), shadow }, body)
     }
 
     /// Reads the body until the first gRPC message is complete (or the stream ends). Returns the
@@ -285,7 +462,8 @@ impl Gateway {
         path: &'a str,
         outcome: &'a Outcome,
         refusal: Option<&Refusal>,
-        policies: &'a PolicyEngine,
+        (policies, shadow): (&'a PolicyEngine, Option<&'a PolicyEngine>),
+        decision_id: String,
         started: Instant,
     ) -> DecisionRecord<'a> {
         let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
@@ -295,7 +473,7 @@ impl Gateway {
         };
         DecisionRecord {
             ts: audit::timestamp(SystemTime::now()),
-            decision_id: audit::decision_id(),
+            decision_id,
             kind: "grpc",
             decision: if refusal.is_none() { "allow" } else { "deny" },
             reasons,
@@ -330,8 +508,41 @@ impl Gateway {
             latency_us: started.elapsed().as_micros() as u64,
             status: refusal.map(|r| r.code() as u16),
             scope: None,
+            shadow: match (&outcome.decision, &outcome.shadow, shadow) {
+                (Ok(enforced), Some(decision), Some(engine)) => shadow_record(enforced, decision, engine),
+                _ => None,
+            },
         }
     }
+}
+
+/// The shadow set's decision for the record, when it differs from the enforced one.
+pub fn shadow_record<'a>(
+    enforced: &Decision,
+    shadow: &'a Decision,
+    engine: &'a PolicyEngine,
+) -> Option<ShadowRecord<'a>> {
+    (shadow.allowed != enforced.allowed || shadow.reasons != enforced.reasons).then(|| ShadowRecord {
+        decision: if shadow.allowed { "allow" } else { "deny" },
+        reasons: &shadow.reasons,
+        errors: &shadow.errors,
+        policy_version: engine.version(),
+    })
+}
+
+/// What a denial says about where to find out more.
+fn explain_pointer(decision_id: &str) -> String {
+    format!(" (decision `{decision_id}`: `flowgate explain --admin <admin address> --decision {decision_id}`)")
+}
+
+/// A denied call's record, as `GET /explain/<decision_id>` reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RecentDenialSummary {
+    pub decision_id: String,
+    pub ts: String,
+    /// The policy set the denial was made under (the explanation uses the one in force now).
+    pub policy_version: String,
+    pub reasons: Vec<String>,
 }
 
 /// Only gRPC over HTTP/2 POST is proxied.

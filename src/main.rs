@@ -6,7 +6,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use flowgate::authz::{PolicyEngine, PolicyError, generated_schema};
+use std::collections::BTreeMap;
+
 use flowgate::exchange_client::{ExchangeClient, write_secret_file};
+use flowgate::explain::{CallSpec, IssuerProfile, Issuers};
 use flowgate::sidecar::{SidecarConfig, run_sidecar};
 use flowgate::{Config, Listeners};
 
@@ -44,6 +47,9 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Show how a call is decided: the principal as flowgate sees it, the resource, the
+    /// context, the decision, the policies that determined it and any errors.
+    Explain(Box<ExplainArgs>),
     /// Run a local credential-free endpoint for a worker that forwards to the gateway with a
     /// short-lived credential it keeps fresh.
     Sidecar {
@@ -84,6 +90,66 @@ struct ExchangeArgs {
     json: bool,
 }
 
+#[derive(clap::Args)]
+#[command(group = clap::ArgGroup::new("who").args(["issuer", "token_env", "token_file"]))]
+struct ExplainArgs {
+    /// Decide with the policies of DIR (default: `policy.dir` of --config).
+    #[arg(long, value_name = "DIR", conflicts_with = "admin")]
+    policies: Option<PathBuf>,
+    /// Also decide with this shadow policy set (default: `policy.shadow_dir` of --config).
+    #[arg(long, value_name = "DIR", conflicts_with = "admin")]
+    shadow: Option<PathBuf>,
+    /// A gateway config: its issuers (names, presets, URLs) and policy directories.
+    #[arg(long, short, conflicts_with = "admin")]
+    config: Option<PathBuf>,
+    /// Ask a running gateway's admin endpoint instead (e.g. http://127.0.0.1:9233).
+    #[arg(long, value_name = "URL")]
+    admin: Option<String>,
+    /// With --admin: explain this recent denial (the id a denial message names).
+    #[arg(long, value_name = "ID", requires = "admin", conflicts_with_all = ["who", "method"])]
+    decision: Option<String>,
+    /// The issuer name of the principal (as in `[[issuers]]`), with --claims.
+    #[arg(long, value_name = "NAME", requires = "claims")]
+    issuer: Option<String>,
+    /// Without --config: the issuer's preset (default: the issuer name, if it names a preset).
+    #[arg(long, value_name = "PRESET", requires = "issuer")]
+    preset: Option<String>,
+    /// The token's claims: JSON, or @FILE.
+    #[arg(long, value_name = "JSON|@FILE", requires = "issuer")]
+    claims: Option<String>,
+    /// A token in this environment variable (locally its signature is not checked).
+    #[arg(long, value_name = "VAR")]
+    token_env: Option<String>,
+    /// A token in this file.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// The method: an action name (`StartWorkflowExecution`, `IssueCredential`) or a gRPC path.
+    #[arg(long, required_unless_present = "decision")]
+    method: Option<String>,
+    #[arg(long)]
+    namespace: Option<String>,
+    #[arg(long)]
+    workflow_id: Option<String>,
+    #[arg(long)]
+    workflow_type: Option<String>,
+    #[arg(long)]
+    task_queue: Option<String>,
+    #[arg(long)]
+    schedule_id: Option<String>,
+    #[arg(long)]
+    signal_name: Option<String>,
+    #[arg(long)]
+    query_type: Option<String>,
+    #[arg(long)]
+    update_name: Option<String>,
+    /// For IssueCredential: the scope asked for.
+    #[arg(long)]
+    scope: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Subcommand)]
 enum KeysCommand {
     /// Add a new P-256 signing key to DIR (`mint.key_dir`). A running gateway publishes it at
@@ -105,6 +171,19 @@ enum PolicyCommand {
     },
     /// Print the Cedar schema of flowgate's requests (write it to DIR/schema.cedarschema).
     Schema,
+    /// Run the test cases in DIR/tests/*.yaml against the policies of DIR.
+    Test {
+        dir: PathBuf,
+        /// Take issuers from this gateway config (in addition to the test files' `issuers:`).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Run only the cases whose name contains TEXT.
+        #[arg(long, value_name = "TEXT")]
+        filter: Option<String>,
+        /// Fail (exit 1) when a policy determines no case.
+        #[arg(long)]
+        require_coverage: bool,
+    },
     /// Format every policy file in DIR with Cedar's formatter; print the files it rewrote.
     Fmt {
         /// Write nothing: print a diff of each file that is not formatted and exit 1 if any is.
@@ -165,6 +244,10 @@ fn main() -> ExitCode {
         Command::Policy { command: PolicyCommand::Fmt { check, dir } } => {
             flowgate::policy_fmt::run(&dir, check).map_err(Into::into)
         }
+        Command::Policy { command: PolicyCommand::Test { dir, config, filter, require_coverage } } => {
+            policy_test(&dir, config.as_deref(), filter.as_deref(), require_coverage)
+        }
+        Command::Explain(args) => explain(*args),
         Command::Policy { command: PolicyCommand::Schema } => {
             print!("{}", generated_schema());
             Ok(())
@@ -195,6 +278,148 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn policy_test(
+    dir: &std::path::Path,
+    config: Option<&std::path::Path>,
+    filter: Option<&str>,
+    require_coverage: bool,
+) -> anyhow::Result<()> {
+    let issuers = match config {
+        Some(path) => Some(Issuers::from_config(&Config::load(path)?)?),
+        None => None,
+    };
+    let report = flowgate::policy_test::run(dir, issuers.as_ref(), filter)?;
+    print!("{}", report.to_text());
+    if report.results.is_empty() {
+        anyhow::bail!("no test case ran{}", filter.map(|f| format!(" (filter `{f}`)")).unwrap_or_default());
+    }
+    if report.failed() > 0 {
+        anyhow::bail!("{} of {} cases failed", report.failed(), report.results.len());
+    }
+    if require_coverage && !report.uncovered.is_empty() {
+        anyhow::bail!("{} policies determine no case (--require-coverage)", report.uncovered.len());
+    }
+    Ok(())
+}
+
+fn explain(args: ExplainArgs) -> anyhow::Result<()> {
+    if let Some(admin) = &args.admin {
+        return explain_remote(admin, &args);
+    }
+    let config = args.config.as_deref().map(Config::load).transpose()?;
+    let policy_dir = args
+        .policies
+        .clone()
+        .or_else(|| config.as_ref().map(|c| c.policy.dir.clone()))
+        .ok_or_else(|| anyhow::anyhow!("give --policies DIR, --config FILE or --admin URL"))?;
+    let shadow_dir = args.shadow.clone().or_else(|| config.as_ref().and_then(|c| c.policy.shadow_dir.clone()));
+    let enforced = PolicyEngine::load(&policy_dir)?;
+    let shadow = shadow_dir.as_deref().map(PolicyEngine::load).transpose()?;
+    let mut issuers = match &config {
+        Some(config) => Issuers::from_config(config)?,
+        None => Issuers::default(),
+    };
+    let call = call_spec(&args)?;
+    let principal = match (&args.issuer, token_of(&args)?) {
+        (Some(name), _) => {
+            let claims = claims_of(args.claims.as_deref().unwrap_or("{}"))?;
+            if config.is_none() || args.preset.is_some() {
+                let profile = IssuerProfile {
+                    preset: args.preset.clone().or_else(|| {
+                        flowgate::authn::presets::PRESET_NAMES.contains(&name.as_str()).then(|| name.clone())
+                    }),
+                    minted: name == flowgate::explain::DEFAULT_MINT_NAME,
+                    ..Default::default()
+                };
+                issuers = issuers.merge(Issuers::from_profiles(&BTreeMap::from([(name.clone(), profile)]))?);
+            }
+            issuers.principal(name, &claims)?
+        }
+        (None, Some(token)) => {
+            eprintln!("note: the token's signature is not checked locally (use --admin to have a gateway verify it)");
+            issuers.principal_of_unverified_token(&token)?
+        }
+        (None, None) => {
+            anyhow::bail!("give the principal: --issuer NAME --claims JSON, --token-env VAR or --token-file FILE")
+        }
+    };
+    let explanation = flowgate::explain::explain(&enforced, shadow.as_ref(), &principal, &call.resolve()?);
+    if args.json {
+        println!("{:#}", serde_json::to_value(&explanation)?);
+    } else {
+        print!("{}", explanation.to_text());
+    }
+    Ok(())
+}
+
+fn call_spec(args: &ExplainArgs) -> anyhow::Result<CallSpec> {
+    Ok(CallSpec {
+        method: args.method.clone().ok_or_else(|| anyhow::anyhow!("give --method"))?,
+        namespace: args.namespace.clone(),
+        workflow_id: args.workflow_id.clone(),
+        workflow_type: args.workflow_type.clone(),
+        task_queue: args.task_queue.clone(),
+        schedule_id: args.schedule_id.clone(),
+        signal_name: args.signal_name.clone(),
+        query_type: args.query_type.clone(),
+        update_name: args.update_name.clone(),
+        scope: args.scope.clone(),
+    })
+}
+
+fn token_of(args: &ExplainArgs) -> anyhow::Result<Option<String>> {
+    Ok(match (&args.token_env, &args.token_file) {
+        (Some(name), _) => Some(
+            std::env::var(name)
+                .ok()
+                .filter(|t| !t.trim().is_empty())
+                .ok_or_else(|| anyhow::anyhow!("environment variable `{name}` is not set or empty"))?,
+        ),
+        (None, Some(path)) => {
+            Some(std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read `{}`: {e}", path.display()))?)
+        }
+        (None, None) => None,
+    }
+    .map(|token| token.trim().to_owned()))
+}
+
+fn claims_of(text: &str) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    let json = match text.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read `{path}`: {e}"))?,
+        None => text.to_owned(),
+    };
+    serde_json::from_str(&json).map_err(|e| anyhow::anyhow!("--claims is not a JSON object: {e}"))
+}
+
+/// Asks a running gateway's admin endpoint.
+fn explain_remote(admin: &str, args: &ExplainArgs) -> anyhow::Result<()> {
+    let base = admin.trim_end_matches('/');
+    let format = if args.json { "" } else { "?format=text" };
+    let (method, url, body) = match &args.decision {
+        Some(id) => (http::Method::GET, format!("{base}/explain/{id}{format}"), String::new()),
+        None => {
+            let call = call_spec(args)?;
+            let body = match (&args.issuer, token_of(args)?) {
+                (Some(issuer), _) => serde_json::json!({
+                    "principal": { "issuer": issuer, "claims": claims_of(args.claims.as_deref().unwrap_or("{}"))? },
+                    "call": call,
+                }),
+                (None, Some(token)) => serde_json::json!({ "token": token, "call": call }),
+                (None, None) => anyhow::bail!("give --decision ID, or a principal and a call"),
+            };
+            (http::Method::POST, format!("{base}/explain{format}"), body.to_string())
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (status, text) =
+        runtime.block_on(async { ExchangeClient::new(None)?.request_text(method, &url, body).await })?;
+    if !status.is_success() {
+        anyhow::bail!("{url}: {status}: {}", text.trim_end());
+    }
+    print!("{text}");
+    Ok(())
 }
 
 fn check(path: PathBuf) -> anyhow::Result<()> {

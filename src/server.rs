@@ -81,7 +81,8 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
     let upstream = Upstream::new(&config.upstream)?;
     let tls = config.listen.tls.as_ref().map(tls_acceptor).transpose()?;
     let log = DecisionLog::open(&config.audit.path)?;
-    let gateway = Arc::new(Gateway::new(config, authn, policies, log, upstream, metrics, minter));
+    let shadow = config.policy.shadow_dir.as_deref().map(PolicyEngine::load).transpose()?;
+    let gateway = Arc::new(Gateway::new(config, authn, policies, shadow, log, upstream, metrics, minter));
     Ok(Prepared { gateway, tls })
 }
 
@@ -129,6 +130,7 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
         minter.spawn_key_reload(signal.clone());
     }
     spawn_cache_sweeper(gateway.clone(), signal.clone());
+    crate::reload::spawn_policy_watch(gateway.clone(), signal.clone());
     if let Some(admin) = listeners.admin {
         tokio::spawn(admin::serve(admin, gateway.clone(), signal.clone()));
     }

@@ -92,6 +92,9 @@ struct Exchange {
     scope: Option<String>,
     reasons: Vec<String>,
     errors: Vec<String>,
+    /// The enforced decision and, with a shadow set loaded, the shadow set and its decision.
+    decision: Option<crate::authz::Decision>,
+    shadow: Option<(std::sync::Arc<crate::authz::PolicyEngine>, crate::authz::Decision)>,
 }
 
 async fn exchange(
@@ -145,6 +148,10 @@ async fn exchange(
         latency_us: started.elapsed().as_micros() as u64,
         status,
         scope: found.scope.as_deref(),
+        shadow: match (&found.decision, &found.shadow) {
+            (Some(enforced), Some((engine, shadow))) => crate::gateway::shadow_record(enforced, shadow, engine),
+            _ => None,
+        },
     };
     if let Err(error) = gateway.decision_log().write(&record).await {
         gateway.metrics().decision_log_failed();
@@ -262,6 +269,18 @@ async fn decide(
     );
     found.reasons = decision.reasons.clone();
     found.errors = decision.errors.clone();
+    if let Some(shadow) = gateway.shadow_policies() {
+        let shadow_decision = shadow.authorize_credential(
+            &principal,
+            &grant.namespace,
+            grant.role.as_str(),
+            &grant.task_queues,
+            &grant.workflow_types,
+        );
+        gateway.metrics().shadow_compared(ISSUE_CREDENTIAL, decision.allowed, shadow_decision.allowed);
+        found.shadow = Some((shadow, shadow_decision));
+    }
+    found.decision = Some(decision.clone());
     if !decision.allowed {
         let because = if decision.reasons.is_empty() {
             "no policy permits it".to_owned()
