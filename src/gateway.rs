@@ -88,8 +88,9 @@ pub struct RecentDenial {
 /// The result of reloading the policy directories.
 #[derive(Debug)]
 pub struct Reload {
-    /// The enforced set: its new version, or why it was refused (the old set stays).
-    pub enforced: Result<String, PolicyError>,
+    /// The enforced set, if it was reloaded: its version, or why it was refused (the old set
+    /// stays).
+    pub enforced: Option<Result<String, PolicyError>>,
     /// The shadow set, when configured.
     pub shadow: Option<Result<String, PolicyError>>,
 }
@@ -143,19 +144,21 @@ impl Gateway {
         &self.issuers
     }
 
-    /// Loads `policy.dir` (and `policy.shadow_dir`) again. Each set is validated completely
-    /// before it replaces the one in force; a set that does not load is refused and the last
-    /// good one stays. Calls already past their `load` finish under the set they started with.
-    pub async fn reload_policies(&self) -> Reload {
+    /// Loads `policy.dir` (and `policy.shadow_dir`) again: `enforced` and `shadow` say which.
+    /// Each set is validated completely before it replaces the one in force; a set that does
+    /// not load is refused and the last good one stays. Calls already past their `load` finish
+    /// under the set they started with.
+    pub async fn reload_policies(&self, enforced: bool, shadow: bool) -> Reload {
         let _one_at_a_time = self.reloading.lock().await;
-        let dirs = self.policy_config.clone();
-        let (enforced, shadow) = tokio::task::spawn_blocking(move || {
-            (PolicyEngine::load(&dirs.dir), dirs.shadow_dir.as_deref().map(PolicyEngine::load))
+        let enforced_dir = enforced.then(|| self.policy_config.dir.clone());
+        let shadow_dir = self.policy_config.shadow_dir.clone().filter(|_| shadow);
+        let (enforced_loaded, shadow_loaded) = tokio::task::spawn_blocking(move || {
+            (enforced_dir.as_deref().map(PolicyEngine::load), shadow_dir.as_deref().map(PolicyEngine::load))
         })
         .await
         .expect("loading policies does not panic");
-        let enforced = self.install(PolicySet::Enforced, &self.policy_config.dir, enforced);
-        let shadow = match (shadow, &self.policy_config.shadow_dir) {
+        let enforced = enforced_loaded.map(|loaded| self.install(PolicySet::Enforced, &self.policy_config.dir, loaded));
+        let shadow = match (shadow_loaded, &self.policy_config.shadow_dir) {
             (Some(loaded), Some(dir)) => Some(self.install(PolicySet::Shadow, dir, loaded)),
             _ => None,
         };

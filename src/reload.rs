@@ -80,7 +80,7 @@ pub fn spawn_policy_watch(gateway: Arc<Gateway>, mut shutdown: Signal) {
                 _ = hangup_received => {
                     tracing::info!("SIGHUP: reloading policies");
                     seen = fingerprints_off_runtime(dirs.clone()).await;
-                    gateway.reload_policies().await;
+                    gateway.reload_policies(true, true).await;
                 }
                 _ = ticks.tick(), if watching => {
                     let now = fingerprints_off_runtime(dirs.clone()).await;
@@ -97,9 +97,12 @@ pub fn spawn_policy_watch(gateway: Arc<Gateway>, mut shutdown: Signal) {
                         }
                         settled = again;
                     }
+                    // Only the sets whose files changed are reloaded (and counted).
+                    let changed = |index: usize| settled.get(index) != seen.get(index);
+                    let (enforced, shadow) = (changed(0), changed(1));
                     seen = settled;
-                    tracing::info!("policy files changed: reloading");
-                    gateway.reload_policies().await;
+                    tracing::info!(enforced, shadow, "policy files changed: reloading");
+                    gateway.reload_policies(enforced, shadow).await;
                 }
             }
         }

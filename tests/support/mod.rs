@@ -360,6 +360,9 @@ pub struct Gateway {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub dir: tempfile::TempDir,
+    /// `policy.dir` and `policy.shadow_dir` (the latter only with `Setup::shadow_policy`).
+    pub policy_dir: PathBuf,
+    pub shadow_dir: PathBuf,
     pub audit_path: PathBuf,
     pub shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -376,6 +379,10 @@ pub struct Setup {
     /// Extra top-level tables after the issuer, e.g. `[mint]`.
     pub tables: String,
     pub policy: String,
+    /// Extra keys for `[policy]`, e.g. `watch_interval = "100ms"`.
+    pub policy_extra: String,
+    /// A shadow policy set (`policy.shadow_dir`).
+    pub shadow_policy: Option<String>,
 }
 
 impl Setup {
@@ -388,6 +395,8 @@ impl Setup {
             upstream_extra: String::new(),
             tables: String::new(),
             policy: POLICY.to_owned(),
+            policy_extra: String::new(),
+            shadow_policy: None,
         }
     }
 }
@@ -409,6 +418,14 @@ impl Gateway {
         std::fs::create_dir(&policies).unwrap();
         std::fs::write(policies.join("schema.cedarschema"), flowgate::authz::generated_schema()).unwrap();
         std::fs::write(policies.join("test.cedar"), &setup.policy).unwrap();
+        let shadow_dir = dir.path().join("shadow");
+        let mut policy_extra = setup.policy_extra.clone();
+        if let Some(shadow) = &setup.shadow_policy {
+            std::fs::create_dir(&shadow_dir).unwrap();
+            std::fs::write(shadow_dir.join("schema.cedarschema"), flowgate::authz::generated_schema()).unwrap();
+            std::fs::write(shadow_dir.join("test.cedar"), shadow).unwrap();
+            policy_extra.push_str(&format!("\nshadow_dir = \"{}\"\n", shadow_dir.display()));
+        }
         let audit_path =
             setup.audit_path.clone().map(PathBuf::from).unwrap_or_else(|| dir.path().join("decisions.jsonl"));
         let text = format!(
@@ -424,6 +441,7 @@ impl Gateway {
             {upstream_extra}
             [policy]
             dir = "{policies}"
+            {policy_extra}
             [audit]
             path = "{audit}"
             [limits]
@@ -451,6 +469,7 @@ impl Gateway {
             upstream_extra = setup.upstream_extra,
             tables = setup.tables,
         );
+        let policy_dir = policies.clone();
         let config = flowgate::Config::parse(&text).unwrap();
         let listeners = flowgate::Listeners {
             gateway: TcpListener::bind("127.0.0.1:0").await.unwrap(),
@@ -470,7 +489,7 @@ impl Gateway {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-        Gateway { addr, admin, dir, audit_path, shutdown: Some(tx), task }
+        Gateway { addr, admin, dir, policy_dir, shadow_dir, audit_path, shutdown: Some(tx), task }
     }
 
     /// An HTTP/1.1 request to the gateway's listener (token endpoint, JWKS, discovery).
@@ -509,6 +528,34 @@ impl Gateway {
         let status = response.status().as_u16();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    pub async fn admin_post(&self, path: &str, body: &str) -> (u16, String) {
+        let stream = tokio::net::TcpStream::connect(self.admin).await.unwrap();
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(connection);
+        let request = http::Request::post(path)
+            .header("host", "admin")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// Replaces a policy file the way a deployment does: a new file renamed over the old one.
+    pub fn replace_policy(dir: &std::path::Path, text: &str) {
+        let temporary = dir.join(".test.cedar.new");
+        std::fs::write(&temporary, text).unwrap();
+        std::fs::rename(&temporary, dir.join("test.cedar")).unwrap();
+    }
+
+    /// A metric's value from `/metrics` (the whole sample line's name and labels), 0 if absent.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let (_, text) = self.admin_get("/metrics").await;
+        text.lines().find_map(|line| line.strip_prefix(sample).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
     }
 
     pub async fn stop(mut self) -> anyhow::Result<()> {
