@@ -204,10 +204,21 @@ pub fn run(dir: &Path, config_issuers: Option<&Issuers>, filter: Option<&str>) -
     for path in files {
         let text =
             std::fs::read_to_string(&path).map_err(|source| PolicyTestError::Read { path: path.clone(), source })?;
-        let file: TestFile = serde_yaml_ng::from_str(&text).map_err(|error| PolicyTestError::Syntax {
-            path: path.clone(),
-            location: error.location().map(|l| format!(":{}:{}", l.line(), l.column())).unwrap_or_default(),
-            message: error.to_string(),
+        let file: TestFile = serde_yaml_ng::from_str(&text).map_err(|error| {
+            let location = error.location().map(|l| (l.line(), l.column()));
+            let message = error.to_string();
+            // The location goes in front, `file:line:col:` like every other error.
+            let message = match location {
+                Some((line, column)) => {
+                    message.trim_end_matches(&format!(" at line {line} column {column}")).to_owned()
+                }
+                None => message,
+            };
+            PolicyTestError::Syntax {
+                path: path.clone(),
+                location: location.map(|(line, column)| format!(":{line}:{column}")).unwrap_or_default(),
+                message,
+            }
         })?;
         let issuers = Issuers::from_profiles(&file.issuers)
             .map_err(|source| PolicyTestError::Issuers { path: path.clone(), source })?;
