@@ -87,6 +87,13 @@ fn main() {
     time("authorize DescribeNamespace, Okta user (decision cached)", 200_000, || {
         black_box(engine.authorize(&okta, describe, "/x/DescribeNamespace", &describe_call));
     });
+    // With a shadow set (`policy.shadow_dir`): the same call decided by both sets, each from
+    // its own per-principal cache.
+    let shadow = PolicyEngine::load(Path::new("policies")).expect("the repo's policies load");
+    time("authorize + shadow DescribeNamespace, Okta user (both cached)", 200_000, || {
+        black_box(engine.authorize(&okta, describe, "/x/DescribeNamespace", &describe_call));
+        black_box(shadow.authorize_in(&okta.shadow_decisions, &okta, describe, "/x/DescribeNamespace", &describe_call));
+    });
     time("authorize StartWorkflowExecution, GitHub job (new id)", 20_000, || {
         n += 1;
         let id = format!("wf-{n}");

@@ -7,6 +7,11 @@
 //! [`admin`] the health and metrics endpoints. [`mint`] issues short-lived worker credentials
 //! in exchange for CI tokens (the token endpoint on the same listener).
 //!
+//! The policy authoring loop: [`reload`] swaps policy sets in while the gateway runs (and a
+//! shadow set beside the enforced one), [`explain`] shows how a described call is decided,
+//! [`policy_test`] runs the test cases kept next to the policies, and [`policy_fmt`] formats
+//! them.
+//!
 //! Beside a worker, [`sidecar`] is a local endpoint that forwards to the gateway with a
 //! short-lived credential it keeps fresh, got through [`exchange_client`] (RFC 8693 token
 //! exchange at the gateway's token endpoint).
