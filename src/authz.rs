@@ -149,12 +149,7 @@ impl PolicyEngine {
     /// Loads and validates `dir`.
     pub fn load(dir: &Path) -> Result<PolicyEngine, PolicyError> {
         let read_dir = |source| PolicyError::ReadDir { dir: dir.to_owned(), source };
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(read_dir)?
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|path| path.extension().is_some_and(|ext| ext == "cedar") && path.is_file())
-            .collect();
-        files.sort();
+        let files = policy_files(dir).map_err(read_dir)?;
         if files.is_empty() {
             return Err(PolicyError::NoPolicies(dir.to_owned()));
         }
@@ -477,6 +472,18 @@ impl DecisionCache {
             state.next = (slot + 1) % DECISION_CACHE_SIZE;
         }
     }
+}
+
+/// The policy files of a directory, sorted: its `*.cedar` files (following symlinks, as in a
+/// Kubernetes ConfigMap volume), not its subdirectories. Loading, formatting and the reload
+/// watcher all see the same files.
+pub fn policy_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "cedar") && path.is_file())
+        .collect();
+    files.sort();
+    Ok(files)
 }
 
 /// The hash that names a policy set in decision records.

@@ -106,12 +106,7 @@ fn formatter_config() -> Config {
 /// touched; the others are still formatted.
 pub fn format_dir(dir: &Path, mode: Mode) -> Result<FmtReport, FmtError> {
     let read_dir = |source| FmtError::ReadDir { dir: dir.to_owned(), source };
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(read_dir)?
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| path.extension().is_some_and(|ext| ext == "cedar") && path.is_file())
-        .collect();
-    files.sort();
+    let files = crate::authz::policy_files(dir).map_err(read_dir)?;
     if files.is_empty() {
         return Err(FmtError::NoPolicies(dir.to_owned()));
     }

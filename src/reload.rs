@@ -25,12 +25,8 @@ const SETTLE: Duration = Duration::from_millis(200);
 /// A digest of what a policy directory would load: every `*.cedar` file and the schema, by
 /// name and content. `None` when the directory cannot be read (the reload will say why).
 pub fn fingerprint(dir: &Path) -> Option<u64> {
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| path.extension().is_some_and(|ext| ext == "cedar" || ext == "cedarschema") && path.is_file())
-        .collect();
-    paths.sort();
+    let mut paths = crate::authz::policy_files(dir).ok()?;
+    paths.push(dir.join(crate::authz::SCHEMA_FILE));
     let mut hasher = DefaultHasher::new();
     for path in paths {
         hasher.write(path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
