@@ -37,6 +37,12 @@ Fixtures
     the listener's ``/.well-known/jwks.json`` instead of ``/readyz`` (which stays 503 while
     the upstream does not answer, e.g. a Temporal server that needs flowgate's keys first).
 
+    Policies: ``policies`` (a directory, or a dict of file name -> text) replaces the e2e set;
+    ``shadow_policies`` (the same forms) adds ``policy.shadow_dir``; ``policy_extra`` is appended
+    to the ``[policy]`` table (e.g. ``'watch_interval = "500ms"'``). The schema is added to
+    each directory that lacks one. ``.policy_dir``, ``.shadow_dir`` (or None) and ``.pid`` tell
+    where the gateway's policy sets are and which process to send SIGHUP.
+
 ``bare_gateway`` (module)
     The same factory without the dev server, for a module that runs its own upstream:
     ``upstream="http://HOST:PORT"`` is required; gateways live until the module's last test.
@@ -353,6 +359,12 @@ class Gateway:
         self.stop_seconds: float | None = None
         self.url = f"http://{address}"  # the listener over HTTP: token endpoint, JWKS (with [mint])
         self.wait = "readyz"  # or "jwks": what start() waits for
+        self.policy_dir = workdir / "policies"
+        self.shadow_dir: Path | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
 
     @property
     def stderr(self) -> str:
@@ -436,11 +448,16 @@ class Gateway:
             return None
 
 
-def copy_policies(dest: Path, source: Path | None = None) -> Path:
+def copy_policies(dest: Path, source: Path | dict | None = None) -> Path:
+    """Fills `dest` from a directory (default: the e2e set) or a dict of file name -> text."""
     dest.mkdir(parents=True, exist_ok=True)
-    for f in (source or E2E_DIR / "policies").iterdir():
-        if f.is_file():
-            shutil.copy(f, dest / f.name)
+    if isinstance(source, dict):
+        for name, text in source.items():
+            (dest / name).write_text(text)
+    else:
+        for f in (source or E2E_DIR / "policies").iterdir():
+            if f.is_file():
+                shutil.copy(f, dest / f.name)
     schema = REPO / "policies" / "schema.cedarschema"
     if schema.exists() and not (dest / schema.name).exists():
         shutil.copy(schema, dest / schema.name)
@@ -453,12 +470,18 @@ def _gateway_factory(okta_ref, github_ref, tmp_path, default_upstream: str | Non
 
     def start(okta: dict | None = None, github: dict | None = None, extra: str = "", policies: Path | None = None,
               upstream: str | None = None, mint: dict | bool | None = None, upstream_credentials: str | None = None,
-              wait: str = "readyz") -> Gateway:  # fmt: skip
+              wait: str = "readyz", policy_extra: str = "", shadow_policies: Path | dict | None = None) -> Gateway:  # fmt: skip
         upstream = upstream or default_upstream
         if upstream is None:
             raise ValueError("no upstream: pass upstream=\"http://HOST:PORT\"")
         work = Path(tempfile.mkdtemp(prefix="gw-", dir=tmp_path))
         policy_dir = copy_policies(work / "policies", policies)
+        shadow_dir = None if shadow_policies is None else copy_policies(work / "policies-shadow", shadow_policies)
+        policy_table = f"dir = {_toml_value(str(policy_dir))}\n"
+        if shadow_dir is not None:
+            policy_table += f"shadow_dir = {_toml_value(str(shadow_dir))}\n"
+        if policy_extra:
+            policy_table += policy_extra.rstrip("\n") + "\n"
         audit = work / "decisions.jsonl"
         listen, admin = free_port(), free_port()
         okta_issuer = {
@@ -492,7 +515,7 @@ def _gateway_factory(okta_ref, github_ref, tmp_path, default_upstream: str | Non
             f"[listen]\naddress = \"127.0.0.1:{listen}\"\n\n"
             f"[admin]\naddress = \"127.0.0.1:{admin}\"\n\n"
             f"[upstream]\n{upstream_table}\n"
-            f"[policy]\ndir = {_toml_value(str(policy_dir))}\n\n"
+            f"[policy]\n{policy_table}\n"
             f"[audit]\npath = {_toml_value(str(audit))}\n\n"
             f"{mint_table}"
             f"{extra}\n"
@@ -501,6 +524,7 @@ def _gateway_factory(okta_ref, github_ref, tmp_path, default_upstream: str | Non
         )
         gw = Gateway(work, text, f"127.0.0.1:{listen}", f"http://127.0.0.1:{admin}", audit)
         gw.wait = wait
+        gw.policy_dir, gw.shadow_dir = policy_dir, shadow_dir
         started.append(gw)
         return gw.start()
 
