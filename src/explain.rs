@@ -31,7 +31,7 @@ use crate::authz::{self, Decision, ISSUE_CREDENTIAL, PolicyEngine};
 use crate::config::{Config, ConfigError, PrincipalKind};
 use crate::mint::{self, Grant};
 use crate::temporal::catalog::{self, Access, MethodSpec, ResourceSpec};
-use crate::temporal::{Call, Resource};
+use crate::temporal::{Call, Resource, ResourceKind};
 
 /// The issuer name of flowgate's own credentials when no config says otherwise (`mint.name`).
 pub const DEFAULT_MINT_NAME: &str = "flowgate";
@@ -441,8 +441,11 @@ pub fn explain(
 fn verdict(engine: &PolicyEngine, principal: &Principal, ask: &Ask) -> Verdict {
     let (action, refused) = match ask {
         Ask::Call { spec, call, .. } => {
+            let no_namespace = spec.resource.kind() != ResourceKind::Cluster && call.resource.namespace.is_none();
             let refused = match (spec.access, &principal.minted) {
                 (Access::Public, _) => None,
+                // The gateway refuses these before any policy (a task token would name one).
+                _ if no_namespace => Some(format!("`{}` names no namespace", spec.name)),
                 (_, Some(minted)) => minted.grant.check(spec, call).err(),
                 (_, None) => None,
             };
@@ -576,7 +579,6 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     use super::*;
-    use crate::temporal::ResourceKind;
 
     fn engine() -> PolicyEngine {
         PolicyEngine::load(Path::new(env!("CARGO_MANIFEST_DIR")).join("policies").as_path()).unwrap()

@@ -30,7 +30,7 @@ use crate::config::{Config, LimitsConfig, PolicyConfig, UpstreamCredentials};
 use crate::explain::{Ask, Explanation, Issuers, explain};
 use crate::mint::Minter;
 use crate::proxy::{CallObserver, ForwardBody, ResponseBody, Upstream, grpc_timeout};
-use crate::status::{Refusal, trailers_only};
+use crate::status::{Code, Refusal, trailers_only};
 use crate::temporal::catalog::{self, Access, MethodSpec};
 use crate::temporal::{Call, ResourceKind, inspect};
 
@@ -279,14 +279,7 @@ impl Gateway {
         let decision_id = audit::decision_id();
         let refusal = match &outcome.decision {
             Ok(decision) if decision.allowed => None,
-            Ok(decision) => Some(Refusal::Denied(format!(
-                "{}{}",
-                denial_message(spec, outcome.call.as_ref(), decision),
-                explain_pointer(&decision_id)
-            ))),
-            Err(Refusal::OutsideGrant(why)) => {
-                Some(Refusal::OutsideGrant(format!("{why}{}", explain_pointer(&decision_id))))
-            }
+            Ok(decision) => Some(Refusal::Denied(denial_message(spec, outcome.call.as_ref(), decision))),
             Err(refusal) => Some(refusal.clone()),
         };
         let record = self.record(
@@ -307,9 +300,12 @@ impl Gateway {
             return trailers_only(refusal.code(), &refusal.to_string());
         }
         if let Some(refusal) = refusal {
-            if let (Some(principal), Some(call), Refusal::Denied(_) | Refusal::OutsideGrant(_)) =
-                (&outcome.principal, &outcome.call, &refusal)
+            let mut message = refusal.to_string();
+            // Every PERMISSION_DENIED names its decision, and an operator can ask why.
+            if let (Code::PermissionDenied, Some(principal), Some(call)) =
+                (refusal.code(), &outcome.principal, &outcome.call)
             {
+                message.push_str(&explain_pointer(&record.decision_id));
                 self.remember_denial(RecentDenial {
                     decision_id: record.decision_id.clone(),
                     ts: record.ts.clone(),
@@ -322,7 +318,7 @@ impl Gateway {
                 });
             }
             self.metrics.call_finished(spec.name, false, refusal.code().as_str(), started.elapsed());
-            return trailers_only(refusal.code(), &refusal.to_string());
+            return trailers_only(refusal.code(), &message);
         }
 
         // Phase 6: forward.

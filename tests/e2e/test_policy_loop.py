@@ -1,7 +1,7 @@
 """The policy review loop against a real Temporal dev server: hot reload under load, SIGHUP,
 a shadow policy set, explaining a denial (admin port and `flowgate explain --admin`), and a
-Kubernetes ConfigMap-style symlink swap. One test is a strict xfail for a known gap: the
-empty-namespace PERMISSION_DENIED carries no decision id.
+Kubernetes ConfigMap-style symlink swap, and a refusal before any policy (a task token that
+names no namespace) that still names its decision and can be explained.
 
 Calls go through grpcio's WorkflowService stub (no SDK retries), so every gRPC status the
 gateway sent is counted exactly.
@@ -653,9 +653,6 @@ def test_explain_a_denial_and_a_described_call(gateway, okta):
     assert len(gw.decisions()) == 1, gw.decisions()
 
 
-@pytest.mark.xfail(strict=True, reason="flowgate bug: the empty-namespace PERMISSION_DENIED (Refusal::NoNamespace) "
-                   "carries no decision id and is not kept for GET /explain/<id>, although README says every "
-                   "PERMISSION_DENIED message ends with its decision id")  # fmt: skip
 def test_every_permission_denied_names_its_decision(gateway, okta):
     """A task-token call whose token names no namespace is PERMISSION_DENIED before any policy;
     its message, like every PERMISSION_DENIED, ends with the decision id of its record."""
@@ -670,6 +667,9 @@ def test_every_permission_denied_names_its_decision(gateway, okta):
     assert decision_id_of(details) == rec["decision_id"], (details, rec)
     status, body = http(gw, "GET", f"/explain/{rec['decision_id']}")
     assert status == 200, (status, body)
+    verdict = json.loads(body)["explanation"]["decision"]
+    assert verdict["decision"] == "deny", verdict
+    assert verdict["refused"] == "`RespondActivityTaskCompleted` names no namespace", verdict
 
 
 # --------------------------------------------------------------------------------------------
