@@ -14,6 +14,7 @@
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Instant, SystemTime};
 
@@ -152,11 +153,24 @@ impl Gateway {
         let _one_at_a_time = self.reloading.lock().await;
         let enforced_dir = enforced.then(|| self.policy_config.dir.clone());
         let shadow_dir = self.policy_config.shadow_dir.clone().filter(|_| shadow);
-        let (enforced_loaded, shadow_loaded) = tokio::task::spawn_blocking(move || {
-            (enforced_dir.as_deref().map(PolicyEngine::load), shadow_dir.as_deref().map(PolicyEngine::load))
-        })
-        .await
-        .expect("loading policies does not panic");
+        // A panic while loading (a bug in a parser, say) refuses the sets like any other
+        // problem; the watcher and the last good sets carry on.
+        let load = |dir: Option<PathBuf>| {
+            dir.map(|dir| {
+                std::panic::catch_unwind(|| PolicyEngine::load(&dir)).unwrap_or_else(|_| {
+                    Err(PolicyError::Invalid(vec![crate::authz::PolicyProblem {
+                        file: dir.clone(),
+                        line: None,
+                        column: None,
+                        message: "loading the policy set panicked".into(),
+                    }]))
+                })
+            })
+        };
+        let (enforced_loaded, shadow_loaded) =
+            tokio::task::spawn_blocking(move || (load(enforced_dir), load(shadow_dir)))
+                .await
+                .expect("loading policies cannot panic past catch_unwind");
         let enforced = enforced_loaded.map(|loaded| self.install(PolicySet::Enforced, &self.policy_config.dir, loaded));
         let shadow = match (shadow_loaded, &self.policy_config.shadow_dir) {
             (Some(loaded), Some(dir)) => Some(self.install(PolicySet::Shadow, dir, loaded)),
