@@ -45,11 +45,13 @@ permit (principal in Temporal::Group::"test:deployers", action in Temporal::Acti
 permit (principal, action == Temporal::Action::"StartWorkflowExecution", resource) when { resource.nope ==
 "#;
 
+/// The distinct policy versions of `records`, in order of first appearance. (A call that read
+/// the old set just before a swap may write its record after a call under the new set.)
 fn versions_of(records: &[serde_json::Value]) -> Vec<String> {
     let mut seen: Vec<String> = Vec::new();
     for record in records {
         let version = record["policy_version"].as_str().unwrap().to_owned();
-        if seen.last() != Some(&version) {
+        if !seen.contains(&version) {
             seen.push(version);
         }
     }
