@@ -14,23 +14,22 @@
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Instant, SystemTime};
 
-use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::admin::{Metrics, PolicySet};
+use crate::admin::Metrics;
 use crate::audit::{self, ClientRecord, DecisionLog, DecisionRecord, PrincipalRecord, ResourceRecord, ShadowRecord};
 use crate::authn::{Authenticator, Principal};
-use crate::authz::{Decision, PolicyEngine, PolicyError};
-use crate::config::{Config, LimitsConfig, PolicyConfig, UpstreamCredentials};
+use crate::authz::{Decision, PolicyEngine};
+use crate::config::{Config, LimitsConfig, UpstreamCredentials};
 use crate::explain::{Ask, Explanation, Issuers, explain};
 use crate::mint::Minter;
 use crate::proxy::{CallObserver, ForwardBody, ResponseBody, Upstream, grpc_timeout};
+use crate::reload::PolicySets;
 use crate::status::{Code, Refusal, trailers_only};
 use crate::temporal::catalog::{self, Access, MethodSpec};
 use crate::temporal::{Call, ResourceKind, inspect};
@@ -44,12 +43,8 @@ static PUBLIC_DECISION: LazyLock<Arc<Decision>> =
 /// Everything a call needs, shared by all connections.
 pub struct Gateway {
     authn: Authenticator,
-    policies: ArcSwap<PolicyEngine>,
-    /// Evaluated on every call and recorded, never enforced (`policy.shadow_dir`).
-    shadow: ArcSwapOption<PolicyEngine>,
-    policy_config: PolicyConfig,
-    /// One reload at a time (the watcher and SIGHUP may both ask).
-    reloading: tokio::sync::Mutex<()>,
+    /// The enforced policy set and the shadow set, swapped by reloads.
+    policies: PolicySets,
     /// The last denied calls, for `GET /explain/<decision_id>` on the admin port.
     recent_denials: Mutex<VecDeque<RecentDenial>>,
     /// How claims become principals, for `POST /explain` on the admin port.
@@ -86,16 +81,6 @@ pub struct RecentDenial {
     pub reasons: Vec<String>,
 }
 
-/// The result of reloading the policy directories.
-#[derive(Debug)]
-pub struct Reload {
-    /// The enforced set, if it was reloaded: its version, or why it was refused (the old set
-    /// stays).
-    pub enforced: Option<Result<String, PolicyError>>,
-    /// The shadow set, when configured.
-    pub shadow: Option<Result<String, PolicyError>>,
-}
-
 impl Gateway {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -108,14 +93,9 @@ impl Gateway {
         metrics: Arc<Metrics>,
         minter: Option<Arc<Minter>>,
     ) -> Gateway {
-        metrics.policy_loaded(PolicySet::Enforced, Some(policies.version()));
-        metrics.policy_loaded(PolicySet::Shadow, shadow.as_ref().map(PolicyEngine::version));
         Gateway {
             authn,
-            policies: ArcSwap::from_pointee(policies),
-            shadow: ArcSwapOption::from(shadow.map(Arc::new)),
-            policy_config: config.policy.clone(),
-            reloading: tokio::sync::Mutex::new(()),
+            policies: PolicySets::new(config.policy.clone(), policies, shadow, metrics.clone()),
             recent_denials: Mutex::new(VecDeque::new()),
             issuers: Issuers::from_config(config).unwrap_or_default(),
             log,
@@ -129,89 +109,21 @@ impl Gateway {
 
     /// The policy set in force now.
     pub fn policies(&self) -> Arc<PolicyEngine> {
-        self.policies.load_full()
+        self.policies.enforced()
     }
 
     /// The shadow policy set, if one is configured.
     pub fn shadow_policies(&self) -> Option<Arc<PolicyEngine>> {
-        self.shadow.load_full()
+        self.policies.shadow()
     }
 
-    pub fn policy_config(&self) -> &PolicyConfig {
-        &self.policy_config
+    /// Both sets, and their reloading.
+    pub fn policy_sets(&self) -> &PolicySets {
+        &self.policies
     }
 
     pub fn issuers(&self) -> &Issuers {
         &self.issuers
-    }
-
-    /// Loads `policy.dir` (and `policy.shadow_dir`) again: `enforced` and `shadow` say which.
-    /// Each set is validated completely before it replaces the one in force; a set that does
-    /// not load is refused and the last good one stays. Calls already past their `load` finish
-    /// under the set they started with.
-    pub async fn reload_policies(&self, enforced: bool, shadow: bool) -> Reload {
-        let _one_at_a_time = self.reloading.lock().await;
-        let enforced_dir = enforced.then(|| self.policy_config.dir.clone());
-        let shadow_dir = self.policy_config.shadow_dir.clone().filter(|_| shadow);
-        // A panic while loading (a bug in a parser, say) refuses the sets like any other
-        // problem; the watcher and the last good sets carry on.
-        let load = |dir: Option<PathBuf>| {
-            dir.map(|dir| {
-                std::panic::catch_unwind(|| PolicyEngine::load(&dir)).unwrap_or_else(|_| {
-                    Err(PolicyError::Invalid(vec![crate::authz::PolicyProblem {
-                        file: dir.clone(),
-                        line: None,
-                        column: None,
-                        message: "loading the policy set panicked".into(),
-                    }]))
-                })
-            })
-        };
-        let (enforced_loaded, shadow_loaded) =
-            tokio::task::spawn_blocking(move || (load(enforced_dir), load(shadow_dir)))
-                .await
-                .expect("loading policies cannot panic past catch_unwind");
-        let enforced = enforced_loaded.map(|loaded| self.install(PolicySet::Enforced, &self.policy_config.dir, loaded));
-        let shadow = match (shadow_loaded, &self.policy_config.shadow_dir) {
-            (Some(loaded), Some(dir)) => Some(self.install(PolicySet::Shadow, dir, loaded)),
-            _ => None,
-        };
-        Reload { enforced, shadow }
-    }
-
-    fn install(
-        &self,
-        set: PolicySet,
-        dir: &std::path::Path,
-        loaded: Result<PolicyEngine, PolicyError>,
-    ) -> Result<String, PolicyError> {
-        match loaded {
-            Ok(engine) => {
-                let version = engine.version().to_owned();
-                let current = match set {
-                    PolicySet::Enforced => Some(self.policies.load_full()),
-                    PolicySet::Shadow => self.shadow.load_full(),
-                };
-                for warning in &engine.warnings {
-                    tracing::warn!(%warning, set = set.as_str(), "policy warning");
-                }
-                if current.as_deref().map(PolicyEngine::version) != Some(version.as_str()) {
-                    tracing::info!(set = set.as_str(), dir = %dir.display(), policy_version = %version, "policy set loaded");
-                    match set {
-                        PolicySet::Enforced => self.policies.store(Arc::new(engine)),
-                        PolicySet::Shadow => self.shadow.store(Some(Arc::new(engine))),
-                    }
-                    self.metrics.policy_loaded(set, Some(&version));
-                }
-                self.metrics.policy_reloaded(set, true);
-                Ok(version)
-            }
-            Err(error) => {
-                tracing::error!(set = set.as_str(), dir = %dir.display(), %error, "policy set refused; the last good set stays in force");
-                self.metrics.policy_reloaded(set, false);
-                Err(error)
-            }
-        }
     }
 
     /// Explains a denied call of the last [`RECENT_DENIALS`], under the policies in force now.
@@ -227,8 +139,8 @@ impl Gateway {
         };
         let principal = denial.principal.clone();
         drop(denials);
-        let shadow = self.shadow.load_full();
-        Some((summary, explain(&self.policies.load(), shadow.as_deref(), &principal, &ask)))
+        let shadow = self.policies.shadow();
+        Some((summary, explain(&self.policies.enforced(), shadow.as_deref(), &principal, &ask)))
     }
 
     fn remember_denial(&self, denial: RecentDenial) {
@@ -282,8 +194,8 @@ impl Gateway {
         }
 
         // Policies in force for this whole call, even if a reload lands meanwhile.
-        let policies = self.policies.load_full();
-        let shadow = self.shadow.load_full();
+        let policies = self.policies.enforced();
+        let shadow = self.policies.shadow();
 
         // Phases 2-4: authenticate, inspect, authorize.
         let (outcome, forward_body) = self.decide(spec, &parts, body, path, &policies, shadow.as_deref()).await;

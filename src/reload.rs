@@ -1,5 +1,6 @@
-//! Policy hot reload: when `policy.dir` (or `policy.shadow_dir`) changes, or on SIGHUP, the
-//! gateway loads the policy sets again (see [`Gateway::reload_policies`]).
+//! The policy sets in force and their hot reload: [`PolicySets`] holds the enforced set and
+//! the optional shadow set (`policy.shadow_dir`); when their directories change, or on SIGHUP,
+//! they are loaded again.
 //!
 //! Changes are found by polling the directories' contents every `policy.watch_interval`, not
 //! with file-system events: a Kubernetes ConfigMap volume changes by swapping a symlink, git
@@ -16,8 +17,134 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::gateway::Gateway;
+use arc_swap::{ArcSwap, ArcSwapOption};
+
+use crate::admin::{Metrics, PolicySet};
+use crate::authz::{PolicyEngine, PolicyError, PolicyProblem};
+use crate::config::PolicyConfig;
 use crate::shutdown::Signal;
+
+/// The enforced policy set and the shadow set. A call reads each once, at its start, and keeps
+/// it to the end, whatever reloads land meanwhile.
+pub struct PolicySets {
+    enforced: ArcSwap<PolicyEngine>,
+    /// Evaluated on every call and recorded, never enforced.
+    shadow: ArcSwapOption<PolicyEngine>,
+    config: PolicyConfig,
+    /// One reload at a time (the watcher and SIGHUP may both ask).
+    reloading: tokio::sync::Mutex<()>,
+    metrics: Arc<Metrics>,
+}
+
+/// The result of reloading the policy directories.
+#[derive(Debug)]
+pub struct Reload {
+    /// The enforced set, if it was reloaded: its version, or why it was refused (the old set
+    /// stays).
+    pub enforced: Option<Result<String, PolicyError>>,
+    /// The shadow set, when configured.
+    pub shadow: Option<Result<String, PolicyError>>,
+}
+
+impl PolicySets {
+    pub fn new(
+        config: PolicyConfig,
+        enforced: PolicyEngine,
+        shadow: Option<PolicyEngine>,
+        metrics: Arc<Metrics>,
+    ) -> PolicySets {
+        metrics.policy_loaded(PolicySet::Enforced, Some(enforced.version()));
+        metrics.policy_loaded(PolicySet::Shadow, shadow.as_ref().map(PolicyEngine::version));
+        PolicySets {
+            enforced: ArcSwap::from_pointee(enforced),
+            shadow: ArcSwapOption::from(shadow.map(Arc::new)),
+            config,
+            reloading: tokio::sync::Mutex::new(()),
+            metrics,
+        }
+    }
+
+    pub fn enforced(&self) -> Arc<PolicyEngine> {
+        self.enforced.load_full()
+    }
+
+    pub fn shadow(&self) -> Option<Arc<PolicyEngine>> {
+        self.shadow.load_full()
+    }
+
+    pub fn config(&self) -> &PolicyConfig {
+        &self.config
+    }
+
+    /// Loads `policy.dir` (and `policy.shadow_dir`) again: `enforced` and `shadow` say which.
+    /// Each set is validated completely before it replaces the one in force; a set that does
+    /// not load is refused and the last good one stays. Calls already past their `load` finish
+    /// under the set they started with.
+    pub async fn reload(&self, enforced: bool, shadow: bool) -> Reload {
+        let _one_at_a_time = self.reloading.lock().await;
+        let enforced_dir = enforced.then(|| self.config.dir.clone());
+        let shadow_dir = self.config.shadow_dir.clone().filter(|_| shadow);
+        // A panic while loading (a bug in a parser, say) refuses the sets like any other
+        // problem; the watcher and the last good sets carry on.
+        let load = |dir: Option<PathBuf>| {
+            dir.map(|dir| {
+                std::panic::catch_unwind(|| PolicyEngine::load(&dir)).unwrap_or_else(|_| {
+                    Err(PolicyError::Invalid(vec![PolicyProblem {
+                        file: dir.clone(),
+                        line: None,
+                        column: None,
+                        message: "loading the policy set panicked".into(),
+                    }]))
+                })
+            })
+        };
+        let (enforced_loaded, shadow_loaded) =
+            tokio::task::spawn_blocking(move || (load(enforced_dir), load(shadow_dir)))
+                .await
+                .expect("loading policies cannot panic past catch_unwind");
+        let enforced = enforced_loaded.map(|loaded| self.install(PolicySet::Enforced, &self.config.dir, loaded));
+        let shadow = match (shadow_loaded, &self.config.shadow_dir) {
+            (Some(loaded), Some(dir)) => Some(self.install(PolicySet::Shadow, dir, loaded)),
+            _ => None,
+        };
+        Reload { enforced, shadow }
+    }
+
+    fn install(
+        &self,
+        set: PolicySet,
+        dir: &Path,
+        loaded: Result<PolicyEngine, PolicyError>,
+    ) -> Result<String, PolicyError> {
+        match loaded {
+            Ok(engine) => {
+                let version = engine.version().to_owned();
+                let current = match set {
+                    PolicySet::Enforced => Some(self.enforced.load_full()),
+                    PolicySet::Shadow => self.shadow.load_full(),
+                };
+                for warning in &engine.warnings {
+                    tracing::warn!(%warning, set = set.as_str(), "policy warning");
+                }
+                if current.as_deref().map(PolicyEngine::version) != Some(version.as_str()) {
+                    tracing::info!(set = set.as_str(), dir = %dir.display(), policy_version = %version, "policy set loaded");
+                    match set {
+                        PolicySet::Enforced => self.enforced.store(Arc::new(engine)),
+                        PolicySet::Shadow => self.shadow.store(Some(Arc::new(engine))),
+                    }
+                    self.metrics.policy_loaded(set, Some(&version));
+                }
+                self.metrics.policy_reloaded(set, true);
+                Ok(version)
+            }
+            Err(error) => {
+                tracing::error!(set = set.as_str(), dir = %dir.display(), %error, "policy set refused; the last good set stays in force");
+                self.metrics.policy_reloaded(set, false);
+                Err(error)
+            }
+        }
+    }
+}
 
 /// How long a changed directory must stay unchanged before it is loaded.
 const SETTLE: Duration = Duration::from_millis(200);
@@ -48,8 +175,8 @@ async fn fingerprints_off_runtime(dirs: Arc<Vec<PathBuf>>) -> Vec<Option<u64>> {
 }
 
 /// Reloads on SIGHUP, and on changes when `policy.watch_interval` is not zero, until shutdown.
-pub fn spawn_policy_watch(gateway: Arc<Gateway>, mut shutdown: Signal) {
-    let config = gateway.policy_config().clone();
+pub fn spawn_policy_watch(gateway: Arc<crate::gateway::Gateway>, mut shutdown: Signal) {
+    let config = gateway.policy_sets().config().clone();
     let dirs: Arc<Vec<PathBuf>> =
         Arc::new([Some(config.dir.clone()), config.shadow_dir.clone()].into_iter().flatten().collect());
     let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
@@ -76,7 +203,7 @@ pub fn spawn_policy_watch(gateway: Arc<Gateway>, mut shutdown: Signal) {
                 _ = hangup_received => {
                     tracing::info!("SIGHUP: reloading policies");
                     seen = fingerprints_off_runtime(dirs.clone()).await;
-                    gateway.reload_policies(true, true).await;
+                    gateway.policy_sets().reload(true, true).await;
                 }
                 _ = ticks.tick(), if watching => {
                     let now = fingerprints_off_runtime(dirs.clone()).await;
@@ -98,7 +225,7 @@ pub fn spawn_policy_watch(gateway: Arc<Gateway>, mut shutdown: Signal) {
                     let (enforced, shadow) = (changed(0), changed(1));
                     seen = settled;
                     tracing::info!(enforced, shadow, "policy files changed: reloading");
-                    gateway.reload_policies(enforced, shadow).await;
+                    gateway.policy_sets().reload(enforced, shadow).await;
                 }
             }
         }
