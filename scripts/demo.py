@@ -227,6 +227,14 @@ required_claims = {{ organization_slug = "acme" }}
             who = (r.get("principal") or {}).get("id", "-")
             what = " ".join(f"{k}={v}" for k, v in res.items() if k != "type")
             print(f"  {r['decision']:5} {r['action']:<30} {who[:48]:<48} {what[:60]}  {r['reasons']}")
+        # Every denial names its decision; the admin port explains it.
+        records = [json.loads(line) for line in (WORK / "decisions.jsonl").read_text().splitlines()]
+        denied = next((r for r in records if r["decision"] == "deny" and r.get("principal")), None)
+        if denied:
+            say(f"Why was {denied['action']} by {denied['principal']['id']} denied? "
+                f"flowgate explain --admin http://127.0.0.1:{admin} --decision {denied['decision_id']}")
+            subprocess.run([BIN, "explain", "--admin", f"http://127.0.0.1:{admin}",
+                            "--decision", denied["decision_id"]], check=True)
         print(f"\nMetrics: curl http://127.0.0.1:{admin}/metrics   Logs: {WORK}/flowgate.log")
     finally:
         for proc in reversed(procs):
