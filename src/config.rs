@@ -136,11 +136,11 @@ pub struct ListenConfig {
     pub shutdown_grace: Duration,
 }
 
-fn default_max_concurrent_streams() -> u32 {
+pub(crate) fn default_max_concurrent_streams() -> u32 {
     10_000
 }
 
-fn default_shutdown_grace() -> Duration {
+pub(crate) fn default_shutdown_grace() -> Duration {
     Duration::from_secs(75)
 }
 
@@ -186,7 +186,7 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
 }
 
-fn default_connect_timeout() -> Duration {
+pub(crate) fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)
 }
 
@@ -335,7 +335,7 @@ fn default_jwks_max_stale() -> Duration {
 }
 
 /// Durations as human strings: `"30s"`, `"5m"`, `"1h 30m"`.
-mod duration {
+pub(crate) mod duration {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer};

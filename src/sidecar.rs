@@ -72,18 +72,11 @@ pub struct SidecarConfig {
 pub struct SidecarListenConfig {
     pub address: SocketAddr,
     /// Concurrent HTTP/2 streams per worker connection; a worker multiplexes many long polls.
-    #[serde(default = "default_max_concurrent_streams")]
+    #[serde(default = "crate::config::default_max_concurrent_streams")]
     pub max_concurrent_streams: u32,
     /// How long a graceful shutdown waits for in-flight calls (long polls included).
-    #[serde(default = "default_shutdown_grace", with = "duration")]
+    #[serde(default = "crate::config::default_shutdown_grace", with = "crate::config::duration")]
     pub shutdown_grace: Duration,
-}
-
-fn default_max_concurrent_streams() -> u32 {
-    10_000
-}
-fn default_shutdown_grace() -> Duration {
-    Duration::from_secs(75)
 }
 
 /// `[upstream]`: the flowgate gateway.
@@ -103,12 +96,8 @@ pub struct SidecarUpstreamConfig {
     /// TLS server name when it differs from the address's host.
     #[serde(default)]
     pub server_name: Option<String>,
-    #[serde(default = "default_connect_timeout", with = "duration")]
+    #[serde(default = "crate::config::default_connect_timeout", with = "crate::config::duration")]
     pub connect_timeout: Duration,
-}
-
-fn default_connect_timeout() -> Duration {
-    Duration::from_secs(5)
 }
 
 /// `[credential]`: what to ask the gateway for, and how to keep it fresh.
@@ -130,7 +119,7 @@ pub struct CredentialConfig {
     #[serde(default = "default_jitter")]
     pub jitter: f64,
     /// How long a call waits for a valid credential before it fails with `UNAVAILABLE`.
-    #[serde(default = "default_wait", with = "duration")]
+    #[serde(default = "default_wait", with = "crate::config::duration")]
     pub wait: Duration,
     pub source: SourceConfig,
 }
@@ -170,19 +159,6 @@ pub enum SourceConfig {
         #[serde(default)]
         ca: Option<PathBuf>,
     },
-}
-
-/// Durations as human strings: `"10s"`, `"5m"`.
-mod duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        humantime::parse_duration(&text)
-            .map_err(|e| serde::de::Error::custom(format!("`{text}` is not a duration like \"10s\" or \"5m\": {e}")))
-    }
 }
 
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
