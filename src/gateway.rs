@@ -21,7 +21,6 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::admin::Metrics;
 use crate::audit::{self, ClientRecord, DecisionLog, DecisionRecord, PrincipalRecord, ResourceRecord, ShadowRecord};
 use crate::authn::{Authenticator, Principal};
 use crate::authz::{Decision, PolicyEngine};
@@ -31,6 +30,7 @@ use crate::mint::Minter;
 use crate::proxy::{CallObserver, ForwardBody, ResponseBody, Upstream, grpc_timeout};
 use crate::reload::PolicySets;
 use crate::status::{Code, Refusal, trailers_only};
+use crate::telemetry::Metrics;
 use crate::temporal::catalog::{self, Access, MethodSpec};
 use crate::temporal::{Call, ResourceKind, inspect};
 

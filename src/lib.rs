@@ -21,7 +21,9 @@ pub mod admin;
 pub mod audit;
 pub mod authn;
 pub mod authz;
+pub mod budget;
 pub mod config;
+pub mod conn;
 pub mod exchange_client;
 pub mod explain;
 pub mod gateway;
@@ -34,6 +36,7 @@ pub mod server;
 pub mod shutdown;
 pub mod sidecar;
 pub mod status;
+pub mod telemetry;
 pub mod temporal;
 
 pub use config::Config;

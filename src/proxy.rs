@@ -18,9 +18,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::admin::Metrics;
 use crate::config::UpstreamConfig;
 use crate::status::Refusal;
+use crate::telemetry::Metrics;
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 

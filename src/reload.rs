@@ -19,10 +19,10 @@ use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
-use crate::admin::{Metrics, PolicySet};
 use crate::authz::{PolicyEngine, PolicyError, PolicyProblem};
 use crate::config::PolicyConfig;
 use crate::shutdown::Signal;
+use crate::telemetry::{Metrics, PolicySet};
 
 /// The enforced policy set and the shadow set. A call reads each once, at its start, and keeps
 /// it to the end, whatever reloads land meanwhile.

@@ -17,7 +17,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::admin::{self, Metrics};
+use crate::admin;
 use crate::audit::DecisionLog;
 use crate::authn::{Authenticator, HttpFetcher};
 use crate::authz::PolicyEngine;
@@ -27,6 +27,7 @@ use crate::mint::Minter;
 use crate::mint::replay::ReplayCache;
 use crate::proxy::{HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW, Upstream, read_certs, read_pem_key};
 use crate::shutdown;
+use crate::telemetry::Metrics;
 
 /// The sockets flowgate serves on.
 pub struct Listeners {

@@ -20,8 +20,8 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use jsonwebtoken::{Algorithm, DecodingKey};
 
 use super::presets::KeySource;
-use crate::admin::Metrics;
 use crate::proxy::error_chain;
+use crate::telemetry::Metrics;
 
 const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);

@@ -26,8 +26,8 @@ pub use self::cache::TokenCache;
 pub use self::jwks::{HttpFetcher, KeyStore};
 pub use self::presets::ResolvedIssuer;
 pub use self::principal::Principal;
-use crate::admin::Metrics;
 use crate::config::{Config, ConfigError, IssuerConfig};
+use crate::telemetry::Metrics;
 
 /// The `typ` of credentials flowgate mints: only flowgate's own issuer accepts it.
 pub const MINTED_TOKEN_TYPE: &str = "flowgate-credential+jwt";

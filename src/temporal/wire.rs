@@ -22,6 +22,8 @@ pub enum WireError {
     FieldZero,
     #[error("string field is not valid UTF-8")]
     NotUtf8,
+    #[error("protobuf groups nest deeper than {0}")]
+    TooDeep(usize),
 }
 
 const VARINT: u8 = 0;
@@ -74,20 +76,44 @@ fn take<'a>(buf: &mut &'a [u8], n: usize) -> Result<&'a [u8], WireError> {
     Ok(head)
 }
 
-/// Skips a (deprecated) group up to its matching end tag.
+/// How deeply (deprecated) groups may nest. proto3 messages, Temporal's included, never contain
+/// groups, so any group is an unknown field; Go's protobuf refuses nesting past 10 000, and a
+/// legitimate request needs none. A small cap keeps the skip stack on the stack.
+pub const MAX_GROUP_DEPTH: usize = 64;
+
+/// Skips a group up to its matching end tag, iteratively: a message of nested START_GROUP tags
+/// must not become a recursion as deep as the message is long (300 000 tags overflowed a
+/// worker's stack when this recursed). Nesting past [`MAX_GROUP_DEPTH`] is an error.
 fn skip_group(buf: &mut &[u8], field: u32) -> Result<(), WireError> {
-    loop {
+    let mut open = [0u32; MAX_GROUP_DEPTH];
+    open[0] = field;
+    let mut depth = 1;
+    while depth > 0 {
         let key = read_varint(buf)?;
         let wire_type = (key & 7) as u8;
-        let number = (key >> 3) as u32;
-        if wire_type == END_GROUP {
-            return if number == field { Ok(()) } else { Err(WireError::BadWireType(END_GROUP)) };
+        let number = u32::try_from(key >> 3).map_err(|_| WireError::BadVarint)?;
+        match wire_type {
+            START_GROUP => {
+                if depth == MAX_GROUP_DEPTH {
+                    return Err(WireError::TooDeep(MAX_GROUP_DEPTH));
+                }
+                open[depth] = number;
+                depth += 1;
+            }
+            END_GROUP => {
+                if open[depth - 1] != number {
+                    return Err(WireError::BadWireType(END_GROUP));
+                }
+                depth -= 1;
+            }
+            other => skip_scalar(buf, other)?,
         }
-        skip_value(buf, wire_type, number)?;
     }
+    Ok(())
 }
 
-fn skip_value(buf: &mut &[u8], wire_type: u8, number: u32) -> Result<(), WireError> {
+/// Skips one value that is not a group.
+fn skip_scalar(buf: &mut &[u8], wire_type: u8) -> Result<(), WireError> {
     match wire_type {
         VARINT => read_varint(buf).map(drop),
         FIXED64 => take(buf, 8).map(drop),
@@ -95,9 +121,15 @@ fn skip_value(buf: &mut &[u8], wire_type: u8, number: u32) -> Result<(), WireErr
             let len = usize::try_from(read_varint(buf)?).map_err(|_| WireError::Truncated)?;
             take(buf, len).map(drop)
         }
-        START_GROUP => skip_group(buf, number),
         FIXED32 => take(buf, 4).map(drop),
         other => Err(WireError::BadWireType(other)),
+    }
+}
+
+fn skip_value(buf: &mut &[u8], wire_type: u8, number: u32) -> Result<(), WireError> {
+    match wire_type {
+        START_GROUP => skip_group(buf, number),
+        other => skip_scalar(buf, other),
     }
 }
 
@@ -306,6 +338,30 @@ mod tests {
         assert_eq!(last_string(&bad_utf8, &[1]), Err(WireError::NotUtf8));
         let huge_len = [key(1, LEN), varint(u64::MAX >> 1)].concat();
         assert_eq!(validate(&huge_len), Err(WireError::Truncated));
+    }
+
+    #[test]
+    fn deeply_nested_groups_are_an_error_not_a_stack_overflow() {
+        // 300 000 nested START_GROUP tags: the message from the report that killed the gateway.
+        let deep = key(7, START_GROUP).repeat(300_000);
+        let msg = [bytes_field(1, b"ns"), deep].concat();
+        assert_eq!(validate(&msg), Err(WireError::TooDeep(MAX_GROUP_DEPTH)));
+        assert_eq!(last_string(&msg, &[1]), Err(WireError::TooDeep(MAX_GROUP_DEPTH)));
+        // Nesting up to the cap is still read, and the fields after it too.
+        let nested = |depth: usize| {
+            let mut out = key(7, START_GROUP).repeat(depth);
+            out.extend(bytes_field(1, b"inner"));
+            out.extend(key(7, END_GROUP).repeat(depth));
+            out
+        };
+        let msg = [nested(MAX_GROUP_DEPTH), bytes_field(1, b"ns")].concat();
+        assert_eq!(last_string(&msg, &[1]).unwrap(), Some("ns"));
+        assert_eq!(validate(&nested(MAX_GROUP_DEPTH + 1)), Err(WireError::TooDeep(MAX_GROUP_DEPTH)));
+        // An end tag must close the group that is open.
+        let crossed = [key(7, START_GROUP), key(8, START_GROUP), key(7, END_GROUP), key(8, END_GROUP)].concat();
+        assert_eq!(validate(&crossed), Err(WireError::BadWireType(END_GROUP)));
+        // An unterminated group is truncated.
+        assert_eq!(validate(&key(7, START_GROUP).repeat(3)), Err(WireError::Truncated));
     }
 
     #[test]

@@ -1,0 +1,182 @@
+//! Budgets on request bytes held in memory.
+//!
+//! flowgate must read a call's first message before it can decide, so every stream in the
+//! inspect phase holds up to one message (4 MiB by default) in memory. A connection may open
+//! 10 000 streams, and a hostile client can announce a large message and send it slowly: 120
+//! streams each holding 2 MiB grew the process by ~247 MiB before these budgets existed.
+//!
+//! Two budgets bound that, and a stream draws from both as its bytes arrive:
+//!
+//! * a **per-connection** budget (`limits.max_connection_buffered_bytes`), so one client cannot
+//!   take the whole process's share;
+//! * a **global** budget (`limits.max_buffered_bytes`), so many connections together cannot
+//!   either.
+//!
+//! A stream that would go over either budget is refused at once with `RESOURCE_EXHAUSTED`
+//! rather than made to wait: a waiting stream would still hold its bytes, and waiting for
+//! memory other streams hold is how budgets deadlock. SDKs retry `RESOURCE_EXHAUSTED` with
+//! backoff (it is also how Temporal itself signals rate limits), so a legitimate burst recovers
+//! on its own. Worker long polls carry a few hundred bytes each, so thousands of them fit in
+//! any budget that admits one large message.
+//!
+//! Accounting is two atomic counters and no lock: [`Reservation::grow`] adds, and dropping the
+//! reservation (when the buffered message has been forwarded or refused) gives the bytes back.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A number of bytes that many streams share.
+#[derive(Debug)]
+pub struct ByteBudget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl ByteBudget {
+    pub fn new(limit: usize) -> Arc<ByteBudget> {
+        Arc::new(ByteBudget { limit, used: AtomicUsize::new(0) })
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Bytes currently held.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn try_take(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|total| *total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+/// Which budget a stream would have gone over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OverBudget {
+    #[error("this connection already holds {limit} bytes of unread requests")]
+    Connection { limit: usize },
+    #[error("the gateway already holds {limit} bytes of unread requests")]
+    Global { limit: usize },
+}
+
+impl OverBudget {
+    /// The metric label: which budget it was.
+    pub fn scope(self) -> &'static str {
+        match self {
+            OverBudget::Connection { .. } => "connection",
+            OverBudget::Global { .. } => "global",
+        }
+    }
+}
+
+/// The bytes one stream holds from its connection's budget and the global one; given back when
+/// dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    connection: Arc<ByteBudget>,
+    global: Arc<ByteBudget>,
+    held: usize,
+}
+
+impl Reservation {
+    pub fn new(connection: Arc<ByteBudget>, global: Arc<ByteBudget>) -> Reservation {
+        Reservation { connection, global, held: 0 }
+    }
+
+    /// Holds `bytes` more, from both budgets, or neither.
+    pub fn grow(&mut self, bytes: usize) -> Result<(), OverBudget> {
+        if !self.connection.try_take(bytes) {
+            return Err(OverBudget::Connection { limit: self.connection.limit });
+        }
+        if !self.global.try_take(bytes) {
+            self.connection.give_back(bytes);
+            return Err(OverBudget::Global { limit: self.global.limit });
+        }
+        self.held += bytes;
+        Ok(())
+    }
+
+    pub fn held(&self) -> usize {
+        self.held
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.held > 0 {
+            self.connection.give_back(self.held);
+            self.global.give_back(self.held);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_holds_bytes_from_both_budgets_until_dropped() {
+        let global = ByteBudget::new(100);
+        let connection = ByteBudget::new(60);
+        let mut first = Reservation::new(connection.clone(), global.clone());
+        first.grow(40).unwrap();
+        assert_eq!((connection.used(), global.used()), (40, 40));
+        let mut second = Reservation::new(connection.clone(), global.clone());
+        assert_eq!(second.grow(30), Err(OverBudget::Connection { limit: 60 }));
+        assert_eq!((connection.used(), global.used()), (40, 40), "a refused grow takes nothing");
+        drop(first);
+        assert_eq!((connection.used(), global.used()), (0, 0));
+        second.grow(60).unwrap();
+        assert_eq!(second.held(), 60);
+    }
+
+    #[test]
+    fn the_global_budget_binds_across_connections() {
+        let global = ByteBudget::new(50);
+        let mut a = Reservation::new(ByteBudget::new(40), global.clone());
+        let other = ByteBudget::new(40);
+        let mut b = Reservation::new(other.clone(), global.clone());
+        a.grow(40).unwrap();
+        assert_eq!(b.grow(20), Err(OverBudget::Global { limit: 50 }));
+        assert_eq!(other.used(), 0, "the connection's share is given back when the global budget refuses");
+        b.grow(10).unwrap();
+        assert_eq!(global.used(), 50);
+    }
+
+    #[test]
+    fn concurrent_streams_never_overdraw() {
+        let global = ByteBudget::new(1000);
+        let connection = ByteBudget::new(1000);
+        let held: Vec<_> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let (connection, global) = (connection.clone(), global.clone());
+                    scope.spawn(move || {
+                        let mut kept = Vec::new();
+                        for _ in 0..200 {
+                            let mut r = Reservation::new(connection.clone(), global.clone());
+                            if r.grow(7).is_ok() {
+                                kept.push(r);
+                            }
+                        }
+                        kept
+                    })
+                })
+                .collect();
+            handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(held.len(), 1000 / 7);
+        assert_eq!(global.used(), held.len() * 7);
+        drop(held);
+        assert_eq!((global.used(), connection.used()), (0, 0));
+    }
+}
