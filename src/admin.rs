@@ -16,10 +16,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
+use crate::conn::{self, Activity, ConnectionLimits, ConnectionTracker, Tracked};
 use crate::explain::{CallSpec, explain};
 use crate::gateway::{Gateway, RECENT_DENIALS};
 use crate::shutdown::Signal;
@@ -163,9 +164,32 @@ async fn route(gateway: Arc<Gateway>, request: Request<Incoming>) -> Result<Resp
 }
 
 /// Serves the admin endpoints until `shutdown` fires.
-pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: Signal) {
+/// The admin listener's connection limits: the gateway's timeouts, and small caps (probes and
+/// scrapers need a handful of connections, and the admin port must stay reachable for them
+/// while the gateway port is under attack).
+pub fn connection_limits(gateway: &ConnectionLimits) -> ConnectionLimits {
+    ConnectionLimits {
+        max_connections: ADMIN_MAX_CONNECTIONS.min(gateway.max_connections),
+        max_connections_per_client: ADMIN_MAX_CONNECTIONS_PER_CLIENT,
+        ..*gateway
+    }
+}
+
+/// Connections the admin listener holds at once, and from one address.
+const ADMIN_MAX_CONNECTIONS: usize = 128;
+const ADMIN_MAX_CONNECTIONS_PER_CLIENT: usize = 32;
+
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    tracker: Arc<ConnectionTracker>,
+    mut shutdown: Signal,
+) {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(tracker.limits().handshake_timeout);
+    let builder = Arc::new(builder);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(error) => {
@@ -176,11 +200,23 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: S
             },
             _ = shutdown.wait() => return,
         };
-        let gateway = gateway.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| route(gateway.clone(), request));
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
-        });
+        let Ok(slot) = tracker.admit(peer) else { continue };
+        let activity = Activity::new();
+        let service = {
+            let gateway = gateway.clone();
+            let activity = activity.clone();
+            hyper::service::service_fn(move |request| {
+                let gateway = gateway.clone();
+                let in_flight = activity.request();
+                async move {
+                    let response = route(gateway, request).await?;
+                    Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
+                }
+            })
+        };
+        let builder = builder.clone();
+        let connect =
+            async move { Ok::<_, Infallible>(builder.serve_connection(TokioIo::new(stream), service).into_owned()) };
+        tokio::spawn(conn::serve(slot, peer, activity, connect, shutdown.clone()));
     }
 }

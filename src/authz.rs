@@ -32,8 +32,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cedar_policy::{
-    ActionConstraint, Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityUid, PolicyId, PolicySet,
-    Request, RestrictedExpression, Schema, ValidationMode, Validator,
+    ActionConstraint, Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity, EntityTypeName,
+    EntityUid, PolicyId, PolicySet, PrincipalConstraint, Request, RestrictedExpression, Schema, ValidationMode,
+    Validator,
 };
 use miette::Diagnostic;
 use sha2::{Digest, Sha256};
@@ -133,6 +134,8 @@ struct ActionPolicies {
     uid: EntityUid,
     entity: Entity,
     policies: PolicySet,
+    /// The principal scopes of the slice's `permit` policies: who could ever be allowed.
+    permit_scopes: Vec<PrincipalConstraint>,
 }
 
 static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -326,6 +329,34 @@ impl PolicyEngine {
         let decision = Arc::new(self.evaluate(principal, spec, method_path, call));
         cache.insert(self.generation, spec.name, method_path, call, decision.clone());
         decision
+    }
+
+    /// Whether any `permit` policy of the action's slice admits `principal` by its scope (the
+    /// `principal == / in / is` part; conditions are not evaluated, so this over-approximates).
+    /// `false` means no call of this action by this principal can be allowed, whatever its
+    /// resource: the gateway refuses it before reading the request message. A handful of
+    /// comparisons per permit policy of the action, computed per call (no allocation).
+    pub fn may_permit(&self, principal: &Principal, spec: &MethodSpec) -> bool {
+        let Some(action) = self.actions.get(spec.name) else { return false };
+        // Groups are `Temporal::Group::"<issuer>:<group>"`, the principal's only ancestors.
+        let member_of = |group: &EntityUid| {
+            *group == principal.uid
+                || (group.type_name().basename() == "Group"
+                    && group
+                        .id()
+                        .unescaped()
+                        .strip_prefix(principal.issuer.as_str())
+                        .and_then(|r| r.strip_prefix(':'))
+                        .is_some_and(|name| principal.groups.iter().any(|g| g == name)))
+        };
+        let is = |type_name: &EntityTypeName| principal.uid.type_name() == type_name;
+        action.permit_scopes.iter().any(|scope| match scope {
+            PrincipalConstraint::Any => true,
+            PrincipalConstraint::Eq(uid) => *uid == principal.uid,
+            PrincipalConstraint::In(group) => member_of(group),
+            PrincipalConstraint::Is(type_name) => is(type_name),
+            PrincipalConstraint::IsIn(type_name, group) => is(type_name) && member_of(group),
+        })
     }
 
     /// Asks Cedar, without the cache.
@@ -522,8 +553,10 @@ fn action_policies(policies: &PolicySet) -> HashMap<&'static str, ActionPolicies
                     slice.add(policy.clone()).expect("policy ids are unique within the whole set");
                 }
             }
+            let permit_scopes =
+                slice.policies().filter(|p| p.effect() == Effect::Permit).map(|p| p.principal_constraint()).collect();
             let entity = Entity::new_no_attrs(uid.clone(), parents);
-            (name, ActionPolicies { uid, entity, policies: slice })
+            (name, ActionPolicies { uid, entity, policies: slice, permit_scopes })
         })
         .collect()
 }

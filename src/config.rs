@@ -134,6 +134,31 @@ pub struct ListenConfig {
     /// How long a graceful shutdown waits for in-flight calls (long polls included).
     #[serde(default = "default_shutdown_grace", with = "duration")]
     pub shutdown_grace: Duration,
+    /// Connections open at once; by default the open-file limit less a reserve (`conn`).
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// Connections open at once from one IP address. Behind a load balancer that does not keep
+    /// client addresses, raise it: every connection then comes from the balancer.
+    #[serde(default = "default_max_connections_per_client")]
+    pub max_connections_per_client: usize,
+    /// From accept to the first request's headers (TLS handshake and HTTP/2 preface included).
+    #[serde(default = "default_handshake_timeout", with = "duration")]
+    pub handshake_timeout: Duration,
+    /// A connection with no call in flight this long is sent a GOAWAY.
+    #[serde(default = "default_idle_timeout", with = "duration")]
+    pub idle_timeout: Duration,
+}
+
+pub(crate) fn default_max_connections_per_client() -> usize {
+    512
+}
+
+pub(crate) fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+pub(crate) fn default_idle_timeout() -> Duration {
+    Duration::from_secs(300)
 }
 
 pub(crate) fn default_max_concurrent_streams() -> u32 {
@@ -223,6 +248,27 @@ pub struct LimitsConfig {
     /// Largest size a compressed request message may inflate to.
     #[serde(default = "default_max_message_bytes")]
     pub max_inflated_bytes: usize,
+    /// Request bytes all calls together may hold while their first message is read (`budget`).
+    #[serde(default = "default_max_buffered_bytes")]
+    pub max_buffered_bytes: usize,
+    /// Request bytes the calls of one connection may hold while their first message is read.
+    #[serde(default = "default_max_connection_buffered_bytes")]
+    pub max_connection_buffered_bytes: usize,
+    /// How long a call may take to send its first message, once its headers have arrived.
+    #[serde(default = "default_first_message_timeout", with = "duration")]
+    pub first_message_timeout: Duration,
+}
+
+fn default_max_buffered_bytes() -> usize {
+    256 * 1024 * 1024
+}
+
+fn default_max_connection_buffered_bytes() -> usize {
+    32 * 1024 * 1024
+}
+
+fn default_first_message_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_max_message_bytes() -> usize {
@@ -231,7 +277,13 @@ fn default_max_message_bytes() -> usize {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        LimitsConfig { max_message_bytes: default_max_message_bytes(), max_inflated_bytes: default_max_message_bytes() }
+        LimitsConfig {
+            max_message_bytes: default_max_message_bytes(),
+            max_inflated_bytes: default_max_message_bytes(),
+            max_buffered_bytes: default_max_buffered_bytes(),
+            max_connection_buffered_bytes: default_max_connection_buffered_bytes(),
+            first_message_timeout: default_first_message_timeout(),
+        }
     }
 }
 
@@ -434,8 +486,30 @@ impl Config {
         if self.listen.max_concurrent_streams == 0 {
             return Err(invalid("listen.max_concurrent_streams", "must be at least 1"));
         }
-        if self.limits.max_message_bytes == 0 || self.limits.max_inflated_bytes == 0 {
+        let limits = &self.limits;
+        if limits.max_message_bytes == 0 || limits.max_inflated_bytes == 0 {
             return Err(invalid("limits", "message limits must be at least 1 byte"));
+        }
+        // A budget smaller than one framed message would refuse every large call.
+        let framed = limits.max_message_bytes.saturating_add(5);
+        if limits.max_connection_buffered_bytes < framed {
+            return Err(invalid(
+                "limits.max_connection_buffered_bytes",
+                format!("must hold at least one message of `max_message_bytes` + 5 ({framed} bytes)"),
+            ));
+        }
+        if limits.max_buffered_bytes < limits.max_connection_buffered_bytes {
+            return Err(invalid("limits.max_buffered_bytes", "must be at least `max_connection_buffered_bytes`"));
+        }
+        if limits.first_message_timeout.is_zero() {
+            return Err(invalid("limits.first_message_timeout", "must be more than 0s"));
+        }
+        let listen = &self.listen;
+        if listen.max_connections == Some(0) || listen.max_connections_per_client == 0 {
+            return Err(invalid("listen", "connection caps must be at least 1"));
+        }
+        if listen.handshake_timeout.is_zero() || listen.idle_timeout.is_zero() {
+            return Err(invalid("listen", "`handshake_timeout` and `idle_timeout` must be more than 0s"));
         }
         if self.audit.path.as_os_str().is_empty() {
             return Err(invalid("audit.path", "must not be empty (use \"-\" for standard output)"));

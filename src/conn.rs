@@ -202,6 +202,39 @@ impl Activity {
     }
 }
 
+/// A response body that keeps its request in flight until the body ends or is dropped: a long
+/// poll's connection is busy until its answer has been sent.
+pub struct Tracked<B> {
+    inner: B,
+    _in_flight: InFlight,
+}
+
+impl<B> Tracked<B> {
+    pub fn new(inner: B, in_flight: InFlight) -> Tracked<B> {
+        Tracked { inner, _in_flight: in_flight }
+    }
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Why [`serve`] closed a connection itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Closed {
@@ -250,7 +283,7 @@ pub async fn serve<C, F, E>(
 ) where
     F: Future<Output = Result<C, E>>,
     E: std::fmt::Display,
-    C: Connection<Output = Result<(), hyper::Error>>,
+    C: Connection<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
 {
     let tracker = slot.tracker.clone();
     let limits = tracker.limits;

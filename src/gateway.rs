@@ -3,8 +3,11 @@
 //! 1. **classify**: the method path names the action (`temporal::catalog`);
 //! 2. **authenticate**: the bearer token becomes a principal (`authn`), unless the method is
 //!    public (health checks, `GetSystemInfo`);
-//! 3. **inspect**: the first request message is read (un-gzipped, size-capped) and the resource
-//!    it touches decoded (`temporal::inspect`);
+//! 3. **inspect**: the first request message is read (un-gzipped, size-capped, within the
+//!    connection's and the gateway's byte budgets and `limits.first_message_timeout`) and the
+//!    resource it touches decoded (`temporal::inspect`). Before a byte of it is buffered, a
+//!    principal that no policy could ever permit the action is refused: reading a message only to
+//!    deny it would let a caller with no permissions make the gateway hold memory;
 //! 4. **authorize**: Cedar decides (`authz`);
 //! 5. **record**: the decision record is written (`audit`), for allows and denials alike; if it
 //!    cannot be written the call is refused;
@@ -24,6 +27,7 @@ use hyper::body::Incoming;
 use crate::audit::{self, ClientRecord, DecisionLog, DecisionRecord, PrincipalRecord, ResourceRecord, ShadowRecord};
 use crate::authn::{Authenticator, Principal};
 use crate::authz::{Decision, PolicyEngine};
+use crate::budget::{ByteBudget, Reservation};
 use crate::config::{Config, LimitsConfig, UpstreamCredentials};
 use crate::explain::{Ask, Explanation, Issuers, explain};
 use crate::mint::Minter;
@@ -55,6 +59,22 @@ pub struct Gateway {
     limits: LimitsConfig,
     credentials: UpstreamCredentials,
     minter: Option<Arc<Minter>>,
+    /// Request bytes all connections together may hold during inspection.
+    buffered: Arc<ByteBudget>,
+}
+
+/// The connection a call arrived on: who sent it, and the byte budget its calls share.
+#[derive(Clone)]
+pub struct ClientConn {
+    pub addr: SocketAddr,
+    pub budget: Arc<ByteBudget>,
+}
+
+impl ClientConn {
+    /// A connection from `addr` with the per-connection budget of `limits`.
+    pub fn new(addr: SocketAddr, limits: &LimitsConfig) -> ClientConn {
+        ClientConn { addr, budget: ByteBudget::new(limits.max_connection_buffered_bytes) }
+    }
 }
 
 /// What the phases before `record` concluded.
@@ -104,6 +124,7 @@ impl Gateway {
             limits: config.limits.clone(),
             credentials: config.upstream.credentials(),
             minter,
+            buffered: ByteBudget::new(config.limits.max_buffered_bytes),
         }
     }
 
@@ -172,8 +193,14 @@ impl Gateway {
         self.upstream.check_health().await
     }
 
-    /// Handles one gRPC call from `client`.
-    pub async fn handle(&self, request: http::Request<Incoming>, client: SocketAddr) -> http::Response<ResponseBody> {
+    /// The request bytes held now by calls being inspected, over all connections.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffered.used()
+    }
+
+    /// Handles one gRPC call from `conn`.
+    pub async fn handle(&self, request: http::Request<Incoming>, conn: &ClientConn) -> http::Response<ResponseBody> {
+        let client = conn.addr;
         let started = Instant::now();
         let (mut parts, body) = request.into_parts();
         let uri = parts.uri.clone();
@@ -198,7 +225,9 @@ impl Gateway {
         let shadow = self.policies.shadow();
 
         // Phases 2-4: authenticate, inspect, authorize.
-        let (outcome, forward_body) = self.decide(spec, &parts, body, path, &policies, shadow.as_deref()).await;
+        let reservation = Reservation::new(conn.budget.clone(), self.buffered.clone());
+        let (outcome, forward_body) =
+            self.decide(spec, &parts, body, reservation, path, &policies, shadow.as_deref()).await;
         self.metrics.authorized_in(started.elapsed());
 
         // Phase 5: record, before anything goes upstream.
@@ -283,11 +312,13 @@ impl Gateway {
 
     /// Authenticate, inspect, authorize. Returns the outcome and, for allowed calls, the body
     /// to forward.
+    #[allow(clippy::too_many_arguments)]
     async fn decide(
         &self,
         spec: &'static MethodSpec,
         parts: &http::request::Parts,
         body: Incoming,
+        mut reservation: Reservation,
         path: &str,
         policies: &PolicyEngine,
         shadow: Option<&PolicyEngine>,
@@ -298,7 +329,7 @@ impl Gateway {
         if spec.access == Access::Public {
             return (
                 Outcome { principal: None, call: None, decision: Ok(PUBLIC_DECISION.clone()), shadow: None },
-                Some(ForwardBody::new(Bytes::new(), Some(body))),
+                Some(ForwardBody::new(Bytes::new(), Some(body), None)),
             );
         }
 
@@ -308,8 +339,12 @@ impl Gateway {
             Err(error) => return refused(None, None, Refusal::Unauthenticated(error)),
         };
 
-        // Phase 3: inspect.
-        let (buffered, rest) = match self.read_first_message(body).await {
+        // Phase 3: inspect. First, whether any policy could permit this principal the action at
+        // all: if none can, the message is never read into memory.
+        if !policies.may_permit(&principal, spec) {
+            return refused(Some(principal), None, Refusal::NeverPermitted { action: spec.name });
+        }
+        let (buffered, rest) = match self.read_first_message(body, &mut reservation).await {
             Ok(read) => read,
             Err(refusal) => return refused(Some(principal), None, refusal),
         };
@@ -337,28 +372,59 @@ impl Gateway {
             self.metrics.shadow_compared(spec.name, decision.allowed, shadow_decision.allowed);
             shadow_decision
         });
-        let body = decision.allowed.then(|| ForwardBody::new(buffered, rest));
+        // The message's bytes stay counted against the budgets until they have gone upstream.
+        let body = decision.allowed.then(|| ForwardBody::new(buffered, rest, Some(reservation)));
         (Outcome { principal: Some(principal), call: Some(call), decision: Ok(decision), shadow }, body)
     }
 
     /// Reads the body until the first gRPC message is complete (or the stream ends). Returns the
-    /// bytes read and the rest of the stream, if it has not ended.
-    async fn read_first_message(&self, mut body: Incoming) -> Result<(Bytes, Option<Incoming>), Refusal> {
-        let mut buffer = BytesMut::new();
-        loop {
-            if inspect::first_message(&buffer, self.limits.max_message_bytes)?.is_some() {
-                return Ok((buffer.freeze(), Some(body)));
-            }
-            match body.frame().await {
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        buffer.extend_from_slice(&data);
+    /// bytes read and the rest of the stream, if it has not ended. Every byte is held in
+    /// `reservation` first (the announced length as soon as the prefix has arrived, since that is
+    /// what the buffer is sized to), and the whole read has `limits.first_message_timeout`.
+    async fn read_first_message(
+        &self,
+        mut body: Incoming,
+        reservation: &mut Reservation,
+    ) -> Result<(Bytes, Option<Incoming>), Refusal> {
+        let max = self.limits.max_message_bytes;
+        let read = async {
+            let mut buffer = BytesMut::new();
+            loop {
+                if buffer.len() >= 5 {
+                    let framed = 5 + inspect::announced_length(&buffer, max)?;
+                    if buffer.len() >= framed {
+                        return Ok((buffer.freeze(), Some(body)));
                     }
+                    self.hold(reservation, framed)?;
+                    buffer.reserve(framed - buffer.len());
                 }
-                Some(Err(error)) => return Err(Refusal::Body(error.to_string())),
-                None => return Ok((buffer.freeze(), None)),
+                match body.frame().await {
+                    Some(Ok(frame)) => {
+                        if let Ok(data) = frame.into_data() {
+                            self.hold(reservation, buffer.len() + data.len())?;
+                            buffer.extend_from_slice(&data);
+                        }
+                    }
+                    Some(Err(error)) => return Err(Refusal::Body(error.to_string())),
+                    None => return Ok((buffer.freeze(), None)),
+                }
+            }
+        };
+        let timeout = self.limits.first_message_timeout;
+        tokio::time::timeout(timeout, read).await.unwrap_or(Err(Refusal::SlowRequest(timeout)))
+    }
+
+    /// Grows `reservation` to `bytes`, or refuses the call over budget.
+    fn hold(&self, reservation: &mut Reservation, bytes: usize) -> Result<(), Refusal> {
+        if let Some(more) = bytes.checked_sub(reservation.held()).filter(|more| *more > 0) {
+            let grown = reservation.grow(more);
+            self.metrics.buffered_request_bytes(self.buffered.used());
+            if let Err(over) = grown {
+                self.metrics.request_budget_refused(over.scope());
+                return Err(Refusal::OverBudget(over));
             }
         }
+        Ok(())
     }
 
     fn inspect(&self, spec: &'static MethodSpec, buffered: &[u8], encoding: Option<&str>) -> Result<Call, Refusal> {

@@ -18,6 +18,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use crate::budget::Reservation;
 use crate::config::UpstreamConfig;
 use crate::status::Refusal;
 use crate::telemetry::Metrics;
@@ -157,7 +158,7 @@ impl Upstream {
             .uri(format!("{}://{}/grpc.health.v1.Health/Check", self.scheme, self.authority))
             .header(http::header::CONTENT_TYPE, "application/grpc")
             .header(http::header::TE, "trailers")
-            .body(ForwardBody::new(Bytes::from_static(&[0, 0, 0, 0, 0]), None))
+            .body(ForwardBody::new(Bytes::from_static(&[0, 0, 0, 0, 0]), None, None))
             .expect("static request is valid");
         let response = tokio::time::timeout(Duration::from_secs(2), self.client.request(request))
             .await
@@ -192,11 +193,13 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 pub struct ForwardBody {
     prefix: Option<Bytes>,
     rest: Option<Incoming>,
+    /// The budget the prefix was read under, given back when the body has been sent.
+    _held: Option<Reservation>,
 }
 
 impl ForwardBody {
-    pub fn new(prefix: Bytes, rest: Option<Incoming>) -> ForwardBody {
-        ForwardBody { prefix: (!prefix.is_empty()).then_some(prefix), rest }
+    pub fn new(prefix: Bytes, rest: Option<Incoming>, held: Option<Reservation>) -> ForwardBody {
+        ForwardBody { prefix: (!prefix.is_empty()).then_some(prefix), rest, _held: held }
     }
 }
 

@@ -4,16 +4,16 @@
 //! `127.0.0.1:0`: it loads everything that can fail (policies, issuers, TLS material, the
 //! decision log) before accepting a single connection, then serves until `shutdown` resolves,
 //! and drains: no new connections, in-flight calls (long polls included) get up to
-//! `listen.shutdown_grace` to finish.
+//! `listen.shutdown_grace` to finish. Every connection is admitted and watched by `conn`
+//! (caps, handshake deadline, idle timeout); every call is handed to [`Gateway::handle`] with
+//! its connection's byte budget.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -21,8 +21,9 @@ use crate::admin;
 use crate::audit::DecisionLog;
 use crate::authn::{Authenticator, HttpFetcher};
 use crate::authz::PolicyEngine;
-use crate::config::{Config, ServerTlsConfig};
-use crate::gateway::Gateway;
+use crate::config::{Config, ListenConfig, ServerTlsConfig};
+use crate::conn::{self, Activity, ConnectionLimits, ConnectionTracker, Tracked};
+use crate::gateway::{ClientConn, Gateway};
 use crate::mint::Minter;
 use crate::mint::replay::ReplayCache;
 use crate::proxy::{HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW, Upstream, read_certs, read_pem_key};
@@ -108,9 +109,10 @@ fn tls_acceptor(tls: &ServerTlsConfig) -> anyhow::Result<TlsAcceptor> {
 
 /// The HTTP/2 server settings every flowgate listener uses (the gateway and the sidecar):
 /// many concurrent streams for multiplexed long polls, keep-alive pings, and the large
-/// windows `proxy` explains.
-pub fn http2_server(max_concurrent_streams: u32) -> Builder<TokioExecutor> {
+/// windows `proxy` explains; HTTP/1.1 (the token endpoint) gets a bound on header reads.
+pub fn http2_server(max_concurrent_streams: u32, header_read_timeout: Duration) -> Builder<TokioExecutor> {
     let mut builder = Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -122,8 +124,19 @@ pub fn http2_server(max_concurrent_streams: u32) -> Builder<TokioExecutor> {
     builder
 }
 
+/// The connection limits of the gateway listener, from `[listen]`.
+pub fn gateway_limits(listen: &ListenConfig, nofile: Option<u64>) -> ConnectionLimits {
+    ConnectionLimits {
+        max_connections: listen.max_connections.unwrap_or_else(|| conn::default_max_connections(nofile)),
+        max_connections_per_client: listen.max_connections_per_client,
+        handshake_timeout: listen.handshake_timeout,
+        idle_timeout: listen.idle_timeout,
+    }
+}
+
 /// Serves until `shutdown` resolves, then drains.
 pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let nofile = conn::raise_nofile_limit();
     let Prepared { gateway, tls } = prepare(&config)?;
     let (trigger, signal) = shutdown::channel();
     gateway.authenticator().spawn_key_refresh(signal.clone());
@@ -132,15 +145,23 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     }
     spawn_cache_sweeper(gateway.clone(), signal.clone());
     crate::reload::spawn_policy_watch(gateway.clone(), signal.clone());
+    let limits = gateway_limits(&config.listen, nofile);
     if let Some(admin) = listeners.admin {
-        tokio::spawn(admin::serve(admin, gateway.clone(), signal.clone()));
+        let admin_limits = admin::connection_limits(&limits);
+        let tracker = ConnectionTracker::new("admin", admin_limits, gateway.metrics().clone());
+        tokio::spawn(admin::serve(admin, gateway.clone(), tracker, signal.clone()));
     }
 
-    let builder = http2_server(config.listen.max_concurrent_streams);
-    let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
+    let builder = Arc::new(http2_server(config.listen.max_concurrent_streams, limits.handshake_timeout));
+    let tracker = ConnectionTracker::new("gateway", limits, gateway.metrics().clone());
     let local = listeners.gateway.local_addr()?;
-    tracing::info!(address = %local, tls = tls.is_some(), "flowgate is serving");
+    tracing::info!(
+        address = %local,
+        tls = tls.is_some(),
+        max_connections = limits.max_connections,
+        max_connections_per_client = limits.max_connections_per_client,
+        "flowgate is serving"
+    );
 
     tokio::pin!(shutdown);
     loop {
@@ -156,31 +177,42 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
             },
             () = &mut shutdown => break,
         };
+        // Over a cap: closed at once (dropping the stream), counted by the tracker.
+        let Ok(slot) = tracker.admit(peer) else { continue };
         let _ = stream.set_nodelay(true);
-        let gateway = gateway.clone();
-        let builder = builder.clone();
-        let service = hyper::service::service_fn(move |request| {
+        let activity = Activity::new();
+        let service = {
             let gateway = gateway.clone();
-            async move { Ok::<_, std::convert::Infallible>(gateway.handle(request, peer).await) }
-        });
+            let activity = activity.clone();
+            let client = ClientConn::new(peer, &config.limits);
+            hyper::service::service_fn(move |request| {
+                let gateway = gateway.clone();
+                let client = client.clone();
+                let in_flight = activity.request();
+                async move {
+                    let response = gateway.handle(request, &client).await;
+                    Ok::<_, std::convert::Infallible>(response.map(|body| Tracked::new(body, in_flight)))
+                }
+            })
+        };
+        let builder = builder.clone();
+        let signal = signal.clone();
         match &tls {
             None => {
-                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let connection = graceful.watch(connection);
-                tokio::spawn(log_connection_end(connection, peer));
+                let connect = async move {
+                    Ok::<_, std::convert::Infallible>(
+                        builder.serve_connection(TokioIo::new(stream), service).into_owned(),
+                    )
+                };
+                tokio::spawn(conn::serve(slot, peer, activity, connect, signal));
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
-                    let stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(error)) => return tracing::debug!(%peer, %error, "TLS handshake failed"),
-                        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
-                    };
-                    let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                    log_connection_end(watcher.watch(connection), peer).await;
-                });
+                let connect = async move {
+                    let stream = acceptor.accept(stream).await?;
+                    Ok::<_, std::io::Error>(builder.serve_connection(TokioIo::new(stream), service).into_owned())
+                };
+                tokio::spawn(conn::serve(slot, peer, activity, connect, signal));
             }
         }
     }
@@ -189,16 +221,10 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     drop(listeners.gateway);
     trigger.fire();
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections drained"),
+        () = tracker.drained() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(config.listen.shutdown_grace) => tracing::warn!("grace period over; closing the remaining connections"),
     }
     Ok(())
-}
-
-async fn log_connection_end<E: std::fmt::Display>(connection: impl Future<Output = Result<(), E>>, peer: SocketAddr) {
-    if let Err(error) = connection.await {
-        tracing::debug!(%peer, %error, "connection ended with an error");
-    }
 }
 
 fn spawn_cache_sweeper(gateway: Arc<Gateway>, mut signal: shutdown::Signal) {

@@ -35,13 +35,14 @@ use bytes::Bytes;
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
+
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::{ConfigError, UpstreamConfig};
+use crate::conn::{self, Activity, ConnectionLimits, ConnectionTracker, Tracked};
 use crate::exchange_client::{Credential, ExchangeClient, ExchangeError};
 use crate::proxy::{ForwardBody, Upstream, grpc_timeout};
 use crate::shutdown;
@@ -767,7 +768,7 @@ impl Forwarder {
         // `insert` replaces every `authorization` value the worker sent.
         parts.headers.insert(http::header::AUTHORIZATION, authorization);
         let deadline = deadline.map(|deadline| deadline.saturating_sub(started.elapsed()));
-        match self.upstream.send(parts, ForwardBody::new(Bytes::new(), Some(body)), deadline).await {
+        match self.upstream.send(parts, ForwardBody::new(Bytes::new(), Some(body), None), deadline).await {
             Ok(response) => response.map(Either::Left),
             Err(refusal) => trailers_only::<Empty<Bytes>>(refusal.code(), &refusal.to_string()).map(Either::Right),
         }
@@ -808,8 +809,18 @@ pub async fn run_sidecar(
     ));
     let forwarder = Arc::new(Forwarder { upstream, state, wait: config.credential.wait });
 
-    let builder = crate::server::http2_server(config.listen.max_concurrent_streams);
-    let graceful = GracefulShutdown::new();
+    // The worker's connections get the gateway's default protections (caps from the open-file
+    // limit, handshake deadline, idle timeout): the sidecar is local, but a stuck or runaway
+    // worker must not exhaust its descriptors either.
+    let limits = ConnectionLimits {
+        max_connections: conn::default_max_connections(conn::raise_nofile_limit()),
+        max_connections_per_client: crate::config::default_max_connections_per_client(),
+        handshake_timeout: crate::config::default_handshake_timeout(),
+        idle_timeout: crate::config::default_idle_timeout(),
+    };
+    let builder = Arc::new(crate::server::http2_server(config.listen.max_concurrent_streams, limits.handshake_timeout));
+    let tracker = ConnectionTracker::new("sidecar", limits, Arc::new(crate::telemetry::Metrics::new()));
+    let (drain, draining) = shutdown::channel();
     tracing::info!(
         address = %listener.local_addr()?,
         upstream = %config.upstream.address,
@@ -836,24 +847,33 @@ pub async fn run_sidecar(
                 break;
             }
         };
+        let Ok(slot) = tracker.admit(peer) else { continue };
         let _ = stream.set_nodelay(true);
-        let forwarder = forwarder.clone();
-        let service = hyper::service::service_fn(move |request| {
+        let activity = Activity::new();
+        let service = {
             let forwarder = forwarder.clone();
-            async move { Ok::<_, std::convert::Infallible>(forwarder.handle(request).await) }
-        });
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%peer, %error, "connection ended with an error");
-            }
-        });
+            let activity = activity.clone();
+            hyper::service::service_fn(move |request| {
+                let forwarder = forwarder.clone();
+                let in_flight = activity.request();
+                async move {
+                    let response = forwarder.handle(request).await;
+                    Ok::<_, std::convert::Infallible>(response.map(|body| Tracked::new(body, in_flight)))
+                }
+            })
+        };
+        let builder = builder.clone();
+        let connect = async move {
+            Ok::<_, std::convert::Infallible>(builder.serve_connection(TokioIo::new(stream), service).into_owned())
+        };
+        tokio::spawn(conn::serve(slot, peer, activity, connect, draining.clone()));
     }
 
     tracing::info!(grace = ?config.listen.shutdown_grace, "shutting down: draining in-flight calls");
     drop(listener);
+    drain.fire();
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections drained"),
+        () = tracker.drained() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(config.listen.shutdown_grace) => tracing::warn!("grace period over; closing the remaining connections"),
     }
     // The credential stays fresh until the last call is done.

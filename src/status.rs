@@ -6,8 +6,11 @@
 //! only"), which every gRPC client reads as an error status. Messages say what was missing or
 //! wrong, never the policy text.
 
+use std::time::Duration;
+
 use crate::audit::AuditError;
 use crate::authn::AuthnError;
+use crate::budget::OverBudget;
 use crate::temporal::InspectError;
 
 /// gRPC status codes flowgate sends.
@@ -48,6 +51,12 @@ pub enum Refusal {
     OutsideGrant(String),
     #[error("permission denied: `{action}` names no namespace{detail}")]
     NoNamespace { action: &'static str, detail: &'static str },
+    #[error("permission denied: no policy permits `{action}` to this principal")]
+    NeverPermitted { action: &'static str },
+    #[error("request refused for now: {0}; retry later")]
+    OverBudget(OverBudget),
+    #[error("request message not received within {}", humantime::format_duration(*.0))]
+    SlowRequest(Duration),
     #[error("{0}")]
     Inspect(#[from] InspectError),
     #[error("request has no message")]
@@ -68,7 +77,12 @@ impl Refusal {
     pub fn code(&self) -> Code {
         match self {
             Refusal::Unauthenticated(_) => Code::Unauthenticated,
-            Refusal::Denied(_) | Refusal::OutsideGrant(_) | Refusal::NoNamespace { .. } => Code::PermissionDenied,
+            Refusal::Denied(_)
+            | Refusal::OutsideGrant(_)
+            | Refusal::NoNamespace { .. }
+            | Refusal::NeverPermitted { .. } => Code::PermissionDenied,
+            Refusal::OverBudget(_) => Code::ResourceExhausted,
+            Refusal::SlowRequest(_) => Code::DeadlineExceeded,
             Refusal::Inspect(InspectError::TooLarge { .. } | InspectError::InflatedTooLarge { .. }) => {
                 Code::ResourceExhausted
             }

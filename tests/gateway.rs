@@ -342,8 +342,20 @@ async fn bad_messages_get_clean_grpc_errors() {
 
     type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], Vec<u8>, &'a str, &'a str);
     let cases: Vec<Case> = vec![
-        ("gzip bomb", &gz, frame(&gzip(&vec![0u8; 10_000_000]), true), "8", "inflates past"),
-        ("oversize message", &plain, frame(&vec![0u8; 70_000], false), "8", "over the 65536-byte limit"),
+        (
+            "gzip bomb",
+            &gz,
+            frame(&gzip(&vec![0u8; 10_000_000]), true),
+            "8",
+            "grpc: received message after decompression larger than max 65536",
+        ),
+        (
+            "oversize message",
+            &plain,
+            frame(&vec![0u8; 70_000], false),
+            "8",
+            "grpc: received message larger than max (70000 vs. 65536)",
+        ),
         ("corrupt protobuf", &plain, frame(&[0x0a, 0x20, 0x01], false), "3", "malformed request message"),
         ("truncated frame", &plain, frame(&deploy(), false)[..20].to_vec(), "3", "request ended after"),
         ("not gzip", &gz, frame(b"plainly not gzip", true), "3", "not valid gzip"),

@@ -14,11 +14,16 @@ const TASK_QUEUE_KIND_STICKY: u64 = 2;
 
 /// Why a request could not be inspected. Each of these is the client's fault and maps to
 /// `INVALID_ARGUMENT` (or `RESOURCE_EXHAUSTED` for size), never to an allow.
+///
+/// The two size refusals use grpc-go's exact wording, the words Temporal's frontend itself
+/// answers with: the Go SDK and sdk-core (Python, TypeScript) recognise these message prefixes
+/// as "message too large", stop retrying, and fail the workflow task with cause
+/// `GRPC_MESSAGE_TOO_LARGE` (so the server ends the workflow) instead of retrying for ever.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InspectError {
-    #[error("request message is {size} bytes, over the {limit}-byte limit")]
+    #[error("grpc: received message larger than max ({size} vs. {limit})")]
     TooLarge { size: usize, limit: usize },
-    #[error("request message inflates past the {limit}-byte limit")]
+    #[error("grpc: received message after decompression larger than max {limit}")]
     InflatedTooLarge { limit: usize },
     #[error("request ended inside the gRPC message prefix")]
     TruncatedPrefix,
@@ -86,16 +91,23 @@ pub struct Framed<'a> {
     pub message: &'a [u8],
 }
 
+/// The length the 5-byte prefix at the start of `body` announces, refused past `limit`.
+pub fn announced_length(body: &[u8], limit: usize) -> Result<usize, InspectError> {
+    let prefix: [u8; 4] = body.get(1..5).and_then(|b| b.try_into().ok()).ok_or(InspectError::TruncatedPrefix)?;
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > limit {
+        return Err(InspectError::TooLarge { size: len, limit });
+    }
+    Ok(len)
+}
+
 /// Splits the first gRPC message off `body`. `Ok(None)` means more bytes are needed.
 pub fn first_message(body: &[u8], limit: usize) -> Result<Option<Framed<'_>>, InspectError> {
     if body.len() < 5 {
         return Ok(None);
     }
     let compressed = body[0] & 1 == 1;
-    let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
-    if len > limit {
-        return Err(InspectError::TooLarge { size: len, limit });
-    }
+    let len = announced_length(body, limit)?;
     if body.len() < 5 + len {
         return Ok(None);
     }
