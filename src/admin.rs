@@ -200,8 +200,8 @@ pub async fn serve(
             },
             _ = shutdown.wait() => return,
         };
-        let Ok(slot) = tracker.admit(peer) else { continue };
         let activity = Activity::new();
+        let Ok(slot) = tracker.admit(peer, &activity) else { continue };
         let service = {
             let gateway = gateway.clone();
             let activity = activity.clone();

@@ -12,6 +12,11 @@
 //! * a **global** budget (`limits.max_buffered_bytes`), so many connections together cannot
 //!   either.
 //!
+//! The last eighth of each budget is kept for small messages (at most [`SMALL_MESSAGE`] bytes):
+//! streams that fill the budgets with large, slowly sent messages cannot starve the polls,
+//! queries and signals, a few hundred bytes each, that other clients (or the same worker) send
+//! meanwhile.
+//!
 //! A stream that would go over either budget is refused at once with `RESOURCE_EXHAUSTED`
 //! rather than made to wait: a waiting stream would still hold its bytes, and waiting for
 //! memory other streams hold is how budgets deadlock. SDKs retry `RESOURCE_EXHAUSTED` with
@@ -24,6 +29,9 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Messages up to this size may use the whole of a budget; larger ones only the first 7/8.
+pub const SMALL_MESSAGE: usize = 64 * 1024;
 
 /// A number of bytes that many streams share.
 #[derive(Debug)]
@@ -46,10 +54,16 @@ impl ByteBudget {
         self.used.load(Ordering::Relaxed)
     }
 
-    fn try_take(&self, bytes: usize) -> bool {
+    /// What streams holding a large message may use together: all but the small-message reserve.
+    pub fn large_limit(&self) -> usize {
+        self.limit - self.limit / 8
+    }
+
+    fn try_take(&self, bytes: usize, small: bool) -> bool {
+        let ceiling = if small { self.limit } else { self.large_limit() };
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                used.checked_add(bytes).filter(|total| *total <= self.limit)
+                used.checked_add(bytes).filter(|total| *total <= ceiling)
             })
             .is_ok()
     }
@@ -92,12 +106,14 @@ impl Reservation {
         Reservation { connection, global, held: 0 }
     }
 
-    /// Holds `bytes` more, from both budgets, or neither.
+    /// Holds `bytes` more, from both budgets, or neither. The stream's total after this grow
+    /// decides whether it counts as a small message (it may then use the reserve).
     pub fn grow(&mut self, bytes: usize) -> Result<(), OverBudget> {
-        if !self.connection.try_take(bytes) {
+        let small = self.held + bytes <= SMALL_MESSAGE;
+        if !self.connection.try_take(bytes, small) {
             return Err(OverBudget::Connection { limit: self.connection.limit });
         }
-        if !self.global.try_take(bytes) {
+        if !self.global.try_take(bytes, small) {
             self.connection.give_back(bytes);
             return Err(OverBudget::Global { limit: self.global.limit });
         }
@@ -150,6 +166,26 @@ mod tests {
         assert_eq!(other.used(), 0, "the connection's share is given back when the global budget refuses");
         b.grow(10).unwrap();
         assert_eq!(global.used(), 50);
+    }
+
+    #[test]
+    fn large_messages_leave_the_reserve_to_small_ones() {
+        let global = ByteBudget::new(800 * 1024);
+        let connection = ByteBudget::new(800 * 1024);
+        let mut large = Vec::new();
+        loop {
+            let mut r = Reservation::new(connection.clone(), global.clone());
+            if r.grow(100 * 1024).is_err() {
+                break;
+            }
+            large.push(r);
+        }
+        assert_eq!(large.len(), 7, "large messages stop at 7/8 of the budget");
+        let mut small = Reservation::new(connection.clone(), global.clone());
+        small.grow(SMALL_MESSAGE).unwrap();
+        let mut growing = Reservation::new(connection.clone(), global.clone());
+        growing.grow(10).unwrap();
+        assert!(growing.grow(SMALL_MESSAGE).is_err(), "a stream that grows past small is large");
     }
 
     #[test]

@@ -492,10 +492,14 @@ impl Config {
         }
         // A budget smaller than one framed message would refuse every large call.
         let framed = limits.max_message_bytes.saturating_add(5);
-        if limits.max_connection_buffered_bytes < framed {
+        // Large messages may use 7/8 of a budget (`budget` keeps the rest for small ones).
+        let least = framed.saturating_add(framed.div_ceil(7));
+        if limits.max_connection_buffered_bytes < least {
             return Err(invalid(
                 "limits.max_connection_buffered_bytes",
-                format!("must hold at least one message of `max_message_bytes` + 5 ({framed} bytes)"),
+                format!(
+                    "must be at least {least} bytes, for one message of `max_message_bytes` beside the reserve for small ones"
+                ),
             ));
         }
         if limits.max_buffered_bytes < limits.max_connection_buffered_bytes {

@@ -8,7 +8,10 @@
 //! * **caps**: at most `max_connections` open at once, and at most `max_connections_per_client`
 //!   from one IP address; a connection over a cap is accepted and closed at once (leaving it in
 //!   the kernel's backlog would hold it too), and counted in
-//!   `flowgate_connections_refused_total{listener,reason}`;
+//!   `flowgate_connections_refused_total{listener,reason}`. At the overall cap, a connection
+//!   that has not sent a request yet is evicted to make room (the oldest first), so sockets
+//!   that only hold a descriptor cannot keep a client that is about to call out, whatever
+//!   addresses they come from (`reason="evicted"`);
 //! * **a handshake deadline**: TLS, the HTTP/2 preface and the first request's headers must all
 //!   arrive within `handshake_timeout` of the accept, or the socket is closed (HTTP/1.1 header
 //!   reads of later requests have the same bound);
@@ -26,11 +29,12 @@
 //! not the kernel, decide who is refused.
 
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -69,6 +73,9 @@ pub struct ConnectionTracker {
     limits: ConnectionLimits,
     open: AtomicUsize,
     per_client: Mutex<HashMap<IpAddr, usize>>,
+    /// Connections in the order they were admitted, as candidates for eviction; entries whose
+    /// connection has since made a request, or closed, are skipped and dropped lazily.
+    handshaking: Mutex<VecDeque<Weak<Activity>>>,
     drained: Notify,
     metrics: Arc<Metrics>,
 }
@@ -105,6 +112,7 @@ impl ConnectionTracker {
             limits,
             open: AtomicUsize::new(0),
             per_client: Mutex::new(HashMap::new()),
+            handshaking: Mutex::new(VecDeque::new()),
             drained: Notify::new(),
             metrics,
         })
@@ -119,26 +127,54 @@ impl ConnectionTracker {
         self.open.load(Ordering::Acquire)
     }
 
-    /// Admits a connection from `peer`, or says which cap it is over.
-    pub fn admit(self: &Arc<Self>, peer: SocketAddr) -> Result<Slot, Refused> {
+    /// Admits a connection from `peer`, whose requests `activity` will count, or says which cap
+    /// it is over. At the overall cap, the oldest connection that has made no request yet is
+    /// told to close and this one takes its place.
+    pub fn admit(self: &Arc<Self>, peer: SocketAddr, activity: &Arc<Activity>) -> Result<Slot, Refused> {
         let ip = peer.ip();
         let mut per_client = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
-        if self.open.load(Ordering::Acquire) >= self.limits.max_connections {
-            drop(per_client);
-            self.metrics.connection_refused(self.listener, Refused::Total.as_str());
-            return Err(Refused::Total);
-        }
-        let count = per_client.entry(ip).or_insert(0);
-        if *count >= self.limits.max_connections_per_client {
+        let count = per_client.get(&ip).copied().unwrap_or(0);
+        if count >= self.limits.max_connections_per_client {
             drop(per_client);
             self.metrics.connection_refused(self.listener, Refused::PerClient.as_str());
             return Err(Refused::PerClient);
         }
-        *count += 1;
+        if self.open.load(Ordering::Acquire) >= self.limits.max_connections {
+            if !self.evict_one() {
+                drop(per_client);
+                self.metrics.connection_refused(self.listener, Refused::Total.as_str());
+                return Err(Refused::Total);
+            }
+            self.metrics.connection_refused(self.listener, "evicted");
+        }
+        *per_client.entry(ip).or_insert(0) += 1;
         self.open.fetch_add(1, Ordering::AcqRel);
         drop(per_client);
+        let mut handshaking = self.handshaking.lock().unwrap_or_else(|p| p.into_inner());
+        if handshaking.len() >= 2 * self.limits.max_connections.max(64) {
+            handshaking.retain(|entry| entry.upgrade().is_some_and(|a| !a.proven()));
+        }
+        handshaking.push_back(Arc::downgrade(activity));
+        drop(handshaking);
         self.metrics.connection_opened(self.listener);
         Ok(Slot { tracker: self.clone(), ip })
+    }
+
+    /// Tells the oldest connection that has made no request (and is not already told) to close.
+    /// Its slot is given back when it has closed; meanwhile the listener is over its cap by the
+    /// connections being evicted, a bounded few.
+    fn evict_one(&self) -> bool {
+        let mut handshaking = self.handshaking.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(entry) = handshaking.pop_front() {
+            if let Some(activity) = entry.upgrade()
+                && !activity.proven()
+                && !activity.evicted.swap(true, Ordering::AcqRel)
+            {
+                activity.evict.notify_one();
+                return true;
+            }
+        }
+        false
     }
 
     /// Resolves when no connection is open (at once if none is).
@@ -157,6 +193,9 @@ impl ConnectionTracker {
 /// The service handed to hyper holds a [`Activity::request`] guard for each request.
 pub struct Activity {
     started: Instant,
+    /// Set (and `evict` notified) when the tracker needs this connection's slot.
+    evicted: AtomicBool,
+    evict: Notify,
     requests: AtomicU64,
     in_flight: AtomicUsize,
     /// Milliseconds after `started` when the last request finished.
@@ -178,6 +217,8 @@ impl Activity {
     pub fn new() -> Arc<Activity> {
         Arc::new(Activity {
             started: Instant::now(),
+            evicted: AtomicBool::new(false),
+            evict: Notify::new(),
             requests: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             quiet_since_ms: AtomicU64::new(0),
@@ -190,6 +231,11 @@ impl Activity {
         self.requests.fetch_add(1, Ordering::AcqRel);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight(self.clone())
+    }
+
+    /// Whether a request has arrived: the connection is a client's, not only a socket.
+    fn proven(&self) -> bool {
+        self.requests.load(Ordering::Acquire) > 0
     }
 
     /// How long the connection has had no request in flight (zero while one is).
@@ -240,6 +286,7 @@ impl<B: http_body::Body + Unpin> http_body::Body for Tracked<B> {
 pub enum Closed {
     Handshake,
     Idle,
+    Evicted,
 }
 
 /// A connection being served by hyper: something that finishes, and can be asked to finish
@@ -288,13 +335,17 @@ pub async fn serve<C, F, E>(
     let tracker = slot.tracker.clone();
     let limits = tracker.limits;
     let deadline = tokio::time::Instant::from_std(activity.started + limits.handshake_timeout);
-    let connection = match tokio::time::timeout_at(deadline, connect).await {
-        Ok(Ok(connection)) => connection,
-        Ok(Err(error)) => return tracing::debug!(%peer, %error, "handshake failed"),
-        Err(_) => {
-            tracker.metrics.connection_timed_out(tracker.listener, "handshake");
-            return tracing::debug!(%peer, "handshake timed out");
-        }
+    let evicted = activity.evict.notified();
+    let connection = tokio::select! {
+        connected = tokio::time::timeout_at(deadline, connect) => match connected {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(error)) => return tracing::debug!(%peer, %error, "handshake failed"),
+            Err(_) => {
+                tracker.metrics.connection_timed_out(tracker.listener, "handshake");
+                return tracing::debug!(%peer, "handshake timed out");
+            }
+        },
+        () = evicted => return tracing::debug!(%peer, "evicted before its handshake completed"),
     };
     let mut connection = pin!(connection);
     let mut going_away = false;
@@ -311,8 +362,9 @@ pub async fn serve<C, F, E>(
                 }
                 break None;
             }
+            () = activity.evict.notified(), if !activity.proven() => break Some(Closed::Evicted),
             _ = ticker.tick() => {
-                if activity.requests.load(Ordering::Acquire) == 0 {
+                if !activity.proven() {
                     if tokio::time::Instant::now() >= deadline {
                         break Some(Closed::Handshake);
                     }
@@ -383,22 +435,43 @@ mod tests {
     #[test]
     fn caps_bind_per_client_and_in_total() {
         let tracker = ConnectionTracker::new("test", limits(3, 2), Arc::new(Metrics::new()));
-        let a1 = tracker.admit(peer("127.0.0.2")).unwrap();
-        let _a2 = tracker.admit(peer("127.0.0.2")).unwrap();
-        assert_eq!(tracker.admit(peer("127.0.0.2")).err(), Some(Refused::PerClient));
-        let _b1 = tracker.admit(peer("127.0.0.3")).unwrap();
-        assert_eq!(tracker.admit(peer("127.0.0.4")).err(), Some(Refused::Total));
+        let busy: Vec<_> = (0..5).map(|_| Activity::new()).collect();
+        for activity in &busy {
+            drop(activity.request()); // each has made a request: none can be evicted
+        }
+        let a1 = tracker.admit(peer("127.0.0.2"), &busy[0]).unwrap();
+        let _a2 = tracker.admit(peer("127.0.0.2"), &busy[1]).unwrap();
+        assert_eq!(tracker.admit(peer("127.0.0.2"), &busy[2]).err(), Some(Refused::PerClient));
+        let _b1 = tracker.admit(peer("127.0.0.3"), &busy[2]).unwrap();
+        assert_eq!(tracker.admit(peer("127.0.0.4"), &busy[3]).err(), Some(Refused::Total));
         drop(a1);
         assert_eq!(tracker.open(), 2);
-        let _a3 = tracker.admit(peer("127.0.0.2")).unwrap();
+        let _a3 = tracker.admit(peer("127.0.0.2"), &busy[4]).unwrap();
         assert_eq!(tracker.open(), 3);
+    }
+
+    #[test]
+    fn at_the_cap_the_oldest_connection_without_a_request_makes_room() {
+        let tracker = ConnectionTracker::new("test", limits(2, 10), Arc::new(Metrics::new()));
+        let (idle_old, idle_new, client) = (Activity::new(), Activity::new(), Activity::new());
+        let _s1 = tracker.admit(peer("127.0.0.2"), &idle_old).unwrap();
+        let _s2 = tracker.admit(peer("127.0.0.3"), &idle_new).unwrap();
+        let _s3 = tracker.admit(peer("127.0.0.1"), &client).unwrap();
+        assert!(idle_old.evicted.load(Ordering::Acquire), "the oldest idle socket is told to go");
+        assert!(!idle_new.evicted.load(Ordering::Acquire));
+        // The evicted one closes; the two left have both made requests: neither is evicted.
+        drop(_s1);
+        drop(idle_new.request());
+        drop(client.request());
+        assert_eq!(tracker.admit(peer("127.0.0.4"), &Activity::new()).err(), Some(Refused::Total));
+        assert_eq!(tracker.open(), 2);
     }
 
     #[tokio::test]
     async fn drained_resolves_when_the_last_connection_closes() {
         let tracker = ConnectionTracker::new("test", limits(3, 3), Arc::new(Metrics::new()));
         tracker.drained().await;
-        let slot = tracker.admit(peer("127.0.0.1")).unwrap();
+        let slot = tracker.admit(peer("127.0.0.1"), &Activity::new()).unwrap();
         let waiting = tokio::spawn({
             let tracker = tracker.clone();
             async move { tracker.drained().await }

@@ -196,8 +196,10 @@ enum PolicyCommand {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FLOWGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Logs go to stderr: stdout may be the decision log (`audit.path = "-"`).
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Logs go to stderr: stdout may be the decision log (`audit.path = "-"`). Colour codes only
+    // for a terminal: a log file or pipeline gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
 }
 
 fn print_policy_report(engine: &PolicyEngine) {

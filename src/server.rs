@@ -178,9 +178,9 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
             () = &mut shutdown => break,
         };
         // Over a cap: closed at once (dropping the stream), counted by the tracker.
-        let Ok(slot) = tracker.admit(peer) else { continue };
-        let _ = stream.set_nodelay(true);
         let activity = Activity::new();
+        let Ok(slot) = tracker.admit(peer, &activity) else { continue };
+        let _ = stream.set_nodelay(true);
         let service = {
             let gateway = gateway.clone();
             let activity = activity.clone();

@@ -847,9 +847,9 @@ pub async fn run_sidecar(
                 break;
             }
         };
-        let Ok(slot) = tracker.admit(peer) else { continue };
-        let _ = stream.set_nodelay(true);
         let activity = Activity::new();
+        let Ok(slot) = tracker.admit(peer, &activity) else { continue };
+        let _ = stream.set_nodelay(true);
         let service = {
             let forwarder = forwarder.clone();
             let activity = activity.clone();

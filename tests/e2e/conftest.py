@@ -37,6 +37,9 @@ Fixtures
     the listener's ``/.well-known/jwks.json`` instead of ``/readyz`` (which stays 503 while
     the upstream does not answer, e.g. a Temporal server that needs flowgate's keys first).
 
+    ``listen_extra`` is appended to the ``[listen]`` table (connection caps, timeouts);
+    ``nofile=N`` (or ``(soft, hard)``) starts flowgate with that open-file limit.
+
     Policies: ``policies`` (a directory, or a dict of file name -> text) replaces the e2e set;
     ``shadow_policies`` (the same forms) adds ``policy.shadow_dir``; ``policy_extra`` is appended
     to the ``[policy]`` table (e.g. ``'watch_interval = "500ms"'``). The schema is added to
@@ -359,6 +362,7 @@ class Gateway:
         self.stop_seconds: float | None = None
         self.url = f"http://{address}"  # the listener over HTTP: token endpoint, JWKS (with [mint])
         self.wait = "readyz"  # or "jwks": what start() waits for
+        self.nofile: int | tuple[int, int] | None = None  # RLIMIT_NOFILE to start flowgate with
         self.policy_dir = workdir / "policies"
         self.shadow_dir: Path | None = None
 
@@ -404,11 +408,21 @@ class Gateway:
         self.config_path.write_text(self.config_text)
         env = dict(os.environ)
         env.setdefault("RUST_LOG", "info")
+        nofile = self.nofile
+
+        def limit_files():
+            if nofile is not None:
+                import resource
+
+                soft, hard = nofile if isinstance(nofile, tuple) else (nofile, nofile)
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
         self.proc = subprocess.Popen(
             [str(binary), "serve", "--config", str(self.config_path)],
             stdout=open(self.stdout_path, "wb"),
             stderr=open(self.stderr_path, "wb"),
             env=env,
+            preexec_fn=limit_files if nofile is not None else None,
         )
         deadline = time.monotonic() + timeout
         last = None
@@ -470,7 +484,8 @@ def _gateway_factory(okta_ref, github_ref, tmp_path, default_upstream: str | Non
 
     def start(okta: dict | None = None, github: dict | None = None, extra: str = "", policies: Path | None = None,
               upstream: str | None = None, mint: dict | bool | None = None, upstream_credentials: str | None = None,
-              wait: str = "readyz", policy_extra: str = "", shadow_policies: Path | dict | None = None) -> Gateway:  # fmt: skip
+              wait: str = "readyz", policy_extra: str = "", shadow_policies: Path | dict | None = None,
+              listen_extra: str = "", nofile: int | tuple[int, int] | None = None) -> Gateway:  # fmt: skip
         upstream = upstream or default_upstream
         if upstream is None:
             raise ValueError("no upstream: pass upstream=\"http://HOST:PORT\"")
@@ -512,7 +527,7 @@ def _gateway_factory(okta_ref, github_ref, tmp_path, default_upstream: str | Non
             mint_entries.update(mint if isinstance(mint, dict) else {})
             mint_table = f"[mint]\n{_toml_table(mint_entries)}\n"
         text = (
-            f"[listen]\naddress = \"127.0.0.1:{listen}\"\n\n"
+            f"[listen]\naddress = \"127.0.0.1:{listen}\"\n{listen_extra.rstrip()}\n\n"
             f"[admin]\naddress = \"127.0.0.1:{admin}\"\n\n"
             f"[upstream]\n{upstream_table}\n"
             f"[policy]\n{policy_table}\n"
@@ -524,6 +539,7 @@ def _gateway_factory(okta_ref, github_ref, tmp_path, default_upstream: str | Non
         )
         gw = Gateway(work, text, f"127.0.0.1:{listen}", f"http://127.0.0.1:{admin}", audit)
         gw.wait = wait
+        gw.nofile = nofile
         gw.policy_dir, gw.shadow_dir = policy_dir, shadow_dir
         started.append(gw)
         return gw.start()

@@ -1,0 +1,325 @@
+"""Hostile input against the real binary in front of a real Temporal dev server (issue 9).
+
+Each test reproduces one way a caller used to hurt every other caller, and checks that a
+legitimate client keeps getting OK answers meanwhile:
+- nested protobuf groups that overflowed the stack and killed the process;
+- slow, oversized bodies on many streams that grew memory without a bound;
+- idle sockets and half-sent headers that held every file descriptor;
+- messages over 4 MiB answered in words the SDKs did not recognise, so they retried.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import os
+import re
+import socket
+import threading
+import time
+
+import grpc
+import pytest
+from e2e_h2 import WS, RawH2, field, grpc_prefix, nested_groups, rss_bytes
+from e2e_util import connect, deployer, okta_claims, run, uid, wait_until
+from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
+from temporalio.service import RPCError, RPCStatusCode
+
+DESCRIBE = f"{WS}/DescribeNamespace"
+MIB = 1024 * 1024
+
+
+def raw_call(address: str, path: str, body: bytes, token: str | None, gzip_it: bool = False) -> tuple[str, str]:
+    with grpc.insecure_channel(address) as channel:
+        call = channel.unary_unary(path, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        metadata = [("authorization", f"Bearer {token}")] if token else []
+        compression = grpc.Compression.Gzip if gzip_it else None
+        try:
+            call(body, metadata=metadata, timeout=10, compression=compression)
+            return "OK", ""
+        except grpc.RpcError as e:
+            return e.code().name, e.details() or ""
+
+
+class LegitClient:
+    """A client that keeps describing the namespace on its own connection while abuse goes on."""
+
+    def __init__(self, address: str, token: str, interval: float = 0.1):
+        self.address, self.token, self.interval = address, token, interval
+        self.statuses: list[str] = []
+        self.latencies: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self):
+        with grpc.insecure_channel(self.address) as channel:
+            call = channel.unary_unary(DESCRIBE, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+            while not self._stop.is_set():
+                started = time.monotonic()
+                try:
+                    call(field(1, b"payments"), metadata=[("authorization", f"Bearer {self.token}")], timeout=5)
+                    self.statuses.append("OK")
+                except grpc.RpcError as e:
+                    self.statuses.append(f"{e.code().name}: {e.details()}")
+                self.latencies.append(time.monotonic() - started)
+                self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(10)
+
+    def assert_all_ok(self, at_least: int = 5):
+        assert len(self.statuses) >= at_least, f"the legitimate client made only {len(self.statuses)} calls"
+        bad = [s for s in self.statuses if s != "OK"]
+        assert not bad, f"the legitimate client was refused {len(bad)} of {len(self.statuses)} times: {bad[:5]}"
+
+
+def metric(gw, name: str, **labels) -> float:
+    _, text = gw.http_get("/metrics")
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name):
+            continue
+        head, _, value = line.rpartition(" ")
+        if head.split("{")[0] != name:
+            continue
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+def test_nested_groups_are_refused_and_the_gateway_stays_up(gateway, okta):
+    """300 000 nested START_GROUP tags overflowed a worker thread's stack and aborted the process."""
+    gw = gateway()
+    token = deployer(okta)
+    nobody = okta.mint(okta_claims("nobody", []))
+    bomb = field(1, b"payments") + nested_groups(300_000)
+    assert len(bomb) > 300_000 and len(gzip.compress(bomb)) < 4096
+    with LegitClient(gw.address, token) as legit:
+        for gzip_it in (False, True):
+            status, message = raw_call(gw.address, DESCRIBE, bomb, token, gzip_it)
+            assert status == "INVALID_ARGUMENT", (gzip_it, status, message)
+            assert "groups nest deeper than 64" in message, message
+            # A caller no policy permits the action is refused before its message is read at all.
+            status, message = raw_call(gw.address, DESCRIBE, bomb, nobody, gzip_it)
+            assert status == "PERMISSION_DENIED", (gzip_it, status, message)
+            assert "no policy permits `DescribeNamespace`" in message, message
+        time.sleep(0.5)
+    legit.assert_all_ok(at_least=3)
+    assert gw.proc.poll() is None, f"flowgate died: {gw.stderr[-3000:]}"
+    records = [d for d in gw.decisions() if d["action"] == "DescribeNamespace" and d["decision"] == "deny"]
+    assert len(records) == 4, records
+    assert {r["status"] for r in records} == {3, 7}
+
+
+def test_slow_oversized_streams_hold_bounded_memory(gateway, okta):
+    """120 streams on one connection, each announcing 4 MiB and sending 2 MiB, grew RSS by ~247 MiB."""
+    gw = gateway(extra='[limits]\nfirst_message_timeout = "4s"\n')
+    token = deployer(okta)
+    before = rss_bytes(gw.pid)
+    peak = [before]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss_bytes(gw.pid))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    attacker = RawH2(gw.address)
+    streams = [attacker.open(DESCRIBE, token) for _ in range(120)]
+    body = grpc_prefix(4 * MIB) + field(1, b"payments") + b"\x00" * (2 * MIB)
+    sent = dict.fromkeys(streams, 0)
+    with LegitClient(gw.address, token) as legit:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not attacker.closed:
+            pending = [s for s in streams if sent[s] < len(body) and s not in attacker.status]
+            if not pending:
+                break
+            for s in pending:
+                sent[s] += attacker.send(s, body[sent[s] : sent[s] + 256 * 1024])
+            attacker.pump(0.01)
+        # The streams that fit the budget wait for the rest of their message, then time out.
+        wait_until(lambda: attacker.pump(0.1) or len(attacker.status) == len(streams), timeout=15)
+    stop.set()
+    sampler.join(5)
+    attacker.close()
+    legit.assert_all_ok()
+    codes = [attacker.status.get(s, "none") for s in streams]
+    exhausted, timed_out = codes.count("8"), codes.count("4")
+    assert exhausted + timed_out == len(streams), codes
+    # 32 MiB per connection, 7/8 of it for large messages: six 4 MiB messages fit.
+    assert timed_out == 6 and exhausted == 114, (timed_out, exhausted)
+    growth = (peak[0] - before) / MIB
+    assert growth < 80, f"RSS grew by {growth:.0f} MiB"
+    assert metric(gw, "flowgate_request_budget_refusals_total", scope="connection") == exhausted
+    wait_until(lambda: metric(gw, "flowgate_buffered_request_bytes") == 0, timeout=5)
+    print(f"\nRSS growth {growth:.1f} MiB; {exhausted} RESOURCE_EXHAUSTED, {timed_out} DEADLINE_EXCEEDED")
+
+
+def test_many_connections_cannot_take_the_global_budget_from_small_calls(gateway, okta):
+    """Connections that together fill the global budget with large messages leave small calls room."""
+    gw = gateway(extra='[limits]\nmax_buffered_bytes = 48000000\nfirst_message_timeout = "4s"\n')
+    token = deployer(okta)
+    attackers = [RawH2(gw.address) for _ in range(4)]
+    body = grpc_prefix(4 * MIB) + field(1, b"payments") + b"\x00" * (64 * 1024)
+    opened = []
+    with LegitClient(gw.address, token, interval=0.05) as legit:
+        for attacker in attackers:
+            attacker.pump(0.2)  # the server's SETTINGS and window updates
+            streams = {attacker.open(DESCRIBE, token): 0 for _ in range(6)}
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline and any(sent < 1024 for sent in streams.values()):
+                for s, sent in streams.items():
+                    if sent < 1024:
+                        streams[s] += attacker.send(s, body[:16384])
+                attacker.pump(0.02)
+            opened.extend((attacker, s) for s in streams)
+        time.sleep(1)
+        for attacker in attackers:
+            attacker.pump(0.1)
+    refused_global = metric(gw, "flowgate_request_budget_refusals_total", scope="global")
+    for attacker in attackers:
+        attacker.close()
+    legit.assert_all_ok()
+    # 48 MB, 7/8 for large messages: ten 4 MiB messages fit; the other 14 are refused.
+    assert refused_global == 14, refused_global
+
+
+def test_idle_sockets_cannot_starve_a_legitimate_client(gateway, okta):
+    """1100 idle sockets against a 1024 open-file limit held every descriptor for minutes."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 4000:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8000), hard))
+    gw = gateway(listen_extra='handshake_timeout = "8s"', nofile=1024)
+    assert "open-file limit" in gw.stderr and "soft=1024" in gw.stderr, gw.stderr[-2000:]
+    token = deployer(okta)
+    host, port = gw.address.rsplit(":", 1)
+
+    def hoard(source: str, count: int, send: bytes = b"") -> list[socket.socket]:
+        held = []
+        for _ in range(count):
+            s = socket.socket()
+            s.bind((source, 0))
+            s.connect((host, int(port)))
+            if send:
+                s.sendall(send)
+            held.append(s)
+        return held
+
+    with LegitClient(gw.address, token) as legit:
+        # One address: the per-client cap (512) keeps most of them out.
+        sockets = hoard("127.0.0.2", 1100)
+        # Many addresses: past the overall cap (1024 - 256 = 768), idle ones make room for newcomers.
+        for i in range(3, 6):
+            sockets += hoard(f"127.0.0.{i}", 300)
+        # Half-sent HTTP/1.1 headers, and an HTTP/2 preface with nothing after it.
+        sockets += hoard("127.0.0.6", 20, b"POST /x HTTP/1.1\r\nHost: a\r\n")
+        sockets += hoard("127.0.0.7", 20, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+
+        async def sdk_call():
+            client = await connect(gw.address, token)
+            reply = await client.workflow_service.describe_namespace(DescribeNamespaceRequest(namespace="payments"))
+            return reply.namespace_info.name
+
+        # A new client connecting while every slot is taken gets in too.
+        assert run(sdk_call(), timeout=10) == "payments"
+    legit.assert_all_ok(at_least=10)
+    print(f"\nlegitimate calls: {len(legit.statuses)}, slowest {max(legit.latencies):.2f} s")
+    # Every hoarded socket is closed by the gateway within the handshake timeout (+ slack).
+    deadline = time.monotonic() + 8 + 3
+    open_sockets = list(sockets)
+    while open_sockets and time.monotonic() < deadline:
+        still = []
+        for s in open_sockets:
+            s.setblocking(False)
+            try:
+                if s.recv(1 << 16) == b"":
+                    continue
+                still.append(s)  # the server sent something (HTTP/2 settings): not closed yet
+            except BlockingIOError:
+                still.append(s)
+            except OSError:
+                continue
+        open_sockets = still
+        time.sleep(0.2)
+    assert not open_sockets, f"{len(open_sockets)} of {len(sockets)} sockets still open after the timeout"
+    for s in sockets:
+        s.close()
+    assert metric(gw, "flowgate_connections_refused_total", reason="max_connections_per_client") >= 1100 - 512
+    assert metric(gw, "flowgate_connections_refused_total", reason="evicted") > 0
+    assert metric(gw, "flowgate_connection_timeouts_total", phase="handshake") > 0
+    assert gw.proc.poll() is None
+
+
+def test_the_open_file_limit_is_raised_to_the_hard_limit(gateway):
+    gw = gateway(nofile=(1024, 4096))
+    assert re.search(r"raised the open-file limit.*previous_soft=1024.*soft=4096", gw.stderr), gw.stderr[-2000:]
+    with open(f"/proc/{gw.pid}/limits") as f:
+        line = next(line for line in f if line.startswith("Max open files"))
+    assert line.split()[3:5] == ["4096", "4096"], line
+
+
+def test_the_admin_listener_sheds_idle_sockets_too(gateway):
+    gw = gateway(listen_extra='handshake_timeout = "2s"')
+    host, port = gw.admin.removeprefix("http://").rsplit(":", 1)
+    held = []
+    for _ in range(40):
+        s = socket.socket()
+        s.bind(("127.0.0.2", 0))
+        s.connect((host, int(port)))
+        held.append(s)
+    status, _ = gw.http_get("/healthz")
+    assert status == 200
+    assert metric(gw, "flowgate_connections_refused_total", listener="admin", reason="max_connections_per_client") == 8
+    time.sleep(3)
+    closed = 0
+    for s in held:
+        s.settimeout(1)
+        try:
+            if s.recv(1) == b"":
+                closed += 1
+        except OSError:
+            closed += 1
+        s.close()
+    assert closed == 40, closed
+
+
+TOO_LARGE = re.compile(
+    r"^grpc: received message (larger than max \((\d+) vs\. 4194304\)|after decompression larger than max 4194304)$"
+)
+
+
+def test_oversize_signals_get_grpc_gos_words_and_are_not_retried(gateway, okta, temporal):
+    """The SDKs recognise grpc-go's wording and stop; flowgate's own words made them retry for ~10 s."""
+    gw = gateway()
+    payload = base64.b64encode(os.urandom(5 * MIB)).decode()  # over 4 MiB even if the SDK gzips it
+
+    async def signal(address: str, token: str | None):
+        client = await connect(address, token)
+        handle = client.get_workflow_handle(uid("never-started"))
+        started = time.monotonic()
+        try:
+            await handle.signal("approve", payload)
+        except RPCError as e:
+            return e, time.monotonic() - started
+        raise AssertionError("a signal over 4 MiB was accepted")
+
+    results = {}
+    for through, address, token in [("direct", temporal, None), ("flowgate", gw.address, deployer(okta))]:
+        error, elapsed = run(signal(address, token), timeout=60)
+        assert error.status == RPCStatusCode.RESOURCE_EXHAUSTED, (through, error.status, error.message)
+        match = TOO_LARGE.match(error.message)
+        assert match, (through, error.message)
+        assert elapsed < 3, f"{through}: the SDK retried for {elapsed:.1f} s"
+        results[through] = match.group(1).split("(")[0]
+    assert results["direct"] == results["flowgate"], results
+    denied = [d for d in gw.decisions() if d["action"] == "SignalWorkflowExecution"]
+    assert len(denied) == 1 and denied[0]["status"] == 8, denied
