@@ -1053,4 +1053,43 @@ when { resource has id && resource.id like "prod-*" };
         let cached = who.decisions.state.lock().unwrap().entries.len();
         assert_eq!(cached, DECISION_CACHE_SIZE);
     }
+
+    #[test]
+    fn may_permit_is_true_exactly_when_a_permit_scope_admits_the_principal() {
+        let engine = engine(
+            r#"
+@id("deployers-start")
+permit (principal in Temporal::Group::"okta:deployers", action == Temporal::Action::"StartWorkflowExecution", resource);
+@id("one-user-signal")
+permit (principal == Temporal::User::"okta:u1", action == Temporal::Action::"SignalWorkflowExecution", resource)
+when { false };
+@id("users-read")
+permit (principal is Temporal::User, action in Temporal::Action::"read", resource);
+@id("ci-in-group-terminate")
+permit (principal is Temporal::CiJob in Temporal::Group::"okta:deployers", action == Temporal::Action::"TerminateWorkflowExecution", resource);
+@id("nobody-resets")
+forbid (principal, action == Temporal::Action::"ResetWorkflowExecution", resource);
+"#,
+        );
+        let spec =
+            |method: &str| catalog::lookup(&format!("/temporal.api.workflowservice.v1.WorkflowService/{method}"));
+        let deployer = principal(&["deployers"], &[]);
+        let nobody = principal(&[], &[]);
+        let other_issuer_group = {
+            // A group of the same name from another issuer is another group.
+            let mut p = principal(&[], &[]);
+            p.issuer = "github".into();
+            p.groups = vec!["deployers".into()];
+            p
+        };
+        assert!(engine.may_permit(&deployer, spec("StartWorkflowExecution")));
+        assert!(!engine.may_permit(&nobody, spec("StartWorkflowExecution")));
+        assert!(!engine.may_permit(&other_issuer_group, spec("StartWorkflowExecution")));
+        // Conditions are not evaluated: a `when { false }` still counts (an over-approximation).
+        assert!(engine.may_permit(&nobody, spec("SignalWorkflowExecution")), "principal == okta:u1");
+        assert!(engine.may_permit(&nobody, spec("DescribeNamespace")), "principal is User");
+        assert!(!engine.may_permit(&deployer, spec("TerminateWorkflowExecution")), "a User is not a CiJob");
+        assert!(!engine.may_permit(&deployer, spec("ResetWorkflowExecution")), "only a forbid names it");
+        assert!(!engine.may_permit(&deployer, spec("DeleteNamespace")));
+    }
 }
