@@ -10,6 +10,7 @@ legitimate client keeps getting OK answers meanwhile:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import os
@@ -17,11 +18,12 @@ import re
 import socket
 import threading
 import time
+import uuid
 
 import grpc
 import pytest
 from e2e_h2 import WS, RawH2, field, grpc_prefix, nested_groups, rss_bytes
-from e2e_util import connect, deployer, okta_claims, run, uid, wait_until
+from e2e_util import PARKED_QUEUE, connect, deployer, okta_claims, run, uid, wait_until
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -323,3 +325,136 @@ def test_oversize_signals_get_grpc_gos_words_and_are_not_retried(gateway, okta, 
     assert results["direct"] == results["flowgate"], results
     denied = [d for d in gw.decisions() if d["action"] == "SignalWorkflowExecution"]
     assert len(denied) == 1 and denied[0]["status"] == 8, denied
+
+
+SOAK_SECONDS = float(os.environ.get("FLOWGATE_SOAK_SECONDS", "40"))
+
+
+def test_mixed_abuse_soak_while_an_sdk_client_keeps_working(gateway, okta):
+    """A bounded soak: hostile streams, idle sockets, random kids and nested groups at once,
+    while a real SDK client starts workflows. Memory stays bounded, the client is never refused,
+    and every workflow it started has its decision record."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 4000:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8000), hard))
+    gw = gateway(
+        extra='[limits]\nfirst_message_timeout = "2s"\n',
+        listen_extra='handshake_timeout = "2s"\nmax_connections_per_client = 200',
+    )
+    token = deployer(okta)
+    before = rss_bytes(gw.pid)
+    peak = [before]
+    stop = threading.Event()
+    counts = {"streams": 0, "sockets": 0, "random_kids": 0, "nested": 0}
+    statuses: dict[str, int] = {}
+    jwks_before = okta.jwks_requests
+
+    def tally(kind: str, status: str):
+        statuses[f"{kind}:{status}"] = statuses.get(f"{kind}:{status}", 0) + 1
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss_bytes(gw.pid))
+            time.sleep(0.05)
+
+    def hostile_streams():
+        body = grpc_prefix(4 * MIB) + field(1, b"payments") + b"\x00" * (512 * 1024)
+        while not stop.is_set():
+            attacker = RawH2(gw.address, source_ip="127.0.0.2")
+            attacker.pump(0.1)
+            streams = {attacker.open(DESCRIBE, token): 0 for _ in range(40)}
+            until = time.monotonic() + 3
+            while time.monotonic() < until and not stop.is_set() and not attacker.closed:
+                for s in streams:
+                    streams[s] += attacker.send(s, body[streams[s] : streams[s] + 65536])
+                attacker.pump(0.01)
+            counts["streams"] += len(streams)
+            for s in streams:
+                tally("stream", attacker.status.get(s, "open"))
+            attacker.close()
+
+    def idle_sockets():
+        host, port = gw.address.rsplit(":", 1)
+        while not stop.is_set():
+            held = []
+            for _ in range(300):
+                s = socket.socket()
+                s.bind(("127.0.0.3", 0))
+                try:
+                    s.connect((host, int(port)))
+                except OSError:
+                    s.close()
+                    continue
+                held.append(s)
+            counts["sockets"] += len(held)
+            stop.wait(2.5)
+            for s in held:
+                s.close()
+
+    def random_kids():
+        signer = okta.signing["RS256"].private
+        with grpc.insecure_channel(gw.address) as channel:
+            call = channel.unary_unary(DESCRIBE, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+            i = 0
+            while not stop.is_set():
+                forged = okta.mint(okta_claims("mallory", ["deployers"]), kid=f"random-{uuid.uuid4().hex}", key=signer)
+                try:
+                    call(field(1, b"payments"), metadata=[("authorization", f"Bearer {forged}")], timeout=5)
+                    tally("kid", "OK")
+                except grpc.RpcError as e:
+                    tally("kid", e.code().name)
+                i += 1
+                counts["random_kids"] = i
+
+    def nested():
+        bomb = field(1, b"payments") + nested_groups(300_000)
+        while not stop.is_set():
+            tally("nested", raw_call(gw.address, DESCRIBE, bomb, token, gzip_it=True)[0])
+            counts["nested"] += 1
+            stop.wait(0.2)
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (sample, hostile_streams, idle_sockets, random_kids, nested)]
+    for t in threads:
+        t.start()
+    started_ids: list[str] = []
+    sdk_errors: list[str] = []
+
+    async def sdk_client():
+        client = await connect(gw.address, token)
+        deadline = time.monotonic() + SOAK_SECONDS
+        while time.monotonic() < deadline:
+            workflow_id = uid("soak")
+            try:
+                await client.start_workflow("DeployWorkflow", id=workflow_id, task_queue=PARKED_QUEUE)
+                started_ids.append(workflow_id)
+                await client.workflow_service.describe_namespace(DescribeNamespaceRequest(namespace="payments"))
+            except RPCError as e:
+                sdk_errors.append(f"{e.status.name}: {e.message}")
+            await asyncio.sleep(0.05)
+
+    try:
+        run(sdk_client(), timeout=SOAK_SECONDS + 30)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(15)
+    growth = (peak[0] - before) / MIB
+    fetches = okta.jwks_requests - jwks_before
+    print(f"\nsoak {SOAK_SECONDS:.0f} s: {len(started_ids)} workflows started, {counts}, statuses {statuses}, "
+          f"RSS growth {growth:.1f} MiB, {fetches} JWKS fetches")  # fmt: skip
+    assert not sdk_errors, sdk_errors[:5]
+    assert len(started_ids) >= SOAK_SECONDS, f"only {len(started_ids)} workflows started"
+    assert gw.proc.poll() is None, gw.stderr[-3000:]
+    assert growth < 100, f"RSS grew by {growth:.0f} MiB"
+    assert all(n > 0 for n in counts.values()), counts
+    assert statuses.get("nested:INVALID_ARGUMENT", 0) == counts["nested"], statuses
+    assert statuses.get("kid:UNAUTHENTICATED", 0) == counts["random_kids"], statuses
+    # Random kids cannot force a JWKS fetch per call (`jwks_min_refresh = "1s"` in these tests).
+    assert fetches <= SOAK_SECONDS + 5, fetches
+    # Every workflow the client started went through with its decision record.
+    allowed = {d["resource"]["workflow_id"] for d in gw.decisions() if d["action"] == "StartWorkflowExecution"
+               and d["decision"] == "allow"}  # fmt: skip
+    missing = [w for w in started_ids if w not in allowed]
+    assert not missing, f"{len(missing)} started workflows have no allow record, e.g. {missing[:3]}"
