@@ -257,10 +257,12 @@ impl Gateway {
         if let Some(refusal) = refusal {
             let mut message = refusal.to_string();
             // Every PERMISSION_DENIED names its decision, and an operator can ask why.
-            if let (Code::PermissionDenied, Some(principal), Some(call)) =
-                (refusal.code(), &outcome.principal, &outcome.call)
-            {
+            if let (Code::PermissionDenied, Some(principal)) = (refusal.code(), &outcome.principal) {
                 message.push_str(&explain_pointer(&record.decision_id));
+                // Refused before its message was read (no policy could permit the action): the
+                // explanation asks about the action on an unnamed resource, which no policy
+                // permits either.
+                let call = outcome.call.clone().unwrap_or_else(|| Call::unread(spec));
                 self.remember_denial(RecentDenial {
                     decision_id: record.decision_id.clone(),
                     ts: record.ts.clone(),
@@ -268,7 +270,7 @@ impl Gateway {
                     principal: principal.clone(),
                     spec,
                     path: path.to_owned(),
-                    call: call.clone(),
+                    call,
                     reasons: record.reasons.to_vec(),
                 });
             }

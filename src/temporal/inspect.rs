@@ -85,6 +85,26 @@ pub struct Call {
     pub has_task_token: bool,
 }
 
+impl Call {
+    /// A call of `spec` whose message was not read: its resource kind and nothing else.
+    pub fn unread(spec: &MethodSpec) -> Call {
+        Call {
+            resource: Resource {
+                kind: spec.resource.kind(),
+                namespace: None,
+                workflow_id: None,
+                workflow_type: None,
+                task_queue: None,
+                schedule_id: None,
+            },
+            signal_name: None,
+            query_type: None,
+            update_name: None,
+            has_task_token: false,
+        }
+    }
+}
+
 /// A gRPC message, split from its 5-byte prefix, as far as the body has arrived.
 pub struct Framed<'a> {
     pub compressed: bool,

@@ -110,6 +110,10 @@ def test_nested_groups_are_refused_and_the_gateway_stays_up(gateway, okta):
             status, message = raw_call(gw.address, DESCRIBE, bomb, nobody, gzip_it)
             assert status == "PERMISSION_DENIED", (gzip_it, status, message)
             assert "no policy permits `DescribeNamespace`" in message, message
+            # Like every denial, it names its decision, and the admin port explains it.
+            decision_id = re.search(r"decision `([0-9a-f-]+)`", message).group(1)
+            status, body = gw.http_get(f"/explain/{decision_id}")
+            assert status == 200 and "DENY" in body.upper(), (status, body[:500])
         time.sleep(0.5)
     legit.assert_all_ok(at_least=3)
     assert gw.proc.poll() is None, f"flowgate died: {gw.stderr[-3000:]}"
