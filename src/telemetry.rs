@@ -277,7 +277,8 @@ impl Metrics {
     }
 
     /// A call held for a JWKS fetch: `found` (the kid came), `absent` (it did not) or `refused`
-    /// (no permitted fetch within the wait limit, or too many calls held already).
+    /// (no permitted fetch within the wait limit, too many calls held already, or the IdP did
+    /// not answer).
     pub fn jwks_kid_wait(&self, issuer: &str, result: &'static str) {
         self.jwks_kid_waits.get_or_create(&IssuerLabels { issuer: issuer.to_owned(), result }).inc();
     }

@@ -353,7 +353,11 @@ impl KeyStore {
                 continue; // somebody fetched while this call waited for the lock
             }
             if refresh.failed_at.is_some_and(|at| at >= asked_at) {
-                return Err(self.missing(&set, kid)); // the IdP did not answer since
+                // The IdP did not answer a fetch made since: do not hold the call for another.
+                if held {
+                    self.metrics.jwks_kid_wait(&self.issuer_name, "refused");
+                }
+                return Err(self.missing(&set, kid));
             }
             let now = Instant::now();
             match refresh.take(now, self.min_refresh) {
