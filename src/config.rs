@@ -362,12 +362,27 @@ pub struct IssuerConfig {
     /// Background JWKS refresh period.
     #[serde(default = "default_jwks_refresh", with = "duration")]
     pub jwks_refresh: Duration,
-    /// At most one JWKS fetch per this interval when a token names an unknown `kid`.
+    /// The rate of JWKS fetches a token with an unknown `kid` can cause: two at once, then one
+    /// per this interval; a call over the budget is held for the next fetch, not refused.
     #[serde(default = "default_jwks_min_refresh", with = "duration")]
     pub jwks_min_refresh: Duration,
     /// How long the last good keys are used while the IdP cannot be reached.
     #[serde(default = "default_jwks_max_stale", with = "duration")]
     pub jwks_max_stale: Duration,
+    /// ES256/ES384 tokens whose signature is in high-s form; unset: the preset's choice, else
+    /// `refuse`.
+    #[serde(default)]
+    pub ecdsa_high_s: Option<EcdsaHighS>,
+}
+
+/// What to do with a high-s ECDSA signature (`s > n/2`, the twin of a low-s one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EcdsaHighS {
+    /// Only low-s signatures are valid: one signature per token.
+    Refuse,
+    /// For IdPs whose signer does not normalize (Go's `crypto/ecdsa`): both forms verify.
+    Accept,
 }
 
 fn default_leeway() -> Duration {
@@ -626,6 +641,8 @@ mod tests {
         assert!(err.to_string().contains("`issuers[0].leeway`"), "{err}");
         let err = with("[[issuers]]\nname = \"okta\"\nleeway = \"soon\"").unwrap_err();
         assert!(err.to_string().contains("`soon` is not a duration"), "{err}");
+        let err = with("[[issuers]]\nname = \"okta\"\necdsa_high_s = \"maybe\"").unwrap_err();
+        assert!(err.to_string().contains("unknown variant `maybe`, expected `refuse` or `accept`"), "{err}");
         let err = with("[[issuers]]\nname = \"okta\"\nprincipal = \"Robot\"").unwrap_err();
         assert!(err.to_string().contains("unknown variant `Robot`"), "{err}");
         let err = Config::parse(&MINIMAL.replace("127.0.0.1:7233", "nowhere")).unwrap_err();

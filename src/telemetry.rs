@@ -90,6 +90,7 @@ pub struct Metrics {
     authorization_duration: Histogram,
     jwks_fetches: Family<IssuerLabels, Counter>,
     jwks_last_success: Family<IssuerOnly, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    jwks_kid_waits: Family<IssuerLabels, Counter>,
     token_cache: Family<ResultLabels, Counter>,
     decision_log_failures: Counter,
     policy_info: Family<VersionLabels, Gauge>,
@@ -156,6 +157,12 @@ impl Metrics {
             "jwks_last_success_timestamp_seconds",
             "When each issuer's keys were last fetched successfully",
             jwks_last_success.clone(),
+        );
+        let jwks_kid_waits = Family::<IssuerLabels, Counter>::default();
+        registry.register(
+            "jwks_kid_waits",
+            "Calls held for the next permitted JWKS fetch because their kid was unknown, by result",
+            jwks_kid_waits.clone(),
         );
         let token_cache = Family::<ResultLabels, Counter>::default();
         registry.register("token_cache", "Verified-token cache lookups by result", token_cache.clone());
@@ -237,6 +244,7 @@ impl Metrics {
             authorization_duration,
             jwks_fetches,
             jwks_last_success,
+            jwks_kid_waits,
             token_cache,
             decision_log_failures,
             policy_info,
@@ -266,6 +274,13 @@ impl Metrics {
             let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
             self.jwks_last_success.get_or_create(&IssuerOnly { issuer: issuer.to_owned() }).set(now);
         }
+    }
+
+    /// A call held for a JWKS fetch: `found` (the kid came), `absent` (it did not) or `refused`
+    /// (no permitted fetch within the wait limit, too many calls held already, or the IdP did
+    /// not answer).
+    pub fn jwks_kid_wait(&self, issuer: &str, result: &'static str) {
+        self.jwks_kid_waits.get_or_create(&IssuerLabels { issuer: issuer.to_owned(), result }).inc();
     }
 
     pub fn token_cache(&self, hit: bool) {

@@ -94,6 +94,8 @@ impl Issuer {
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
         header.kid = Some(KID.into());
         let key = jsonwebtoken::EncodingKey::from_ec_pem(self.pem.as_bytes())?;
-        Ok(jsonwebtoken::encode(&header, &claims, &key)?)
+        let token = jsonwebtoken::encode(&header, &claims, &key)?;
+        // flowgate refuses high-s ES256 signatures by default, and half of these are high-s.
+        Ok(flowgate::authn::ecdsa::normalize_token(jsonwebtoken::Algorithm::ES256, token))
     }
 }

@@ -1,13 +1,25 @@
 //! Signing keys: each issuer's JWKS, fetched, parsed once, and kept fresh.
 //!
 //! Keys are parsed into verifying keys when they are fetched, never per request. A token with
-//! a `kid` the store does not know triggers one refresh (single-flight: concurrent callers wait
-//! for the same fetch; rate-limited: at most one per `jwks_min_refresh`), which is how a key
-//! rotation at the IdP is picked up without a restart. When the IdP is down the last good keys
-//! stay in use for at most `jwks_max_stale`; after that the issuer's tokens are refused.
+//! a `kid` the store does not know triggers a refresh, which is how a key rotation at the IdP
+//! is picked up without a restart. When the IdP is down the last good keys stay in use for at
+//! most `jwks_max_stale`; after that the issuer's tokens are refused.
+//!
+//! A rotation must never be a refusal: Keycloak, Dex and the Kubernetes API server sign with a
+//! new key the moment they publish it, so its first token can arrive a millisecond after a
+//! fetch that did not have it yet. A plain "one fetch per `jwks_min_refresh`" refused such
+//! tokens for up to that long whenever any unknown kid, an attacker's included, had just
+//! caused a fetch. So the question asked is per kid: has a fetch begun *after this kid was
+//! first asked for*? If not, it gets one; the fetch budget ([`KeyStore`]) bounds how often the
+//! IdP is asked, and a call that finds the budget spent is held for the next permitted fetch
+//! rather than refused. The trade-off: under a flood of random kids, legitimate first calls
+//! with a new key wait up to `jwks_min_refresh` (not refused), and the flood's own calls are
+//! held as long before their refusal, which costs flowgate a sleeping task each, bounded by
+//! [`MAX_KID_WAITERS`]; known kids and cached tokens are never held.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -18,6 +30,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use jsonwebtoken::{Algorithm, DecodingKey};
+use sha2::{Digest, Sha256};
 
 use super::presets::KeySource;
 use crate::proxy::error_chain;
@@ -169,8 +182,10 @@ pub fn parse_jwks(document: &serde_json::Value) -> HashMap<String, Arc<Verifying
 struct KeySet {
     keys: HashMap<String, Arc<VerifyingKey>>,
     fetched_at: Option<Instant>,
-    /// Bumped on every successful fetch, so a caller that waited for a refresh can tell
-    /// whether somebody else already did it.
+    /// When the fetch that brought these keys began: it speaks for every kid asked for before.
+    started_at: Option<Instant>,
+    /// Bumped on every successful fetch, so a caller that waited for the lock can tell
+    /// whether somebody else fetched meanwhile.
     generation: u64,
 }
 
@@ -183,7 +198,61 @@ pub enum KeyError {
     Unavailable { issuer: String, reason: String },
 }
 
+/// On-demand fetches allowed back to back before the rate of one per `jwks_min_refresh`
+/// applies: one for whatever kid came first, one more for a key published just after it.
+const KID_FETCH_BURST: u32 = 2;
+/// The longest a call is held for a fetch that may bring its kid (also bounded by twice
+/// `jwks_min_refresh`, so a held call is answered by the first or second permitted fetch).
+const MAX_KID_WAIT: Duration = Duration::from_secs(15);
+/// Calls held at once per issuer; beyond, an unknown kid is refused at once.
+const MAX_KID_WAITERS: usize = 4096;
+/// Kids remembered as absent, by SHA-256 (a long kid costs no more than a short one).
+const MAX_ABSENT_KIDS: usize = 4096;
+
+/// The on-demand fetch budget, held (with the fetch itself) under one lock: single flight.
+#[derive(Default)]
+struct Refresh {
+    /// When the next on-demand fetch is due at the steady rate (the "theoretical arrival time"
+    /// of the generic cell rate algorithm): free slots are those up to `KID_FETCH_BURST - 1`
+    /// intervals before it.
+    next_slot: Option<Instant>,
+    /// When the last fetch that failed began.
+    failed_at: Option<Instant>,
+}
+
+impl Refresh {
+    /// Takes a slot for an on-demand fetch now, or says how long until one is free.
+    fn take(&mut self, now: Instant, interval: Duration) -> Result<(), Duration> {
+        let due = self.next_slot.map_or(now, |at| at.max(now));
+        let earliest_free = now + interval * (KID_FETCH_BURST - 1);
+        if due > earliest_free {
+            return Err(due - earliest_free);
+        }
+        self.next_slot = Some(due + interval);
+        Ok(())
+    }
+}
+
+/// Counts a held call for as long as it is held (also when the call is dropped meanwhile).
+struct Held<'a>(&'a AtomicUsize);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// The keys of one issuer.
+///
+/// A kid not in the current set gets a fetch unless a fetch that began after the kid was asked
+/// for already lacked it: a key published a moment after the last fetch is picked up on its
+/// first call, however recent that fetch. Such fetches draw on a budget of
+/// [`KID_FETCH_BURST`] at once, refilled at one per `jwks_min_refresh`; when it is spent, the
+/// call is held until the next slot (bounded by [`MAX_KID_WAIT`] and counted in
+/// `flowgate_jwks_kid_waits_total`), and every call held meanwhile is answered by that one
+/// fetch. So random kids cannot make the IdP serve more than the budget, while a real rotated
+/// key waits at most `jwks_min_refresh` instead of being refused. A kid a fetch lacked is
+/// refused at once, with no fetch, for `jwks_min_refresh` after.
 pub struct KeyStore {
     issuer_name: String,
     issuer_url: String,
@@ -191,10 +260,12 @@ pub struct KeyStore {
     min_refresh: Duration,
     max_stale: Duration,
     current: ArcSwap<KeySet>,
-    /// Held while fetching; its value is when the last on-demand (unknown `kid`) fetch was
-    /// attempted. Background refreshes do not count: a key published just after one must
-    /// still be picked up when a token first names it.
-    refresh: tokio::sync::Mutex<Option<Instant>>,
+    /// Held while fetching. Background refreshes take it too but spend no budget: they are
+    /// flowgate's own schedule, not something a token can cause.
+    refresh: tokio::sync::Mutex<Refresh>,
+    /// Kids (SHA-256) that a fetch begun after they were asked for lacked, with that fetch's start.
+    absent: std::sync::Mutex<HashMap<[u8; 32], Instant>>,
+    held: AtomicUsize,
     last_error: std::sync::Mutex<Option<String>>,
     fetcher: HttpFetcher,
     metrics: Arc<Metrics>,
@@ -216,8 +287,15 @@ impl KeyStore {
             source,
             min_refresh,
             max_stale,
-            current: ArcSwap::from_pointee(KeySet { keys: HashMap::new(), fetched_at: None, generation: 0 }),
-            refresh: tokio::sync::Mutex::new(None),
+            current: ArcSwap::from_pointee(KeySet {
+                keys: HashMap::new(),
+                fetched_at: None,
+                started_at: None,
+                generation: 0,
+            }),
+            refresh: tokio::sync::Mutex::new(Refresh::default()),
+            absent: std::sync::Mutex::new(HashMap::new()),
+            held: AtomicUsize::new(0),
             last_error: std::sync::Mutex::new(None),
             fetcher,
             metrics,
@@ -230,20 +308,80 @@ impl KeyStore {
         KeyError::Unavailable { issuer: self.issuer_name.clone(), reason }
     }
 
-    /// The key for `kid`, refreshing the set once if the kid is unknown.
+    /// The refusal for a kid that is not in `set`.
+    fn missing(&self, set: &KeySet, kid: &str) -> KeyError {
+        if set.fetched_at.is_none() { self.unavailable() } else { KeyError::UnknownKid(kid.to_owned()) }
+    }
+
+    /// The key for `kid`, fetching the set (or waiting for the next permitted fetch) if a
+    /// fetch made since the kid was asked for may bring it.
     pub async fn key(&self, kid: &str) -> Result<Arc<VerifyingKey>, KeyError> {
+        let asked_at = Instant::now();
         let seen = self.current.load();
         if let Some(key) = self.fresh_key(&seen, kid)? {
             return Ok(key);
         }
-        let generation = seen.generation;
-        drop(seen);
-        self.refresh_if_due(generation).await;
-        let now = self.current.load();
-        if now.fetched_at.is_none() {
-            return Err(self.unavailable());
+        let digest: [u8; 32] = Sha256::digest(kid.as_bytes()).into();
+        if self.recently_absent(&digest) {
+            return Err(KeyError::UnknownKid(kid.to_owned()));
         }
-        self.fresh_key(&now, kid)?.ok_or_else(|| KeyError::UnknownKid(kid.to_owned()))
+        // Never fetched (the IdP was down at start): one attempt if the budget allows, but no
+        // holding; the background refresh keeps retrying.
+        let may_wait = seen.fetched_at.is_some();
+        drop(seen);
+        let deadline = asked_at + (self.min_refresh * 2).min(MAX_KID_WAIT);
+        let mut held = false;
+        loop {
+            let set = self.current.load_full();
+            if let Some(key) = self.fresh_key(&set, kid)? {
+                if held {
+                    self.metrics.jwks_kid_wait(&self.issuer_name, "found");
+                }
+                return Ok(key);
+            }
+            if let Some(started) = set.started_at
+                && started >= asked_at
+            {
+                self.remember_absent(digest, started);
+                if held {
+                    self.metrics.jwks_kid_wait(&self.issuer_name, "absent");
+                }
+                return Err(KeyError::UnknownKid(kid.to_owned()));
+            }
+            let mut refresh = self.refresh.lock().await;
+            if self.current.load().generation != set.generation {
+                continue; // somebody fetched while this call waited for the lock
+            }
+            if refresh.failed_at.is_some_and(|at| at >= asked_at) {
+                // The IdP did not answer a fetch made since: do not hold the call for another.
+                if held {
+                    self.metrics.jwks_kid_wait(&self.issuer_name, "refused");
+                }
+                return Err(self.missing(&set, kid));
+            }
+            let now = Instant::now();
+            match refresh.take(now, self.min_refresh) {
+                Ok(()) => {
+                    self.fetch_locked(&mut refresh).await;
+                }
+                Err(wait) => {
+                    drop(refresh);
+                    if !may_wait {
+                        return Err(self.missing(&set, kid));
+                    }
+                    self.held.fetch_add(1, Ordering::SeqCst);
+                    let holding = Held(&self.held);
+                    if now + wait > deadline || self.held.load(Ordering::SeqCst) > MAX_KID_WAITERS {
+                        drop(holding);
+                        self.metrics.jwks_kid_wait(&self.issuer_name, "refused");
+                        return Err(KeyError::UnknownKid(kid.to_owned()));
+                    }
+                    held = true;
+                    tokio::time::sleep(wait).await;
+                    drop(holding);
+                }
+            }
+        }
     }
 
     fn fresh_key(&self, set: &KeySet, kid: &str) -> Result<Option<Arc<VerifyingKey>>, KeyError> {
@@ -255,32 +393,40 @@ impl KeyStore {
         }
     }
 
-    /// Refreshes unless another caller already did since `seen_generation`, or the last
-    /// attempt is more recent than `min_refresh`.
-    async fn refresh_if_due(&self, seen_generation: u64) {
-        let mut last_attempt = self.refresh.lock().await;
-        if self.current.load().generation != seen_generation {
-            return;
+    fn recently_absent(&self, digest: &[u8; 32]) -> bool {
+        let absent = self.absent.lock().expect("absent kids lock");
+        absent.get(digest).is_some_and(|at| at.elapsed() < self.min_refresh)
+    }
+
+    fn remember_absent(&self, digest: [u8; 32], fetch_started: Instant) {
+        let mut absent = self.absent.lock().expect("absent kids lock");
+        if absent.len() >= MAX_ABSENT_KIDS {
+            absent.retain(|_, at| at.elapsed() < self.min_refresh);
         }
-        if last_attempt.is_some_and(|at| at.elapsed() < self.min_refresh) {
-            return;
+        // Still full: not remembered, so that kid is held for the next fetch like a new one.
+        if absent.len() < MAX_ABSENT_KIDS || absent.contains_key(&digest) {
+            absent.insert(digest, fetch_started);
         }
-        *last_attempt = Some(Instant::now());
-        self.fetch_now().await;
     }
 
     /// Fetches the keys now (background refresh and start-up use this); returns whether it worked.
     pub async fn refresh(&self) -> bool {
-        let _single_flight = self.refresh.lock().await;
-        self.fetch_now().await
+        let mut refresh = self.refresh.lock().await;
+        self.fetch_locked(&mut refresh).await
     }
 
-    async fn fetch_now(&self) -> bool {
+    async fn fetch_locked(&self, refresh: &mut Refresh) -> bool {
+        let started = Instant::now();
         match self.fetch().await {
             Ok(keys) => {
                 let generation = self.current.load().generation + 1;
                 tracing::info!(issuer = %self.issuer_name, keys = keys.len(), "fetched signing keys");
-                self.current.store(Arc::new(KeySet { keys, fetched_at: Some(Instant::now()), generation }));
+                self.current.store(Arc::new(KeySet {
+                    keys,
+                    fetched_at: Some(Instant::now()),
+                    started_at: Some(started),
+                    generation,
+                }));
                 *self.last_error.lock().expect("last_error lock") = None;
                 self.metrics.jwks_fetch(&self.issuer_name, true);
                 true
@@ -288,6 +434,7 @@ impl KeyStore {
             Err(error) => {
                 tracing::warn!(issuer = %self.issuer_name, %error, "cannot fetch signing keys; keeping the last good ones");
                 *self.last_error.lock().expect("last_error lock") = Some(error.to_string());
+                refresh.failed_at = Some(started);
                 self.metrics.jwks_fetch(&self.issuer_name, false);
                 false
             }
@@ -352,6 +499,29 @@ mod tests {
         ]});
         let keys = parse_jwks(&doc);
         assert_eq!(keys.keys().collect::<Vec<_>>(), vec!["good"]);
+    }
+
+    #[test]
+    fn the_fetch_budget_is_a_burst_then_one_per_interval() {
+        let interval = Duration::from_secs(10);
+        let t0 = Instant::now();
+        let mut refresh = Refresh::default();
+        for _ in 0..KID_FETCH_BURST {
+            assert_eq!(refresh.take(t0, interval), Ok(()));
+        }
+        assert_eq!(refresh.take(t0, interval), Err(interval), "spent: the next slot is one interval away");
+        assert_eq!(refresh.take(t0 + Duration::from_secs(4), interval), Err(Duration::from_secs(6)));
+        assert_eq!(refresh.take(t0 + interval, interval), Ok(()));
+        assert!(refresh.take(t0 + interval, interval).is_err());
+        // Idle for long: the burst is back, not more.
+        let later = t0 + interval * 100;
+        for _ in 0..KID_FETCH_BURST {
+            assert_eq!(refresh.take(later, interval), Ok(()));
+        }
+        assert!(refresh.take(later, interval).is_err());
+        // No interval: no limit.
+        let mut unlimited = Refresh::default();
+        assert!((0..100).all(|_| unlimited.take(t0, Duration::ZERO).is_ok()));
     }
 
     #[test]

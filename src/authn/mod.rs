@@ -5,10 +5,12 @@
 //! against the key, key only from the issuer's own JWKS by `kid` (embedded `jwk`/`jku`/`x5u`/
 //! `x5c` headers are never used), exact `iss`, required `aud`, `exp` required, `nbf` and `iat`
 //! checked with a small leeway, implausible lifetimes refused, tenant claims bound, ID tokens
-//! kept apart from access tokens, claims typed. A verified token is cached until it expires,
-//! so its signature is checked once, not on every call.
+//! kept apart from access tokens, claims typed, ECDSA signatures only in low-s form (unless the
+//! issuer's `ecdsa_high_s = "accept"`, see [`ecdsa`]). A verified token is cached until it
+//! expires, so its signature is checked once, not on every call.
 
 pub mod cache;
+pub mod ecdsa;
 pub mod jwks;
 pub mod presets;
 pub mod principal;
@@ -26,7 +28,7 @@ pub use self::cache::TokenCache;
 pub use self::jwks::{HttpFetcher, KeyStore};
 pub use self::presets::ResolvedIssuer;
 pub use self::principal::Principal;
-use crate::config::{Config, ConfigError, IssuerConfig};
+use crate::config::{Config, ConfigError, EcdsaHighS, IssuerConfig};
 use crate::telemetry::Metrics;
 
 /// The `typ` of credentials flowgate mints: only flowgate's own issuer accepts it.
@@ -54,6 +56,8 @@ pub enum AuthnError {
     KeyAlgorithmMismatch { kid: String, alg: String },
     #[error("token signature is invalid")]
     BadSignature,
+    #[error("token signature is high-s ECDSA (the twin of a low-s signature), which issuer `{0}` does not accept")]
+    HighS(String),
     #[error("token has expired")]
     Expired,
     #[error("token is not valid yet (`nbf` is in the future)")]
@@ -137,6 +141,16 @@ fn time_claim(claims: &Map<String, Value>, claim: &str) -> Result<Option<u64>, A
             .map(Some)
             .ok_or_else(|| AuthnError::ClaimType { claim: claim.to_owned(), expected: "a non-negative NumericDate" }),
         Some(_) => Err(AuthnError::ClaimType { claim: claim.to_owned(), expected: "a NumericDate" }),
+    }
+}
+
+/// Refuses an ES256/ES384 token whose signature is high-s (or not an ECDSA signature at all);
+/// other algorithms pass.
+pub(crate) fn check_low_s(alg: Algorithm, token: &str, issuer: &str) -> Result<(), AuthnError> {
+    match ecdsa::classify_token(alg, token) {
+        None | Some(ecdsa::S::Low) => Ok(()),
+        Some(ecdsa::S::High) => Err(AuthnError::HighS(issuer.to_owned())),
+        Some(ecdsa::S::Invalid) => Err(AuthnError::BadSignature),
     }
 }
 
@@ -249,6 +263,10 @@ impl Authenticator {
         }
         if header.get("typ").and_then(Value::as_str).is_some_and(|typ| typ.eq_ignore_ascii_case(MINTED_TOKEN_TYPE)) {
             return Err(AuthnError::MintedTokenElsewhere);
+        }
+        // Before the key lookup: a high-s token costs no JWKS fetch, and is never cached.
+        if settings.ecdsa_high_s == EcdsaHighS::Refuse {
+            check_low_s(alg, token, &settings.name)?;
         }
         let kid = match header.get("kid") {
             Some(Value::String(kid)) if !kid.is_empty() => kid.as_str(),

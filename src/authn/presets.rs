@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use crate::authn::principal::ClaimMapping;
-use crate::config::{ConfigError, IssuerConfig, PrincipalKind};
+use crate::config::{ConfigError, EcdsaHighS, IssuerConfig, PrincipalKind};
 
 /// Where an issuer's JWKS is found.
 #[derive(Debug, Clone, Copy)]
@@ -30,6 +30,8 @@ struct Preset {
     algorithms: &'static [&'static str],
     /// Claims that bind a token to one tenant of a shared issuer; one must be in `required_claims`.
     tenant_claims: &'static [&'static str],
+    /// Whether the provider's ECDSA signer leaves `s` high half of the time (see [`super::ecdsa`]).
+    ecdsa_high_s: EcdsaHighS,
 }
 
 const PRESETS: &[Preset] = &[
@@ -48,6 +50,7 @@ const PRESETS: &[Preset] = &[
             "enterprise",
             "enterprise_id",
         ],
+        ecdsa_high_s: EcdsaHighS::Refuse,
     },
     Preset {
         name: "buildkite",
@@ -57,6 +60,7 @@ const PRESETS: &[Preset] = &[
         groups_claim: None,
         algorithms: &["RS256", "ES256"],
         tenant_claims: &["organization_slug", "organization_id"],
+        ecdsa_high_s: EcdsaHighS::Refuse,
     },
     Preset {
         name: "bitbucket-pipelines",
@@ -66,6 +70,7 @@ const PRESETS: &[Preset] = &[
         groups_claim: None,
         algorithms: &["RS256"],
         tenant_claims: &[],
+        ecdsa_high_s: EcdsaHighS::Refuse,
     },
     Preset {
         name: "azure-devops",
@@ -75,6 +80,7 @@ const PRESETS: &[Preset] = &[
         groups_claim: None,
         algorithms: &["RS256"],
         tenant_claims: &["org_id"],
+        ecdsa_high_s: EcdsaHighS::Refuse,
     },
     Preset {
         name: "gitlab",
@@ -84,6 +90,7 @@ const PRESETS: &[Preset] = &[
         groups_claim: None,
         algorithms: &["RS256"],
         tenant_claims: &["namespace_id", "namespace_path", "project_id", "project_path"],
+        ecdsa_high_s: EcdsaHighS::Refuse,
     },
     Preset {
         name: "okta",
@@ -93,6 +100,7 @@ const PRESETS: &[Preset] = &[
         groups_claim: Some("groups"),
         algorithms: &["RS256"],
         tenant_claims: &[],
+        ecdsa_high_s: EcdsaHighS::Refuse,
     },
     Preset {
         name: "kubernetes",
@@ -102,6 +110,9 @@ const PRESETS: &[Preset] = &[
         groups_claim: None,
         algorithms: &["RS256", "ES256"],
         tenant_claims: &[],
+        // The API server signs with Go's `crypto/ecdsa` (through go-jose), which does not
+        // normalize: with an EC service-account key, half of its tokens are high-s.
+        ecdsa_high_s: EcdsaHighS::Accept,
     },
 ];
 
@@ -127,6 +138,7 @@ pub struct ResolvedIssuer {
     pub mapping: ClaimMapping,
     pub algorithms: Vec<jsonwebtoken::Algorithm>,
     pub required_claims: BTreeMap<String, String>,
+    pub ecdsa_high_s: EcdsaHighS,
 }
 
 fn invalid(index: usize, field: &str, message: impl Into<String>) -> ConfigError {
@@ -209,6 +221,7 @@ pub fn resolve(index: usize, config: &IssuerConfig) -> Result<ResolvedIssuer, Co
         mapping: claim_mapping(&config.name, preset, config.principal, config.groups_claim.clone()),
         algorithms,
         required_claims,
+        ecdsa_high_s: config.ecdsa_high_s.or(preset.map(|p| p.ecdsa_high_s)).unwrap_or(EcdsaHighS::Refuse),
     })
 }
 
@@ -359,6 +372,17 @@ mod tests {
         assert!(issuer("issuer = \"http://idp.example\"").is_err());
         assert!(issuer("issuer = \"http://127.0.0.1:8080\"").is_ok());
         assert!(issuer("issuer = \"https://idp.example\"\njwks_uri = \"http://keys.example/jwks\"").is_err());
+    }
+
+    #[test]
+    fn high_s_ecdsa_is_refused_unless_the_provider_cannot_help_it() {
+        assert_eq!(issuer("issuer = \"https://idp.example\"").unwrap().ecdsa_high_s, EcdsaHighS::Refuse);
+        let accept = issuer("issuer = \"https://idp.example\"\necdsa_high_s = \"accept\"").unwrap();
+        assert_eq!(accept.ecdsa_high_s, EcdsaHighS::Accept);
+        let kubernetes = issuer("preset = \"kubernetes\"\nissuer = \"https://kubernetes.default.svc\"").unwrap();
+        assert_eq!(kubernetes.ecdsa_high_s, EcdsaHighS::Accept, "Go's signer does not normalize");
+        let strict = "preset = \"kubernetes\"\nissuer = \"https://kubernetes.default.svc\"\necdsa_high_s = \"refuse\"";
+        assert_eq!(issuer(strict).unwrap().ecdsa_high_s, EcdsaHighS::Refuse, "the config wins");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::json;
 
-use super::replay::replay_key;
+use super::replay::{replay_key, signed_part};
 use super::{Grant, Minter, TOKEN_ENDPOINT};
 use crate::audit::{self, ClientRecord, DecisionRecord, PrincipalRecord, ResourceRecord};
 use crate::authn::Principal;
@@ -298,7 +298,7 @@ async fn decide(
 
     // Single use: consumed only by an exchange that would otherwise succeed.
     let (iss, jti) = token_identity(subject_token);
-    let key = replay_key(&iss, jti.as_deref(), subject_token);
+    let key = replay_key(&iss, jti.as_deref(), signed_part(subject_token));
     match minter.replay.first_use(&key, principal.expires_at).await {
         Ok(true) => Ok(()),
         Ok(false) => Err(refuse("invalid_grant", "the subject token was already exchanged (tokens are single-use)")),

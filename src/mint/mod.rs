@@ -12,6 +12,10 @@
 //! up to `mint.max_session` after the original exchange: that is how a long-running worker
 //! refreshes without a new CI token (subject tokens are single-use, [`replay`]).
 //!
+//! Signatures are normalized to low-s when signed, and a high-s credential is refused: the
+//! twin `(r, n - s)` of a credential verifies too, but flowgate never made it
+//! ([`crate::authn::ecdsa`]).
+//!
 //! With `upstream.credentials = "minted"`, flowgate also signs, per principal, namespace and
 //! access class, the credential it sends Temporal ([`Minter::upstream_credential`]), so a call
 //! that bypasses flowgate has no credential Temporal accepts.
@@ -358,7 +362,10 @@ impl Minter {
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(key.kid.clone());
         header.typ = Some(MINTED_TOKEN_TYPE.to_owned());
-        jsonwebtoken::encode(&header, claims, &key.encoding).expect("ES256 signing with a loaded key cannot fail")
+        let token =
+            jsonwebtoken::encode(&header, claims, &key.encoding).expect("ES256 signing with a loaded key cannot fail");
+        // aws-lc-rs leaves `s` high half of the time; flowgate accepts only low-s credentials.
+        crate::authn::ecdsa::normalize_token(Algorithm::ES256, token)
     }
 
     /// A worker credential for `grant`, on behalf of `subject` (or continuing `previous`'s chain).
@@ -440,6 +447,8 @@ impl Minter {
                 issuer: self.config.name.clone(),
             });
         }
+        // flowgate signs low-s only, so a high-s credential is a twin somebody else made.
+        crate::authn::check_low_s(Algorithm::ES256, token, &self.config.name)?;
         let kid = match header.get("kid") {
             Some(Value::String(kid)) if !kid.is_empty() => kid.as_str(),
             _ => return Err(AuthnError::MissingKid),

@@ -1,7 +1,14 @@
 //! Single use of subject tokens: each `(iss, jti)` may be exchanged once until it expires.
 //!
-//! Tokens without a `jti` (Bitbucket, Kubernetes) are known by the SHA-256 of the whole token
-//! instead, so the same token still cannot be exchanged twice. The memory store serves one
+//! Tokens without a `jti` (Bitbucket, Kubernetes) are known by the SHA-256 of their signed
+//! part, `header.payload`, instead, so the same token still cannot be exchanged twice. Not by
+//! the whole text: the signature is not unique to the token. An ECDSA signature `(r, s)` has a
+//! twin `(r, n - s)` that anybody can compute and that verifies too (see
+//! [`crate::authn::ecdsa`]), and an issuer with `ecdsa_high_s = "accept"` takes both; RSA-PSS
+//! and ECDSA signers can also sign the same claims twice with different signatures, which then
+//! counts as one token too (the same `iat`, `exp` and claims are the same grant). The signed
+//! part cannot change without the signature failing, so it names one token however it is
+//! signed. The memory store serves one
 //! gateway; with `replay.redis_url`, every replica asks the same Redis with an atomic
 //! `SET key 1 NX PX <ms until the token expires>`, so two replicas never both accept one token.
 //! When Redis cannot be reached, exchanges are refused (fail closed), never let through
@@ -27,8 +34,13 @@ pub enum ReplayCache {
     Redis { client: redis::Client, connection: tokio::sync::Mutex<Option<redis::aio::ConnectionManager>> },
 }
 
-/// The key a subject token is remembered by.
-pub fn replay_key(iss: &str, jti: Option<&str>, token: &str) -> String {
+/// The signed part of a compact JWS: `header.payload`, without the signature.
+pub fn signed_part(token: &str) -> &str {
+    token.rsplit_once('.').map_or(token, |(signed, _)| signed)
+}
+
+/// The key a subject token is remembered by: its `jti`, or without one its [`signed_part`].
+pub fn replay_key(iss: &str, jti: Option<&str>, signed_part: &str) -> String {
     let mut hasher = Sha256::new();
     hasher.update(iss.as_bytes());
     hasher.update([0]);
@@ -38,8 +50,8 @@ pub fn replay_key(iss: &str, jti: Option<&str>, token: &str) -> String {
             hasher.update(jti.as_bytes());
         }
         None => {
-            hasher.update(b"token\0");
-            hasher.update(token.as_bytes());
+            hasher.update(b"signed\0");
+            hasher.update(signed_part.as_bytes());
         }
     }
     let digest = hasher.finalize();
@@ -120,6 +132,14 @@ mod tests {
         assert!(cache.first_use(&key, expires).await.unwrap());
         assert!(!cache.first_use(&key, expires).await.unwrap());
         assert!(cache.first_use(&replay_key("https://idp", Some("j2"), "t"), expires).await.unwrap());
+    }
+
+    #[test]
+    fn without_jti_a_token_is_known_by_its_signed_part_not_its_signature() {
+        let (one, twin) = ("h.p.c2lnbmF0dXJl", "h.p.dHdpbg");
+        assert_eq!(signed_part(one), "h.p");
+        assert_eq!(replay_key("a", None, signed_part(one)), replay_key("a", None, signed_part(twin)));
+        assert_ne!(replay_key("a", None, signed_part(one)), replay_key("a", None, signed_part("h.q.c2ln")));
     }
 
     #[test]

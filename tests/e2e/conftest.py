@@ -15,7 +15,8 @@ Fixtures
     127.0.0.1 serving ``/.well-known/openid-configuration`` and ``/jwks`` with an RSA (RS256)
     and an EC P-256 (ES256) key. ``mint(claims, kid=None, alg="RS256", headers=None,
     key=None)`` signs a JWT and fills ``iss``/``iat``/``nbf``/``exp`` (exp = now + 300 s)
-    unless given (a claim given as ``None`` is left out); ``rotate(alg)`` publishes a new key
+    unless given (a claim given as ``None`` is left out; ES256 signatures are low-s unless
+    ``high_s=True``, see :func:`with_s`); ``rotate(alg)`` publishes a new key
     and signs with it from then on; ``jwks_requests`` counts JWKS fetches; ``down = True``
     makes every endpoint answer 503. flowgate is configured with ``okta`` as a plain OIDC
     issuer named "okta" (discovery) and ``github`` with the ``github-actions`` preset named
@@ -165,6 +166,26 @@ def _b64u(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def with_s(token: str, high: bool) -> str:
+    """An ES256 token with its signature `(r, s)` in low-s (`s <= n/2`) or high-s form: `(r, s)`
+    and `(r, n - s)` both verify. PyJWT (OpenSSL) does not normalize."""
+    signed, signature = token.rsplit(".", 1)
+    raw = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
+    r, s = raw[:32], int.from_bytes(raw[32:], "big")
+    if (s > P256_ORDER // 2) != high:
+        s = P256_ORDER - s
+    return f"{signed}.{_b64u(r + s.to_bytes(32, 'big'))}"
+
+
+def is_high_s(token: str) -> bool:
+    signature = token.rsplit(".", 1)[1]
+    raw = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
+    return int.from_bytes(raw[32:], "big") > P256_ORDER // 2
+
+
 class SigningKey:
     def __init__(self, alg: str, kid: str | None = None):
         self.alg = alg
@@ -272,11 +293,15 @@ class TestIssuer:
                     return k
         raise KeyError(kid)
 
-    def mint(self, claims: dict, kid: str | None = None, alg: str = "RS256", headers: dict | None = None, key=None) -> str:
+    def mint(self, claims: dict, kid: str | None = None, alg: str = "RS256", headers: dict | None = None, key=None,
+             high_s: bool = False) -> str:  # fmt: skip
         """Signs `claims` (iss/iat/nbf/exp filled unless given; a `None` value drops a claim).
 
         `kid` selects a published key (default: the current signing key for `alg`); `key` signs
         with any private key instead (a forged token), still naming `kid` or the current kid.
+        ES256 signatures are low-s (flowgate refuses high-s by default); `high_s=True` gives the
+        high-s form instead (the twin `(r, n - s)`, as a signer that does not normalize makes
+        half of the time).
         """
         now = int(time.time())
         body = {"iss": self.url, "iat": now, "nbf": now, "exp": now + 300}
@@ -292,7 +317,10 @@ class TestIssuer:
             private = key if key is not None else current.private
         hdr = {"kid": kid, "typ": "JWT"}
         hdr.update(headers or {})
-        return jwt.encode(body, private, algorithm=alg, headers=hdr)
+        token = jwt.encode(body, private, algorithm=alg, headers=hdr)
+        if alg == "ES256":
+            token = with_s(token, high=high_s)
+        return token
 
     def mint_unsigned(self, claims: dict, header: dict, signature: bytes = b"") -> str:
         """Builds a token by hand (alg `none`, HS256 tricks): header.payload.signature."""

@@ -90,15 +90,68 @@ impl SigningKey {
         }
     }
 
+    /// An ES256 token with a low-s signature (what flowgate accepts by default).
     pub fn sign(&self, claims: &serde_json::Value) -> String {
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
         header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, claims, &self.encoding).unwrap()
+        self.sign_with_header(&header, claims)
     }
 
-    pub fn sign_with_header(&self, header: &jsonwebtoken::Header, claims: &serde_json::Value) -> String {
-        jsonwebtoken::encode(header, claims, &self.encoding).unwrap()
+    /// The same token with a high-s signature: `(r, n - s)`, which verifies just as well.
+    pub fn sign_high_s(&self, claims: &serde_json::Value) -> String {
+        ecdsa_twin(&self.sign(claims))
     }
+
+    /// Signs with `header` (ES256: normalized to low-s, like a careful IdP).
+    pub fn sign_with_header(&self, header: &jsonwebtoken::Header, claims: &serde_json::Value) -> String {
+        let token = jsonwebtoken::encode(header, claims, &self.encoding).unwrap();
+        if header.alg == jsonwebtoken::Algorithm::ES256 && is_high_s(&token) { ecdsa_twin(&token) } else { token }
+    }
+}
+
+// ES256 signature malleability: (r, s) and (r, n - s) both verify. Written out here rather
+// than taken from flowgate, so the tests do not trust the code they test.
+
+/// The order of P-256, big-endian.
+const P256_ORDER: [u8; 32] = [
+    0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xbc, 0xe6, 0xfa,
+    0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+];
+
+fn es256_signature(token: &str) -> (&str, Vec<u8>) {
+    let (signed, signature) = token.rsplit_once('.').unwrap();
+    let signature = URL_SAFE_NO_PAD.decode(signature).unwrap();
+    assert_eq!(signature.len(), 64, "an ES256 signature is r || s, 32 bytes each");
+    (signed, signature)
+}
+
+/// `n - s` for a 32-byte big-endian `s` below `n`.
+fn order_minus(s: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; 32];
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let mut digit = i16::from(P256_ORDER[i]) - i16::from(s[i]) - borrow;
+        borrow = i16::from(digit < 0);
+        if digit < 0 {
+            digit += 256;
+        }
+        out[i] = digit as u8;
+    }
+    assert_eq!(borrow, 0, "s is below the order");
+    out
+}
+
+/// Whether an ES256 token's `s` is above half the order (`s > n - s`).
+pub fn is_high_s(token: &str) -> bool {
+    let (_, signature) = es256_signature(token);
+    signature[32..] > order_minus(&signature[32..])[..]
+}
+
+/// The other valid signature of an ES256 token: `(r, n - s)`.
+pub fn ecdsa_twin(token: &str) -> String {
+    let (signed, signature) = es256_signature(token);
+    let twin = [&signature[..32], &order_minus(&signature[32..])[..]].concat();
+    format!("{signed}.{}", URL_SAFE_NO_PAD.encode(twin))
 }
 
 pub fn now() -> u64 {
@@ -262,6 +315,8 @@ impl Reply {
     }
 }
 
+/// Clones share one HTTP/2 connection (concurrent calls are streams on it).
+#[derive(Clone)]
 pub struct Client {
     sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
 }
