@@ -5,9 +5,9 @@
 //!    public (health checks, `GetSystemInfo`);
 //! 3. **inspect**: the first request message is read (un-gzipped, size-capped, within the
 //!    connection's and the gateway's byte budgets and `limits.first_message_timeout`) and the
-//!    resource it touches decoded (`temporal::inspect`). Before a byte of it is buffered, a
-//!    principal that no policy could ever permit the action is refused: reading a message only to
-//!    deny it would let a caller with no permissions make the gateway hold memory;
+//!    resource it touches decoded (`temporal::inspect`). Before a large message is buffered, a
+//!    principal that no policy could ever permit the action is refused: reading megabytes only
+//!    to deny them would let a caller with no permissions make the gateway hold memory;
 //! 4. **authorize**: Cedar decides (`authz`);
 //! 5. **record**: the decision record is written (`audit`), for allows and denials alike; if it
 //!    cannot be written the call is refused;
@@ -27,7 +27,7 @@ use hyper::body::Incoming;
 use crate::audit::{self, ClientRecord, DecisionLog, DecisionRecord, PrincipalRecord, ResourceRecord, ShadowRecord};
 use crate::authn::{Authenticator, Principal};
 use crate::authz::{Decision, PolicyEngine};
-use crate::budget::{ByteBudget, Reservation};
+use crate::budget::{ByteBudget, Reservation, SMALL_MESSAGE};
 use crate::config::{Config, LimitsConfig, UpstreamCredentials};
 use crate::explain::{Ask, Explanation, Issuers, explain};
 use crate::mint::Minter;
@@ -341,12 +341,16 @@ impl Gateway {
             Err(error) => return refused(None, None, Refusal::Unauthenticated(error)),
         };
 
-        // Phase 3: inspect. First, whether any policy could permit this principal the action at
-        // all: if none can, the message is never read into memory.
-        if !policies.may_permit(&principal, spec) {
-            return refused(Some(principal), None, Refusal::NeverPermitted { action: spec.name });
-        }
-        let (buffered, rest) = match self.read_first_message(body, &mut reservation).await {
+        // Phase 3: inspect. A large message is only read for a principal that some policy could
+        // permit the action (see `read_first_message`).
+        let may_permit = || {
+            if policies.may_permit(&principal, spec) {
+                Ok(())
+            } else {
+                Err(Refusal::NeverPermitted { action: spec.name })
+            }
+        };
+        let (buffered, rest) = match self.read_first_message(body, &mut reservation, may_permit).await {
             Ok(read) => read,
             Err(refusal) => return refused(Some(principal), None, refusal),
         };
@@ -383,19 +387,29 @@ impl Gateway {
     /// bytes read and the rest of the stream, if it has not ended. Every byte is held in
     /// `reservation` first (the announced length as soon as the prefix has arrived, since that is
     /// what the buffer is sized to), and the whole read has `limits.first_message_timeout`.
+    ///
+    /// A message larger than [`SMALL_MESSAGE`] is buffered only if `may_permit()` finds a
+    /// policy that could permit the principal the action: otherwise a caller with no permission
+    /// could make the gateway hold megabytes only to deny them. Small messages are read either
+    /// way, so that a denial's record still names the resource it was for.
     async fn read_first_message(
         &self,
         mut body: Incoming,
         reservation: &mut Reservation,
+        may_permit: impl Fn() -> Result<(), Refusal>,
     ) -> Result<(Bytes, Option<Incoming>), Refusal> {
         let max = self.limits.max_message_bytes;
         let read = async {
             let mut buffer = BytesMut::new();
+            let mut checked = false;
             loop {
                 if buffer.len() >= 5 {
                     let framed = 5 + inspect::announced_length(&buffer, max)?;
                     if buffer.len() >= framed {
                         return Ok((buffer.freeze(), Some(body)));
+                    }
+                    if framed > SMALL_MESSAGE && !std::mem::replace(&mut checked, true) {
+                        may_permit()?;
                     }
                     self.hold(reservation, framed)?;
                     buffer.reserve(framed - buffer.len());

@@ -51,7 +51,7 @@ pub enum Refusal {
     OutsideGrant(String),
     #[error("permission denied: `{action}` names no namespace{detail}")]
     NoNamespace { action: &'static str, detail: &'static str },
-    #[error("permission denied: no policy permits `{action}` to this principal")]
+    #[error("permission denied: no policy permits `{action}` to this principal (its message was not read)")]
     NeverPermitted { action: &'static str },
     #[error("request refused for now: {0}; retry later")]
     OverBudget(OverBudget),

@@ -27,6 +27,8 @@ pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
 const SUBJECT_TOKEN_TYPES: [&str; 3] =
     [TOKEN_TYPE_JWT, "urn:ietf:params:oauth:token-type:access_token", "urn:ietf:params:oauth:token-type:id_token"];
+/// How long the form may take to arrive once the request headers have.
+const FORM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Form bodies are a few KiB (one JWT); anything much larger is not a token request.
 const MAX_FORM_BYTES: usize = 64 * 1024;
 
@@ -198,9 +200,15 @@ async fn decide(
     if !is_form {
         return Err(refuse("invalid_request", "the body must be `application/x-www-form-urlencoded`"));
     }
-    let body = match Limited::new(request.into_body(), MAX_FORM_BYTES).collect().await {
-        Ok(body) => body.to_bytes(),
-        Err(_) => return Err(refuse("invalid_request", format!("the body is over {MAX_FORM_BYTES} bytes or broken"))),
+    // A form is a few KiB: one that trickles in holds a stream and a connection, so it gets the
+    // same bound as a gRPC call's first message.
+    let read = Limited::new(request.into_body(), MAX_FORM_BYTES).collect();
+    let body = match tokio::time::timeout(FORM_TIMEOUT, read).await {
+        Ok(Ok(body)) => body.to_bytes(),
+        Ok(Err(_)) => {
+            return Err(refuse("invalid_request", format!("the body is over {MAX_FORM_BYTES} bytes or broken")));
+        }
+        Err(_) => return Err(refuse("invalid_request", "the body did not arrive within 10s")),
     };
     let form = Form::parse(&body)?;
 
