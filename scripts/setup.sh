@@ -89,7 +89,7 @@ done
 if ! command -v "${CC:-cc}" >/dev/null 2>&1; then
   problem "no C compiler \`${CC:-cc}\` (ring and aws-lc-sys compile C; Debian: gcc)"
 fi
-if [[ "$MODE" == test ]]; then
+if [[ "$MODE" == test ]] && command -v cargo >/dev/null 2>&1; then
   for component in fmt:rustfmt clippy:clippy; do
     cargo "${component%%:*}" --version >/dev/null 2>&1 ||
       problem "\`cargo ${component%%:*}\` is missing (rustup component add ${component#*:})"
