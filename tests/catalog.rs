@@ -31,11 +31,10 @@ fn run_support_script(name: &str) -> String {
     let root = env!("CARGO_MANIFEST_DIR");
     let script = Path::new(root).join("tests/support").join(name);
     let python = python();
-    let output = Command::new(&python)
-        .arg(&script)
-        .current_dir(root)
-        .output()
-        .unwrap_or_else(|error| panic!("cannot run {} {}: {error}; {SETUP_HINT}", python.display(), script.display()));
+    let output =
+        Command::new(&python).arg(&script).current_dir(root).output().unwrap_or_else(|error| {
+            panic!("cannot run {} {}: {error}; {SETUP_HINT}", python.display(), script.display())
+        });
     assert!(
         output.status.success(),
         "{} {} failed ({}):\n{}\n{SETUP_HINT}",
