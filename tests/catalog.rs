@@ -15,22 +15,30 @@ use flowgate::temporal::catalog::{self, Access, CATALOG, MethodSpec, ResourceSpe
 use flowgate::temporal::inspect::{self, Call};
 use serde::Deserialize;
 
-const SETUP_HINT: &str = "these tests need python3 with the Temporal Python SDK: run the project's \
-                          setup script (it installs `temporalio` and `googleapis-common-protos`)";
+const SETUP_HINT: &str = "these tests need a Python with the packages of requirements.txt (the Temporal Python SDK): \
+                          run them through scripts/test.sh, or set FLOWGATE_PYTHON to the `python` of the environment \
+                          that `bash scripts/setup.sh test` prints";
+
+/// The interpreter for tests/support: $FLOWGATE_PYTHON (scripts/test.sh sets it to the Python
+/// environment of requirements.txt), else `python3`, which then needs those packages itself.
+fn python() -> std::ffi::OsString {
+    std::env::var_os("FLOWGATE_PYTHON").filter(|python| !python.is_empty()).unwrap_or_else(|| "python3".into())
+}
 
 /// Runs a script from tests/support and returns its standard output. Never skips: a machine
 /// without the SDK must not pass these tests silently.
 fn run_support_script(name: &str) -> String {
     let root = env!("CARGO_MANIFEST_DIR");
     let script = Path::new(root).join("tests/support").join(name);
-    let output = Command::new("python3")
-        .arg(&script)
-        .current_dir(root)
-        .output()
-        .unwrap_or_else(|error| panic!("cannot run python3 {}: {error}; {SETUP_HINT}", script.display()));
+    let python = python();
+    let output =
+        Command::new(&python).arg(&script).current_dir(root).output().unwrap_or_else(|error| {
+            panic!("cannot run {} {}: {error}; {SETUP_HINT}", python.display(), script.display())
+        });
     assert!(
         output.status.success(),
-        "python3 {} failed ({}):\n{}\n{SETUP_HINT}",
+        "{} {} failed ({}):\n{}\n{SETUP_HINT}",
+        python.display(),
         script.display(),
         output.status,
         String::from_utf8_lossy(&output.stderr)

