@@ -402,15 +402,27 @@ fn default_jwks_max_stale() -> Duration {
 }
 
 /// Durations as human strings: `"30s"`, `"5m"`, `"1h 30m"`.
+///
+/// At most [`duration::MAX`]: `humantime` reads up to `u64::MAX` seconds, and such a value
+/// parses fine but panics later, far from the config, when it is added to the clock
+/// (`Instant + Duration` and `SystemTime + Duration` panic past their range) or to a
+/// timestamp in seconds. No setting needs anywhere near ten years.
 pub(crate) mod duration {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer};
 
+    /// The longest duration a setting may have: ten years of 365 days.
+    pub const MAX: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(deserializer)?;
-        humantime::parse_duration(&text)
-            .map_err(|e| serde::de::Error::custom(format!("`{text}` is not a duration like \"30s\" or \"5m\": {e}")))
+        let value = humantime::parse_duration(&text)
+            .map_err(|e| serde::de::Error::custom(format!("`{text}` is not a duration like \"30s\" or \"5m\": {e}")))?;
+        if value > MAX {
+            return Err(serde::de::Error::custom(format!("`{text}` is longer than the 10 years a duration may be")));
+        }
+        Ok(value)
     }
 }
 
@@ -610,6 +622,18 @@ mod tests {
         [audit]
         path = "-"
     "#;
+
+    #[test]
+    fn durations_past_ten_years_are_refused() {
+        let with = |value: &str| {
+            Config::parse(&MINIMAL.replace("[upstream]", &format!("shutdown_grace = \"{value}\"\n[upstream]")))
+        };
+        assert_eq!(with("3650days").unwrap().listen.shutdown_grace, duration::MAX);
+        for value in ["3651days", "18446744073709551615s"] {
+            let error = with(value).unwrap_err().to_string();
+            assert!(error.contains(&format!("`{value}` is longer than the 10 years a duration may be")), "{error}");
+        }
+    }
 
     fn with(extra: &str) -> Result<Config, ConfigError> {
         Config::parse(&format!("{MINIMAL}\n{extra}"))

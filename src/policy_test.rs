@@ -204,22 +204,7 @@ pub fn run(dir: &Path, config_issuers: Option<&Issuers>, filter: Option<&str>) -
     for path in files {
         let text =
             std::fs::read_to_string(&path).map_err(|source| PolicyTestError::Read { path: path.clone(), source })?;
-        let file: TestFile = serde_yaml_ng::from_str(&text).map_err(|error| {
-            let location = error.location().map(|l| (l.line(), l.column()));
-            let message = error.to_string();
-            // The location goes in front, `file:line:col:` like every other error.
-            let message = match location {
-                Some((line, column)) => {
-                    message.trim_end_matches(&format!(" at line {line} column {column}")).to_owned()
-                }
-                None => message,
-            };
-            PolicyTestError::Syntax {
-                path: path.clone(),
-                location: location.map(|(line, column)| format!(":{line}:{column}")).unwrap_or_default(),
-                message,
-            }
-        })?;
+        let file = parse(&path, &text)?;
         let issuers = Issuers::from_profiles(&file.issuers)
             .map_err(|source| PolicyTestError::Issuers { path: path.clone(), source })?;
         let issuers = match config_issuers {
@@ -242,6 +227,32 @@ pub fn run(dir: &Path, config_issuers: Option<&Issuers>, filter: Option<&str>) -
     }
     let uncovered = engine.policy_ids().into_iter().filter(|id| !determining.contains(id)).collect();
     Ok(Report { results, uncovered, policy_count: engine.policy_count() })
+}
+
+/// Reads one test file without running its cases: the number of cases it holds. This is the
+/// loader `run` applies to every file (the fuzz tests drive it directly, without loading a
+/// policy set for each input).
+pub fn check_file(path: &Path, text: &str) -> Result<usize, PolicyTestError> {
+    parse(path, text).map(|file| file.cases.len())
+}
+
+/// Parses a test file. serde_yaml_ng refuses nesting deeper than 128 and alias expansion past
+/// its repetition limit, so a hostile file is an error here, not a stack overflow or a bomb.
+fn parse(path: &Path, text: &str) -> Result<TestFile, PolicyTestError> {
+    serde_yaml_ng::from_str(text).map_err(|error| {
+        let location = error.location().map(|l| (l.line(), l.column()));
+        let message = error.to_string();
+        // The location goes in front, `file:line:col:` like every other error.
+        let message = match location {
+            Some((line, column)) => message.trim_end_matches(&format!(" at line {line} column {column}")).to_owned(),
+            None => message,
+        };
+        PolicyTestError::Syntax {
+            path: path.to_owned(),
+            location: location.map(|(line, column)| format!(":{line}:{column}")).unwrap_or_default(),
+            message,
+        }
+    })
 }
 
 fn decide(engine: &PolicyEngine, issuers: &Issuers, base: &Path, case: &TestCase) -> Result<Verdict, String> {

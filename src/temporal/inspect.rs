@@ -10,7 +10,7 @@ use super::catalog::{MethodSpec, ResourceSpec, TaskQueueRef};
 use super::wire::{self, WireError};
 
 /// `temporal.api.enums.v1.TaskQueueKind::TASK_QUEUE_KIND_STICKY`.
-const TASK_QUEUE_KIND_STICKY: u64 = 2;
+const TASK_QUEUE_KIND_STICKY: u32 = 2;
 
 /// Why a request could not be inspected. Each of these is the client's fault and maps to
 /// `INVALID_ARGUMENT` (or `RESOURCE_EXHAUSTED` for size), never to an allow.
@@ -25,6 +25,8 @@ pub enum InspectError {
     TooLarge { size: usize, limit: usize },
     #[error("grpc: received message after decompression larger than max {limit}")]
     InflatedTooLarge { limit: usize },
+    #[error("gRPC message prefix has compressed flag `{0}`, not 0 or 1")]
+    BadCompressedFlag(u8),
     #[error("request ended inside the gRPC message prefix")]
     TruncatedPrefix,
     #[error("request ended after {got} of {expected} message bytes")]
@@ -126,7 +128,13 @@ pub fn first_message(body: &[u8], limit: usize) -> Result<Option<Framed<'_>>, In
     if body.len() < 5 {
         return Ok(None);
     }
-    let compressed = body[0] & 1 == 1;
+    // grpc-go refuses any other flag; reading such a message as either would inspect bytes
+    // the server never acts on.
+    let compressed = match body[0] {
+        0 => false,
+        1 => true,
+        other => return Err(InspectError::BadCompressedFlag(other)),
+    };
     let len = announced_length(body, limit)?;
     if body.len() < 5 + len {
         return Ok(None);
@@ -146,12 +154,15 @@ pub fn decompress<'a>(
     match encoding {
         None | Some("identity") => Err(InspectError::CompressedWithoutEncoding),
         Some("gzip") => {
-            let mut inflated = Vec::with_capacity(framed.message.len() * 4);
+            // Read one byte past the limit to tell "exactly at" from "over".
+            let budget = inflate_limit.saturating_add(1);
+            // A guess at the inflated size, within the budget: the cap bounds memory, not only
+            // the result (four times a 4 MiB message would be 16 MiB before a byte inflates).
+            let mut inflated = Vec::with_capacity(framed.message.len().saturating_mul(4).min(budget));
             // Every member of a multi-member gzip stream: grpc-go's reader inflates them all, so
             // reading only the first would let a second member smuggle fields past inspection.
             let decoder = flate2::read::MultiGzDecoder::new(framed.message);
-            // Read one byte past the limit to tell "exactly at" from "over".
-            decoder.take(inflate_limit as u64 + 1).read_to_end(&mut inflated).map_err(|_| InspectError::BadGzip)?;
+            decoder.take(budget as u64).read_to_end(&mut inflated).map_err(|_| InspectError::BadGzip)?;
             if inflated.len() > inflate_limit {
                 return Err(InspectError::InflatedTooLarge { limit: inflate_limit });
             }
@@ -180,7 +191,10 @@ fn task_queue_at(message: &[u8], reference: Option<TaskQueueRef>) -> Result<Opti
             let mut field = Vec::with_capacity(path.len() + 1);
             field.extend_from_slice(path);
             field.push(2);
-            let sticky = wire::last_varint(message, &field)? == Some(TASK_QUEUE_KIND_STICKY);
+            // An enum is an `int32` on the wire: the server keeps the low 32 bits of the varint,
+            // so `2 + 2^32` is sticky to it and must be sticky here.
+            let kind = wire::last_varint(message, &field)?.map(|v| v as u32);
+            let sticky = kind == Some(TASK_QUEUE_KIND_STICKY);
             *field.last_mut().expect("non-empty") = if sticky { 3 } else { 1 };
             let name = wire::last_string(message, &field)?;
             // A sticky queue without its normal name cannot be attributed: report it by its
@@ -286,4 +300,52 @@ pub fn inspect(spec: &MethodSpec, message: &[u8]) -> Result<Call, InspectError> 
         update_name: string_at(message, spec.update_name)?,
         has_task_token,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::temporal::catalog::lookup;
+
+    fn frame(flag: u8, message: &[u8]) -> Vec<u8> {
+        let mut body = vec![flag];
+        body.extend((message.len() as u32).to_be_bytes());
+        body.extend_from_slice(message);
+        body
+    }
+
+    #[test]
+    fn compressed_flags_other_than_0_and_1_are_refused() {
+        assert!(!first_message(&frame(0, b"x"), 16).unwrap().unwrap().compressed);
+        assert!(first_message(&frame(1, b"x"), 16).unwrap().unwrap().compressed);
+        for flag in [2, 3, 0x80, 0xff] {
+            assert_eq!(first_message(&frame(flag, b"x"), 16).err(), Some(InspectError::BadCompressedFlag(flag)));
+        }
+    }
+
+    #[test]
+    fn inflation_allocates_within_its_budget() {
+        use std::io::Write;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::none());
+        encoder.write_all(&[7; 4096]).unwrap();
+        let gzipped = encoder.finish().unwrap();
+        let framed = Framed { compressed: true, message: &gzipped };
+        assert_eq!(decompress(&framed, Some("gzip"), 100).err(), Some(InspectError::InflatedTooLarge { limit: 100 }));
+        let std::borrow::Cow::Owned(inflated) = decompress(&framed, Some("gzip"), 4096).unwrap() else { panic!() };
+        assert!(inflated.capacity() <= 4097, "{} bytes for a 4096-byte budget", inflated.capacity());
+        // A limit of `usize::MAX` is no limit, not a limit of 0 (`+ 1` must not wrap).
+        assert_eq!(decompress(&framed, Some("gzip"), usize::MAX).unwrap().len(), 4096);
+    }
+
+    #[test]
+    fn a_sticky_kind_is_read_as_the_int32_the_server_reads() {
+        let spec = lookup("/temporal.api.workflowservice.v1.WorkflowService/PollWorkflowTaskQueue");
+        let field = |number: u8, value: &[u8]| [&[number << 3 | 2, value.len() as u8][..], value].concat();
+        // TaskQueue { name = "sticky-1", kind = 2 + 2^32 (varint), normal_name = "orders" }.
+        let kind = [0x10, 0x82, 0x80, 0x80, 0x80, 0x10];
+        let queue = [field(1, b"sticky-1"), kind.to_vec(), field(3, b"orders")].concat();
+        let message = [field(1, b"payments"), field(2, &queue)].concat();
+        let call = inspect(spec, &message).unwrap();
+        assert_eq!(call.resource.task_queue.as_deref(), Some("orders"));
+    }
 }
