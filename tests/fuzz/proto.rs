@@ -271,7 +271,7 @@ impl Damage {
 
 pub fn damage() -> impl Strategy<Value = Damage> {
     prop_oneof![
-        8 => Just(Damage::None),
+        16 => Just(Damage::None),
         1 => any::<prop::sample::Index>().prop_map(Damage::Truncate),
         1 => (any::<prop::sample::Index>(), any::<u8>()).prop_map(|(at, mask)| Damage::Flip(at, mask)),
         1 => (any::<prop::sample::Index>(), vec(any::<u8>(), 1..4)).prop_map(|(at, bytes)| Damage::Insert(at, bytes)),
@@ -283,8 +283,8 @@ pub fn damage() -> impl Strategy<Value = Damage> {
 /// Strings that collide across occurrences, so "which occurrence wins" matters.
 fn text() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
-        4 => prop::sample::select(vec!["", "payments", "prod", "a", "Deploy", "tq", "sticky-7f3a"]).prop_map(|s| s.as_bytes().to_vec()),
-        2 => "[a-z0-9.-]{0,12}".prop_map(String::into_bytes),
+        16 => prop::sample::select(vec!["", "payments", "prod", "a", "Deploy", "tq", "sticky-7f3a"]).prop_map(|s| s.as_bytes().to_vec()),
+        6 => "[a-z0-9.-]{0,12}".prop_map(String::into_bytes),
         1 => Just(vec![0xff, 0xfe]),
         1 => vec(any::<u8>(), 0..8),
     ]
@@ -306,8 +306,8 @@ fn varint_value() -> impl Strategy<Value = u64> {
 fn field_number(known: Vec<u32>) -> BoxedStrategy<u32> {
     let known = if known.is_empty() { vec![1] } else { known };
     prop_oneof![
-        6 => prop::sample::select(known),
-        3 => 1..40u32,
+        12 => prop::sample::select(known),
+        6 => 1..40u32,
         1 => prop::sample::select(vec![0, 19_000, (1 << 29) - 1, 1 << 29, u32::MAX >> 3, u32::MAX]),
     ]
     .boxed()
@@ -317,8 +317,8 @@ fn field_number(known: Vec<u32>) -> BoxedStrategy<u32> {
 fn scalar_item(numbers: Vec<u32>) -> BoxedStrategy<Item> {
     let number = field_number(numbers);
     prop_oneof![
-        3 => (number.clone(), text()).prop_map(|(number, bytes)| Item::Len { number, bytes }),
-        3 => (number.clone(), varint_value()).prop_map(|(number, value)| Item::Varint { number, value }),
+        4 => (number.clone(), text()).prop_map(|(number, bytes)| Item::Len { number, bytes }),
+        4 => (number.clone(), varint_value()).prop_map(|(number, value)| Item::Varint { number, value }),
         1 => (number.clone(), any::<u32>()).prop_map(|(number, value)| Item::Fixed32 { number, value }),
         1 => (number, any::<u64>()).prop_map(|(number, value)| Item::Fixed64 { number, value }),
         1 => vec(any::<u8>(), 1..6).prop_map(Item::Raw),
@@ -350,7 +350,7 @@ pub fn message(node: &'static Node) -> BoxedStrategy<Vec<Item>> {
         };
         choices.push((8, right));
     }
-    choices.push((3, scalar_item(numbers.clone())));
+    choices.push((2, scalar_item(numbers.clone())));
     choices.push((1, group_item(numbers)));
     vec(Union::new_weighted(choices), 0..7).boxed()
 }
