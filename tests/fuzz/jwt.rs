@@ -226,6 +226,15 @@ static HARNESS: LazyLock<Harness> = LazyLock::new(|| {
     Harness { runtime, authenticator, key }
 });
 
+/// The issuer's ES256 signature over `signed`, low-s (flowgate refuses the high-s twin).
+fn low_s_signature(signed: &str, key: &SigningKey) -> String {
+    let signature = jsonwebtoken::crypto::sign(signed.as_bytes(), &key.encoding, jsonwebtoken::Algorithm::ES256)
+        .expect("ES256 signs anything");
+    let token = format!("{signed}.{signature}");
+    let token = if support::is_high_s(&token) { support::ecdsa_twin(&token) } else { token };
+    token.rsplit_once('.').expect("three parts").1.to_owned()
+}
+
 impl Harness {
     fn verify(&self, token: &str) -> Result<flowgate::authn::Principal, AuthnError> {
         self.runtime.block_on(self.authenticator.verify(token))
@@ -237,10 +246,7 @@ impl Harness {
         let signed = format!("{header}.{payload}");
         let signature = match &token.signature {
             Signature::Random(bytes) => URL_SAFE_NO_PAD.encode(bytes),
-            Signature::Valid => {
-                jsonwebtoken::crypto::sign(signed.as_bytes(), &self.key.encoding, jsonwebtoken::Algorithm::ES256)
-                    .expect("ES256 signs anything")
-            }
+            Signature::Valid => low_s_signature(&signed, &self.key),
         };
         match token.shape {
             1 => signed,
@@ -295,9 +301,7 @@ fn nested_claims_are_bounded_by_the_json_parser() {
     let signed = |claims: &str| {
         let header = URL_SAFE_NO_PAD.encode(format!("{{\"alg\":\"ES256\",\"kid\":\"{KID}\"}}"));
         let signed = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims));
-        let signature =
-            jsonwebtoken::crypto::sign(signed.as_bytes(), &harness.key.encoding, jsonwebtoken::Algorithm::ES256)
-                .unwrap();
+        let signature = low_s_signature(&signed, &harness.key);
         format!("{signed}.{signature}")
     };
     let claims = |depth: usize| {
