@@ -138,6 +138,42 @@ struct ActionPolicies {
     permit_scopes: Vec<PrincipalConstraint>,
 }
 
+/// How deeply `(`, `[` and `{` may nest in a policy file. Real policies nest a handful of
+/// levels; Cedar's parser needs tens of kilobytes of stack per level in a debug build.
+pub const MAX_POLICY_NESTING: usize = 32;
+
+/// The byte offset where brackets first nest past [`MAX_POLICY_NESTING`], outside string
+/// literals and `//` comments.
+fn too_deep(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let (mut depth, mut i) = (0usize, 0usize);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_POLICY_NESTING {
+                    return Some(i);
+                }
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
 static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
 
 fn action_uid(name: &str) -> EntityUid {
@@ -193,6 +229,18 @@ impl PolicyEngine {
         let mut policies = PolicySet::new();
         let mut origin: HashMap<PolicyId, (usize, usize)> = HashMap::new();
         for (index, (path, text)) in sources.iter().enumerate() {
+            // Cedar's parser recurses once per nested bracket: a file of nested parentheses
+            // overflowed a reload thread's stack and aborted the gateway. Refuse it first.
+            if let Some(offset) = too_deep(text) {
+                let (line, column) = line_column(text, offset);
+                problems.push(PolicyProblem {
+                    file: path.clone(),
+                    line: Some(line),
+                    column: Some(column),
+                    message: format!("brackets nest deeper than {MAX_POLICY_NESTING}"),
+                });
+                continue;
+            }
             let parsed = match PolicySet::from_str(text) {
                 Ok(parsed) => parsed,
                 Err(errors) => {
@@ -1091,5 +1139,36 @@ forbid (principal, action == Temporal::Action::"ResetWorkflowExecution", resourc
         assert!(!engine.may_permit(&deployer, spec("TerminateWorkflowExecution")), "a User is not a CiJob");
         assert!(!engine.may_permit(&deployer, spec("ResetWorkflowExecution")), "only a forbid names it");
         assert!(!engine.may_permit(&deployer, spec("DeleteNamespace")));
+    }
+
+    #[test]
+    fn deeply_nested_policies_are_refused_before_cedar_parses_them() {
+        let nested = |depth: usize| {
+            format!(
+                "@id(\"deep\")\npermit (principal, action, resource)\nwhen {{ {}true{} }};\n",
+                "(".repeat(depth),
+                ")".repeat(depth)
+            )
+        };
+        let load = |text: String| {
+            PolicyEngine::from_sources(
+                Path::new("schema.cedarschema"),
+                &generated_schema(),
+                &[(PathBuf::from("deep.cedar"), text)],
+            )
+        };
+        // The deepest allowed parses on a test thread's 2 MiB stack, like a reload thread's.
+        assert!(load(nested(MAX_POLICY_NESTING - 1)).is_ok());
+        let Err(PolicyError::Invalid(problems)) = load(nested(100_000)) else { panic!("a 100 000-deep policy loaded") };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].line, Some(3));
+        assert!(problems[0].message.contains("nest deeper than 32"), "{}", problems[0]);
+        // Brackets inside strings and comments do not count.
+        let quoted = format!(
+            "// {}\n@id(\"q\")\npermit (principal, action, resource)\nwhen {{ \"{}\" == \"x\" }};\n",
+            "(".repeat(99),
+            "[".repeat(99)
+        );
+        assert!(load(quoted).is_ok());
     }
 }
