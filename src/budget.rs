@@ -45,10 +45,6 @@ impl ByteBudget {
         Arc::new(ByteBudget { limit, used: AtomicUsize::new(0) })
     }
 
-    pub fn limit(&self) -> usize {
-        self.limit
-    }
-
     /// Bytes currently held.
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)

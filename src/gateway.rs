@@ -193,11 +193,6 @@ impl Gateway {
         self.upstream.check_health().await
     }
 
-    /// The request bytes held now by calls being inspected, over all connections.
-    pub fn buffered_bytes(&self) -> usize {
-        self.buffered.used()
-    }
-
     /// Handles one gRPC call from `conn`.
     pub async fn handle(&self, request: http::Request<Incoming>, conn: &ClientConn) -> http::Response<ResponseBody> {
         let client = conn.addr;
