@@ -9,9 +9,11 @@
 //!   from one IP address; a connection over a cap is accepted and closed at once (leaving it in
 //!   the kernel's backlog would hold it too), and counted in
 //!   `flowgate_connections_refused_total{listener,reason}`. At the overall cap, a connection
-//!   that has not sent a request yet is evicted to make room (the oldest first), so sockets
-//!   that only hold a descriptor cannot keep a client that is about to call out, whatever
-//!   addresses they come from (`reason="evicted"`);
+//!   with no call in flight is evicted to make room (the oldest first): closed if it never sent
+//!   a request, sent a GOAWAY if it did. Sockets that only hold a descriptor, or that made one
+//!   refused call and went quiet, cannot keep out a client that has work to do, whatever
+//!   addresses they come from (`reason="evicted"`). A worker's connection always has polls in
+//!   flight, so it is never evicted;
 //! * **a handshake deadline**: TLS, the HTTP/2 preface and the first request's headers must all
 //!   arrive within `handshake_timeout` of the accept, or the socket is closed (HTTP/1.1 header
 //!   reads of later requests have the same bound);
@@ -67,6 +69,9 @@ impl Refused {
     }
 }
 
+/// How many connections one admit at the cap looks at for one to evict.
+const EVICTION_SCAN: usize = 64;
+
 /// The open connections of one listener.
 pub struct ConnectionTracker {
     listener: &'static str,
@@ -74,8 +79,8 @@ pub struct ConnectionTracker {
     open: AtomicUsize,
     per_client: Mutex<HashMap<IpAddr, usize>>,
     /// Connections in the order they were admitted, as candidates for eviction; entries whose
-    /// connection has since made a request, or closed, are skipped and dropped lazily.
-    handshaking: Mutex<VecDeque<Weak<Activity>>>,
+    /// connection has closed are dropped lazily, busy ones go to the back.
+    candidates: Mutex<VecDeque<Weak<Activity>>>,
     drained: Notify,
     metrics: Arc<Metrics>,
 }
@@ -112,7 +117,7 @@ impl ConnectionTracker {
             limits,
             open: AtomicUsize::new(0),
             per_client: Mutex::new(HashMap::new()),
-            handshaking: Mutex::new(VecDeque::new()),
+            candidates: Mutex::new(VecDeque::new()),
             drained: Notify::new(),
             metrics,
         })
@@ -128,8 +133,8 @@ impl ConnectionTracker {
     }
 
     /// Admits a connection from `peer`, whose requests `activity` will count, or says which cap
-    /// it is over. At the overall cap, the oldest connection that has made no request yet is
-    /// told to close and this one takes its place.
+    /// it is over. At the overall cap, the oldest connection with no call in flight is told to
+    /// go and this one takes its place.
     pub fn admit(self: &Arc<Self>, peer: SocketAddr, activity: &Arc<Activity>) -> Result<Slot, Refused> {
         let ip = peer.ip();
         let mut per_client = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
@@ -150,29 +155,35 @@ impl ConnectionTracker {
         *per_client.entry(ip).or_insert(0) += 1;
         self.open.fetch_add(1, Ordering::AcqRel);
         drop(per_client);
-        let mut handshaking = self.handshaking.lock().unwrap_or_else(|p| p.into_inner());
-        if handshaking.len() >= 2 * self.limits.max_connections.max(64) {
-            handshaking.retain(|entry| entry.upgrade().is_some_and(|a| !a.proven()));
+        let mut candidates = self.candidates.lock().unwrap_or_else(|p| p.into_inner());
+        if candidates.len() >= 2 * self.limits.max_connections.max(64) {
+            candidates.retain(|entry| entry.strong_count() > 0);
         }
-        handshaking.push_back(Arc::downgrade(activity));
-        drop(handshaking);
+        candidates.push_back(Arc::downgrade(activity));
+        drop(candidates);
         self.metrics.connection_opened(self.listener);
         Ok(Slot { tracker: self.clone(), ip })
     }
 
-    /// Tells the oldest connection that has made no request (and is not already told) to close.
-    /// Its slot is given back when it has closed; meanwhile the listener is over its cap by the
-    /// connections being evicted, a bounded few.
+    /// Tells the oldest connection with no call in flight (and not already told) to go. Its
+    /// slot is given back when it has closed; meanwhile the listener is over its cap by the
+    /// connections being evicted, a bounded few. Looks at most [`EVICTION_SCAN`] connections,
+    /// so an admit stays cheap when every connection is busy.
     fn evict_one(&self) -> bool {
-        let mut handshaking = self.handshaking.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(entry) = handshaking.pop_front() {
-            if let Some(activity) = entry.upgrade()
-                && !activity.proven()
-                && !activity.evicted.swap(true, Ordering::AcqRel)
-            {
-                activity.evict.notify_one();
-                return true;
+        let mut candidates = self.candidates.lock().unwrap_or_else(|p| p.into_inner());
+        for _ in 0..EVICTION_SCAN.min(candidates.len()) {
+            let Some(entry) = candidates.pop_front() else { break };
+            let Some(activity) = entry.upgrade() else { continue };
+            if activity.evicted.load(Ordering::Acquire) {
+                continue;
             }
+            if activity.in_flight.load(Ordering::Acquire) > 0 {
+                candidates.push_back(entry);
+                continue;
+            }
+            activity.evicted.store(true, Ordering::Release);
+            activity.evict.notify_one();
+            return true;
         }
         false
     }
@@ -285,7 +296,6 @@ impl<B: http_body::Body + Unpin> http_body::Body for Tracked<B> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Closed {
     Handshake,
-    Idle,
     Evicted,
 }
 
@@ -362,7 +372,15 @@ pub async fn serve<C, F, E>(
                 }
                 break None;
             }
-            () = activity.evict.notified(), if !activity.proven() => break Some(Closed::Evicted),
+            () = activity.evict.notified() => {
+                if !activity.proven() {
+                    break Some(Closed::Evicted);
+                }
+                if !going_away {
+                    going_away = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
             _ = ticker.tick() => {
                 if !activity.proven() {
                     if tokio::time::Instant::now() >= deadline {
@@ -436,9 +454,8 @@ mod tests {
     fn caps_bind_per_client_and_in_total() {
         let tracker = ConnectionTracker::new("test", limits(3, 2), Arc::new(Metrics::new()));
         let busy: Vec<_> = (0..5).map(|_| Activity::new()).collect();
-        for activity in &busy {
-            drop(activity.request()); // each has made a request: none can be evicted
-        }
+        // Each has a call in flight: none can be evicted.
+        let _in_flight: Vec<_> = busy.iter().map(|activity| activity.request()).collect();
         let a1 = tracker.admit(peer("127.0.0.2"), &busy[0]).unwrap();
         let _a2 = tracker.admit(peer("127.0.0.2"), &busy[1]).unwrap();
         assert_eq!(tracker.admit(peer("127.0.0.2"), &busy[2]).err(), Some(Refused::PerClient));
@@ -451,7 +468,7 @@ mod tests {
     }
 
     #[test]
-    fn at_the_cap_the_oldest_connection_without_a_request_makes_room() {
+    fn at_the_cap_the_oldest_connection_without_a_call_in_flight_makes_room() {
         let tracker = ConnectionTracker::new("test", limits(2, 10), Arc::new(Metrics::new()));
         let (idle_old, idle_new, client) = (Activity::new(), Activity::new(), Activity::new());
         let _s1 = tracker.admit(peer("127.0.0.2"), &idle_old).unwrap();
@@ -459,10 +476,9 @@ mod tests {
         let _s3 = tracker.admit(peer("127.0.0.1"), &client).unwrap();
         assert!(idle_old.evicted.load(Ordering::Acquire), "the oldest idle socket is told to go");
         assert!(!idle_new.evicted.load(Ordering::Acquire));
-        // The evicted one closes; the two left have both made requests: neither is evicted.
+        // The evicted one closes; the two left both have a call in flight: neither is evicted.
         drop(_s1);
-        drop(idle_new.request());
-        drop(client.request());
+        let _busy = (idle_new.request(), client.request());
         assert_eq!(tracker.admit(peer("127.0.0.4"), &Activity::new()).err(), Some(Refused::Total));
         assert_eq!(tracker.open(), 2);
     }

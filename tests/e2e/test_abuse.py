@@ -466,3 +466,36 @@ def test_mixed_abuse_soak_while_an_sdk_client_keeps_working(gateway, okta):
                and d["decision"] == "allow"}  # fmt: skip
     missing = [w for w in started_ids if w not in allowed]
     assert not missing, f"{len(missing)} started workflows have no allow record, e.g. {missing[:3]}"
+
+
+def test_connections_that_made_one_call_and_went_quiet_cannot_starve_a_new_client(gateway, okta):
+    """One refused call (no token) makes a connection a client's; idle after it, it must still
+    make room at the cap for a client that has work to do."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 4000:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8000), hard))
+    gw = gateway(nofile=1024)  # max_connections 768
+    held = []
+    for i in range(4):
+        for _ in range(200):
+            try:
+                attacker = RawH2(gw.address, source_ip=f"127.0.0.{i + 2}")
+                attacker.call(DESCRIBE, None, grpc_prefix(10) + field(1, b"payments"), timeout=2)
+            except OSError:
+                continue  # closed at accept: over the cap
+            held.append(attacker)
+    assert metric(gw, "flowgate_connections_open", listener="gateway") >= 700
+
+    async def sdk_call():
+        client = await connect(gw.address, deployer(okta))
+        reply = await client.workflow_service.describe_namespace(DescribeNamespaceRequest(namespace="payments"))
+        return reply.namespace_info.name
+
+    try:
+        assert run(sdk_call(), timeout=15) == "payments"
+    finally:
+        for attacker in held:
+            attacker.close()
+    assert metric(gw, "flowgate_connections_refused_total", reason="evicted") > 0
