@@ -300,7 +300,7 @@ pub enum Closed {
 }
 
 /// A connection being served by hyper: something that finishes, and can be asked to finish
-/// gracefully (hyper-util's auto connection, or a TLS handshake followed by one).
+/// gracefully (hyper-util's auto connection).
 pub trait Connection: Future {
     fn graceful_shutdown(self: std::pin::Pin<&mut Self>);
 }
