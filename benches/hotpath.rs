@@ -52,20 +52,15 @@ fn okta_principal() -> Principal {
 }
 
 fn call(kind: ResourceKind, workflow_id: Option<&str>, workflow_type: Option<&str>) -> Call {
-    Call {
-        resource: Resource {
-            kind,
-            namespace: Some("payments".into()),
-            workflow_id: workflow_id.map(Into::into),
-            workflow_type: workflow_type.map(Into::into),
-            task_queue: Some("deploys".into()),
-            schedule_id: None,
-        },
-        signal_name: None,
-        query_type: None,
-        update_name: None,
-        has_task_token: false,
-    }
+    Call::new(Resource {
+        kind,
+        namespace: Some("payments".into()),
+        workflow_id: workflow_id.map(Into::into),
+        workflow_type: workflow_type.map(Into::into),
+        task_queue: Some("deploys".into()),
+        schedule_id: None,
+        endpoint: None,
+    })
 }
 
 fn main() {

@@ -188,7 +188,7 @@ pub struct PrincipalRecord<'a> {
 }
 
 /// `resource` of a record.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct ResourceRecord<'a> {
     #[serde(rename = "type")]
     pub kind: &'a str,
@@ -208,6 +208,60 @@ pub struct ResourceRecord<'a> {
     pub query_type: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub update_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activity_type: Option<&'a str>,
+    /// A Nexus endpoint, with the service and operation called on it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nexus_service: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nexus_operation: Option<&'a str>,
+    /// The sticky queue a worker polls, registers or shuts down (policies are asked about its
+    /// normal queue, `task_queue`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sticky_queue: Option<&'a str>,
+}
+
+impl<'a> ResourceRecord<'a> {
+    /// What a call names, as recorded.
+    pub fn of(call: &'a crate::temporal::Call) -> ResourceRecord<'a> {
+        let r = &call.resource;
+        ResourceRecord {
+            kind: r.kind.entity_type(),
+            namespace: r.namespace.as_deref(),
+            workflow_type: r.workflow_type.as_deref(),
+            workflow_id: r.workflow_id.as_deref(),
+            task_queue: r.task_queue.as_deref(),
+            schedule_id: r.schedule_id.as_deref(),
+            signal_name: call.signal_name.as_deref(),
+            query_type: call.query_type.as_deref(),
+            update_name: call.update_name.as_deref(),
+            activity_type: call.activity_type.as_deref(),
+            endpoint: r.endpoint.as_deref(),
+            nexus_service: call.nexus_service.as_deref(),
+            nexus_operation: call.nexus_operation.as_deref(),
+            sticky_queue: call.sticky_queue.as_deref(),
+        }
+    }
+}
+
+/// One question asked for a call (`questions` of a record): the RPC itself first, then each
+/// question its request implies (a task completion's commands, the terminate of a start with
+/// `TERMINATE_EXISTING`, ...), each with its own decision and policies.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuestionRecord<'a> {
+    pub action: &'a str,
+    /// Why it was asked: `the call`, `command 2`, `workflow_id_conflict_policy TERMINATE_EXISTING, ...`.
+    pub origin: String,
+    pub resource: ResourceRecord<'a>,
+    pub decision: &'static str,
+    pub reasons: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub errors: &'a [String],
+    /// Refused before any policy was asked (outside a credential's grant).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<&'a str>,
 }
 
 /// `client` of a record.
@@ -242,6 +296,10 @@ pub struct DecisionRecord<'a> {
     /// What the shadow policy set decided, when it differs from the enforced decision.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shadow: Option<ShadowRecord<'a>>,
+    /// Every question asked, when the request implied more than its RPC (empty otherwise:
+    /// the top-level fields are then the only question).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub questions: Vec<QuestionRecord<'a>>,
 }
 
 /// The shadow set's decision (`policy.shadow_dir`), recorded when it disagrees.

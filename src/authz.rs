@@ -636,10 +636,18 @@ fn missing_actions(schema_path: &Path, schema: &Schema) -> Vec<PolicyProblem> {
 
 /// The context of a call: `method`, and the signal, query or update name where it has one.
 pub fn call_context<'a>(method_path: &'a str, call: &'a Call) -> impl Iterator<Item = (&'static str, &'a str)> {
-    [("signal_name", &call.signal_name), ("query_type", &call.query_type), ("update_name", &call.update_name)]
-        .into_iter()
-        .filter_map(|(key, value)| value.as_deref().map(|value| (key, value)))
-        .chain([("method", method_path)])
+    [
+        ("signal_name", &call.signal_name),
+        ("query_type", &call.query_type),
+        ("update_name", &call.update_name),
+        ("activity_type", &call.activity_type),
+        ("nexus_service", &call.nexus_service),
+        ("nexus_operation", &call.nexus_operation),
+    ]
+    .into_iter()
+    .filter_map(|(key, value)| value.as_deref().map(|value| (key, value)))
+    .chain(call.implied_by.map(|action| ("implied_by", action)))
+    .chain([("method", method_path)])
 }
 
 /// The resource entity of a call (and its namespace), e.g. `Temporal::Workflow::"payments/wf-1"`.
@@ -675,6 +683,10 @@ pub fn resource_entities(call: &Call) -> (EntityUid, Vec<Entity>) {
             attrs.push(("name".to_owned(), string(resource.task_queue.as_deref().unwrap_or_default())));
             scoped(resource.task_queue.as_deref())
         }
+        ResourceKind::NexusEndpoint => {
+            attrs.push(("name".to_owned(), string(resource.endpoint.as_deref().unwrap_or_default())));
+            scoped(resource.endpoint.as_deref())
+        }
         ResourceKind::Schedule => {
             attrs.push(("id".to_owned(), string(resource.schedule_id.as_deref().unwrap_or_default())));
             attr(&mut attrs, "workflow_type", &resource.workflow_type);
@@ -699,7 +711,7 @@ pub fn resource_entities(call: &Call) -> (EntityUid, Vec<Entity>) {
 /// `policies/schema.cedarschema` is this text; a test keeps the two equal.
 pub fn generated_schema() -> String {
     let mut out = String::from(SCHEMA_HEADER);
-    for group in ["read", "write", "worker", "admin", "cluster-admin"] {
+    for group in ["read", "write", "worker", "admin", "cluster-admin", "command"] {
         let _ = writeln!(out, "  action \"{group}\";");
     }
     out.push('\n');
@@ -738,12 +750,20 @@ namespace Temporal {
   entity Workflow in [Namespace] { namespace: String, id?: String, type?: String, task_queue?: String };
   entity TaskQueue in [Namespace] { namespace: String, name: String };
   entity Schedule in [Namespace] { namespace: String, id: String, workflow_type?: String, task_queue?: String };
+  // A Nexus endpoint a workflow calls (`ScheduleNexusOperation`), in the calling namespace.
+  entity NexusEndpoint in [Namespace] { namespace: String, name: String };
 
+  // `implied_by`: for a question a call implies (a task completion's command, the terminate of
+  // a start with TERMINATE_EXISTING), the action of the call that implied it.
   type CallContext = {
     method: String,
     signal_name?: String,
     query_type?: String,
     update_name?: String,
+    activity_type?: String,
+    nexus_service?: String,
+    nexus_operation?: String,
+    implied_by?: String,
   };
 
   // The token exchange: what a credential would grant (`role` is read, write or worker).
@@ -754,7 +774,9 @@ namespace Temporal {
     workflow_types: Set<String>,
   };
 
-  // Access groups: `action in Temporal::Action::"read"`.
+  // Access groups: `action in Temporal::Action::"read"`. `command` holds what a workflow does
+  // beyond itself through its worker's commands (child starts, activities, external signals
+  // and cancels, continue-as-new, Nexus operations).
 "#;
 
 /// flowgate's own warnings about policies that are valid Cedar but cannot do what they say,
@@ -1013,20 +1035,15 @@ when { resource has id && resource.id like "prod-*" };
     }
 
     fn call(kind: ResourceKind, workflow_id: Option<&str>, workflow_type: Option<&str>) -> Call {
-        Call {
-            resource: Resource {
-                kind,
-                namespace: Some("payments".into()),
-                workflow_id: workflow_id.map(Into::into),
-                workflow_type: workflow_type.map(Into::into),
-                task_queue: Some("q".into()),
-                schedule_id: Some("s".into()),
-            },
-            signal_name: None,
-            query_type: None,
-            update_name: None,
-            has_task_token: false,
-        }
+        Call::new(Resource {
+            kind,
+            namespace: Some("payments".into()),
+            workflow_id: workflow_id.map(Into::into),
+            workflow_type: workflow_type.map(Into::into),
+            task_queue: Some("q".into()),
+            schedule_id: Some("s".into()),
+            endpoint: None,
+        })
     }
 
     #[test]

@@ -31,6 +31,7 @@ use crate::authz::{self, Decision, ISSUE_CREDENTIAL, PolicyEngine};
 use crate::config::{Config, ConfigError, PrincipalKind};
 use crate::mint::{self, Grant};
 use crate::temporal::catalog::{self, Access, MethodSpec, ResourceSpec};
+use crate::temporal::implied::{self, Question, StartOptions};
 use crate::temporal::{Call, Resource, ResourceKind};
 
 /// The issuer name of flowgate's own credentials when no config says otherwise (`mint.name`).
@@ -51,6 +52,12 @@ pub enum ExplainError {
     Scope { scope: String, reason: String },
     #[error("`scope` applies to `IssueCredential` only, not to `{0}`")]
     ScopeOnCall(&'static str),
+    #[error("`commands` are carried by `RespondWorkflowTaskCompleted` only, not by `{0}`")]
+    CommandsOnCall(&'static str),
+    #[error("command {index}: `{method}` is not a command (one of: {known})")]
+    NotACommand { index: usize, method: String, known: String },
+    #[error("unknown {field} `{value}` (one of: {known})")]
+    UnknownPolicy { field: &'static str, value: String, known: &'static str },
     #[error("no issuer named `{name}` (known: {known})")]
     UnknownIssuer { name: String, known: String },
     #[error("no issuer with `iss` = `{0}`")]
@@ -88,12 +95,66 @@ pub struct CallSpec {
     /// For `IssueCredential`: the requested scope, as in a token exchange.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+    /// For the `ScheduleActivityTask` command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activity_type: Option<String>,
+    /// For the `ScheduleNexusOperation` command: the endpoint, service and operation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nexus_service: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nexus_operation: Option<String>,
+    /// For `RespondWorkflowTaskCompleted`: the workflow's commands, each described as a call of
+    /// its command action (`StartChildWorkflowExecution`, `ScheduleActivityTask`, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commands: Vec<CallSpec>,
+    /// For starts (and child starts): `TERMINATE_IF_RUNNING`, ... as in Temporal's enums.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow_id_reuse_policy: Option<String>,
+    /// For starts: `USE_EXISTING`, `TERMINATE_EXISTING`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow_id_conflict_policy: Option<String>,
+    /// For `StartWorkflowExecution`: an eager start.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub request_eager_execution: bool,
+    /// For starts: `on_conflict_options` or `completion_callbacks` are set.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub attaches: bool,
 }
 
-/// A described call, checked against the catalog: what would be asked of the policies.
+/// Temporal's `WorkflowIdReusePolicy` names (without their prefix), by value.
+const REUSE_POLICIES: &[(&str, u64)] = &[
+    ("UNSPECIFIED", 0),
+    ("ALLOW_DUPLICATE", 1),
+    ("ALLOW_DUPLICATE_FAILED_ONLY", 2),
+    ("REJECT_DUPLICATE", 3),
+    ("TERMINATE_IF_RUNNING", 4),
+];
+/// Temporal's `WorkflowIdConflictPolicy` names.
+const CONFLICT_POLICIES: &[(&str, u64)] =
+    &[("UNSPECIFIED", 0), ("FAIL", 1), ("USE_EXISTING", 2), ("TERMINATE_EXISTING", 3)];
+
+fn policy_value(
+    field: &'static str,
+    value: &Option<String>,
+    names: &[(&str, u64)],
+    known: &'static str,
+) -> Result<u64, ExplainError> {
+    let Some(value) = value else { return Ok(0) };
+    let bare = value.trim_start_matches("WORKFLOW_ID_REUSE_POLICY_").trim_start_matches("WORKFLOW_ID_CONFLICT_POLICY_");
+    names.iter().find(|(name, _)| *name == bare).map(|(_, v)| *v).ok_or_else(|| ExplainError::UnknownPolicy {
+        field,
+        value: value.clone(),
+        known,
+    })
+}
+
+/// A described call, checked against the catalog: what would be asked of the policies (the
+/// RPC, and the questions it implies, derived as the gateway derives them from a request).
 #[derive(Debug, Clone)]
 pub enum Ask {
-    Call { spec: &'static MethodSpec, path: String, call: Call },
+    Call { spec: &'static MethodSpec, path: String, call: Call, implied: Vec<Question> },
     Credential { grant: Grant },
 }
 
@@ -106,6 +167,56 @@ impl CallSpec {
         let spec = find_method(&self.method)?;
         let path =
             if self.method.starts_with('/') { self.method.clone() } else { format!("/{}/{}", spec.service, spec.name) };
+        let call = self.resolve_call(spec)?;
+        let mut implied = Vec::new();
+        if spec.name != "RespondWorkflowTaskCompleted" && !self.commands.is_empty() {
+            return Err(ExplainError::CommandsOnCall(spec.name));
+        }
+        for (index, command) in self.commands.iter().enumerate() {
+            let command_spec = catalog::command_action(&command.method).ok_or_else(|| ExplainError::NotACommand {
+                index,
+                method: command.method.clone(),
+                known: catalog::COMMANDS.iter().map(|c| c.name).collect::<Vec<_>>().join(", "),
+            })?;
+            let mut command_call = command.resolve_call(command_spec)?;
+            if command_call.resource.namespace.is_none() {
+                command_call.resource.namespace = call.resource.namespace.clone();
+            }
+            command_call.implied_by = Some(spec.name);
+            let start = command.start_options()?;
+            let command = implied::Command { spec: command_spec, call: command_call, start };
+            implied::command_question(index, command, &mut implied);
+        }
+        if matches!(spec.name, "StartWorkflowExecution" | "SignalWithStartWorkflowExecution" | "ExecuteMultiOperation")
+        {
+            implied::start_questions(spec, &call, &self.start_options()?, &mut implied);
+        }
+        Ok(Ask::Call { spec, path, call, implied })
+    }
+
+    fn start_options(&self) -> Result<StartOptions, ExplainError> {
+        const REUSE: &str = "ALLOW_DUPLICATE, ALLOW_DUPLICATE_FAILED_ONLY, REJECT_DUPLICATE, TERMINATE_IF_RUNNING";
+        const CONFLICT: &str = "FAIL, USE_EXISTING, TERMINATE_EXISTING";
+        Ok(StartOptions {
+            reuse_policy: policy_value(
+                "workflow_id_reuse_policy",
+                &self.workflow_id_reuse_policy,
+                REUSE_POLICIES,
+                REUSE,
+            )?,
+            conflict_policy: policy_value(
+                "workflow_id_conflict_policy",
+                &self.workflow_id_conflict_policy,
+                CONFLICT_POLICIES,
+                CONFLICT,
+            )?,
+            eager: self.request_eager_execution,
+            attaches: self.attaches,
+        })
+    }
+
+    /// The resource and context of a call of `spec`, refusing fields its requests never carry.
+    fn resolve_call(&self, spec: &'static MethodSpec) -> Result<Call, ExplainError> {
         if self.scope.is_some() {
             return Err(ExplainError::ScopeOnCall(spec.name));
         }
@@ -114,11 +225,37 @@ impl CallSpec {
             (Some(_), false) => Err(ExplainError::FieldNotCarried { method: spec.name, field }),
             _ => Ok(value.clone()),
         };
+        let command = spec.access == Access::Command;
         let namespace = field(&self.namespace, carried.namespace, "namespace")?;
-        if carried.namespace && namespace.is_none() {
+        // A command without a namespace acts in the workflow's own.
+        if carried.namespace && namespace.is_none() && !command {
             return Err(ExplainError::NoNamespace(spec.name));
         }
-        let call = Call {
+        let is = |name: &str| spec.name == name;
+        let start_like = matches!(
+            spec.name,
+            "StartWorkflowExecution"
+                | "SignalWithStartWorkflowExecution"
+                | "ExecuteMultiOperation"
+                | "StartChildWorkflowExecution"
+        );
+        if !start_like {
+            for (value, name) in [
+                (&self.workflow_id_reuse_policy, "workflow_id_reuse_policy"),
+                (&self.workflow_id_conflict_policy, "workflow_id_conflict_policy"),
+            ] {
+                field(value, false, name)?;
+            }
+        }
+        if (self.request_eager_execution || self.attaches)
+            && !is("StartWorkflowExecution")
+            && !is("ExecuteMultiOperation")
+        {
+            let name = if self.attaches { "attaches" } else { "request_eager_execution" };
+            return Err(ExplainError::FieldNotCarried { method: spec.name, field: name });
+        }
+        let signal = spec.signal_name.is_some() || is("SignalExternalWorkflowExecution");
+        Ok(Call {
             resource: Resource {
                 kind: spec.resource.kind(),
                 namespace,
@@ -126,13 +263,16 @@ impl CallSpec {
                 workflow_type: field(&self.workflow_type, carried.workflow_type, "workflow_type")?,
                 task_queue: field(&self.task_queue, carried.task_queue, "task_queue")?,
                 schedule_id: field(&self.schedule_id, carried.schedule_id, "schedule_id")?,
+                endpoint: field(&self.endpoint, carried.endpoint, "endpoint")?,
             },
-            signal_name: field(&self.signal_name, spec.signal_name.is_some(), "signal_name")?,
+            signal_name: field(&self.signal_name, signal, "signal_name")?,
             query_type: field(&self.query_type, spec.query_type.is_some(), "query_type")?,
             update_name: field(&self.update_name, spec.update_name.is_some(), "update_name")?,
-            has_task_token: false,
-        };
-        Ok(Ask::Call { spec, path, call })
+            activity_type: field(&self.activity_type, is("ScheduleActivityTask"), "activity_type")?,
+            nexus_service: field(&self.nexus_service, carried.endpoint, "nexus_service")?,
+            nexus_operation: field(&self.nexus_operation, carried.endpoint, "nexus_operation")?,
+            ..Call::new(Resource::new(spec.resource.kind()))
+        })
     }
 
     fn resolve_credential(&self) -> Result<Ask, ExplainError> {
@@ -170,6 +310,7 @@ struct Carried {
     workflow_type: bool,
     task_queue: bool,
     schedule_id: bool,
+    endpoint: bool,
 }
 
 impl Carried {
@@ -180,16 +321,33 @@ impl Carried {
             workflow_type: false,
             task_queue: false,
             schedule_id: false,
+            endpoint: false,
         };
+        // Commands and other implied questions name what their request says: every field of
+        // their resource.
+        if spec.service.is_empty() && spec.resource.kind() == ResourceKind::Workflow {
+            let carried = match spec.name {
+                "SignalExternalWorkflowExecution" | "RequestCancelExternalWorkflowExecution" => (true, false),
+                _ => (true, true),
+            };
+            return Carried {
+                namespace: true,
+                workflow_id: carried.0,
+                workflow_type: carried.1,
+                task_queue: carried.1,
+                ..none
+            };
+        }
         match spec.resource {
             ResourceSpec::Cluster => none,
+            ResourceSpec::NexusEndpoint => Carried { namespace: true, endpoint: true, ..none },
             ResourceSpec::Namespace { .. } => Carried { namespace: true, ..none },
             ResourceSpec::Workflow { workflow_id, workflow_type, task_queue, .. } => Carried {
                 namespace: true,
                 workflow_id: workflow_id.is_some(),
                 workflow_type: workflow_type.is_some(),
                 task_queue: task_queue.is_some(),
-                schedule_id: false,
+                ..none
             },
             ResourceSpec::TaskQueue { .. } => Carried { namespace: true, task_queue: true, ..none },
             ResourceSpec::Schedule { workflow_type, task_queue, .. } => Carried {
@@ -391,9 +549,30 @@ pub struct Explanation {
     pub decision: Verdict,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shadow: Option<Verdict>,
+    /// The questions the call implies beyond its RPC (a task completion's commands, the
+    /// terminate of a start with `TERMINATE_EXISTING`, ...), each decided on its own.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub questions: Vec<QuestionExplanation>,
+}
+
+/// One question beyond the RPC, explained.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuestionExplanation {
+    /// Why it is asked: `command 2`, `workflow_id_conflict_policy TERMINATE_EXISTING, ...`.
+    pub origin: String,
+    pub action: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action_group: Option<&'static str>,
+    pub resource: Value,
+    pub context: Value,
+    pub decision: Verdict,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<Verdict>,
 }
 
 /// Decides `ask` for `principal` under `enforced` (and `shadow`), without caches, and reports it.
+/// A call that implies further questions is allowed only if every one is: `decision` is then
+/// the first refused question's verdict (or the RPC's), and `questions` has each one.
 pub fn explain(
     enforced: &PolicyEngine,
     shadow: Option<&PolicyEngine>,
@@ -401,16 +580,9 @@ pub fn explain(
     ask: &Ask,
 ) -> Explanation {
     let (action, action_group, resource, context) = match ask {
-        Ask::Call { spec, path, call } => {
-            let (uid, entities) = authz::resource_entities(call);
-            let resource = entities
-                .iter()
-                .find(|e| e.uid() == uid)
-                .and_then(|e| e.to_json_value().ok())
-                .unwrap_or_else(|| json!({ "uid": uid.to_string() }));
-            let context: Map<String, Value> =
-                authz::call_context(path, call).map(|(k, v)| (k.to_owned(), Value::String(v.to_owned()))).collect();
-            (spec.name, spec.access.group(), resource, Value::Object(context))
+        Ask::Call { spec, path, call, .. } => {
+            let (resource, context) = resource_and_context(path, call);
+            (spec.name, spec.access.group(), resource, context)
         }
         Ask::Credential { grant } => {
             let resource = json!({
@@ -427,37 +599,103 @@ pub fn explain(
             (ISSUE_CREDENTIAL, None, resource, context)
         }
     };
+    let questions: Vec<QuestionExplanation> = match ask {
+        Ask::Call { path, implied, .. } => implied
+            .iter()
+            .map(|question| {
+                let (resource, context) = resource_and_context(path, &question.call);
+                let one = |engine| call_verdict(engine, principal, question.spec, path, &question.call);
+                QuestionExplanation {
+                    origin: question.origin.to_string(),
+                    action: crate::authn::principal::entity_uid("Action", question.spec.name).to_string(),
+                    action_group: question.spec.access.group(),
+                    resource,
+                    context,
+                    decision: one(enforced),
+                    shadow: shadow.map(one),
+                }
+            })
+            .collect(),
+        Ask::Credential { .. } => Vec::new(),
+    };
+    let combined = |rpc: Verdict, pick: &dyn Fn(&QuestionExplanation) -> Option<&Verdict>| {
+        if !rpc.allowed() {
+            return rpc;
+        }
+        questions.iter().filter_map(pick).find(|v| !v.allowed()).cloned().unwrap_or(rpc)
+    };
+    let decision = combined(verdict(enforced, principal, ask), &|q| Some(&q.decision));
+    let shadow = shadow.map(|shadow| combined(verdict(shadow, principal, ask), &|q| q.shadow.as_ref()));
     Explanation {
         principal: PrincipalView::of(principal),
         action: crate::authn::principal::entity_uid("Action", action).to_string(),
         action_group,
         resource,
         context,
-        decision: verdict(enforced, principal, ask),
-        shadow: shadow.map(|shadow| verdict(shadow, principal, ask)),
+        decision,
+        shadow,
+        questions,
     }
 }
 
+fn resource_and_context(path: &str, call: &Call) -> (Value, Value) {
+    let (uid, entities) = authz::resource_entities(call);
+    let resource = entities
+        .iter()
+        .find(|e| e.uid() == uid)
+        .and_then(|e| e.to_json_value().ok())
+        .unwrap_or_else(|| json!({ "uid": uid.to_string() }));
+    let context: Map<String, Value> =
+        authz::call_context(path, call).map(|(k, v)| (k.to_owned(), Value::String(v.to_owned()))).collect();
+    (resource, Value::Object(context))
+}
+
 fn verdict(engine: &PolicyEngine, principal: &Principal, ask: &Ask) -> Verdict {
-    let (action, refused) = match ask {
-        Ask::Call { spec, call, .. } => {
-            let no_namespace = spec.resource.kind() != ResourceKind::Cluster && call.resource.namespace.is_none();
-            let refused = match (spec.access, &principal.minted) {
-                (Access::Public, _) => None,
-                // The gateway refuses these before any policy (a task token would name one).
-                _ if no_namespace => Some(format!("`{}` names no namespace", spec.name)),
-                (_, Some(minted)) => minted.grant.check(spec, call).err(),
-                (_, None) => None,
-            };
-            (spec.name, refused)
-        }
+    match ask {
+        Ask::Call { spec, path, call, .. } => call_verdict(engine, principal, spec, path, call),
         Ask::Credential { grant } => {
             let refused = principal.minted.as_ref().filter(|minted| !grant.within(&minted.grant)).map(|minted| {
                 format!("scope `{}` is not within the credential's `{}`", grant.scope(), minted.grant.scope())
             });
-            (ISSUE_CREDENTIAL, refused)
+            let decision = || {
+                engine.authorize_credential(
+                    principal,
+                    &grant.namespace,
+                    grant.role.as_str(),
+                    &grant.task_queues,
+                    &grant.workflow_types,
+                )
+            };
+            finish(engine, ISSUE_CREDENTIAL, refused, decision)
+        }
+    }
+}
+
+fn call_verdict(engine: &PolicyEngine, principal: &Principal, spec: &MethodSpec, path: &str, call: &Call) -> Verdict {
+    let no_namespace = spec.resource.kind() != ResourceKind::Cluster && call.resource.namespace.is_none();
+    let refused = match (spec.access, &principal.minted) {
+        (Access::Public, _) => None,
+        // The gateway refuses these before any policy (a task token would name one).
+        _ if no_namespace => Some(format!("`{}` names no namespace", spec.name)),
+        (_, Some(minted)) => minted.grant.check(spec, call).err(),
+        (_, None) => None,
+    };
+    let decision = || {
+        if spec.access == Access::Public {
+            Decision { allowed: true, reasons: vec![crate::gateway::PUBLIC_REASON.to_owned()], errors: vec![] }
+        } else {
+            engine.evaluate(principal, spec, path, call)
         }
     };
+    finish(engine, spec.name, refused, decision)
+}
+
+fn finish(
+    engine: &PolicyEngine,
+    action: &str,
+    refused: Option<String>,
+    decision: impl FnOnce() -> Decision,
+) -> Verdict {
     let version = engine.version().to_owned();
     let considered = engine.policies_for(action);
     if let Some(refused) = refused {
@@ -470,19 +708,7 @@ fn verdict(engine: &PolicyEngine, principal: &Principal, ask: &Ask) -> Verdict {
             policy_version: version,
         };
     }
-    let decision: Decision = match ask {
-        Ask::Call { spec, .. } if spec.access == Access::Public => {
-            Decision { allowed: true, reasons: vec![crate::gateway::PUBLIC_REASON.to_owned()], errors: vec![] }
-        }
-        Ask::Call { spec, path, call } => engine.evaluate(principal, spec, path, call),
-        Ask::Credential { grant } => engine.authorize_credential(
-            principal,
-            &grant.namespace,
-            grant.role.as_str(),
-            &grant.task_queues,
-            &grant.workflow_types,
-        ),
-    };
+    let decision = decision();
     Verdict {
         decision: if decision.allowed { "allow" } else { "deny" },
         policies: decision.reasons,
@@ -538,6 +764,23 @@ impl Explanation {
             for (key, value) in context {
                 let _ = writeln!(out, "  {key} = {value}");
             }
+        }
+        for question in &self.questions {
+            let uid = &question.resource["uid"];
+            let _ = writeln!(
+                out,
+                "also asked {} on {}::{} ({})",
+                question.action,
+                uid["type"].as_str().unwrap_or_default(),
+                Value::String(uid["id"].as_str().unwrap_or_default().to_owned()),
+                question.origin
+            );
+            if let Some(attrs) = question.resource["attrs"].as_object() {
+                for (key, value) in attrs {
+                    let _ = writeln!(out, "  {key} = {value}");
+                }
+            }
+            write_verdict(&mut out, "  answer", &question.decision);
         }
         write_verdict(&mut out, "decision", &self.decision);
         if let Some(shadow) = &self.shadow {

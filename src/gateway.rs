@@ -8,7 +8,12 @@
 //!    resource it touches decoded (`temporal::inspect`). Before a large message is buffered, a
 //!    principal that no policy could ever permit the action is refused: reading megabytes only
 //!    to deny them would let a caller with no permissions make the gateway hold memory;
-//! 4. **authorize**: Cedar decides (`authz`);
+//! 4. **authorize**: Cedar decides (`authz`) every question the call raises: the RPC itself,
+//!    then each one its request implies (`temporal::implied`: the commands of a workflow task
+//!    completion, the terminate of a start with `TERMINATE_EXISTING`, the signal of a
+//!    signal-with-start, ...). One refused question refuses the call and is named in the error.
+//!    A sticky queue must belong to the caller (`sticky`). A task completion refused for a
+//!    command is also failed upstream, so the workflow's history says why;
 //! 5. **record**: the decision record is written (`audit`), for allows and denials alike; if it
 //!    cannot be written the call is refused;
 //! 6. **forward**: an allowed call goes upstream unchanged (`proxy`); a refused one gets a
@@ -24,7 +29,9 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::audit::{self, ClientRecord, DecisionLog, DecisionRecord, PrincipalRecord, ResourceRecord, ShadowRecord};
+use crate::audit::{
+    self, ClientRecord, DecisionLog, DecisionRecord, PrincipalRecord, QuestionRecord, ResourceRecord, ShadowRecord,
+};
 use crate::authn::{Authenticator, Principal};
 use crate::authz::{Decision, PolicyEngine};
 use crate::budget::{ByteBudget, Reservation, SMALL_MESSAGE};
@@ -34,9 +41,11 @@ use crate::mint::Minter;
 use crate::proxy::{CallObserver, ForwardBody, ResponseBody, Upstream, grpc_timeout};
 use crate::reload::PolicySets;
 use crate::status::{Code, Refusal, trailers_only};
+use crate::sticky::StickyQueues;
 use crate::telemetry::Metrics;
 use crate::temporal::catalog::{self, Access, MethodSpec};
-use crate::temporal::{Call, ResourceKind, inspect};
+use crate::temporal::implied::{self, Origin, Question, TaskWorkflow};
+use crate::temporal::{Call, ResourceKind, inspect, wire};
 
 /// Reasons recorded for calls that need no policy.
 pub const PUBLIC_REASON: &str = "flowgate:public-method";
@@ -61,6 +70,8 @@ pub struct Gateway {
     minter: Option<Arc<Minter>>,
     /// Request bytes all connections together may hold during inspection.
     buffered: Arc<ByteBudget>,
+    /// Which principal owns each sticky task queue.
+    sticky: StickyQueues,
 }
 
 /// The connection a call arrived on: who sent it, and the byte budget its calls share.
@@ -81,9 +92,58 @@ impl ClientConn {
 struct Outcome {
     principal: Option<Arc<Principal>>,
     call: Option<Call>,
+    /// The decision on the RPC itself.
     decision: Result<Arc<Decision>, Refusal>,
-    /// The shadow set's decision, when one is loaded and the enforced set was asked.
+    /// The shadow set's decision, when one is loaded and the enforced set was asked (of every
+    /// question: the first it refuses, else the RPC's).
     shadow: Option<Arc<Decision>>,
+    /// The questions the request implied beyond the RPC, each with its answer.
+    implied: Vec<Asked>,
+    /// For a workflow task completion: the task token Temporal issued, to fail the task with
+    /// when a command is refused.
+    task_token: Option<Bytes>,
+}
+
+impl Outcome {
+    fn refused(principal: Option<Arc<Principal>>, call: Option<Call>, refusal: Refusal) -> Outcome {
+        Outcome { principal, call, decision: Err(refusal), shadow: None, implied: Vec::new(), task_token: None }
+    }
+
+    /// The first implied question that was refused.
+    fn refused_question(&self) -> Option<&Asked> {
+        self.implied.iter().find(|asked| !asked.allowed())
+    }
+}
+
+/// One implied question and its answer.
+pub struct Asked {
+    pub question: Question,
+    pub answer: Answer,
+}
+
+/// How an implied question was answered.
+pub enum Answer {
+    Decided(Arc<Decision>),
+    /// Outside the grant of the flowgate credential that asked; no policy was asked.
+    OutsideGrant(String),
+}
+
+impl Asked {
+    fn allowed(&self) -> bool {
+        matches!(&self.answer, Answer::Decided(decision) if decision.allowed)
+    }
+
+    /// The refusal of the call `spec` for this question.
+    fn refusal(&self, spec: &MethodSpec) -> Refusal {
+        let question = &self.question;
+        let why = format!("{} of `{}`", question.origin, spec.name);
+        match &self.answer {
+            Answer::Decided(decision) => {
+                Refusal::Denied(format!("{why}: {}", denial_message(question.spec, Some(&question.call), decision)))
+            }
+            Answer::OutsideGrant(outside) => Refusal::OutsideGrant(format!("{why}: {outside}")),
+        }
+    }
 }
 
 /// How many denied calls `GET /explain/<decision_id>` can explain.
@@ -125,6 +185,7 @@ impl Gateway {
             credentials: config.upstream.credentials(),
             minter,
             buffered: ByteBudget::new(config.limits.max_buffered_bytes),
+            sticky: StickyQueues::new(),
         }
     }
 
@@ -151,7 +212,8 @@ impl Gateway {
     pub fn explain_denial(&self, decision_id: &str) -> Option<(RecentDenialSummary, Explanation)> {
         let denials = self.recent_denials.lock().unwrap_or_else(|p| p.into_inner());
         let denial = denials.iter().find(|d| d.decision_id == decision_id)?;
-        let ask = Ask::Call { spec: denial.spec, path: denial.path.clone(), call: denial.call.clone() };
+        let ask =
+            Ask::Call { spec: denial.spec, path: denial.path.clone(), call: denial.call.clone(), implied: Vec::new() };
         let summary = RecentDenialSummary {
             decision_id: denial.decision_id.clone(),
             ts: denial.ts.clone(),
@@ -228,7 +290,7 @@ impl Gateway {
         // Phase 5: record, before anything goes upstream.
         let decision_id = audit::decision_id();
         let refusal = match &outcome.decision {
-            Ok(decision) if decision.allowed => None,
+            Ok(decision) if decision.allowed => outcome.refused_question().map(|asked| asked.refusal(spec)),
             Ok(decision) => Some(Refusal::Denied(denial_message(spec, outcome.call.as_ref(), decision))),
             Err(refusal) => Some(refusal.clone()),
         };
@@ -254,42 +316,45 @@ impl Gateway {
             // Every PERMISSION_DENIED names its decision, and an operator can ask why.
             if let (Code::PermissionDenied, Some(principal)) = (refusal.code(), &outcome.principal) {
                 message.push_str(&explain_pointer(&record.decision_id));
-                // Refused before its message was read (no policy could permit the action): the
-                // explanation asks about the action on an unnamed resource, which no policy
-                // permits either.
-                let call = outcome.call.clone().unwrap_or_else(|| Call::unread(spec));
+                // The explanation is of the question that was refused. Refused before its
+                // message was read (no policy could permit the action): it asks about the action
+                // on an unnamed resource, which no policy permits either.
+                let (denied_spec, call) = match outcome.refused_question() {
+                    Some(asked) => (asked.question.spec, asked.question.call.clone()),
+                    None => (spec, outcome.call.clone().unwrap_or_else(|| Call::unread(spec))),
+                };
                 self.remember_denial(RecentDenial {
                     decision_id: record.decision_id.clone(),
                     ts: record.ts.clone(),
                     policy_version: policies.version().to_owned(),
                     principal: principal.clone(),
-                    spec,
+                    spec: denied_spec,
                     path: path.to_owned(),
                     call,
                     reasons: record.reasons.to_vec(),
                 });
+                // A workflow task refused for one of its commands: fail it upstream too, so the
+                // workflow's history names the command and the decision, rather than the task
+                // timing out unexplained and being retried for ever.
+                if let (Some(asked), Some(token), Some(call)) =
+                    (outcome.refused_question(), &outcome.task_token, &outcome.call)
+                    && let Origin::Command { .. } = asked.question.origin
+                {
+                    let failure =
+                        format!("flowgate refused {} (decision `{}`)", refusal_text(&refusal), record.decision_id);
+                    self.fail_workflow_task(&parts, principal, call, token, asked, &failure).await;
+                }
             }
             self.metrics.call_finished(spec.name, false, refusal.code().as_str(), started.elapsed());
             return trailers_only(refusal.code(), &message);
         }
 
         // Phase 6: forward.
-        match self.credentials {
-            UpstreamCredentials::Forward => {}
-            UpstreamCredentials::None => {
-                parts.headers.remove(http::header::AUTHORIZATION);
-            }
-            UpstreamCredentials::Minted => {
-                let minter = self.minter.as_ref().expect("config requires [mint] for minted credentials");
-                let credential = match (&outcome.principal, &outcome.call) {
-                    (Some(principal), Some(call)) => Some(minter.upstream_credential(principal, spec, call)),
-                    _ => None, // public methods: Temporal lets them through without a token
-                };
-                match credential.and_then(|c| http::HeaderValue::try_from(format!("Bearer {c}")).ok()) {
-                    Some(value) => parts.headers.insert(http::header::AUTHORIZATION, value),
-                    None => parts.headers.remove(http::header::AUTHORIZATION),
-                };
-            }
+        if let (Some(principal), Some(call)) = (&outcome.principal, &outcome.call) {
+            self.set_upstream_credentials(&mut parts.headers, principal, spec, call);
+        } else if self.credentials != UpstreamCredentials::Forward {
+            // Public methods: Temporal lets them through without a token.
+            parts.headers.remove(http::header::AUTHORIZATION);
         }
         let deadline = grpc_timeout(&parts.headers);
         match self.upstream.send(parts, forward_body.expect("allowed calls keep their body"), deadline).await {
@@ -307,6 +372,104 @@ impl Gateway {
         }
     }
 
+    /// The `authorization` Temporal gets for `principal`'s call, per `upstream.credentials`.
+    fn set_upstream_credentials(
+        &self,
+        headers: &mut http::HeaderMap,
+        principal: &Principal,
+        spec: &'static MethodSpec,
+        call: &Call,
+    ) {
+        match self.credentials {
+            UpstreamCredentials::Forward => {}
+            UpstreamCredentials::None => {
+                headers.remove(http::header::AUTHORIZATION);
+            }
+            UpstreamCredentials::Minted => {
+                let minter = self.minter.as_ref().expect("config requires [mint] for minted credentials");
+                let credential = minter.upstream_credential(principal, spec, call);
+                match http::HeaderValue::try_from(format!("Bearer {credential}")) {
+                    Ok(value) => headers.insert(http::header::AUTHORIZATION, value),
+                    Err(_) => headers.remove(http::header::AUTHORIZATION),
+                };
+            }
+        }
+    }
+
+    /// Fails the workflow task of `token` upstream with `failure` as its cause's message, as
+    /// the worker whose completion was refused (its credentials, its namespace). Best effort,
+    /// within [`FAIL_TASK_TIMEOUT`]: the worker is refused either way, and a task that cannot
+    /// be failed times out and is retried by Temporal.
+    async fn fail_workflow_task(
+        &self,
+        parts: &http::request::Parts,
+        principal: &Principal,
+        call: &Call,
+        token: &[u8],
+        asked: &Asked,
+        failure: &str,
+    ) {
+        let spec = catalog::rpc("RespondWorkflowTaskFailed");
+        let namespace = call.resource.namespace.as_deref().unwrap_or_default();
+        let message =
+            workflow_task_failed(token, failed_cause(asked.question.spec.name), failure, principal, namespace);
+        let mut body = Vec::with_capacity(message.len() + 5);
+        body.push(0);
+        body.extend((message.len() as u32).to_be_bytes());
+        body.extend(message);
+        let mut request = http::Request::new(());
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() =
+            http::Uri::from_static("/temporal.api.workflowservice.v1.WorkflowService/RespondWorkflowTaskFailed");
+        let headers = request.headers_mut();
+        for name in [http::header::AUTHORIZATION, http::header::USER_AGENT] {
+            if let Some(value) = parts.headers.get(&name) {
+                headers.insert(name, value.clone());
+            }
+        }
+        for name in ["client-name", "client-version"] {
+            if let Some(value) = parts.headers.get(name) {
+                headers.insert(name, value.clone());
+            }
+        }
+        headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+        headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+        self.set_upstream_credentials(headers, principal, spec, call);
+        let (request_parts, ()) = request.into_parts();
+        let sent = async {
+            let response =
+                self.upstream.send(request_parts, ForwardBody::new(Bytes::from(body), None, None), None).await?;
+            let (response_parts, body) = response.into_parts();
+            let trailers = body.collect().await.ok().and_then(|c| c.trailers().cloned());
+            let status = response_parts
+                .headers
+                .get("grpc-status")
+                .or_else(|| trailers.as_ref().and_then(|t| t.get("grpc-status")))
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("missing")
+                .to_owned();
+            Ok::<_, Refusal>(status)
+        };
+        match tokio::time::timeout(FAIL_TASK_TIMEOUT, sent).await {
+            Ok(Ok(status)) if status == "0" => {
+                self.metrics.workflow_task_failed("ok");
+                tracing::info!(namespace, "failed the refused workflow task upstream");
+            }
+            Ok(Ok(status)) => {
+                self.metrics.workflow_task_failed("error");
+                tracing::warn!(namespace, grpc_status = status, "could not fail the refused workflow task upstream");
+            }
+            Ok(Err(error)) => {
+                self.metrics.workflow_task_failed("error");
+                tracing::warn!(namespace, %error, "could not fail the refused workflow task upstream");
+            }
+            Err(_) => {
+                self.metrics.workflow_task_failed("timeout");
+                tracing::warn!(namespace, "failing the refused workflow task upstream timed out");
+            }
+        }
+    }
+
     /// Authenticate, inspect, authorize. Returns the outcome and, for allowed calls, the body
     /// to forward.
     #[allow(clippy::too_many_arguments)]
@@ -320,12 +483,12 @@ impl Gateway {
         policies: &PolicyEngine,
         shadow: Option<&PolicyEngine>,
     ) -> (Outcome, Option<ForwardBody>) {
-        let refused =
-            |principal, call, refusal| (Outcome { principal, call, decision: Err(refusal), shadow: None }, None);
+        let refused = |principal, call, refusal| (Outcome::refused(principal, call, refusal), None);
 
         if spec.access == Access::Public {
+            let decision = Ok(PUBLIC_DECISION.clone());
             return (
-                Outcome { principal: None, call: None, decision: Ok(PUBLIC_DECISION.clone()), shadow: None },
+                Outcome { principal: None, call: None, decision, shadow: None, implied: Vec::new(), task_token: None },
                 Some(ForwardBody::new(Bytes::new(), Some(body), None)),
             );
         }
@@ -350,14 +513,24 @@ impl Gateway {
             Err(refusal) => return refused(Some(principal), None, refusal),
         };
         let encoding = parts.headers.get("grpc-encoding").and_then(|v| v.to_str().ok());
-        let call = match self.inspect(spec, &buffered, encoding) {
-            Ok(call) => call,
+        let (call, message) = match self.inspect(spec, &buffered, encoding) {
+            Ok(inspected) => inspected,
             Err(refusal) => return refused(Some(principal), None, refusal),
         };
         if call.resource.kind != ResourceKind::Cluster && call.resource.namespace.is_none() {
             let detail = if call.has_task_token { " (a task token does not name one)" } else { "" };
             return refused(Some(principal), Some(call), Refusal::NoNamespace { action: spec.name, detail });
         }
+        // What the request makes Temporal do beyond the RPC: each is asked too.
+        let task = TaskWorkflow::default();
+        let questions = match implied::questions(spec, &message, &call, &task) {
+            Ok(questions) => questions,
+            Err(error) => return refused(Some(principal), Some(call), Refusal::Inspect(error)),
+        };
+        let task_token = (spec.name == "RespondWorkflowTaskCompleted")
+            .then(|| wire::last_bytes(&message, &[1]).ok().flatten().map(Bytes::copy_from_slice))
+            .flatten();
+        drop(message);
 
         // A flowgate credential carries its own limits, checked before any policy.
         if let Some(minted) = &principal.minted
@@ -366,16 +539,57 @@ impl Gateway {
             return refused(Some(principal), Some(call), Refusal::OutsideGrant(outside));
         }
 
-        // Phase 4: authorize.
+        // Phase 4: authorize: the RPC, then every question it implies.
         let decision = policies.authorize(&principal, spec, path, &call);
+        let implied: Vec<Asked> = questions
+            .into_iter()
+            .map(|question| {
+                let outside =
+                    principal.minted.as_ref().and_then(|m| m.grant.check(question.spec, &question.call).err());
+                let answer = match outside {
+                    Some(outside) => Answer::OutsideGrant(outside),
+                    None => Answer::Decided(policies.authorize(&principal, question.spec, path, &question.call)),
+                };
+                Asked { question, answer }
+            })
+            .collect();
+        let allowed = decision.allowed && implied.iter().all(Asked::allowed);
         let shadow = shadow.map(|shadow| {
-            let shadow_decision = shadow.authorize_in(&principal.shadow_decisions, &principal, spec, path, &call);
-            self.metrics.shadow_compared(spec.name, decision.allowed, shadow_decision.allowed);
+            let ask = |spec, call| shadow.authorize_in(&principal.shadow_decisions, &principal, spec, path, call);
+            let primary = ask(spec, &call);
+            let first_refused = || implied.iter().map(|a| ask(a.question.spec, &a.question.call)).find(|d| !d.allowed);
+            let shadow_decision = if primary.allowed { first_refused().unwrap_or(primary) } else { primary };
+            self.metrics.shadow_compared(spec.name, allowed, shadow_decision.allowed);
             shadow_decision
         });
+        let mut outcome = Outcome {
+            principal: Some(principal),
+            call: Some(call),
+            decision: Ok(decision),
+            shadow,
+            implied,
+            task_token,
+        };
+        if !allowed {
+            return (outcome, None);
+        }
+
+        // A sticky queue is its worker's own.
+        if let (Some(principal), Some(call)) = (&outcome.principal, &outcome.call)
+            && let (Some(queue), Some(namespace)) = (&call.sticky_queue, &call.resource.namespace)
+        {
+            let owned = match spec.name {
+                "ShutdownWorker" => self.sticky.release(namespace, queue, &principal.id),
+                _ => self.sticky.claim(namespace, queue, &principal.id),
+            };
+            if let Err(error) = owned {
+                outcome.decision = Err(Refusal::Sticky(error));
+                return (outcome, None);
+            }
+        }
+
         // The message's bytes stay counted against the budgets until they have gone upstream.
-        let body = decision.allowed.then(|| ForwardBody::new(buffered, rest, Some(reservation)));
-        (Outcome { principal: Some(principal), call: Some(call), decision: Ok(decision), shadow }, body)
+        (outcome, Some(ForwardBody::new(buffered, rest, Some(reservation))))
     }
 
     /// Reads the body until the first gRPC message is complete (or the stream ends). Returns the
@@ -438,7 +652,13 @@ impl Gateway {
         Ok(())
     }
 
-    fn inspect(&self, spec: &'static MethodSpec, buffered: &[u8], encoding: Option<&str>) -> Result<Call, Refusal> {
+    /// The call `buffered` makes, and its (inflated) message.
+    fn inspect<'b>(
+        &self,
+        spec: &'static MethodSpec,
+        buffered: &'b [u8],
+        encoding: Option<&str>,
+    ) -> Result<(Call, Cow<'b, [u8]>), Refusal> {
         let framed = match inspect::first_message(buffered, self.limits.max_message_bytes)? {
             Some(framed) => framed,
             None if buffered.is_empty() => return Err(Refusal::EmptyRequest),
@@ -452,7 +672,8 @@ impl Gateway {
             }
         };
         let message = inspect::decompress(&framed, encoding, self.limits.max_inflated_bytes)?;
-        Ok(inspect::inspect(spec, &message)?)
+        let call = inspect::inspect(spec, &message)?;
+        Ok((call, message))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -469,9 +690,48 @@ impl Gateway {
         started: Instant,
     ) -> DecisionRecord<'a> {
         let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
-        let (reasons, errors) = match &outcome.decision {
+        // The decision that decided the call: the RPC's, or the first refused question's.
+        let decided = match (&outcome.decision, outcome.refused_question()) {
+            (Ok(rpc), _) if !rpc.allowed => Ok(&**rpc),
+            (Ok(_), Some(Asked { answer: Answer::Decided(decision), .. })) => Ok(&**decision),
+            (Ok(_), Some(Asked { answer: Answer::OutsideGrant(_), .. })) => Err(refusal.map(|r| r.to_string())),
+            (Ok(rpc), None) => Ok(&**rpc),
+            (Err(refusal), _) => Err(Some(refusal.to_string())),
+        };
+        let (reasons, errors) = match &decided {
             Ok(decision) => (Cow::Borrowed(&decision.reasons[..]), Cow::Borrowed(&decision.errors[..])),
-            Err(refusal) => (Cow::Owned(vec![refusal.to_string()]), Cow::Borrowed(&[][..])),
+            Err(refusal) => (Cow::Owned(refusal.iter().cloned().collect()), Cow::Borrowed(&[][..])),
+        };
+        let questions = match (&outcome.decision, &outcome.call) {
+            (Ok(rpc), Some(call)) if !outcome.implied.is_empty() => {
+                let verdict = |allowed| if allowed { "allow" } else { "deny" };
+                let rpc = QuestionRecord {
+                    action: spec.name,
+                    origin: "the call".to_owned(),
+                    resource: ResourceRecord::of(call),
+                    decision: verdict(rpc.allowed),
+                    reasons: &rpc.reasons,
+                    errors: &rpc.errors,
+                    refused: None,
+                };
+                let implied = outcome.implied.iter().map(|asked| {
+                    let (reasons, errors, refused) = match &asked.answer {
+                        Answer::Decided(d) => (&d.reasons[..], &d.errors[..], None),
+                        Answer::OutsideGrant(outside) => (&[][..], &[][..], Some(outside.as_str())),
+                    };
+                    QuestionRecord {
+                        action: asked.question.spec.name,
+                        origin: asked.question.origin.to_string(),
+                        resource: ResourceRecord::of(&asked.question.call),
+                        decision: verdict(asked.allowed()),
+                        reasons,
+                        errors,
+                        refused,
+                    }
+                });
+                std::iter::once(rpc).chain(implied).collect()
+            }
+            _ => Vec::new(),
         };
         DecisionRecord {
             ts: audit::timestamp(SystemTime::now()),
@@ -487,20 +747,7 @@ impl Gateway {
             }),
             action: spec.name,
             method: path,
-            resource: outcome.call.as_ref().map(|call| {
-                let r = &call.resource;
-                ResourceRecord {
-                    kind: r.kind.entity_type(),
-                    namespace: r.namespace.as_deref(),
-                    workflow_type: r.workflow_type.as_deref(),
-                    workflow_id: r.workflow_id.as_deref(),
-                    task_queue: r.task_queue.as_deref(),
-                    schedule_id: r.schedule_id.as_deref(),
-                    signal_name: call.signal_name.as_deref(),
-                    query_type: call.query_type.as_deref(),
-                    update_name: call.update_name.as_deref(),
-                }
-            }),
+            resource: outcome.call.as_ref().map(ResourceRecord::of),
             client: ClientRecord {
                 addr: client.to_string(),
                 name: header("client-name"),
@@ -510,12 +757,52 @@ impl Gateway {
             latency_us: started.elapsed().as_micros() as u64,
             status: refusal.map(|r| r.code() as u16),
             scope: None,
-            shadow: match (&outcome.decision, &outcome.shadow, shadow) {
+            shadow: match (decided, &outcome.shadow, shadow) {
                 (Ok(enforced), Some(decision), Some(engine)) => shadow_record(enforced, decision, engine),
                 _ => None,
             },
+            questions,
         }
     }
+}
+
+/// How long failing a refused workflow task upstream may take.
+pub const FAIL_TASK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A refusal's message without its `permission denied: ` prefix.
+fn refusal_text(refusal: &Refusal) -> String {
+    let text = refusal.to_string();
+    text.strip_prefix("permission denied: ").map(str::to_owned).unwrap_or(text)
+}
+
+/// The `WorkflowTaskFailedCause` Temporal itself gives a task whose command of this kind it
+/// rejects (`BAD_*_ATTRIBUTES`), so the history reads as it would for any refused command.
+fn failed_cause(command: &str) -> u64 {
+    match command {
+        "ScheduleActivityTask" => 2,
+        "RequestCancelExternalWorkflowExecution" => 10,
+        "ContinueAsNewWorkflowExecution" => 11,
+        "SignalExternalWorkflowExecution" => 15,
+        "StartChildWorkflowExecution" => 16,
+        "ScheduleNexusOperation" => 32,
+        _ => 1, // UNHANDLED_COMMAND
+    }
+}
+
+/// A `RespondWorkflowTaskFailedRequest`: `task_token = 1`, `cause = 2`, `failure = 3`
+/// (`Failure.message = 1`, `source = 2`), `identity = 4`, `namespace = 6`.
+fn workflow_task_failed(token: &[u8], cause: u64, message: &str, principal: &Principal, namespace: &str) -> Vec<u8> {
+    let mut failure = Vec::with_capacity(message.len() + 16);
+    wire::put_bytes_field(&mut failure, 1, message.as_bytes());
+    wire::put_bytes_field(&mut failure, 2, b"flowgate");
+    let identity = format!("flowgate for {}", principal.id);
+    let mut out = Vec::with_capacity(token.len() + failure.len() + identity.len() + namespace.len() + 16);
+    wire::put_bytes_field(&mut out, 1, token);
+    wire::put_varint_field(&mut out, 2, cause);
+    wire::put_bytes_field(&mut out, 3, &failure);
+    wire::put_bytes_field(&mut out, 4, identity.as_bytes());
+    wire::put_bytes_field(&mut out, 6, namespace.as_bytes());
+    out
 }
 
 /// The shadow set's decision for the record, when it differs from the enforced one.

@@ -2,7 +2,9 @@
 //!
 //! A call flows through the modules in this order (see [`gateway`] for the phases):
 //! [`server`] accepts it, [`temporal`] classifies and inspects it, [`authn`] authenticates the
-//! caller, [`authz`] decides with Cedar, [`audit`] records the decision, [`proxy`] forwards it,
+//! caller, [`authz`] decides with Cedar (every question the request implies: a task
+//! completion's commands, a start that terminates; [`sticky`] keeps sticky queues to their
+//! workers), [`audit`] records the decision, [`proxy`] forwards it,
 //! and [`status`] is the one place refusals become gRPC statuses. [`config`] is the TOML file,
 //! [`admin`] the health and metrics endpoints. [`mint`] issues short-lived worker credentials
 //! in exchange for CI tokens (the token endpoint on the same listener).
@@ -36,6 +38,7 @@ pub mod server;
 pub mod shutdown;
 pub mod sidecar;
 pub mod status;
+pub mod sticky;
 pub mod telemetry;
 pub mod temporal;
 

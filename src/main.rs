@@ -145,6 +145,29 @@ struct ExplainArgs {
     /// For IssueCredential: the scope asked for.
     #[arg(long)]
     scope: Option<String>,
+    /// For the ScheduleActivityTask command.
+    #[arg(long)]
+    activity_type: Option<String>,
+    /// For the ScheduleNexusOperation command.
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// For starts: TERMINATE_IF_RUNNING, REJECT_DUPLICATE, ...
+    #[arg(long)]
+    workflow_id_reuse_policy: Option<String>,
+    /// For starts: USE_EXISTING, TERMINATE_EXISTING, FAIL.
+    #[arg(long)]
+    workflow_id_conflict_policy: Option<String>,
+    /// For StartWorkflowExecution: an eager start.
+    #[arg(long)]
+    request_eager_execution: bool,
+    /// For starts: on_conflict_options or completion callbacks are set.
+    #[arg(long)]
+    attaches: bool,
+    /// For RespondWorkflowTaskCompleted: a command, as JSON, e.g.
+    /// `{"method": "StartChildWorkflowExecution", "workflow_type": "Cleanup", "task_queue": "deploys"}`
+    /// (repeat for each command, in order).
+    #[arg(long, value_name = "JSON")]
+    command: Vec<String>,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -368,6 +391,19 @@ fn call_spec(args: &ExplainArgs) -> anyhow::Result<CallSpec> {
         query_type: args.query_type.clone(),
         update_name: args.update_name.clone(),
         scope: args.scope.clone(),
+        activity_type: args.activity_type.clone(),
+        endpoint: args.endpoint.clone(),
+        workflow_id_reuse_policy: args.workflow_id_reuse_policy.clone(),
+        workflow_id_conflict_policy: args.workflow_id_conflict_policy.clone(),
+        request_eager_execution: args.request_eager_execution,
+        attaches: args.attaches,
+        commands: args
+            .command
+            .iter()
+            .enumerate()
+            .map(|(index, json)| serde_json::from_str(json).map_err(|e| anyhow::anyhow!("--command {index}: {e}")))
+            .collect::<anyhow::Result<_>>()?,
+        ..CallSpec::default()
     })
 }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 use crate::audit::AuditError;
 use crate::authn::AuthnError;
 use crate::budget::OverBudget;
+use crate::sticky::StickyError;
 use crate::temporal::InspectError;
 
 /// gRPC status codes flowgate sends.
@@ -53,6 +54,8 @@ pub enum Refusal {
     NoNamespace { action: &'static str, detail: &'static str },
     #[error("permission denied: no policy permits `{action}` to this principal (its message was not read)")]
     NeverPermitted { action: &'static str },
+    #[error("permission denied: {0}")]
+    Sticky(StickyError),
     #[error("request refused for now: {0}; retry later")]
     OverBudget(OverBudget),
     #[error("request message not received within {}", humantime::format_duration(*.0))]
@@ -80,7 +83,9 @@ impl Refusal {
             Refusal::Denied(_)
             | Refusal::OutsideGrant(_)
             | Refusal::NoNamespace { .. }
-            | Refusal::NeverPermitted { .. } => Code::PermissionDenied,
+            | Refusal::NeverPermitted { .. }
+            | Refusal::Sticky(StickyError::Taken(_) | StickyError::NotOwned(_)) => Code::PermissionDenied,
+            Refusal::Sticky(StickyError::Full) => Code::ResourceExhausted,
             Refusal::OverBudget(_) => Code::ResourceExhausted,
             Refusal::SlowRequest(_) => Code::DeadlineExceeded,
             Refusal::Inspect(InspectError::TooLarge { .. } | InspectError::InflatedTooLarge { .. }) => {

@@ -100,6 +100,7 @@ pub struct Metrics {
     shadow_decisions: Family<ResultLabels, Counter>,
     shadow_disagreements: Family<DisagreementLabels, Counter>,
     token_exchanges: Family<ResultLabels, Counter>,
+    workflow_tasks_failed: Family<ResultLabels, Counter>,
     connections_open: Family<ListenerLabels, Gauge>,
     connections_refused: Family<ListenerReasonLabels, Counter>,
     connection_timeouts: Family<ListenerPhaseLabels, Counter>,
@@ -200,6 +201,12 @@ impl Metrics {
             "Calls the shadow policy set would decide differently, by action and both decisions",
             shadow_disagreements.clone(),
         );
+        let workflow_tasks_failed = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "workflow_tasks_failed",
+            "Workflow tasks refused for a command and failed upstream, by result (ok, error, timeout)",
+            workflow_tasks_failed.clone(),
+        );
         let token_exchanges = Family::<ResultLabels, Counter>::default();
         registry.register(
             "token_exchanges",
@@ -254,6 +261,7 @@ impl Metrics {
             shadow_decisions,
             shadow_disagreements,
             token_exchanges,
+            workflow_tasks_failed,
         }
     }
 
@@ -289,6 +297,11 @@ impl Metrics {
 
     pub fn token_exchange(&self, result: &'static str) {
         self.token_exchanges.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// A refused workflow task was failed upstream (`ok`), or could not be (`error`, `timeout`).
+    pub fn workflow_task_failed(&self, result: &'static str) {
+        self.workflow_tasks_failed.get_or_create(&ResultLabels { result }).inc();
     }
 
     pub fn decision_log_failed(&self) {

@@ -26,20 +26,15 @@ fn call(
     workflow_id: Option<&str>,
     task_queue: Option<&str>,
 ) -> Call {
-    Call {
-        resource: Resource {
-            kind,
-            namespace: Some(namespace.into()),
-            workflow_id: workflow_id.map(Into::into),
-            workflow_type: workflow_type.map(Into::into),
-            task_queue: task_queue.map(Into::into),
-            schedule_id: None,
-        },
-        signal_name: None,
-        query_type: None,
-        update_name: None,
-        has_task_token: false,
-    }
+    Call::new(Resource {
+        kind,
+        namespace: Some(namespace.into()),
+        workflow_id: workflow_id.map(Into::into),
+        workflow_type: workflow_type.map(Into::into),
+        task_queue: task_queue.map(Into::into),
+        schedule_id: None,
+        endpoint: None,
+    })
 }
 
 fn decide(engine: &PolicyEngine, who: &Principal, method: &str, what: &Call) -> (bool, Vec<String>) {

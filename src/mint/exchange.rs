@@ -137,13 +137,7 @@ async fn exchange(
         resource: found.grant.as_ref().map(|grant| ResourceRecord {
             kind: "Namespace",
             namespace: Some(&grant.namespace),
-            workflow_type: None,
-            workflow_id: None,
-            task_queue: None,
-            schedule_id: None,
-            signal_name: None,
-            query_type: None,
-            update_name: None,
+            ..ResourceRecord::default()
         }),
         client: ClientRecord { addr: client.to_string(), name: client_name.as_deref(), version: None },
         policy_version: policies.version(),
@@ -154,6 +148,7 @@ async fn exchange(
             (Some(enforced), Some((engine, shadow))) => crate::gateway::shadow_record(enforced, shadow, engine),
             _ => None,
         },
+        questions: Vec::new(),
     };
     if let Err(error) = gateway.decision_log().write(&record).await {
         gateway.metrics().decision_log_failed();

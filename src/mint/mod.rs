@@ -77,11 +77,14 @@ impl Role {
     }
 
     /// The access groups a role covers: everyone may read; `write` starts, signals and
-    /// cancels; `worker` polls and responds.
+    /// cancels; `worker` polls and responds, and its workflows' commands act (each within the
+    /// grant's queues and types like any other call).
     fn covers(self, access: Access) -> bool {
         matches!(
             (self, access),
-            (_, Access::Public | Access::Read) | (Role::Write, Access::Write) | (Role::Worker, Access::Worker)
+            (_, Access::Public | Access::Read)
+                | (Role::Write, Access::Write)
+                | (Role::Worker, Access::Worker | Access::Command)
         )
     }
 
@@ -204,6 +207,13 @@ impl Grant {
             return Err(format!("`{}` is outside the credential's role `{}`", spec.name, self.role.as_str()));
         }
         if !self.task_queues.is_empty() {
+            if resource.kind == ResourceKind::NexusEndpoint {
+                return Err(format!(
+                    "`{}` calls Nexus endpoint `{}`, whose queue is not named; a credential limited to task queues cannot call Nexus endpoints",
+                    spec.name,
+                    resource.endpoint.as_deref().unwrap_or_default()
+                ));
+            }
             match &resource.task_queue {
                 Some(queue) if !self.task_queues.contains(queue) => {
                     return Err(format!("task queue `{queue}` is outside the credential's task queues"));
@@ -412,7 +422,7 @@ impl Minter {
             (_, access) => {
                 let role = match access {
                     Access::Public | Access::Read => "read",
-                    Access::Write | Access::Worker => "write",
+                    Access::Write | Access::Worker | Access::Command => "write",
                     Access::Admin => "admin",
                     Access::ClusterAdmin | Access::Ungrouped => unreachable!("matched above"),
                 };
@@ -507,20 +517,15 @@ mod tests {
     use crate::temporal::catalog::lookup;
 
     fn call(namespace: &str, queue: Option<&str>, workflow_type: Option<&str>) -> Call {
-        Call {
-            resource: Resource {
-                kind: if queue.is_some() { ResourceKind::TaskQueue } else { ResourceKind::Workflow },
-                namespace: Some(namespace.into()),
-                workflow_id: None,
-                workflow_type: workflow_type.map(Into::into),
-                task_queue: queue.map(Into::into),
-                schedule_id: None,
-            },
-            signal_name: None,
-            query_type: None,
-            update_name: None,
-            has_task_token: false,
-        }
+        Call::new(Resource {
+            kind: if queue.is_some() { ResourceKind::TaskQueue } else { ResourceKind::Workflow },
+            namespace: Some(namespace.into()),
+            workflow_id: None,
+            workflow_type: workflow_type.map(Into::into),
+            task_queue: queue.map(Into::into),
+            schedule_id: None,
+            endpoint: None,
+        })
     }
 
     fn spec(method: &str) -> &'static MethodSpec {

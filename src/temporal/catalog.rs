@@ -29,6 +29,10 @@ pub enum Access {
     Worker,
     Admin,
     ClusterAdmin,
+    /// What a workflow does through its worker's commands beyond itself (child starts,
+    /// activities, external signals and cancels, continue-as-new, Nexus operations). Not in
+    /// `worker`: a grant to poll a queue is not a grant to act anywhere else.
+    Command,
     /// Public calls (health checks, `GetSystemInfo`), allowed without a token.
     Public,
     /// In no group: only a policy naming the action permits it.
@@ -44,6 +48,7 @@ impl Access {
             Access::Worker => Some("worker"),
             Access::Admin => Some("admin"),
             Access::ClusterAdmin => Some("cluster-admin"),
+            Access::Command => Some("command"),
             Access::Public | Access::Ungrouped => None,
         }
     }
@@ -80,12 +85,14 @@ pub enum ResourceSpec {
     TaskQueue { namespace: Path, task_queue: TaskQueueRef },
     /// `Temporal::Schedule`.
     Schedule { namespace: Path, schedule_id: Path, workflow_type: Option<Path>, task_queue: Option<TaskQueueRef> },
+    /// `Temporal::NexusEndpoint`: only asked for a workflow's `ScheduleNexusOperation` command.
+    NexusEndpoint,
 }
 
 impl ResourceSpec {
     pub fn namespace_path(&self) -> Option<Path> {
         match *self {
-            ResourceSpec::Cluster => None,
+            ResourceSpec::Cluster | ResourceSpec::NexusEndpoint => None,
             ResourceSpec::Namespace { namespace }
             | ResourceSpec::Workflow { namespace, .. }
             | ResourceSpec::TaskQueue { namespace, .. }
@@ -102,6 +109,7 @@ impl ResourceSpec {
             ResourceSpec::Workflow { .. } => ResourceKind::Workflow,
             ResourceSpec::TaskQueue { .. } => ResourceKind::TaskQueue,
             ResourceSpec::Schedule { .. } => ResourceKind::Schedule,
+            ResourceSpec::NexusEndpoint => ResourceKind::NexusEndpoint,
         }
     }
 
@@ -413,6 +421,52 @@ pub static CATALOG: &[MethodSpec] = &[
     op("ListNexusEndpoints", ClusterAdmin, CLUSTER),
 ];
 
+// ---------------------------------------------------------------------------------------------
+// Questions that are not RPCs. Temporal acts on more than the request it is sent: a workflow
+// task completion carries commands, a start may terminate another run. These actions are what
+// such a request is also asked as (see `temporal::implied`); their resources are filled in
+// from the command, so their paths are unused.
+// ---------------------------------------------------------------------------------------------
+
+const fn command(name: &'static str, resource: ResourceSpec) -> MethodSpec {
+    spec("", name, Command, resource)
+}
+
+/// A command's workflow: a Workflow resource whose fields come from the command.
+const COMMAND_WORKFLOW: ResourceSpec =
+    ResourceSpec::Workflow { namespace: &[], workflow_id: None, workflow_type: None, task_queue: None };
+const COMMAND_TASK_QUEUE: ResourceSpec =
+    ResourceSpec::TaskQueue { namespace: &[], task_queue: TaskQueueRef::Name(&[]) };
+
+/// The commands of `RespondWorkflowTaskCompleted` that act beyond the workflow itself, each an
+/// action in the `command` group, named as Temporal's `CommandType` (without its prefix).
+pub static COMMANDS: &[MethodSpec] = &[
+    command("ScheduleActivityTask", COMMAND_TASK_QUEUE),
+    command("StartChildWorkflowExecution", COMMAND_WORKFLOW),
+    command("SignalExternalWorkflowExecution", COMMAND_WORKFLOW),
+    command("RequestCancelExternalWorkflowExecution", COMMAND_WORKFLOW),
+    command("ContinueAsNewWorkflowExecution", COMMAND_WORKFLOW),
+    command("ScheduleNexusOperation", ResourceSpec::NexusEndpoint),
+];
+
+/// A start that would attach to a run someone else started (conflict policy `USE_EXISTING`
+/// with `on_conflict_options` or completion callbacks): in no group, so only a policy naming
+/// it permits it.
+pub static ATTACH_TO_EXISTING_WORKFLOW: MethodSpec = spec("", "AttachToExistingWorkflow", Ungrouped, COMMAND_WORKFLOW);
+
+/// The command action named `name`.
+pub fn command_action(name: &str) -> Option<&'static MethodSpec> {
+    COMMANDS.iter().find(|spec| spec.name == name)
+}
+
+/// The catalog entry of an RPC by its name (`TerminateWorkflowExecution`).
+pub fn rpc(name: &str) -> &'static MethodSpec {
+    BY_NAME.get(name).copied().unwrap_or(&UNKNOWN_METHOD)
+}
+
+static BY_NAME: LazyLock<HashMap<&'static str, &'static MethodSpec>> =
+    LazyLock::new(|| CATALOG.iter().map(|spec| (spec.name, spec)).collect());
+
 static BY_PATH: LazyLock<HashMap<String, &'static MethodSpec>> =
     LazyLock::new(|| CATALOG.iter().map(|spec| (format!("/{}/{}", spec.service, spec.name), spec)).collect());
 
@@ -434,7 +488,12 @@ pub fn lookup(path: &str) -> &'static MethodSpec {
     }
 }
 
-/// Every action flowgate can ask Cedar about: the catalog plus the catch-alls.
+/// Every action flowgate can ask Cedar about: the catalog, the commands and the catch-alls.
 pub fn all_actions() -> impl Iterator<Item = &'static MethodSpec> {
-    CATALOG.iter().chain([&UNKNOWN_METHOD, &ADMIN_SERVICE_METHOD, &REFLECTION_METHOD])
+    CATALOG.iter().chain(COMMANDS).chain([
+        &ATTACH_TO_EXISTING_WORKFLOW,
+        &UNKNOWN_METHOD,
+        &ADMIN_SERVICE_METHOD,
+        &REFLECTION_METHOD,
+    ])
 }

@@ -9,7 +9,9 @@ use std::io::Read;
 use super::catalog::{MethodSpec, ResourceSpec, TaskQueueRef};
 use super::wire::{self, WireError};
 
-/// `temporal.api.enums.v1.TaskQueueKind::TASK_QUEUE_KIND_STICKY`.
+/// `temporal.api.enums.v1.TaskQueueKind`: `UNSPECIFIED = 0` and `NORMAL = 1` are a normal queue.
+const TASK_QUEUE_KIND_NORMAL: u32 = 1;
+/// `TASK_QUEUE_KIND_STICKY`: one worker's own queue for the workflows it has cached.
 const TASK_QUEUE_KIND_STICKY: u32 = 2;
 
 /// Why a request could not be inspected. Each of these is the client's fault and maps to
@@ -39,18 +41,25 @@ pub enum InspectError {
     BadGzip,
     #[error("ambiguous request: {0}")]
     Ambiguous(&'static str),
+    #[error("task queue `{queue}` has kind `{kind}`: {method} takes only a normal task queue")]
+    NotNormalQueue { queue: String, kind: u32, method: &'static str },
+    #[error("command {index} has unknown command type `{command_type}`")]
+    UnknownCommand { index: usize, command_type: u64 },
+    #[error("command {index} (`{command}`) does not carry its attributes alone")]
+    CommandAttributes { index: usize, command: &'static str },
     #[error("malformed request message: {0}")]
     Malformed(#[from] WireError),
 }
 
 /// The Cedar resource type a call is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ResourceKind {
     Cluster,
     Namespace,
     Workflow,
     TaskQueue,
     Schedule,
+    NexusEndpoint,
 }
 
 impl ResourceKind {
@@ -61,12 +70,13 @@ impl ResourceKind {
             ResourceKind::Workflow => "Workflow",
             ResourceKind::TaskQueue => "TaskQueue",
             ResourceKind::Schedule => "Schedule",
+            ResourceKind::NexusEndpoint => "NexusEndpoint",
         }
     }
 }
 
 /// The resource a request touches, as read from it. Empty fields read as `None`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Resource {
     pub kind: ResourceKind,
     pub namespace: Option<String>,
@@ -74,36 +84,67 @@ pub struct Resource {
     pub workflow_type: Option<String>,
     pub task_queue: Option<String>,
     pub schedule_id: Option<String>,
+    /// A Nexus endpoint's name (`NexusEndpoint` resources).
+    pub endpoint: Option<String>,
+}
+
+impl Resource {
+    /// A resource of `kind` with no fields read.
+    pub fn new(kind: ResourceKind) -> Resource {
+        Resource {
+            kind,
+            namespace: None,
+            workflow_id: None,
+            workflow_type: None,
+            task_queue: None,
+            schedule_id: None,
+            endpoint: None,
+        }
+    }
 }
 
 /// What one call asks for: the resource, plus the names that go into the Cedar context.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Call {
     pub resource: Resource,
     pub signal_name: Option<String>,
     pub query_type: Option<String>,
     pub update_name: Option<String>,
+    /// `ScheduleActivityTask`: the activity's type.
+    pub activity_type: Option<String>,
+    /// `ScheduleNexusOperation`: the service and operation on the endpoint.
+    pub nexus_service: Option<String>,
+    pub nexus_operation: Option<String>,
+    /// For a question implied by another call (a command, a start's conflict policy): the
+    /// action of the request that implied it.
+    pub implied_by: Option<&'static str>,
     /// The request carries a non-empty task token.
     pub has_task_token: bool,
+    /// The sticky queue the request polls, registers or shuts down (a worker's own queue:
+    /// flowgate checks it belongs to the caller, policies see its normal name).
+    pub sticky_queue: Option<String>,
 }
 
 impl Call {
-    /// A call of `spec` whose message was not read: its resource kind and nothing else.
-    pub fn unread(spec: &MethodSpec) -> Call {
+    /// A call on `resource` with no context names.
+    pub fn new(resource: Resource) -> Call {
         Call {
-            resource: Resource {
-                kind: spec.resource.kind(),
-                namespace: None,
-                workflow_id: None,
-                workflow_type: None,
-                task_queue: None,
-                schedule_id: None,
-            },
+            resource,
             signal_name: None,
             query_type: None,
             update_name: None,
+            activity_type: None,
+            nexus_service: None,
+            nexus_operation: None,
+            implied_by: None,
             has_task_token: false,
+            sticky_queue: None,
         }
+    }
+
+    /// A call of `spec` whose message was not read: its resource kind and nothing else.
+    pub fn unread(spec: &MethodSpec) -> Call {
+        Call::new(Resource::new(spec.resource.kind()))
     }
 }
 
@@ -172,41 +213,79 @@ pub fn decompress<'a>(
     }
 }
 
-fn owned(value: Option<&str>) -> Option<String> {
+pub(crate) fn owned(value: Option<&str>) -> Option<String> {
     value.map(str::to_owned)
 }
 
-fn string_at(message: &[u8], path: Option<&[u32]>) -> Result<Option<String>, WireError> {
+pub(crate) fn string_at(message: &[u8], path: Option<&[u32]>) -> Result<Option<String>, WireError> {
     match path {
         Some(path) => Ok(owned(wire::last_string(message, path)?)),
         None => Ok(None),
     }
 }
 
-fn task_queue_at(message: &[u8], reference: Option<TaskQueueRef>) -> Result<Option<String>, WireError> {
+/// A `temporal.api.taskqueue.v1.TaskQueue` message, as the server reads it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueRef {
+    /// `name = 1`: the queue Temporal acts on.
+    pub name: Option<String>,
+    /// `kind = 2`, as the `int32` the server keeps (the low 32 bits of the varint).
+    pub kind: u32,
+    /// `normal_name = 3`: for a sticky queue, the normal queue of its worker.
+    pub normal_name: Option<String>,
+}
+
+impl QueueRef {
+    pub fn is_sticky(&self) -> bool {
+        self.kind == TASK_QUEUE_KIND_STICKY
+    }
+
+    /// The queue, refused unless it is a normal one: Temporal acts on `name`, and only a
+    /// worker's own workflow-task poll may name a sticky queue.
+    pub fn normal(self, method: &'static str) -> Result<Option<String>, InspectError> {
+        if self.kind > TASK_QUEUE_KIND_NORMAL {
+            return Err(InspectError::NotNormalQueue { queue: self.name.unwrap_or_default(), kind: self.kind, method });
+        }
+        Ok(self.name)
+    }
+}
+
+/// Reads the `TaskQueue` message at `path`.
+pub fn queue_at(message: &[u8], path: &[u32]) -> Result<QueueRef, WireError> {
+    let mut field = Vec::with_capacity(path.len() + 1);
+    field.extend_from_slice(path);
+    let mut at = |number: u32| {
+        field.truncate(path.len());
+        field.push(number);
+        field.clone()
+    };
+    Ok(QueueRef {
+        name: owned(wire::last_string(message, &at(1))?),
+        kind: wire::last_varint(message, &at(2))?.map_or(0, |v| v as u32),
+        normal_name: owned(wire::last_string(message, &at(3))?),
+    })
+}
+
+/// The task queue a request names, and the sticky queue when it polls one.
+fn task_queue_at(
+    spec: &MethodSpec,
+    message: &[u8],
+    reference: Option<TaskQueueRef>,
+) -> Result<(Option<String>, Option<String>), InspectError> {
     match reference {
-        None => Ok(None),
-        Some(TaskQueueRef::Name(path)) => string_at(message, Some(path)),
+        None => Ok((None, None)),
+        Some(TaskQueueRef::Name(path)) => Ok((string_at(message, Some(path))?, None)),
         Some(TaskQueueRef::Message(path)) => {
-            let mut field = Vec::with_capacity(path.len() + 1);
-            field.extend_from_slice(path);
-            field.push(2);
-            // An enum is an `int32` on the wire: the server keeps the low 32 bits of the varint,
-            // so `2 + 2^32` is sticky to it and must be sticky here.
-            let kind = wire::last_varint(message, &field)?.map(|v| v as u32);
-            let sticky = kind == Some(TASK_QUEUE_KIND_STICKY);
-            *field.last_mut().expect("non-empty") = if sticky { 3 } else { 1 };
-            let name = wire::last_string(message, &field)?;
-            // A sticky queue without its normal name cannot be attributed: report it by its
-            // own (worker-specific) name, which no task-queue policy will match by accident.
-            let name = match (sticky, name) {
-                (true, None) => {
-                    *field.last_mut().expect("non-empty") = 1;
-                    wire::last_string(message, &field)?
-                }
-                (_, name) => name,
-            };
-            Ok(owned(name))
+            let queue = queue_at(message, path)?;
+            // A worker polls its own sticky queue for the workflows it has cached. Policies are
+            // asked about its normal queue; the sticky queue itself must be the caller's own
+            // (the gateway checks). Without a normal name it cannot be attributed: it is asked
+            // by its own worker-specific name, which no task-queue policy matches by accident.
+            if queue.is_sticky() && spec.name == "PollWorkflowTaskQueue" {
+                let normal = queue.normal_name.clone().or_else(|| queue.name.clone());
+                return Ok((normal, queue.name));
+            }
+            Ok((queue.normal(spec.name)?, None))
         }
     }
 }
@@ -241,64 +320,59 @@ fn check_multi_operation(message: &[u8]) -> Result<(), InspectError> {
     Ok(())
 }
 
+/// `ShutdownWorkerRequest.sticky_task_queue`, and
+/// `RespondWorkflowTaskCompletedRequest.sticky_attributes.worker_task_queue`: the sticky queue
+/// a worker shuts down, or registers for the workflow it completed a task of.
+const SHUTDOWN_STICKY_QUEUE: &[u32] = &[2];
+const STICKY_ATTRIBUTES_QUEUE: &[u32] = &[4, 1];
+
 /// Reads the resource and context names of `spec` out of a (decompressed) request message.
 pub fn inspect(spec: &MethodSpec, message: &[u8]) -> Result<Call, InspectError> {
     wire::validate(message)?;
     if spec.name == "ExecuteMultiOperation" {
         check_multi_operation(message)?;
     }
-    let resource = match spec.resource {
-        ResourceSpec::Cluster => Resource {
-            kind: ResourceKind::Cluster,
-            namespace: None,
-            workflow_id: None,
-            workflow_type: None,
-            task_queue: None,
-            schedule_id: None,
-        },
-        ResourceSpec::Namespace { namespace } => Resource {
-            kind: ResourceKind::Namespace,
-            namespace: string_at(message, Some(namespace))?,
-            workflow_id: None,
-            workflow_type: None,
-            task_queue: None,
-            schedule_id: None,
-        },
-        ResourceSpec::Workflow { namespace, workflow_id, workflow_type, task_queue } => Resource {
-            kind: ResourceKind::Workflow,
-            namespace: string_at(message, Some(namespace))?,
-            workflow_id: string_at(message, workflow_id)?,
-            workflow_type: string_at(message, workflow_type)?,
-            task_queue: task_queue_at(message, task_queue)?,
-            schedule_id: None,
-        },
-        ResourceSpec::TaskQueue { namespace, task_queue } => Resource {
-            kind: ResourceKind::TaskQueue,
-            namespace: string_at(message, Some(namespace))?,
-            workflow_id: None,
-            workflow_type: None,
-            task_queue: task_queue_at(message, Some(task_queue))?,
-            schedule_id: None,
-        },
-        ResourceSpec::Schedule { namespace, schedule_id, workflow_type, task_queue } => Resource {
-            kind: ResourceKind::Schedule,
-            namespace: string_at(message, Some(namespace))?,
-            workflow_id: None,
-            workflow_type: string_at(message, workflow_type)?,
-            task_queue: task_queue_at(message, task_queue)?,
-            schedule_id: string_at(message, Some(schedule_id))?,
-        },
-    };
+    let mut sticky_queue = None;
+    let mut resource = Resource::new(spec.resource.kind());
+    match spec.resource {
+        ResourceSpec::Cluster | ResourceSpec::NexusEndpoint => {}
+        ResourceSpec::Namespace { namespace } => resource.namespace = string_at(message, Some(namespace))?,
+        ResourceSpec::Workflow { namespace, workflow_id, workflow_type, task_queue } => {
+            resource.namespace = string_at(message, Some(namespace))?;
+            resource.workflow_id = string_at(message, workflow_id)?;
+            resource.workflow_type = string_at(message, workflow_type)?;
+            (resource.task_queue, _) = task_queue_at(spec, message, task_queue)?;
+        }
+        ResourceSpec::TaskQueue { namespace, task_queue } => {
+            resource.namespace = string_at(message, Some(namespace))?;
+            (resource.task_queue, sticky_queue) = task_queue_at(spec, message, Some(task_queue))?;
+        }
+        ResourceSpec::Schedule { namespace, schedule_id, workflow_type, task_queue } => {
+            resource.namespace = string_at(message, Some(namespace))?;
+            resource.workflow_type = string_at(message, workflow_type)?;
+            (resource.task_queue, _) = task_queue_at(spec, message, task_queue)?;
+            resource.schedule_id = string_at(message, Some(schedule_id))?;
+        }
+    }
+    match spec.name {
+        "ShutdownWorker" => sticky_queue = string_at(message, Some(SHUTDOWN_STICKY_QUEUE))?,
+        "RespondWorkflowTaskCompleted" => {
+            let queue = queue_at(message, STICKY_ATTRIBUTES_QUEUE)?;
+            sticky_queue = queue.name;
+        }
+        _ => {}
+    }
     let has_task_token = match spec.task_token {
         Some(path) => wire::last_bytes(message, path)?.is_some_and(|token| !token.is_empty()),
         None => false,
     };
     Ok(Call {
-        resource,
         signal_name: string_at(message, spec.signal_name)?,
         query_type: string_at(message, spec.query_type)?,
         update_name: string_at(message, spec.update_name)?,
         has_task_token,
+        sticky_queue,
+        ..Call::new(resource)
     })
 }
 

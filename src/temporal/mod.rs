@@ -8,11 +8,15 @@
 //! * [`inspect`]: reading those fields out of the first (for Temporal: the only) request message,
 //!   un-gzipping it first when the client compressed it.
 //!
+//! * [`implied`]: what the request makes Temporal do beyond its RPC (a task completion's
+//!   commands, a start that terminates or signals), as further questions.
+//!
 //! The protobuf decoding lives in [`wire`]: a small, allocation-free walker over the wire format
 //! that follows protobuf's own merge rules (for a singular field the last occurrence wins), so a
 //! request that names a namespace twice is read the same way the Temporal server reads it.
 
 pub mod catalog;
+pub mod implied;
 pub mod inspect;
 pub mod wire;
 

@@ -63,9 +63,10 @@ fn expected_call(spec: &MethodSpec, decoded: &Decoded) -> Call {
         workflow_type: None,
         task_queue: None,
         schedule_id: None,
+        endpoint: None,
     };
     match spec.resource {
-        ResourceSpec::Cluster | ResourceSpec::Namespace { .. } => {}
+        ResourceSpec::Cluster | ResourceSpec::Namespace { .. } | ResourceSpec::NexusEndpoint => {}
         ResourceSpec::Workflow { workflow_id, workflow_type, task_queue, .. } => {
             resource.workflow_id = string(workflow_id);
             resource.workflow_type = string(workflow_type);
@@ -79,11 +80,11 @@ fn expected_call(spec: &MethodSpec, decoded: &Decoded) -> Call {
         }
     }
     Call {
-        resource,
         signal_name: string(spec.signal_name),
         query_type: string(spec.query_type),
         update_name: string(spec.update_name),
         has_task_token: spec.task_token.is_some_and(|p| decoded.has_bytes(p)),
+        ..Call::new(resource)
     }
 }
 
