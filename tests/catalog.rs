@@ -186,6 +186,8 @@ fn paths(spec: &MethodSpec) -> Vec<(&'static str, &'static [u32], &'static str)>
             out.extend(workflow_type.map(|path| ("workflow_type", path, "string")));
             task_queue("task_queue", queue, &mut out);
         }
+        // Only command actions, which are not RPCs, have this resource.
+        ResourceSpec::NexusEndpoint => {}
     }
     out.extend(spec.signal_name.map(|path| ("signal_name", path, "string")));
     out.extend(spec.query_type.map(|path| ("query_type", path, "string")));
@@ -309,7 +311,7 @@ fn task_queue_of(spec: &MethodSpec) -> Option<TaskQueueRef> {
     match spec.resource {
         ResourceSpec::Workflow { task_queue, .. } | ResourceSpec::Schedule { task_queue, .. } => task_queue,
         ResourceSpec::TaskQueue { task_queue, .. } => Some(task_queue),
-        ResourceSpec::Cluster | ResourceSpec::Namespace { .. } => None,
+        ResourceSpec::Cluster | ResourceSpec::Namespace { .. } | ResourceSpec::NexusEndpoint => None,
     }
 }
 

@@ -421,5 +421,29 @@ mod tests {
         let message = [field(1, b"payments"), field(2, &queue)].concat();
         let call = inspect(spec, &message).unwrap();
         assert_eq!(call.resource.task_queue.as_deref(), Some("orders"));
+        assert_eq!(call.sticky_queue.as_deref(), Some("sticky-1"));
+    }
+
+    #[test]
+    fn only_a_workflow_task_poll_may_name_a_sticky_queue() {
+        let field = |number: u8, value: &[u8]| [&[number << 3 | 2, value.len() as u8][..], value].concat();
+        let queue = [field(1, b"victim-sticky"), vec![0x10, 2], field(3, b"deploys")].concat();
+        for method in ["PollActivityTaskQueue", "PollNexusTaskQueue", "DescribeTaskQueue"] {
+            let spec = lookup(&format!("/temporal.api.workflowservice.v1.WorkflowService/{method}"));
+            let path = match spec.resource {
+                ResourceSpec::TaskQueue { task_queue: TaskQueueRef::Message(path), .. } => path[0],
+                _ => unreachable!(),
+            };
+            let message = [field(1, b"payments"), field(path as u8, &queue)].concat();
+            assert!(matches!(inspect(spec, &message), Err(InspectError::NotNormalQueue { kind: 2, .. })), "{method}");
+        }
+        // A start on a sticky queue would run the workflow on whichever worker owns it.
+        let spec = lookup("/temporal.api.workflowservice.v1.WorkflowService/StartWorkflowExecution");
+        let message = [field(1, b"payments"), field(2, b"wf"), field(3, &field(1, b"T")), field(4, &queue)].concat();
+        assert!(matches!(inspect(spec, &message), Err(InspectError::NotNormalQueue { .. })));
+        // Kinds past sticky are no normal queue either.
+        let other = [field(1, b"q"), vec![0x10, 3]].concat();
+        let message = [field(1, b"payments"), field(2, b"wf"), field(3, &field(1, b"T")), field(4, &other)].concat();
+        assert!(matches!(inspect(spec, &message), Err(InspectError::NotNormalQueue { kind: 3, .. })));
     }
 }

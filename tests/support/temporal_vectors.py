@@ -35,14 +35,10 @@ SERVICES = [
 STICKY = task_queue_pb2.TASK_QUEUE_KIND_STICKY
 NORMAL = task_queue_pb2.TASK_QUEUE_KIND_NORMAL
 
-# Calls whose task queue is a worker's: these get a sticky queue, reported under its normal name.
-STICKY_QUEUE_METHODS = {
-    "PollWorkflowTaskQueue",
-    "PollActivityTaskQueue",
-    "PollNexusTaskQueue",
-    "DescribeTaskQueue",
-    "ListTaskQueuePartitions",
-}
+# The one call that may name a sticky queue (a worker polling its own): it gets one, reported
+# under its normal name. Every other call naming a sticky queue is refused (unit tests in
+# src/temporal/inspect.rs).
+STICKY_QUEUE_METHODS = {"PollWorkflowTaskQueue"}
 
 WORKFLOW_EXECUTION = "temporal.api.common.v1.WorkflowExecution"
 WORKFLOW_TYPE = "temporal.api.common.v1.WorkflowType"
