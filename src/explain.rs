@@ -618,11 +618,23 @@ pub fn explain(
             .collect(),
         Ask::Credential { .. } => Vec::new(),
     };
-    let combined = |rpc: Verdict, pick: &dyn Fn(&QuestionExplanation) -> Option<&Verdict>| {
+    // Refused: by the first refused question. Allowed: by every policy that allowed a question.
+    let combined = |mut rpc: Verdict, pick: &dyn Fn(&QuestionExplanation) -> Option<&Verdict>| {
         if !rpc.allowed() {
             return rpc;
         }
-        questions.iter().filter_map(pick).find(|v| !v.allowed()).cloned().unwrap_or(rpc)
+        if let Some(refused) = questions.iter().filter_map(pick).find(|v| !v.allowed()) {
+            return refused.clone();
+        }
+        for verdict in questions.iter().filter_map(pick) {
+            rpc.policies.extend(verdict.policies.iter().cloned());
+            rpc.considered.extend(verdict.considered.iter().cloned());
+        }
+        for list in [&mut rpc.policies, &mut rpc.considered] {
+            list.sort();
+            list.dedup();
+        }
+        rpc
     };
     let decision = combined(verdict(enforced, principal, ask), &|q| Some(&q.decision));
     let shadow = shadow.map(|shadow| combined(verdict(shadow, principal, ask), &|q| q.shadow.as_ref()));
