@@ -65,6 +65,7 @@ fn call(kind: ResourceKind, workflow_id: Option<&str>, workflow_type: Option<&st
         query_type: None,
         update_name: None,
         has_task_token: false,
+        namespace_id: None,
     }
 }
 

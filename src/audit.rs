@@ -194,6 +194,10 @@ pub struct ResourceRecord<'a> {
     pub kind: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace: Option<&'a str>,
+    /// The namespace id the request named instead of a name; `namespace` is then the name the
+    /// upstream resolved it to (absent when it was not resolved).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workflow_type: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -1026,6 +1026,7 @@ when { resource has id && resource.id like "prod-*" };
             query_type: None,
             update_name: None,
             has_task_token: false,
+            namespace_id: None,
         }
     }
 

@@ -131,6 +131,7 @@ impl CallSpec {
             query_type: field(&self.query_type, spec.query_type.is_some(), "query_type")?,
             update_name: field(&self.update_name, spec.update_name.is_some(), "update_name")?,
             has_task_token: false,
+            namespace_id: None,
         };
         Ok(Ask::Call { spec, path, call })
     }

@@ -31,6 +31,7 @@ use crate::budget::{ByteBudget, Reservation, SMALL_MESSAGE};
 use crate::config::{Config, LimitsConfig, UpstreamCredentials};
 use crate::explain::{Ask, Explanation, Issuers, explain};
 use crate::mint::Minter;
+use crate::namespace_ids::NamespaceIds;
 use crate::proxy::{CallObserver, ForwardBody, ResponseBody, Upstream, grpc_timeout};
 use crate::reload::PolicySets;
 use crate::status::{Code, Refusal, trailers_only};
@@ -61,6 +62,8 @@ pub struct Gateway {
     minter: Option<Arc<Minter>>,
     /// Request bytes all connections together may hold during inspection.
     buffered: Arc<ByteBudget>,
+    /// Namespace ids resolved to names, for requests that name a namespace by id.
+    namespace_ids: NamespaceIds,
 }
 
 /// The connection a call arrived on: who sent it, and the byte budget its calls share.
@@ -119,6 +122,7 @@ impl Gateway {
             recent_denials: Mutex::new(VecDeque::new()),
             issuers: Issuers::from_config(config).unwrap_or_default(),
             log,
+            namespace_ids: NamespaceIds::new(upstream.clone(), config.upstream.credentials(), minter.clone()),
             upstream,
             metrics,
             limits: config.limits.clone(),
@@ -350,10 +354,14 @@ impl Gateway {
             Err(refusal) => return refused(Some(principal), None, refusal),
         };
         let encoding = parts.headers.get("grpc-encoding").and_then(|v| v.to_str().ok());
-        let call = match self.inspect(spec, &buffered, encoding) {
+        let mut call = match self.inspect(spec, &buffered, encoding) {
             Ok(call) => call,
             Err(refusal) => return refused(Some(principal), None, refusal),
         };
+        // A namespace named by id is authorized as the name the upstream says it has.
+        if let Err(error) = self.namespace_ids.resolve(spec, &mut call, &principal, policies, &parts.headers).await {
+            return refused(Some(principal), Some(call), error.into());
+        }
         if call.resource.kind != ResourceKind::Cluster && call.resource.namespace.is_none() {
             let detail = if call.has_task_token { " (a task token does not name one)" } else { "" };
             return refused(Some(principal), Some(call), Refusal::NoNamespace { action: spec.name, detail });
@@ -492,6 +500,7 @@ impl Gateway {
                 ResourceRecord {
                     kind: r.kind.entity_type(),
                     namespace: r.namespace.as_deref(),
+                    namespace_id: call.namespace_id.as_deref(),
                     workflow_type: r.workflow_type.as_deref(),
                     workflow_id: r.workflow_id.as_deref(),
                     task_queue: r.task_queue.as_deref(),
@@ -573,7 +582,10 @@ fn denial_message(spec: &MethodSpec, call: Option<&Call>, decision: &Decision) -
         if let Some(workflow_type) = &r.workflow_type {
             message.push_str(&format!(" (workflow type `{workflow_type}`)"));
         }
-        if let Some(namespace) = &r.namespace {
+        // A caller naming the namespace by id is told about the id: the name is the upstream's.
+        if let Some(id) = &call.namespace_id {
+            message.push_str(&format!(" in namespace id `{id}`"));
+        } else if let Some(namespace) = &r.namespace {
             message.push_str(&format!(" in namespace `{namespace}`"));
         }
     }

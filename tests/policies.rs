@@ -39,6 +39,7 @@ fn call(
         query_type: None,
         update_name: None,
         has_task_token: false,
+        namespace_id: None,
     }
 }
 

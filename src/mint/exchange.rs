@@ -137,6 +137,7 @@ async fn exchange(
         resource: found.grant.as_ref().map(|grant| ResourceRecord {
             kind: "Namespace",
             namespace: Some(&grant.namespace),
+            namespace_id: None,
             workflow_type: None,
             workflow_id: None,
             task_queue: None,

@@ -85,6 +85,9 @@ pub struct Call {
     pub update_name: Option<String>,
     /// The request carries a non-empty task token.
     pub has_task_token: bool,
+    /// The namespace id the request names (`MethodSpec::namespace_id`), as sent. Once the
+    /// gateway has resolved it, `resource.namespace` holds the name it stands for.
+    pub namespace_id: Option<String>,
 }
 
 impl Call {
@@ -103,6 +106,7 @@ impl Call {
             query_type: None,
             update_name: None,
             has_task_token: false,
+            namespace_id: None,
         }
     }
 }
@@ -299,6 +303,7 @@ pub fn inspect(spec: &MethodSpec, message: &[u8]) -> Result<Call, InspectError> 
         query_type: string_at(message, spec.query_type)?,
         update_name: string_at(message, spec.update_name)?,
         has_task_token,
+        namespace_id: string_at(message, spec.namespace_id)?,
     })
 }
 
