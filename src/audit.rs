@@ -194,6 +194,10 @@ pub struct ResourceRecord<'a> {
     pub kind: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace: Option<&'a str>,
+    /// The namespace id the request named instead of a name; `namespace` is then the name the
+    /// upstream resolved it to (absent when it was not resolved).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workflow_type: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -230,6 +234,7 @@ impl<'a> ResourceRecord<'a> {
         ResourceRecord {
             kind: r.kind.entity_type(),
             namespace: r.namespace.as_deref(),
+            namespace_id: call.namespace_id.as_deref(),
             workflow_type: r.workflow_type.as_deref(),
             workflow_id: r.workflow_id.as_deref(),
             task_queue: r.task_queue.as_deref(),

@@ -38,6 +38,7 @@ use crate::budget::{ByteBudget, Reservation, SMALL_MESSAGE};
 use crate::config::{Config, LimitsConfig, UpstreamCredentials};
 use crate::explain::{Ask, Explanation, Issuers, explain};
 use crate::mint::Minter;
+use crate::namespace_ids::NamespaceIds;
 use crate::proxy::{CallObserver, ForwardBody, ResponseBody, Upstream, grpc_timeout};
 use crate::reload::PolicySets;
 use crate::status::{Code, Refusal, trailers_only};
@@ -72,6 +73,8 @@ pub struct Gateway {
     buffered: Arc<ByteBudget>,
     /// Which principal owns each sticky task queue.
     sticky: StickyQueues,
+    /// Namespace ids resolved to names, for requests that name a namespace by id.
+    namespace_ids: NamespaceIds,
 }
 
 /// The connection a call arrived on: who sent it, and the byte budget its calls share.
@@ -179,6 +182,7 @@ impl Gateway {
             recent_denials: Mutex::new(VecDeque::new()),
             issuers: Issuers::from_config(config).unwrap_or_default(),
             log,
+            namespace_ids: NamespaceIds::new(upstream.clone(), config.upstream.credentials(), minter.clone()),
             upstream,
             metrics,
             limits: config.limits.clone(),
@@ -513,10 +517,14 @@ impl Gateway {
             Err(refusal) => return refused(Some(principal), None, refusal),
         };
         let encoding = parts.headers.get("grpc-encoding").and_then(|v| v.to_str().ok());
-        let (call, message) = match self.inspect(spec, &buffered, encoding) {
+        let (mut call, message) = match self.inspect(spec, &buffered, encoding) {
             Ok(inspected) => inspected,
             Err(refusal) => return refused(Some(principal), None, refusal),
         };
+        // A namespace named by id is authorized as the name the upstream says it has.
+        if let Err(error) = self.namespace_ids.resolve(spec, &mut call, &principal, policies, &parts.headers).await {
+            return refused(Some(principal), Some(call), error.into());
+        }
         if call.resource.kind != ResourceKind::Cluster && call.resource.namespace.is_none() {
             let detail = if call.has_task_token { " (a task token does not name one)" } else { "" };
             return refused(Some(principal), Some(call), Refusal::NoNamespace { action: spec.name, detail });
@@ -860,7 +868,10 @@ fn denial_message(spec: &MethodSpec, call: Option<&Call>, decision: &Decision) -
         if let Some(workflow_type) = &r.workflow_type {
             message.push_str(&format!(" (workflow type `{workflow_type}`)"));
         }
-        if let Some(namespace) = &r.namespace {
+        // A caller naming the namespace by id is told about the id: the name is the upstream's.
+        if let Some(id) = &call.namespace_id {
+            message.push_str(&format!(" in namespace id `{id}`"));
+        } else if let Some(namespace) = &r.namespace {
             message.push_str(&format!(" in namespace `{namespace}`"));
         }
     }

@@ -2,12 +2,13 @@
 //!
 //! A call flows through the modules in this order (see [`gateway`] for the phases):
 //! [`server`] accepts it, [`temporal`] classifies and inspects it, [`authn`] authenticates the
-//! caller, [`authz`] decides with Cedar (every question the request implies: a task
-//! completion's commands, a start that terminates; [`sticky`] keeps sticky queues to their
-//! workers), [`audit`] records the decision, [`proxy`] forwards it,
-//! and [`status`] is the one place refusals become gRPC statuses. [`config`] is the TOML file,
-//! [`admin`] the health and metrics endpoints. [`mint`] issues short-lived worker credentials
-//! in exchange for CI tokens (the token endpoint on the same listener).
+//! caller, [`namespace_ids`] resolves a namespace named by id, [`authz`] decides with Cedar
+//! (every question the request implies: a task completion's commands, a start that
+//! terminates; [`sticky`] keeps sticky queues to their workers), [`audit`] records the
+//! decision, [`proxy`] forwards it, and [`status`] is the one place refusals become gRPC
+//! statuses. [`config`] is the TOML file, [`admin`] the health and metrics endpoints. [`mint`]
+//! issues short-lived worker credentials in exchange for CI tokens (the token endpoint on the
+//! same listener).
 //!
 //! The policy authoring loop: [`reload`] swaps policy sets in while the gateway runs (and a
 //! shadow set beside the enforced one), [`explain`] shows how a described call is decided,
@@ -30,6 +31,7 @@ pub mod exchange_client;
 pub mod explain;
 pub mod gateway;
 pub mod mint;
+pub mod namespace_ids;
 pub mod policy_fmt;
 pub mod policy_test;
 pub mod proxy;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use crate::audit::AuditError;
 use crate::authn::AuthnError;
 use crate::budget::OverBudget;
+use crate::namespace_ids::NamespaceIdError;
 use crate::sticky::StickyError;
 use crate::temporal::InspectError;
 
@@ -20,6 +21,7 @@ use crate::temporal::InspectError;
 pub enum Code {
     InvalidArgument = 3,
     DeadlineExceeded = 4,
+    NotFound = 5,
     PermissionDenied = 7,
     ResourceExhausted = 8,
     Unimplemented = 12,
@@ -32,6 +34,7 @@ impl Code {
         match self {
             Code::InvalidArgument => "3",
             Code::DeadlineExceeded => "4",
+            Code::NotFound => "5",
             Code::PermissionDenied => "7",
             Code::ResourceExhausted => "8",
             Code::Unimplemented => "12",
@@ -74,6 +77,8 @@ pub enum Refusal {
     Upstream(String),
     #[error("deadline exceeded waiting for the upstream")]
     Deadline,
+    #[error("{0}")]
+    NamespaceId(#[from] NamespaceIdError),
 }
 
 impl Refusal {
@@ -96,6 +101,7 @@ impl Refusal {
             Refusal::NotGrpc(_) => Code::Unimplemented,
             Refusal::Audit(_) | Refusal::Upstream(_) => Code::Unavailable,
             Refusal::Deadline => Code::DeadlineExceeded,
+            Refusal::NamespaceId(error) => error.code(),
         }
     }
 }

@@ -193,6 +193,7 @@ fn paths(spec: &MethodSpec) -> Vec<(&'static str, &'static [u32], &'static str)>
     out.extend(spec.query_type.map(|path| ("query_type", path, "string")));
     out.extend(spec.update_name.map(|path| ("update_name", path, "string")));
     out.extend(spec.task_token.map(|path| ("task_token", path, "bytes")));
+    out.extend(spec.namespace_id.map(|path| ("namespace_id", path, "string")));
     out
 }
 
@@ -268,6 +269,14 @@ fn every_path_resolves_to_a_field_of_the_right_type() {
                             spec.name, last.name
                         ));
                     }
+                    if what == "namespace_id"
+                        && !(path.len() == 1 && ["namespace_id", "id"].contains(&last.name.as_str()))
+                    {
+                        errors.push(format!(
+                            "{}: namespace_id {path:?} is not a top-level `namespace_id` or `id`",
+                            spec.name
+                        ));
+                    }
                     if what == "namespace" && path.len() != 1 {
                         errors.push(format!("{}: namespace {path:?} is not a top-level field", spec.name));
                     }
@@ -338,6 +347,20 @@ fn every_named_resource_and_context_field_is_read() {
         }
         if let Some(field) = top_level(input, "task_token") {
             check(&mut errors, spec, "task_token", spec.task_token, vec![field.number]);
+        }
+        // A namespace named by id: `namespace_id`, or a namespace request's own `id`
+        // (`DescribeNamespaceRequest.id`). Unread, such a request would name no namespace.
+        let input_name = DESCRIPTORS.input_name(spec);
+        let namespace_id = top_level(input, "namespace_id").or_else(|| {
+            top_level(input, "id")
+                .filter(|_| input_name.ends_with("NamespaceRequest") && top_level(input, "namespace").is_some())
+        });
+        match namespace_id {
+            Some(field) => check(&mut errors, spec, "namespace_id", spec.namespace_id, vec![field.number]),
+            None if spec.namespace_id.is_some() => {
+                errors.push(format!("{name}: namespace_id is read, but the request has none"))
+            }
+            None => {}
         }
         if let Some(field) = top_level(input, "signal_name") {
             check(&mut errors, spec, "signal_name", spec.signal_name, vec![field.number]);
@@ -544,6 +567,7 @@ struct Expect {
     query_type: Option<String>,
     update_name: Option<String>,
     has_task_token: bool,
+    namespace_id: Option<String>,
 }
 
 impl From<Call> for Expect {
@@ -559,6 +583,7 @@ impl From<Call> for Expect {
             query_type: call.query_type,
             update_name: call.update_name,
             has_task_token: call.has_task_token,
+            namespace_id: call.namespace_id,
         }
     }
 }

@@ -197,6 +197,10 @@ impl Grant {
             ));
         }
         if resource.namespace.as_deref() != Some(self.namespace.as_str()) {
+            // Named by id: the caller is told about its id, not the name it resolved to.
+            if let Some(id) = &call.namespace_id {
+                return Err(format!("namespace id `{id}` is outside the credential's namespace `{}`", self.namespace));
+            }
             return Err(format!(
                 "namespace `{}` is outside the credential's namespace `{}`",
                 resource.namespace.as_deref().unwrap_or_default(),
@@ -426,7 +430,14 @@ impl Minter {
                     Access::Admin => "admin",
                     Access::ClusterAdmin | Access::Ungrouped => unreachable!("matched above"),
                 };
-                format!("{}:{role}", call.resource.namespace.as_deref().unwrap_or_default())
+                // Temporal authorizes a request that names its namespace by id against no
+                // namespace (it reads only `namespace`), so only a system role admits it. The
+                // id was resolved and authorized by flowgate, and the request acts on it alone.
+                let namespace = match &call.namespace_id {
+                    Some(_) => "temporal-system",
+                    None => call.resource.namespace.as_deref().unwrap_or_default(),
+                };
+                format!("{namespace}:{role}")
             }
         };
         let now = SystemTime::now();

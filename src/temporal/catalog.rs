@@ -137,6 +137,10 @@ pub struct MethodSpec {
     pub task_token: Option<Path>,
     /// The server may hold this call open (worker polls, update polls, history long polls).
     pub long_poll: bool,
+    /// A field naming the namespace by id instead of by name (`DescribeNamespace.id`,
+    /// `DeleteNamespace.namespace_id`): the gateway resolves it to the name it authorizes
+    /// (`crate::namespace_ids`).
+    pub namespace_id: Option<Path>,
 }
 
 impl MethodSpec {
@@ -157,6 +161,7 @@ const fn spec(service: &'static str, name: &'static str, access: Access, resourc
         update_name: None,
         task_token: None,
         long_poll: false,
+        namespace_id: None,
     }
 }
 
@@ -205,6 +210,10 @@ impl MethodSpec {
 
     const fn long_poll(self) -> Self {
         MethodSpec { long_poll: true, ..self }
+    }
+
+    const fn namespace_id(self, path: Path) -> Self {
+        MethodSpec { namespace_id: Some(path), ..self }
     }
 }
 
@@ -263,7 +272,8 @@ const CLUSTER: ResourceSpec = ResourceSpec::Cluster;
 pub static CATALOG: &[MethodSpec] = &[
     // -- temporal.api.workflowservice.v1.WorkflowService ------------------------------------
     ws("RegisterNamespace", Admin, ns(&[1])),
-    ws("DescribeNamespace", Read, ns(&[1])),
+    // By name (`namespace = 1`) or by id (`id = 2`); the server refuses a request with both.
+    ws("DescribeNamespace", Read, ns(&[1])).namespace_id(&[2]),
     ws("ListNamespaces", ClusterAdmin, CLUSTER),
     ws("UpdateNamespace", Admin, ns(&[1])),
     ws("DeprecateNamespace", Admin, ns(&[1])),
@@ -410,7 +420,8 @@ pub static CATALOG: &[MethodSpec] = &[
     op("AddSearchAttributes", Admin, ns(&[2])),
     op("RemoveSearchAttributes", Admin, ns(&[2])),
     op("ListSearchAttributes", Read, ns(&[1])),
-    op("DeleteNamespace", Admin, ns(&[1])),
+    // By name (`namespace = 1`) or by id (`namespace_id = 2`); the server refuses both.
+    op("DeleteNamespace", Admin, ns(&[1])).namespace_id(&[2]),
     op("AddOrUpdateRemoteCluster", ClusterAdmin, CLUSTER),
     op("RemoveRemoteCluster", ClusterAdmin, CLUSTER),
     op("ListClusters", ClusterAdmin, CLUSTER),

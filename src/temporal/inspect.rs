@@ -123,6 +123,9 @@ pub struct Call {
     /// The sticky queue the request polls, registers or shuts down (a worker's own queue:
     /// flowgate checks it belongs to the caller, policies see its normal name).
     pub sticky_queue: Option<String>,
+    /// The namespace id the request names (`MethodSpec::namespace_id`), as sent. Once the
+    /// gateway has resolved it, `resource.namespace` holds the name it stands for.
+    pub namespace_id: Option<String>,
 }
 
 impl Call {
@@ -139,6 +142,7 @@ impl Call {
             implied_by: None,
             has_task_token: false,
             sticky_queue: None,
+            namespace_id: None,
         }
     }
 
@@ -372,6 +376,7 @@ pub fn inspect(spec: &MethodSpec, message: &[u8]) -> Result<Call, InspectError> 
         update_name: string_at(message, spec.update_name)?,
         has_task_token,
         sticky_queue,
+        namespace_id: string_at(message, spec.namespace_id)?,
         ..Call::new(resource)
     })
 }

@@ -185,6 +185,48 @@ def test_bypassing_flowgate(stack, okta, github):
     assert "namespace `analytics` is outside" in rec["reasons"][0], rec
 
 
+def _describe_by_id(address: str, token: str, namespace_id: str):
+    async def go():
+        client = await Client.connect(address, namespace="payments")
+        md = {"authorization": f"Bearer {token}"}
+        return await client.workflow_service.describe_namespace(DescribeNamespaceRequest(id=namespace_id), metadata=md)
+
+    return run(go(), timeout=30)
+
+
+def test_describe_by_id_passes_temporals_authorizer_with_a_system_read_credential(stack, okta, github):
+    """Temporal's authorizer reads only a request's `namespace`, so it checks a request by id
+    against no namespace: a `payments:*` credential does not pass, only a system role does.
+    flowgate resolves the id, authorizes the name, and mints `temporal-system:read` for the lookup
+    and for the call by id."""
+    gw, srv = stack
+    alice = deployer(okta, "alice")
+    payments_id = _describe(gw.address, alice).namespace_info.id
+
+    # Straight to Temporal, the `payments:write` credential flowgate issued: by name yes, by id no.
+    scope = f"namespace:payments role:worker task_queue:{uid('did-by-id')}"
+    status, body = exchange(gw.url, github.mint(github_claims(environment=None, sub=WORKER_SUB)), scope)
+    assert status == 200, body
+    credential = body["access_token"]
+    assert _describe(srv.address, credential).namespace_info.id == payments_id
+    assert _status(lambda: _describe_by_id(srv.address, credential, payments_id)) == RPCStatusCode.PERMISSION_DENIED
+
+    # Through flowgate: the user and the credential both describe payments by id.
+    assert _describe_by_id(gw.address, alice, payments_id).namespace_info.name == "payments"
+    assert _describe_by_id(gw.address, credential, payments_id).namespace_info.name == "payments"
+    # An id Temporal does not know: the lookup passed Temporal's authorizer (else it would be
+    # PERMISSION_DENIED) and Temporal said NOT_FOUND.
+    bogus = "9d4c6a1b-2e3f-4a5b-8c7d-0e1f2a3b4c5d"
+    assert _status(lambda: _describe_by_id(gw.address, alice, bogus)) == RPCStatusCode.NOT_FOUND
+
+    records = gw.wait_decisions(lambda r: (r.get("resource") or {}).get("namespace_id") is not None, 3)
+    allowed = [r for r in records if r["decision"] == "allow"]
+    assert {r["principal"]["id"] for r in allowed} == {"okta:alice", WORKER_ID}, records
+    assert all(r["resource"]["namespace"] == "payments" for r in allowed), allowed
+    [unknown] = [r for r in records if r["decision"] == "deny"]
+    assert unknown["status"] == 5 and "names no namespace" in unknown["reasons"][0], unknown
+
+
 def test_stack_started_quickly(stack):
     _, srv = stack
     assert srv.setup_seconds < 45, f"flowgate + Temporal took {srv.setup_seconds:.1f} s to be ready"

@@ -84,6 +84,7 @@ fn expected_call(spec: &MethodSpec, decoded: &Decoded) -> Call {
         query_type: string(spec.query_type),
         update_name: string(spec.update_name),
         has_task_token: spec.task_token.is_some_and(|p| decoded.has_bytes(p)),
+        namespace_id: string(spec.namespace_id),
         ..Call::new(resource)
     }
 }

@@ -245,10 +245,27 @@ pub struct Upstream {
     pub seen: Arc<Mutex<Vec<Seen>>>,
 }
 
+/// How the fake upstream answers a call: after `delay`, `message` (if any) then trailers with
+/// `grpc-status` and `grpc-message`.
+pub struct Answer {
+    pub delay: Duration,
+    pub status: &'static str,
+    pub grpc_message: &'static str,
+    pub message: Option<Vec<u8>>,
+}
+
+/// Picks the answer to a call; `None` is the default answer (see [`Upstream::start`]).
+pub type Responder = Arc<dyn Fn(&Seen) -> Option<Answer> + Send + Sync>;
+
 impl Upstream {
     /// Answers every call with a one-message response and `grpc-status: 0` plus a custom
     /// trailer; a call whose path ends in `/Slow` waits 2 s first.
     pub async fn start() -> Upstream {
+        Upstream::start_with(Arc::new(|_| None)).await
+    }
+
+    /// Like [`start`](Self::start), but `responder` may answer a call otherwise.
+    pub async fn start_with(responder: Responder) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let upstream = Upstream { addr: listener.local_addr().unwrap(), seen: Arc::new(Mutex::new(Vec::new())) };
         let seen = upstream.seen.clone();
@@ -256,24 +273,39 @@ impl Upstream {
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
                 let seen = seen.clone();
+                let responder = responder.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
                         let seen = seen.clone();
+                        let responder = responder.clone();
                         async move {
                             let (parts, body) = request.into_parts();
                             let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
                             let path = parts.uri.path().to_owned();
-                            seen.lock().unwrap().push(Seen { path: path.clone(), headers: parts.headers, body });
-                            if path.ends_with("/Slow") || path.ends_with("/PollActivityTaskQueue") {
-                                tokio::time::sleep(Duration::from_secs(2)).await;
-                            }
+                            let call = Seen { path: path.clone(), headers: parts.headers, body };
+                            let answer = responder(&call);
+                            seen.lock().unwrap().push(call);
                             let mut trailers = http::HeaderMap::new();
-                            trailers.insert("grpc-status", "0".parse().unwrap());
-                            trailers.insert("x-upstream-trailer", "kept".parse().unwrap());
-                            let frames: Vec<Result<http_body::Frame<Bytes>, std::convert::Infallible>> = vec![
-                                Ok(http_body::Frame::data(Bytes::from(frame(b"\x0a\x02ok", false)))),
-                                Ok(http_body::Frame::trailers(trailers)),
-                            ];
+                            let mut frames: Vec<Result<http_body::Frame<Bytes>, std::convert::Infallible>> = vec![];
+                            match answer {
+                                Some(answer) => {
+                                    tokio::time::sleep(answer.delay).await;
+                                    trailers.insert("grpc-status", answer.status.parse().unwrap());
+                                    trailers.insert("grpc-message", answer.grpc_message.parse().unwrap());
+                                    if let Some(message) = answer.message {
+                                        frames.push(Ok(http_body::Frame::data(Bytes::from(frame(&message, false)))));
+                                    }
+                                }
+                                None => {
+                                    if path.ends_with("/Slow") || path.ends_with("/PollActivityTaskQueue") {
+                                        tokio::time::sleep(Duration::from_secs(2)).await;
+                                    }
+                                    trailers.insert("grpc-status", "0".parse().unwrap());
+                                    trailers.insert("x-upstream-trailer", "kept".parse().unwrap());
+                                    frames.push(Ok(http_body::Frame::data(Bytes::from(frame(b"\x0a\x02ok", false)))));
+                                }
+                            }
+                            frames.push(Ok(http_body::Frame::trailers(trailers)));
                             let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
                             Ok::<_, std::convert::Infallible>(
                                 http::Response::builder()

@@ -10,7 +10,8 @@ numbers in src/temporal/catalog.rs. tests/catalog.rs runs `inspect` on each requ
 
 Output: {<vector name>: {"service", "method", "framing": "none" | "gzip", "hex", "expect": {...}}}
 where "expect" has kind, namespace, workflow_id, workflow_type, task_queue, schedule_id,
-signal_name, query_type, update_name (a string or null) and has_task_token (a boolean).
+signal_name, query_type, update_name, namespace_id (a string or null) and has_task_token (a
+boolean).
 """
 
 import gzip
@@ -175,7 +176,13 @@ def expect(method, request):
         "query_type": None,
         "update_name": None,
         "has_task_token": bool(request.task_token) if has(request, "task_token") else False,
+        "namespace_id": None,
     }
+    # A namespace named by id: `namespace_id`, or a namespace request's own `id`.
+    if has(request, "namespace_id"):
+        found["namespace_id"] = text(request.namespace_id)
+    elif has(request, "id") and has(request, "namespace") and request.DESCRIPTOR.name.endswith("NamespaceRequest"):
+        found["namespace_id"] = text(request.id)
     names_workflow = False
     if has(request, "workflow_id"):
         names_workflow = True
