@@ -14,6 +14,7 @@
 
 pub mod catalog;
 pub mod inspect;
+pub mod task_token;
 pub mod wire;
 
 pub use catalog::{Access, MethodSpec, ResourceSpec, TaskQueueRef, lookup};
