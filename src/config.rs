@@ -20,6 +20,8 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("invalid value for `{key}`: {message}")]
     Invalid { key: String, message: String },
+    #[error("invalid `task_tokens.key_file` `{}`: {message}", path.display())]
+    TaskTokenKeyFile { path: PathBuf, message: String },
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -46,6 +48,19 @@ pub struct Config {
     pub mint: Option<MintConfig>,
     #[serde(default)]
     pub replay: ReplayConfig,
+    #[serde(default)]
+    pub task_tokens: TaskTokensConfig,
+}
+
+/// `[task_tokens]`: the keys that seal the task tokens flowgate hands to workers.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskTokensConfig {
+    /// One base64 key (at least 32 bytes) per line, `#` comments: the first line seals, every
+    /// line opens. Replicas behind one address must share it. Without it each process draws a
+    /// random key, and a restart makes outstanding task tokens unusable.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
 }
 
 /// `[mint]`: flowgate as an issuer of short-lived worker credentials.
@@ -470,6 +485,9 @@ impl Config {
         if let Some(mint) = &mut self.mint {
             resolve(&mut mint.key_dir);
         }
+        if let Some(key_file) = &mut self.task_tokens.key_file {
+            resolve(key_file);
+        }
         if let Some(tls) = &mut self.listen.tls {
             resolve(&mut tls.cert);
             resolve(&mut tls.key);
@@ -591,6 +609,11 @@ impl Config {
         {
             return Err(invalid("replay.redis_url", format!("`{url}` must start with redis://, rediss:// or unix://")));
         }
+        if let Some(key_file) = &self.task_tokens.key_file
+            && key_file.as_os_str().is_empty()
+        {
+            return Err(invalid("task_tokens.key_file", "must not be empty (leave it out for a per-process key)"));
+        }
         let mut names = std::collections::HashSet::new();
         for (i, issuer) in self.issuers.iter().enumerate() {
             let key = |field: &str| format!("issuers[{i}].{field}");
@@ -681,5 +704,19 @@ mod tests {
         let config = Config::load(&file).unwrap();
         assert_eq!(config.policy.dir, dir.path().join("policies"));
         assert_eq!(config.audit.path, dir.path().join("decisions.jsonl"));
+    }
+
+    #[test]
+    fn task_token_key_file_is_optional_and_resolved() {
+        assert_eq!(Config::parse(MINIMAL).unwrap().task_tokens.key_file, None);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("flowgate.toml");
+        std::fs::write(&file, format!("{MINIMAL}\n[task_tokens]\nkey_file = \"secrets/task-token.keys\"")).unwrap();
+        let config = Config::load(&file).unwrap();
+        assert_eq!(config.task_tokens.key_file, Some(dir.path().join("secrets/task-token.keys")));
+        let err = with("[task_tokens]\nkey_file = \"\"").unwrap_err();
+        assert!(err.to_string().contains("`task_tokens.key_file`"), "{err}");
+        let err = with("[task_tokens]\nkeys = \"k\"").unwrap_err();
+        assert!(err.to_string().contains("unknown field `keys`"), "{err}");
     }
 }

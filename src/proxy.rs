@@ -1,11 +1,17 @@
 //! Forwarding: a pooled HTTP/2 client to the Temporal frontend, and the bodies that stream
-//! through it untouched.
+//! through it.
 //!
 //! The request body forwarded upstream is the message flowgate already read for inspection,
 //! followed by whatever the client still sends; the response body is the upstream's, frame by
-//! frame, trailers included. Nothing here buffers a whole response or imposes a timeout of its
-//! own: a call lasts as long as its `grpc-timeout` (worker long polls last 70 s).
+//! frame, trailers included. Nothing here imposes a timeout of its own: a call lasts as long as
+//! its `grpc-timeout` (worker long polls last 70 s).
+//!
+//! Only the responses that hand out task tokens are read whole ([`ResponseBody::rewritten`]):
+//! their one message is held until it is complete, inflated, rewritten with sealed tokens and
+//! sent on uncompressed; anything that goes wrong ends the call with `INTERNAL` instead of
+//! letting an unsealed token through.
 
+use std::io::Read;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -20,7 +26,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::budget::Reservation;
 use crate::config::UpstreamConfig;
-use crate::status::Refusal;
+use crate::status::{Code, Refusal, encode_message};
 use crate::telemetry::Metrics;
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
@@ -238,9 +244,187 @@ impl Body for ForwardBody {
 #[derive(Default)]
 pub struct ResponseBody {
     upstream: Option<Incoming>,
+    /// The upstream's body with its message rewritten ([`ResponseBody::rewritten`]).
+    rewriting: Option<Pin<Box<dyn Body<Data = Bytes, Error = hyper::Error> + Send>>>,
     observer: Option<CallObserver>,
     /// A complete body flowgate answers itself (token endpoint, JWKS, discovery).
     full: Option<Bytes>,
+}
+
+/// How a response message is rewritten: from its (inflated) protobuf bytes to the bytes to send
+/// instead, `None` to send it as it came, or why it cannot be sent at all.
+pub type Rewrite = Box<dyn FnOnce(&[u8]) -> Result<Option<Vec<u8>>, String> + Send>;
+
+/// The largest response message [`ResponseBody::rewritten`] reads whole, before and after
+/// inflating. Temporal's frontend answers a workflow task with its first history page, far less.
+pub const MAX_REWRITTEN_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Where a [`Rewriting`] body is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RewriteState {
+    /// Collecting the first message.
+    Reading,
+    /// The message is sent; trailers follow.
+    Sent,
+    Done,
+}
+
+/// A unary response body whose one message is read whole, rewritten, and sent on; the upstream's
+/// trailers follow unchanged. Nothing of the upstream message is sent before the rewrite
+/// succeeded.
+struct Rewriting<B> {
+    upstream: B,
+    buffered: Vec<u8>,
+    rewrite: Option<Rewrite>,
+    /// The response's `grpc-encoding` is gzip, so a message flagged compressed can be read.
+    gzip: bool,
+    state: RewriteState,
+    method: &'static str,
+}
+
+impl<B> Rewriting<B> {
+    /// Ends the call with `INTERNAL`: the client sees an error status, never the message.
+    fn fail(&mut self, reason: &str) -> Frame<Bytes> {
+        tracing::error!(method = self.method, %reason, "cannot seal task token");
+        self.state = RewriteState::Done;
+        self.buffered = Vec::new();
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static(Code::Internal.as_str()));
+        let message = encode_message(&format!("cannot seal task token: {reason}"));
+        trailers.insert(
+            "grpc-message",
+            http::HeaderValue::try_from(message).expect("percent-encoded text is a valid header"),
+        );
+        Frame::trailers(trailers)
+    }
+
+    /// The framed message to send once `buffered` holds the whole first message; `Ok(None)`
+    /// while more bytes are needed.
+    fn try_message(&mut self) -> Result<Option<Bytes>, String> {
+        let Some(prefix) = self.buffered.get(..5) else {
+            return Ok(None);
+        };
+        let flag = prefix[0];
+        let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+        if len > MAX_REWRITTEN_MESSAGE_BYTES {
+            return Err(format!(
+                "response message of {len} bytes is over the {MAX_REWRITTEN_MESSAGE_BYTES} flowgate reads"
+            ));
+        }
+        if self.buffered.len() < 5 + len {
+            return Ok(None);
+        }
+        if self.buffered.len() > 5 + len {
+            return Err("upstream sent more than one response message".into());
+        }
+        let message = &self.buffered[5..];
+        let inflated = match flag {
+            0 => std::borrow::Cow::Borrowed(message),
+            1 if self.gzip => std::borrow::Cow::Owned(gunzip(message, MAX_REWRITTEN_MESSAGE_BYTES)?),
+            1 => return Err("compressed response message without `grpc-encoding: gzip`".into()),
+            other => return Err(format!("response message has compressed flag `{other}`")),
+        };
+        let rewrite = self.rewrite.take().expect("a message is rewritten once");
+        match rewrite(&inflated)? {
+            None => Ok(Some(Bytes::from(std::mem::take(&mut self.buffered)))),
+            Some(new) => {
+                let len = u32::try_from(new.len())
+                    .ok()
+                    .filter(|&len| len as usize <= MAX_REWRITTEN_MESSAGE_BYTES)
+                    .ok_or_else(|| format!("rewritten message of {} bytes is too large", new.len()))?;
+                self.buffered = Vec::new();
+                // Sent uncompressed: flag 0 is valid whatever the response's `grpc-encoding`.
+                let mut framed = Vec::with_capacity(5 + new.len());
+                framed.push(0);
+                framed.extend_from_slice(&len.to_be_bytes());
+                framed.extend_from_slice(&new);
+                Ok(Some(Bytes::from(framed)))
+            }
+        }
+    }
+}
+
+/// Inflates a gzip message (every member, as grpc-go does), refusing more than `limit` bytes
+/// without ever holding more than one byte past it.
+fn gunzip(message: &[u8], limit: usize) -> Result<Vec<u8>, String> {
+    let budget = limit.saturating_add(1);
+    let mut inflated = Vec::with_capacity(message.len().saturating_mul(4).min(budget));
+    flate2::read::MultiGzDecoder::new(message)
+        .take(budget as u64)
+        .read_to_end(&mut inflated)
+        .map_err(|e| format!("response message is not valid gzip: {e}"))?;
+    if inflated.len() > limit {
+        return Err(format!("response message inflates past the {limit} bytes flowgate reads"));
+    }
+    Ok(inflated)
+}
+
+impl<B> Body for Rewriting<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = &mut *self;
+        loop {
+            if this.state == RewriteState::Done {
+                return Poll::Ready(None);
+            }
+            let frame = match std::task::ready!(Pin::new(&mut this.upstream).poll_frame(cx)) {
+                None => {
+                    // An empty body (a trailers-only answer) ends as it came; a cut message fails.
+                    let cut = this.state == RewriteState::Reading && !this.buffered.is_empty();
+                    if cut {
+                        return Poll::Ready(Some(Ok(this.fail("upstream response ended inside its message"))));
+                    }
+                    this.state = RewriteState::Done;
+                    return Poll::Ready(None);
+                }
+                Some(Err(error)) => {
+                    this.state = RewriteState::Done;
+                    return Poll::Ready(Some(Err(error)));
+                }
+                Some(Ok(frame)) => frame,
+            };
+            let data = match frame.into_data() {
+                Ok(data) => data,
+                Err(frame) => {
+                    // Trailers. After a partial message only an error status may pass: the
+                    // partial bytes are dropped, and a success would claim a message never sent.
+                    let failed = frame
+                        .trailers_ref()
+                        .and_then(|t| t.get("grpc-status"))
+                        .is_some_and(|status| status.as_bytes() != b"0");
+                    if this.state == RewriteState::Reading && !this.buffered.is_empty() && !failed {
+                        return Poll::Ready(Some(Ok(this.fail("upstream response ended inside its message"))));
+                    }
+                    this.state = RewriteState::Done;
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+            };
+            if data.is_empty() {
+                continue;
+            }
+            if this.state == RewriteState::Sent {
+                return Poll::Ready(Some(Ok(this.fail("upstream sent more than one response message"))));
+            }
+            this.buffered.extend_from_slice(&data);
+            match this.try_message() {
+                Ok(None) => continue,
+                Ok(Some(message)) => {
+                    this.state = RewriteState::Sent;
+                    return Poll::Ready(Some(Ok(Frame::data(message))));
+                }
+                Err(reason) => return Poll::Ready(Some(Ok(this.fail(&reason)))),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.state == RewriteState::Done
+    }
 }
 
 /// Reports a forwarded call to the metrics exactly once, when its response ends (or is dropped).
@@ -277,11 +461,53 @@ impl ResponseBody {
         if let Some(status) = headers.get("grpc-status") {
             observer.status = Some(static_status(status));
         }
-        ResponseBody { upstream: Some(upstream), observer: Some(observer), full: None }
+        ResponseBody { upstream: Some(upstream), rewriting: None, observer: Some(observer), full: None }
+    }
+
+    /// The upstream's response with its one message rewritten by `rewrite` (task tokens
+    /// sealed): the message is read whole (up to [`MAX_REWRITTEN_MESSAGE_BYTES`]), inflated when
+    /// compressed, and sent on uncompressed; the trailers follow unchanged. A response without a
+    /// message passes as it is. Should anything fail (`rewrite` included), the call ends with
+    /// `INTERNAL` "cannot seal task token: …" and the message is not sent.
+    ///
+    /// The message's length changes, so the caller must not forward a `content-length` header
+    /// (gRPC servers send none).
+    pub fn rewritten(
+        upstream: Incoming,
+        observer: CallObserver,
+        headers: &http::HeaderMap,
+        rewrite: impl FnOnce(&[u8]) -> Result<Option<Vec<u8>>, String> + Send + 'static,
+    ) -> ResponseBody {
+        ResponseBody::rewritten_from(upstream, observer, headers, Box::new(rewrite))
+    }
+
+    /// [`ResponseBody::rewritten`] over any body (tests use in-memory ones).
+    fn rewritten_from<B>(
+        upstream: B,
+        mut observer: CallObserver,
+        headers: &http::HeaderMap,
+        rewrite: Rewrite,
+    ) -> ResponseBody
+    where
+        B: Body<Data = Bytes, Error = hyper::Error> + Send + Unpin + 'static,
+    {
+        if let Some(status) = headers.get("grpc-status") {
+            observer.status = Some(static_status(status));
+        }
+        let gzip = headers.get("grpc-encoding").is_some_and(|e| e.as_bytes() == b"gzip");
+        let rewriting = Rewriting {
+            upstream,
+            buffered: Vec::new(),
+            rewrite: Some(rewrite),
+            gzip,
+            state: RewriteState::Reading,
+            method: observer.method,
+        };
+        ResponseBody { upstream: None, rewriting: Some(Box::pin(rewriting)), observer: Some(observer), full: None }
     }
 
     pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
-        ResponseBody { upstream: None, observer: None, full: Some(bytes.into()) }
+        ResponseBody { upstream: None, rewriting: None, observer: None, full: Some(bytes.into()) }
     }
 }
 
@@ -293,10 +519,13 @@ impl Body for ResponseBody {
         if let Some(bytes) = self.full.take() {
             return Poll::Ready(Some(Ok(Frame::data(bytes))));
         }
-        let Some(upstream) = self.upstream.as_mut() else {
+        let frame = if let Some(rewriting) = self.rewriting.as_mut() {
+            std::task::ready!(rewriting.as_mut().poll_frame(cx))
+        } else if let Some(upstream) = self.upstream.as_mut() {
+            std::task::ready!(Pin::new(upstream).poll_frame(cx))
+        } else {
             return Poll::Ready(None);
         };
-        let frame = std::task::ready!(Pin::new(upstream).poll_frame(cx));
         if let Some(Ok(frame)) = &frame
             && let Some(trailers) = frame.trailers_ref()
             && let (Some(status), Some(observer)) = (trailers.get("grpc-status"), self.observer.as_mut())
@@ -310,12 +539,17 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.full.is_none() && self.upstream.as_ref().is_none_or(|u| u.is_end_stream())
+        self.full.is_none()
+            && self.upstream.as_ref().is_none_or(|u| u.is_end_stream())
+            && self.rewriting.as_ref().is_none_or(|r| r.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
         if let Some(bytes) = &self.full {
             return SizeHint::with_exact(bytes.len() as u64);
+        }
+        if self.rewriting.is_some() {
+            return SizeHint::default();
         }
         self.upstream.as_ref().map_or_else(|| SizeHint::with_exact(0), |u| u.size_hint())
     }
@@ -342,7 +576,209 @@ pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use http_body_util::BodyExt;
+
     use super::*;
+
+    fn framed(flag: u8, message: &[u8]) -> Vec<u8> {
+        let mut out = vec![flag];
+        out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        out.extend_from_slice(message);
+        out
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(bytes).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    fn trailers(status: &str) -> http::HeaderMap {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", status.parse().unwrap());
+        trailers.insert("x-upstream", "kept".parse().unwrap());
+        trailers
+    }
+
+    fn data(bytes: &[u8]) -> Frame<Bytes> {
+        Frame::data(Bytes::copy_from_slice(bytes))
+    }
+
+    /// What the client receives: the data bytes, the trailers, and the calls metric's status.
+    struct Received {
+        data: Vec<Vec<u8>>,
+        trailers: Option<http::HeaderMap>,
+        status: String,
+    }
+
+    async fn run(
+        frames: Vec<Frame<Bytes>>,
+        headers: &[(&'static str, &str)],
+        rewrite: impl FnOnce(&[u8]) -> Result<Option<Vec<u8>>, String> + Send + 'static,
+    ) -> Received {
+        let metrics = Arc::new(Metrics::new());
+        let observer = CallObserver {
+            metrics: metrics.clone(),
+            method: "PollActivityTaskQueue",
+            started: Instant::now(),
+            status: None,
+        };
+        let mut map = http::HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(*name, value.parse().unwrap());
+        }
+        let upstream = http_body_util::StreamBody::new(futures_util::stream::iter(
+            frames.into_iter().map(Ok::<_, hyper::Error>).collect::<Vec<_>>(),
+        ));
+        let mut body = ResponseBody::rewritten_from(upstream, observer, &map, Box::new(rewrite));
+        let mut received = Received { data: vec![], trailers: None, status: String::new() };
+        while let Some(frame) = body.frame().await {
+            let frame = frame.unwrap();
+            assert!(received.trailers.is_none(), "a frame after the trailers");
+            match frame.into_data() {
+                Ok(bytes) => received.data.push(bytes.to_vec()),
+                Err(frame) => received.trailers = Some(frame.into_trailers().unwrap()),
+            }
+        }
+        assert!(body.is_end_stream());
+        drop(body);
+        let text = metrics.encode();
+        let line = text.lines().find(|l| l.contains("calls_total{") && l.contains("PollActivityTaskQueue")).unwrap();
+        received.status = line.split("grpc_status=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+        received
+    }
+
+    fn error_of(received: &Received) -> (String, String) {
+        let trailers = received.trailers.as_ref().expect("trailers");
+        let text = |name: &str| trailers.get(name).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        (text("grpc-status"), text("grpc-message"))
+    }
+
+    #[tokio::test]
+    async fn a_message_split_across_frames_is_rewritten_and_the_trailers_follow() {
+        let wire = framed(0, b"original message");
+        let frames = vec![data(&wire[..2]), data(&wire[2..9]), data(&wire[9..]), Frame::trailers(trailers("0"))];
+        let got = run(frames, &[], |message| {
+            assert_eq!(message, b"original message");
+            Ok(Some(b"sealed!".to_vec()))
+        })
+        .await;
+        assert_eq!(got.data, [framed(0, b"sealed!")]);
+        assert_eq!(got.trailers, Some(trailers("0")));
+        assert_eq!(got.status, "0");
+    }
+
+    #[tokio::test]
+    async fn gzip_messages_are_inflated_and_sent_uncompressed() {
+        let frames = vec![data(&framed(1, &gzip(b"inflated"))), Frame::trailers(trailers("0"))];
+        let got = run(frames, &[("grpc-encoding", "gzip")], |message| {
+            assert_eq!(message, b"inflated");
+            Ok(Some(b"sealed".to_vec()))
+        })
+        .await;
+        assert_eq!(got.data, [framed(0, b"sealed")]);
+        assert_eq!(got.status, "0");
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_message_goes_on_as_it_came() {
+        let wire = framed(1, &gzip(b"no task here"));
+        let frames = vec![data(&wire), Frame::trailers(trailers("0"))];
+        let got = run(frames, &[("grpc-encoding", "gzip")], |_| Ok(None)).await;
+        assert_eq!(got.data, [wire]);
+        assert_eq!(got.trailers, Some(trailers("0")));
+    }
+
+    #[tokio::test]
+    async fn a_rewrite_error_ends_the_call_with_internal_and_no_message() {
+        let frames = vec![data(&framed(0, b"unsealed token")), Frame::trailers(trailers("0"))];
+        let got = run(frames, &[], |_| Err("field 1 occurs more than once".into())).await;
+        assert!(got.data.is_empty(), "the unsealed message was sent");
+        assert_eq!(error_of(&got), ("13".into(), "cannot seal task token: field 1 occurs more than once".into()));
+        assert_eq!(got.status, "13");
+    }
+
+    fn never_called() -> (Arc<AtomicBool>, Rewrite) {
+        let called = Arc::new(AtomicBool::new(false));
+        let flag = called.clone();
+        let rewrite = move |_: &[u8]| {
+            flag.store(true, Ordering::SeqCst);
+            Ok(Some(b"x".to_vec()))
+        };
+        (called, Box::new(rewrite))
+    }
+
+    #[tokio::test]
+    async fn responses_without_a_message_pass_through() {
+        // Trailers-only: the status is in the headers and the body is empty.
+        let (called, rewrite) = never_called();
+        let got = run(vec![], &[("grpc-status", "5")], rewrite).await;
+        assert!(got.data.is_empty() && got.trailers.is_none());
+        assert_eq!(got.status, "5");
+        assert!(!called.load(Ordering::SeqCst));
+        // An error status in trailers after the headers, empty data frames on the way.
+        let (called, rewrite) = never_called();
+        let got = run(vec![data(b""), Frame::trailers(trailers("14"))], &[], rewrite).await;
+        assert!(got.data.is_empty());
+        assert_eq!(got.trailers, Some(trailers("14")));
+        assert_eq!(got.status, "14");
+        assert!(!called.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn cut_oversized_and_extra_messages_are_refused() {
+        // Cut short, then a success status: the message never arrived whole.
+        let wire = framed(0, b"complete message");
+        let got = run(vec![data(&wire[..8]), Frame::trailers(trailers("0"))], &[], |_| Ok(None)).await;
+        assert!(got.data.is_empty());
+        assert_eq!(error_of(&got).0, "13");
+        assert!(error_of(&got).1.contains("ended inside its message"), "{}", error_of(&got).1);
+        // Cut short with an error status: that status is the answer.
+        let got = run(vec![data(&wire[..8]), Frame::trailers(trailers("14"))], &[], |_| Ok(None)).await;
+        assert!(got.data.is_empty());
+        assert_eq!(got.trailers, Some(trailers("14")));
+        // Cut short without trailers.
+        let got = run(vec![data(&wire[..8])], &[], |_| Ok(None)).await;
+        assert_eq!(error_of(&got).0, "13");
+        // Announced past the cap: refused from the prefix alone.
+        let huge = [&[0u8][..], &(MAX_REWRITTEN_MESSAGE_BYTES as u32 + 1).to_be_bytes()].concat();
+        let got = run(vec![data(&huge)], &[], |_| Ok(None)).await;
+        assert!(error_of(&got).1.contains("is over the"), "{}", error_of(&got).1);
+        // A second message, in the same frame or a later one: unary calls have one.
+        let two = [framed(0, b"one"), framed(0, b"two")].concat();
+        let got = run(vec![data(&two)], &[], |_| Ok(None)).await;
+        assert!(got.data.is_empty());
+        assert!(error_of(&got).1.contains("more than one response message"), "{}", error_of(&got).1);
+        let got = run(vec![data(&framed(0, b"one")), data(&framed(0, b"two"))], &[], |_| Ok(Some(b"s".to_vec()))).await;
+        assert_eq!(got.data, [framed(0, b"s")]);
+        assert!(error_of(&got).1.contains("more than one response message"), "{}", error_of(&got).1);
+        assert_eq!(got.status, "13");
+    }
+
+    #[tokio::test]
+    async fn compression_the_headers_do_not_announce_is_refused() {
+        let frames = vec![data(&framed(1, &gzip(b"m"))), Frame::trailers(trailers("0"))];
+        let got = run(frames, &[], |_| Ok(None)).await;
+        assert!(got.data.is_empty());
+        assert!(error_of(&got).1.contains("without `grpc-encoding: gzip`"), "{}", error_of(&got).1);
+        let got = run(vec![data(&framed(2, b"m"))], &[], |_| Ok(None)).await;
+        assert!(error_of(&got).1.contains("compressed flag `2`"), "{}", error_of(&got).1);
+        let got = run(vec![data(&framed(1, b"not gzip"))], &[("grpc-encoding", "gzip")], |_| Ok(None)).await;
+        assert!(error_of(&got).1.contains("not valid gzip"), "{}", error_of(&got).1);
+    }
+
+    #[test]
+    fn gunzip_stops_one_byte_past_its_limit() {
+        let bomb = gzip(&vec![0; 1 << 20]);
+        assert!(gunzip(&bomb, 4096).unwrap_err().contains("inflates past the 4096 bytes"));
+        assert_eq!(gunzip(&bomb, 1 << 20).unwrap().len(), 1 << 20);
+        // Every gzip member is read, as the client will.
+        let members = [gzip(b"first "), gzip(b"second")].concat();
+        assert_eq!(gunzip(&members, 100).unwrap(), b"first second");
+    }
 
     #[test]
     fn grpc_timeouts_parse() {

@@ -29,6 +29,7 @@ use crate::mint::replay::ReplayCache;
 use crate::proxy::{HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW, Upstream, read_certs, read_pem_key};
 use crate::shutdown;
 use crate::telemetry::Metrics;
+use crate::temporal::task_token::TaskTokenKeys;
 
 /// The sockets flowgate serves on.
 pub struct Listeners {
@@ -58,6 +59,8 @@ impl Listeners {
 pub struct Prepared {
     pub gateway: Arc<Gateway>,
     pub tls: Option<TlsAcceptor>,
+    /// The keys that seal task tokens (`[task_tokens]`).
+    pub task_tokens: Arc<TaskTokenKeys>,
 }
 
 /// Loads and checks everything in the config; no sockets, no background tasks.
@@ -84,8 +87,14 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
     let tls = config.listen.tls.as_ref().map(tls_acceptor).transpose()?;
     let log = DecisionLog::open(&config.audit.path)?;
     let shadow = config.policy.shadow_dir.as_deref().map(PolicyEngine::load).transpose()?;
+    let task_tokens = Arc::new(TaskTokenKeys::from_config(&config.task_tokens)?);
+    if task_tokens.is_ephemeral() {
+        tracing::info!(
+            "task tokens are sealed with a random per-process key: give replicas a shared `task_tokens.key_file`"
+        );
+    }
     let gateway = Arc::new(Gateway::new(config, authn, policies, shadow, log, upstream, metrics, minter));
-    Ok(Prepared { gateway, tls })
+    Ok(Prepared { gateway, tls, task_tokens })
 }
 
 fn tls_acceptor(tls: &ServerTlsConfig) -> anyhow::Result<TlsAcceptor> {
@@ -137,7 +146,7 @@ pub fn gateway_limits(listen: &ListenConfig, nofile: Option<u64>) -> ConnectionL
 /// Serves until `shutdown` resolves, then drains.
 pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let nofile = conn::raise_nofile_limit();
-    let Prepared { gateway, tls } = prepare(&config)?;
+    let Prepared { gateway, tls, .. } = prepare(&config)?;
     let (trigger, signal) = shutdown::channel();
     gateway.authenticator().spawn_key_refresh(signal.clone());
     if let Some(minter) = gateway.minter() {

@@ -25,6 +25,7 @@ pub enum Code {
     PermissionDenied = 7,
     ResourceExhausted = 8,
     Unimplemented = 12,
+    Internal = 13,
     Unavailable = 14,
     Unauthenticated = 16,
 }
@@ -38,6 +39,7 @@ impl Code {
             Code::PermissionDenied => "7",
             Code::ResourceExhausted => "8",
             Code::Unimplemented => "12",
+            Code::Internal => "13",
             Code::Unavailable => "14",
             Code::Unauthenticated => "16",
         }

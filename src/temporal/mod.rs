@@ -18,6 +18,7 @@
 pub mod catalog;
 pub mod implied;
 pub mod inspect;
+pub mod task_token;
 pub mod wire;
 
 pub use catalog::{Access, MethodSpec, ResourceSpec, TaskQueueRef, lookup};

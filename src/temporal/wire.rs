@@ -177,6 +177,70 @@ impl<'a> Iterator for Fields<'a> {
     }
 }
 
+/// One top-level field with the bytes it occupies on the wire, tag included: what a rewriter
+/// needs to copy every field it leaves alone byte for byte, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawField<'a> {
+    pub number: u32,
+    pub value: Value<'a>,
+    /// Where the field (tag, length prefix and value) lies in the message.
+    pub span: std::ops::Range<usize>,
+}
+
+/// Iterates over the top-level fields of one message, each with its byte span.
+pub struct RawFields<'a> {
+    inner: Fields<'a>,
+    len: usize,
+}
+
+pub fn raw_fields(buf: &[u8]) -> RawFields<'_> {
+    RawFields { inner: fields(buf), len: buf.len() }
+}
+
+impl<'a> Iterator for RawFields<'a> {
+    type Item = Result<RawField<'a>, WireError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        // `Fields` consumes its buffer from the front: what is left tells where a field ends.
+        let start = self.len - self.inner.buf.len();
+        let field = self.inner.next()?;
+        let end = self.len - self.inner.buf.len();
+        Some(field.map(|(number, value)| RawField { number, value, span: start..end }))
+    }
+}
+
+/// Appends `value` as a varint.
+pub fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8 & 0x7f) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// How many bytes `value` takes as a varint.
+pub fn varint_len(value: u64) -> usize {
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// Appends a varint field (`number`, wire type 0).
+pub fn put_varint_field(out: &mut Vec<u8>, number: u32, value: u64) {
+    put_varint(out, u64::from(number) << 3 | u64::from(VARINT));
+    put_varint(out, value);
+}
+
+/// Appends a length-delimited field (`number`, wire type 2): bytes, a string or a message.
+pub fn put_bytes_field(out: &mut Vec<u8>, number: u32, bytes: &[u8]) {
+    put_varint(out, u64::from(number) << 3 | u64::from(LEN));
+    put_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+/// How many bytes [`put_bytes_field`] appends for a value of `len` bytes.
+pub fn bytes_field_len(number: u32, len: usize) -> usize {
+    varint_len(u64::from(number) << 3) + varint_len(len as u64) + len
+}
+
 /// Checks that a whole message is well-formed at the top level.
 pub fn validate(buf: &[u8]) -> Result<(), WireError> {
     fields(buf).try_for_each(|field| field.map(drop))
@@ -384,6 +448,53 @@ mod tests {
         assert_eq!(validate(&crossed), Err(WireError::BadWireType(END_GROUP)));
         // An unterminated group is truncated.
         assert_eq!(validate(&key(7, START_GROUP).repeat(3)), Err(WireError::Truncated));
+    }
+
+    #[test]
+    fn raw_fields_cover_the_message_exactly() {
+        let msg = [
+            bytes_field(1, b"token"),
+            key(2, VARINT),
+            varint(300),
+            key(9, FIXED64),
+            vec![0; 8],
+            key(11, START_GROUP),
+            key(11, END_GROUP),
+            bytes_field(2000, b""),
+        ]
+        .concat();
+        let fields: Vec<_> = raw_fields(&msg).collect::<Result<_, _>>().unwrap();
+        let numbers: Vec<_> = fields.iter().map(|f| f.number).collect();
+        assert_eq!(numbers, [1, 2, 9, 11, 2000]);
+        assert_eq!(fields[0].value, Value::Bytes(b"token"));
+        assert_eq!(fields[1].value, Value::Varint(300));
+        // Consecutive, from the first byte to the last: copying the spans copies the message.
+        let mut at = 0;
+        for field in &fields {
+            assert_eq!(field.span.start, at);
+            at = field.span.end;
+        }
+        assert_eq!(at, msg.len());
+        assert_eq!(&msg[fields[0].span.clone()], &bytes_field(1, b"token")[..]);
+        let truncated = &msg[..3];
+        assert_eq!(raw_fields(truncated).last(), Some(Err(WireError::Truncated)));
+    }
+
+    #[test]
+    fn encoders_write_what_the_reader_reads() {
+        for value in [0, 1, 127, 128, 300, 16_383, 16_384, u64::from(u32::MAX), u64::MAX] {
+            let mut out = Vec::new();
+            put_varint(&mut out, value);
+            assert_eq!(out, varint(value), "{value}");
+            assert_eq!(varint_len(value), out.len(), "{value}");
+        }
+        let mut out = Vec::new();
+        put_bytes_field(&mut out, 1, b"abc");
+        put_varint_field(&mut out, 20, 7);
+        put_bytes_field(&mut out, 3000, &[7; 200]);
+        assert_eq!(out, [bytes_field(1, b"abc"), key(20, VARINT), varint(7), bytes_field(3000, &[7; 200])].concat());
+        assert_eq!(bytes_field_len(3000, 200), bytes_field(3000, &[7; 200]).len());
+        assert_eq!(last_bytes(&out, &[3000]).unwrap(), Some(&[7u8; 200][..]));
     }
 
     #[test]
