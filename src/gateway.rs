@@ -46,7 +46,8 @@ use crate::sticky::StickyQueues;
 use crate::telemetry::Metrics;
 use crate::temporal::catalog::{self, Access, MethodSpec};
 use crate::temporal::implied::{self, Origin, Question, TaskWorkflow};
-use crate::temporal::{Call, ResourceKind, inspect, wire};
+use crate::temporal::task_token::{self, Binding, SealContext, TaskKind, TaskTokenKeys};
+use crate::temporal::{Call, Resource, ResourceKind, inspect, wire};
 
 /// Reasons recorded for calls that need no policy.
 pub const PUBLIC_REASON: &str = "flowgate:public-method";
@@ -73,6 +74,8 @@ pub struct Gateway {
     buffered: Arc<ByteBudget>,
     /// Which principal owns each sticky task queue.
     sticky: StickyQueues,
+    /// The keys that seal the task tokens handed to workers, and open those they send back.
+    task_tokens: Arc<TaskTokenKeys>,
     /// Namespace ids resolved to names, for requests that name a namespace by id.
     namespace_ids: NamespaceIds,
 }
@@ -105,11 +108,21 @@ struct Outcome {
     /// For a workflow task completion: the task token Temporal issued, to fail the task with
     /// when a command is refused.
     task_token: Option<Bytes>,
+    /// What the call's (sealed) task token was handed out for.
+    binding: Option<Binding>,
 }
 
 impl Outcome {
     fn refused(principal: Option<Arc<Principal>>, call: Option<Call>, refusal: Refusal) -> Outcome {
-        Outcome { principal, call, decision: Err(refusal), shadow: None, implied: Vec::new(), task_token: None }
+        Outcome {
+            principal,
+            call,
+            decision: Err(refusal),
+            shadow: None,
+            implied: Vec::new(),
+            task_token: None,
+            binding: None,
+        }
     }
 
     /// The first implied question that was refused.
@@ -175,6 +188,7 @@ impl Gateway {
         upstream: Upstream,
         metrics: Arc<Metrics>,
         minter: Option<Arc<Minter>>,
+        task_tokens: Arc<TaskTokenKeys>,
     ) -> Gateway {
         Gateway {
             authn,
@@ -190,6 +204,7 @@ impl Gateway {
             minter,
             buffered: ByteBudget::new(config.limits.max_buffered_bytes),
             sticky: StickyQueues::new(),
+            task_tokens,
         }
     }
 
@@ -363,9 +378,29 @@ impl Gateway {
         let deadline = grpc_timeout(&parts.headers);
         match self.upstream.send(parts, forward_body.expect("allowed calls keep their body"), deadline).await {
             Ok(response) => {
-                let (parts, body) = response.into_parts();
+                let (mut parts, body) = response.into_parts();
                 let observer = CallObserver { metrics: self.metrics.clone(), method: spec.name, started, status: None };
-                let body = ResponseBody::forwarded(body, observer, &parts.headers);
+                let body = match (&outcome.principal, &outcome.call) {
+                    // Every task token handed out is sealed first, bound to the caller and to the
+                    // queue the task came from.
+                    (Some(principal), Some(call)) if task_token::seals_response(spec.name) => {
+                        let ctx = SealContext {
+                            principal: principal.id.clone(),
+                            namespace: call.resource.namespace.clone().unwrap_or_default(),
+                            task_queue: match &outcome.binding {
+                                Some(binding) => Some(binding.task_queue.clone()),
+                                None => call.resource.task_queue.clone(),
+                            },
+                        };
+                        let keys = self.task_tokens.clone();
+                        let method = spec.name;
+                        parts.headers.remove(http::header::CONTENT_LENGTH);
+                        ResponseBody::rewritten(body, observer, &parts.headers, move |message| {
+                            keys.seal_response(method, message, &ctx).map_err(|e| e.to_string())
+                        })
+                    }
+                    _ => ResponseBody::forwarded(body, observer, &parts.headers),
+                };
                 http::Response::from_parts(parts, body)
             }
             Err(refusal) => {
@@ -492,7 +527,15 @@ impl Gateway {
         if spec.access == Access::Public {
             let decision = Ok(PUBLIC_DECISION.clone());
             return (
-                Outcome { principal: None, call: None, decision, shadow: None, implied: Vec::new(), task_token: None },
+                Outcome {
+                    principal: None,
+                    call: None,
+                    decision,
+                    shadow: None,
+                    implied: Vec::new(),
+                    task_token: None,
+                    binding: None,
+                },
                 Some(ForwardBody::new(Bytes::new(), Some(body), None)),
             );
         }
@@ -529,16 +572,62 @@ impl Gateway {
             let detail = if call.has_task_token { " (a task token does not name one)" } else { "" };
             return refused(Some(principal), Some(call), Refusal::NoNamespace { action: spec.name, detail });
         }
+        // A task token is taken only as flowgate sealed it, for a queue the caller may still
+        // poll (asked below); Temporal gets the token it issued.
+        let mut opened: Option<(Vec<u8>, Binding)> = None;
+        if let Some(path) = spec.task_token
+            && call.has_task_token
+        {
+            let namespace = call.resource.namespace.clone().unwrap_or_default();
+            match self.task_tokens.unseal_request(path[0], &message) {
+                Err(error) => return refused(Some(principal), Some(call), Refusal::TaskToken(error)),
+                Ok((_, binding))
+                    if binding.namespace != namespace || TaskKind::of_method(spec.name) != Some(binding.kind) =>
+                {
+                    let issued = format!(
+                        "`{}` of task queue `{}` in namespace `{}`",
+                        binding.kind.poll_action(),
+                        binding.task_queue,
+                        binding.namespace
+                    );
+                    let refusal = Refusal::TaskTokenMisused { issued, method: spec.name, namespace };
+                    return refused(Some(principal), Some(call), refusal);
+                }
+                Ok(unsealed) => opened = Some(unsealed),
+            }
+        }
         // What the request makes Temporal do beyond the RPC: each is asked too.
-        let task = TaskWorkflow::default();
-        let questions = match implied::questions(spec, &message, &call, &task) {
+        let task = match &opened {
+            Some((_, binding)) => TaskWorkflow {
+                workflow_id: binding.workflow_id.as_deref(),
+                workflow_type: binding.workflow_type.as_deref(),
+                task_queue: Some(&binding.task_queue),
+            },
+            None => TaskWorkflow::default(),
+        };
+        let mut questions = match implied::questions(spec, &message, &call, &task) {
             Ok(questions) => questions,
             Err(error) => return refused(Some(principal), Some(call), Refusal::Inspect(error)),
         };
-        let task_token = (spec.name == "RespondWorkflowTaskCompleted")
-            .then(|| wire::last_bytes(&message, &[1]).ok().flatten().map(Bytes::copy_from_slice))
-            .flatten();
         drop(message);
+        if let Some((_, binding)) = &opened {
+            let queue = Resource {
+                namespace: Some(binding.namespace.clone()),
+                task_queue: Some(binding.task_queue.clone()),
+                ..Resource::new(ResourceKind::TaskQueue)
+            };
+            let call = Call { implied_by: Some(spec.name), ..Call::new(queue) };
+            questions.insert(
+                0,
+                Question { spec: catalog::rpc(binding.kind.poll_action()), call, origin: Origin::TaskToken },
+            );
+        }
+        let task_token = match &opened {
+            Some((unsealed, _)) if spec.name == "RespondWorkflowTaskCompleted" => {
+                wire::last_bytes(unsealed, &[1]).ok().flatten().map(Bytes::copy_from_slice)
+            }
+            _ => None,
+        };
 
         // A flowgate credential carries its own limits, checked before any policy.
         if let Some(minted) = &principal.minted
@@ -570,6 +659,10 @@ impl Gateway {
             self.metrics.shadow_compared(spec.name, allowed, shadow_decision.allowed);
             shadow_decision
         });
+        let (forwarded, binding) = match opened {
+            Some((unsealed, binding)) => (Some(unsealed), Some(binding)),
+            None => (None, None),
+        };
         let mut outcome = Outcome {
             principal: Some(principal),
             call: Some(call),
@@ -577,6 +670,7 @@ impl Gateway {
             shadow,
             implied,
             task_token,
+            binding,
         };
         if !allowed {
             return (outcome, None);
@@ -597,7 +691,19 @@ impl Gateway {
         }
 
         // The message's bytes stay counted against the budgets until they have gone upstream.
-        (outcome, Some(ForwardBody::new(buffered, rest, Some(reservation))))
+        // With its task token unsealed it goes as a new, uncompressed message (a per-message
+        // flag of 0 is valid under any `grpc-encoding`).
+        let body = match forwarded {
+            Some(unsealed) => {
+                let mut framed = Vec::with_capacity(unsealed.len() + 5);
+                framed.push(0);
+                framed.extend((unsealed.len() as u32).to_be_bytes());
+                framed.extend(unsealed);
+                Bytes::from(framed)
+            }
+            None => buffered,
+        };
+        (outcome, Some(ForwardBody::new(body, rest, Some(reservation))))
     }
 
     /// Reads the body until the first gRPC message is complete (or the stream ends). Returns the

@@ -59,8 +59,6 @@ impl Listeners {
 pub struct Prepared {
     pub gateway: Arc<Gateway>,
     pub tls: Option<TlsAcceptor>,
-    /// The keys that seal task tokens (`[task_tokens]`).
-    pub task_tokens: Arc<TaskTokenKeys>,
 }
 
 /// Loads and checks everything in the config; no sockets, no background tasks.
@@ -93,8 +91,8 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
             "task tokens are sealed with a random per-process key: give replicas a shared `task_tokens.key_file`"
         );
     }
-    let gateway = Arc::new(Gateway::new(config, authn, policies, shadow, log, upstream, metrics, minter));
-    Ok(Prepared { gateway, tls, task_tokens })
+    let gateway = Arc::new(Gateway::new(config, authn, policies, shadow, log, upstream, metrics, minter, task_tokens));
+    Ok(Prepared { gateway, tls })
 }
 
 fn tls_acceptor(tls: &ServerTlsConfig) -> anyhow::Result<TlsAcceptor> {

@@ -14,6 +14,7 @@ use crate::budget::OverBudget;
 use crate::namespace_ids::NamespaceIdError;
 use crate::sticky::StickyError;
 use crate::temporal::InspectError;
+use crate::temporal::task_token::TaskTokenError;
 
 /// gRPC status codes flowgate sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +62,12 @@ pub enum Refusal {
     NeverPermitted { action: &'static str },
     #[error("permission denied: {0}")]
     Sticky(StickyError),
+    #[error("permission denied: {0}")]
+    TaskToken(TaskTokenError),
+    #[error(
+        "permission denied: the task token was handed out for {issued}, not for `{method}` in namespace `{namespace}`"
+    )]
+    TaskTokenMisused { issued: String, method: &'static str, namespace: String },
     #[error("request refused for now: {0}; retry later")]
     OverBudget(OverBudget),
     #[error("request message not received within {}", humantime::format_duration(*.0))]
@@ -93,6 +100,8 @@ impl Refusal {
             | Refusal::NeverPermitted { .. }
             | Refusal::Sticky(StickyError::Taken(_) | StickyError::NotOwned(_)) => Code::PermissionDenied,
             Refusal::Sticky(StickyError::Full) => Code::ResourceExhausted,
+            Refusal::TaskToken(TaskTokenError::Malformed(_) | TaskTokenError::TooLarge { .. }) => Code::InvalidArgument,
+            Refusal::TaskToken(_) | Refusal::TaskTokenMisused { .. } => Code::PermissionDenied,
             Refusal::OverBudget(_) => Code::ResourceExhausted,
             Refusal::SlowRequest(_) => Code::DeadlineExceeded,
             Refusal::Inspect(InspectError::TooLarge { .. } | InspectError::InflatedTooLarge { .. }) => {

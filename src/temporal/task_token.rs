@@ -84,6 +84,21 @@ pub enum TaskKind {
 }
 
 impl TaskKind {
+    /// The kind of token a task-token call of `method` takes (`None`: it takes none).
+    pub fn of_method(method: &str) -> Option<TaskKind> {
+        Some(match method {
+            "RespondWorkflowTaskCompleted" | "RespondWorkflowTaskFailed" | "RespondQueryTaskCompleted" => {
+                TaskKind::Workflow
+            }
+            "RecordActivityTaskHeartbeat"
+            | "RespondActivityTaskCompleted"
+            | "RespondActivityTaskFailed"
+            | "RespondActivityTaskCanceled" => TaskKind::Activity,
+            "RespondNexusTaskCompleted" | "RespondNexusTaskFailed" => TaskKind::Nexus,
+            _ => return None,
+        })
+    }
+
     /// The poll RPC (and Cedar action) that hands out tasks of this kind.
     pub fn poll_action(self) -> &'static str {
         match self {

@@ -319,28 +319,6 @@ pub fn visit_all<'a>(
     Ok(())
 }
 
-/// Appends a varint.
-pub fn put_varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
-}
-
-/// Appends a varint field (`number`, wire type 0).
-pub fn put_varint_field(out: &mut Vec<u8>, number: u32, value: u64) {
-    put_varint(out, u64::from(number) << 3 | u64::from(VARINT));
-    put_varint(out, value);
-}
-
-/// Appends a length-delimited field (`number`, wire type 2): bytes, a string or a message.
-pub fn put_bytes_field(out: &mut Vec<u8>, number: u32, bytes: &[u8]) {
-    put_varint(out, u64::from(number) << 3 | u64::from(LEN));
-    put_varint(out, bytes.len() as u64);
-    out.extend_from_slice(bytes);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
