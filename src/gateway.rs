@@ -355,8 +355,9 @@ impl Gateway {
                 // A workflow task refused for one of its commands: fail it upstream too, so the
                 // workflow's history names the command and the decision, rather than the task
                 // timing out unexplained and being retried for ever.
-                if let (Some(asked), Some(token), Some(call)) =
-                    (outcome.refused_question(), &outcome.task_token, &outcome.call)
+                if let (Ok(rpc), Some(asked), Some(token), Some(call)) =
+                    (&outcome.decision, outcome.refused_question(), &outcome.task_token, &outcome.call)
+                    && rpc.allowed
                     && let Origin::Command { .. } = asked.question.origin
                 {
                     let failure =
@@ -638,6 +639,11 @@ impl Gateway {
 
         // Phase 4: authorize: the RPC, then every question it implies.
         let decision = policies.authorize(&principal, spec, path, &call);
+        // A refused RPC asks nothing more: what it would imply cannot happen, and a caller no
+        // policy permits must not make the gateway evaluate (and record) a thousand questions
+        // per call, nor fail someone's workflow task upstream for a command it was never
+        // allowed to send.
+        let questions = if decision.allowed { questions } else { Vec::new() };
         let implied: Vec<Asked> = questions
             .into_iter()
             .map(|question| {

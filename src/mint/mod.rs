@@ -228,20 +228,33 @@ impl Grant {
                 _ => {}
             }
         }
+        let limited = !self.task_queues.is_empty() || !self.workflow_types.is_empty();
+        // A write on the namespace itself (a batch terminate, signal or reset; a workflow rule;
+        // a deployment's current version) reaches every workflow of it, whatever its queue or
+        // type: a grant limited to those cannot allow it. A worker's namespace-level calls
+        // (responses by task token, heartbeats) act on its own tasks and stay open.
+        if limited && resource.kind == ResourceKind::Namespace && spec.access == Access::Write {
+            return Err(format!(
+                "`{}` acts on the whole namespace; a credential limited to task queues or workflow types cannot",
+                spec.name
+            ));
+        }
         // A call that acts on a workflow by id names neither its queue nor its type, so a grant
         // limited to those cannot tell whether the workflow is inside it: refused (fail closed).
-        // Reads stay open: every role may read its namespace.
-        if resource.kind == ResourceKind::Workflow && spec.access != Access::Read {
+        // The same for a schedule named by id alone (patching it triggers or backfills its
+        // action). Reads stay open: every role may read its namespace.
+        if matches!(resource.kind, ResourceKind::Workflow | ResourceKind::Schedule) && spec.access != Access::Read {
+            let named = if resource.kind == ResourceKind::Schedule { "schedule" } else { "workflow" };
             if !self.task_queues.is_empty() && resource.task_queue.is_none() {
                 return Err(format!(
-                    "`{}` names a workflow but not its task queue; a credential limited to task queues cannot act on workflows by id",
-                    spec.name
+                    "`{}` names a {} but not its task queue; a credential limited to task queues cannot act on workflows by id",
+                    spec.name, named
                 ));
             }
             if !self.workflow_types.is_empty() && resource.workflow_type.is_none() {
                 return Err(format!(
-                    "`{}` names a workflow but not its type; a credential limited to workflow types can only start workflows",
-                    spec.name
+                    "`{}` names a {} but not its type; a credential limited to workflow types can only start workflows",
+                    spec.name, named
                 ));
             }
         }
@@ -578,6 +591,45 @@ mod tests {
         let err = grant.check(spec("RespondActivityTaskCompletedById"), &call("payments", None, None)).unwrap_err();
         assert!(err.contains("cannot act on workflows by id"), "{err}");
         assert!(grant.check(spec("DescribeWorkflowExecution"), &call("payments", None, None)).is_ok(), "reads stay");
+    }
+
+    #[test]
+    fn a_limited_grant_refuses_writes_that_reach_the_whole_namespace() {
+        let namespace =
+            |name: &str| Call::new(Resource { namespace: Some(name.into()), ..Resource::new(ResourceKind::Namespace) });
+        let schedule = |id: &str| {
+            Call::new(Resource {
+                namespace: Some("payments".into()),
+                schedule_id: Some(id.into()),
+                ..Resource::new(ResourceKind::Schedule)
+            })
+        };
+        for scope in
+            ["namespace:payments role:write task_queue:deploys", "namespace:payments role:write workflow_type:Deploy"]
+        {
+            let grant = Grant::parse_scope(scope).unwrap();
+            // A batch terminate, signal or reset reaches every workflow of the namespace, whatever
+            // its queue or type; so do workflow rules and deployment changes.
+            for method in ["StartBatchOperation", "CreateWorkflowRule", "SetWorkerDeploymentCurrentVersion"] {
+                let err = grant.check(spec(method), &namespace("payments")).unwrap_err();
+                assert!(err.contains("whole namespace"), "{scope}: {method}: {err}");
+            }
+            // A schedule named by id alone (patch: trigger or backfill its action; delete) names
+            // neither the queue nor the type of the workflows it starts.
+            for method in ["PatchSchedule", "DeleteSchedule"] {
+                assert!(grant.check(spec(method), &schedule("nightly-drop-tables")).is_err(), "{scope}: {method}");
+            }
+            // Reads of the namespace and its schedules stay open.
+            assert!(grant.check(spec("ListWorkflowExecutions"), &namespace("payments")).is_ok());
+            assert!(grant.check(spec("DescribeSchedule"), &schedule("s")).is_ok());
+        }
+        // A worker's own namespace-level calls (responses by task token, heartbeats) stay open.
+        let worker = Grant::parse_scope("namespace:payments role:worker task_queue:deploys").unwrap();
+        assert!(worker.check(spec("RespondActivityTaskCompleted"), &namespace("payments")).is_ok());
+        assert!(worker.check(spec("RecordWorkerHeartbeat"), &namespace("payments")).is_ok());
+        // An unlimited writer of the namespace may still start batches.
+        let writer = Grant::parse_scope("namespace:payments role:write").unwrap();
+        assert!(writer.check(spec("StartBatchOperation"), &namespace("payments")).is_ok());
     }
 
     #[test]

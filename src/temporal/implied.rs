@@ -137,17 +137,21 @@ const CHILD_START: StartFields =
 const MULTI_OPERATION_START: &[u32] = &[2, 1];
 
 impl StartOptions {
-    fn read(message: &[u8], fields: &StartFields) -> Result<StartOptions, WireError> {
+    /// Reads the start request at `prefix` inside `message` (empty: `message` itself). A
+    /// prefix rather than the start's bytes, because the start may occur several times (a
+    /// command's attributes sent twice) and the server reads the merge of all its copies.
+    fn read(message: &[u8], prefix: &[u32], fields: &StartFields) -> Result<StartOptions, WireError> {
+        let at = |number: u32| [prefix, &[number]].concat();
         // Enums are `int32` on the wire: the server keeps the low 32 bits.
         let int32 = |number: Option<u32>| -> Result<u64, WireError> {
             Ok(match number {
-                Some(number) => wire::last_varint(message, &[number])?.map_or(0, |v| u64::from(v as u32)),
+                Some(number) => wire::last_varint(message, &at(number))?.map_or(0, |v| u64::from(v as u32)),
                 None => 0,
             })
         };
         let present = |number: Option<u32>| -> Result<bool, WireError> {
             Ok(match number {
-                Some(number) => wire::last_bytes(message, &[number])?.is_some(),
+                Some(number) => wire::last_bytes(message, &at(number))?.is_some(),
                 None => false,
             })
         };
@@ -280,9 +284,13 @@ pub fn read_command(
     }
     let Some(action) = action else { return Ok(None) };
     let spec = catalog::command_action(action).expect("every command action is in the catalog");
-    let attrs = wire::last_bytes(command, &[attributes_field])?.unwrap_or_default();
-    let text = |path: &[u32]| -> Result<Option<String>, WireError> { Ok(owned(wire::last_string(attrs, path)?)) };
-    let queue = |path: &[u32]| -> Result<Option<String>, InspectError> { queue_at(attrs, path)?.normal(action) };
+    // Paths are read from the command, through its attributes field, never from one copy of
+    // the attributes: sent twice, the copies merge (a namespace from the first, an id from the
+    // second), and the server acts on the merge.
+    let at = |path: &[u32]| [&[attributes_field], path].concat();
+    let text =
+        |path: &[u32]| -> Result<Option<String>, WireError> { Ok(owned(wire::last_string(command, &at(path))?)) };
+    let queue = |path: &[u32]| -> Result<Option<String>, InspectError> { queue_at(command, &at(path))?.normal(action) };
     // An empty namespace is the workflow's own; children and external targets may name another.
     let namespace_at = |path: &[u32]| -> Result<Option<String>, WireError> {
         Ok(text(path)?.or_else(|| namespace.map(str::to_owned)))
@@ -317,7 +325,7 @@ pub fn read_command(
         )),
         // namespace = 1, workflow_id = 2, workflow_type = 3, task_queue = 4 (empty: the parent's).
         "StartChildWorkflowExecution" => {
-            start = StartOptions::read(attrs, &CHILD_START)?;
+            start = StartOptions::read(command, &[attributes_field], &CHILD_START)?;
             Call::new(workflow(
                 namespace_at(&[1])?,
                 text(&[2])?,
@@ -370,13 +378,12 @@ pub fn questions(
 ) -> Result<Vec<Question>, InspectError> {
     let mut out = Vec::new();
     match spec.name {
-        "StartWorkflowExecution" => start_questions(spec, call, &StartOptions::read(message, &START)?, &mut out),
+        "StartWorkflowExecution" => start_questions(spec, call, &StartOptions::read(message, &[], &START)?, &mut out),
         "SignalWithStartWorkflowExecution" => {
-            start_questions(spec, call, &StartOptions::read(message, &SIGNAL_WITH_START)?, &mut out)
+            start_questions(spec, call, &StartOptions::read(message, &[], &SIGNAL_WITH_START)?, &mut out)
         }
         "ExecuteMultiOperation" => {
-            let start = wire::last_bytes(message, MULTI_OPERATION_START)?.unwrap_or_default();
-            start_questions(spec, call, &StartOptions::read(start, &START)?, &mut out)
+            start_questions(spec, call, &StartOptions::read(message, MULTI_OPERATION_START, &START)?, &mut out)
         }
         "RespondWorkflowTaskCompleted" => {
             let namespace = call.resource.namespace.as_deref();
@@ -530,6 +537,36 @@ mod tests {
         // Two attribute members: the oneof keeps the last, discarding the one asked about.
         let both = [varint_field(1, 11), field(12, &child), field(3, &field(1, b"t"))].concat();
         assert!(matches!(asked(&completion(&[both])), Err(InspectError::CommandAttributes { .. })));
+    }
+
+    #[test]
+    fn attributes_sent_twice_are_read_merged_as_the_server_merges_them() {
+        // Go's protobuf merges two copies of the same oneof member: the server acts on a child
+        // in `prod` (first copy) with the id, type and queue of the second copy.
+        let first = field(1, b"prod");
+        let second = [field(2, b"deploy-1"), field(3, &field(1, b"Deploy")), field(4, &field(1, b"deploys"))].concat();
+        let child = [varint_field(1, 11), field(12, &first), field(12, &second)].concat();
+        let questions = asked(&completion(&[child])).unwrap();
+        let resource = &questions[0].call.resource;
+        assert_eq!(
+            (resource.namespace.as_deref(), resource.workflow_id.as_deref(), resource.task_queue.as_deref()),
+            (Some("prod"), Some("deploy-1"), Some("deploys"))
+        );
+        // The same for a signal's target namespace, an activity's queue and a child's reuse policy.
+        let signal = [
+            varint_field(1, 12),
+            field(13, &field(1, b"prod")),
+            field(13, &[field(2, &field(1, b"deploy-1")), field(3, b"approve")].concat()),
+        ]
+        .concat();
+        assert_eq!(asked(&completion(&[signal])).unwrap()[0].call.resource.namespace.as_deref(), Some("prod"));
+        let activity =
+            [varint_field(1, 1), field(2, &field(4, &field(1, b"other-team"))), field(2, &field(2, &field(1, b"A")))]
+                .concat();
+        assert_eq!(asked(&completion(&[activity])).unwrap()[0].call.resource.task_queue.as_deref(), Some("other-team"));
+        let terminating = [varint_field(1, 11), field(12, &varint_field(11, 4)), field(12, &second)].concat();
+        let names: Vec<_> = asked(&completion(&[terminating])).unwrap().iter().map(|q| q.spec.name).collect();
+        assert_eq!(names, ["StartChildWorkflowExecution", "TerminateWorkflowExecution"]);
     }
 
     #[test]
