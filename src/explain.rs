@@ -152,6 +152,8 @@ fn policy_value(
 
 /// A described call, checked against the catalog: what would be asked of the policies (the
 /// RPC, and the questions it implies, derived as the gateway derives them from a request).
+// Built once per explanation, never on the request path: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Ask {
     Call { spec: &'static MethodSpec, path: String, call: Call, implied: Vec<Question> },

@@ -42,7 +42,7 @@ use crate::namespace_ids::NamespaceIds;
 use crate::proxy::{CallObserver, ForwardBody, ResponseBody, Upstream, grpc_timeout};
 use crate::reload::PolicySets;
 use crate::status::{Code, Refusal, trailers_only};
-use crate::sticky::StickyQueues;
+use crate::sticky::{StickyError, StickyQueues};
 use crate::telemetry::Metrics;
 use crate::temporal::catalog::{self, Access, MethodSpec};
 use crate::temporal::implied::{self, Origin, Question, TaskWorkflow};
@@ -690,9 +690,15 @@ impl Gateway {
                 "ShutdownWorker" => self.sticky.release(namespace, queue, &principal.id),
                 _ => self.sticky.claim(namespace, queue, &principal.id),
             };
-            if let Err(error) = owned {
-                outcome.decision = Err(Refusal::Sticky(error));
-                return (outcome, None);
+            match owned {
+                // A full table must not stop workers completing tasks: the queue stays unclaimed
+                // (nobody else can claim it either), and its tasks fall back to the normal queue.
+                Err(StickyError::Full) if spec.name == "RespondWorkflowTaskCompleted" => {}
+                Err(error) => {
+                    outcome.decision = Err(Refusal::Sticky(error));
+                    return (outcome, None);
+                }
+                Ok(()) => {}
             }
         }
 

@@ -70,7 +70,7 @@ cases:
 fn the_repository_policies_pass_their_own_tests_and_cover_every_policy() {
     let run = flowgate(&["policy", "test", "--require-coverage", text(&repo("policies"))], &[]);
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
-    assert!(run.stdout.contains("coverage: every policy (10) determined at least one case"), "{}", run.stdout);
+    assert!(run.stdout.contains("coverage: every policy (12) determined at least one case"), "{}", run.stdout);
     let passed = run.stdout.lines().filter(|l| l.starts_with("  ok ")).count();
     assert!(run.stdout.ends_with(&format!("{passed} passed, 0 failed\n")), "{}", run.stdout);
     assert!(passed >= 28, "{passed}");
@@ -171,14 +171,14 @@ fn coverage_names_the_policies_no_case_exercises() {
     assert_eq!(run.code, 0, "uncovered policies alone do not fail: {}{}", run.stdout, run.stderr);
     assert!(
         run.stdout
-            .contains("coverage: 1 of 10 policies; no case is determined by `buildkite-payments-worker-credentials`"),
+            .contains("coverage: 1 of 12 policies; no case is determined by `buildkite-payments-worker-commands`"),
         "{}",
         run.stdout
     );
     assert!(run.stdout.contains("`platform-admins`"), "{}", run.stdout);
     let run = flowgate(&["policy", "test", "--require-coverage", text(dir.path())], &[]);
     assert_eq!(run.code, 1);
-    assert!(run.stderr.contains("9 policies determine no case (--require-coverage)"), "{}", run.stderr);
+    assert!(run.stderr.contains("11 policies determine no case (--require-coverage)"), "{}", run.stderr);
 }
 
 #[test]

@@ -12,7 +12,7 @@
 
 use std::io::Write;
 
-use flowgate::temporal::catalog::{CATALOG, MethodSpec, ResourceSpec};
+use flowgate::temporal::catalog::{CATALOG, MethodSpec, ResourceSpec, TaskQueueRef};
 use flowgate::temporal::inspect::{self, Call, InspectError};
 use flowgate::temporal::wire::WireError;
 use proptest::collection::vec;
@@ -30,10 +30,20 @@ pub fn check(spec: &MethodSpec, schema: &'static proto::Node, message: &[u8]) ->
         // The server refuses the message too: whatever inspection says, nothing gets through.
         return Ok(());
     };
+    // Only a workflow-task poll may name a sticky queue, and no request another kind: Temporal
+    // acts on the queue's own name, so inspection refuses such a message, more strictly than
+    // the server.
+    let non_normal = queue_message(spec).is_some_and(|path| match decoded.queue_kind(path) {
+        0 | 1 => false,
+        2 => spec.name != "PollWorkflowTaskQueue",
+        _ => true,
+    });
     let call = match inspected {
-        Ok(call) => call,
         Err(InspectError::Malformed(WireError::TooDeep(_))) => return Ok(()),
         Err(InspectError::Ambiguous(_)) if spec.name == "ExecuteMultiOperation" => return Ok(()),
+        Err(InspectError::NotNormalQueue { .. }) if non_normal => return Ok(()),
+        _ if non_normal => return Err(format!("inspection did not refuse a non-normal queue: {inspected:?}")),
+        Ok(call) => call,
         Err(error) => return Err(format!("inspection refused a message the server accepts: {error}")),
     };
     let canonical = decoded.encode_to_vec();
@@ -51,6 +61,19 @@ pub fn check(spec: &MethodSpec, schema: &'static proto::Node, message: &[u8]) ->
         ));
     }
     Ok(())
+}
+
+/// Where the request names a `TaskQueue` message, if it does.
+fn queue_message(spec: &MethodSpec) -> Option<&'static [u32]> {
+    let reference = match spec.resource {
+        ResourceSpec::Workflow { task_queue, .. } | ResourceSpec::Schedule { task_queue, .. } => task_queue,
+        ResourceSpec::TaskQueue { task_queue, .. } => Some(task_queue),
+        _ => None,
+    };
+    match reference {
+        Some(TaskQueueRef::Message(path)) => Some(path),
+        _ => None,
+    }
 }
 
 /// What the server reads from a decoded message, field by field.
@@ -85,6 +108,12 @@ fn expected_call(spec: &MethodSpec, decoded: &Decoded) -> Call {
         update_name: string(spec.update_name),
         has_task_token: spec.task_token.is_some_and(|p| decoded.has_bytes(p)),
         namespace_id: string(spec.namespace_id),
+        sticky_queue: match spec.name {
+            "PollWorkflowTaskQueue" if decoded.queue_kind(&[2]) == 2 => decoded.string(&[2, 1]),
+            "ShutdownWorker" => decoded.string(&[2]),
+            "RespondWorkflowTaskCompleted" => decoded.string(&[4, 1, 1]),
+            _ => None,
+        },
         ..Call::new(resource)
     }
 }

@@ -96,7 +96,7 @@ fn task_queue_leaf(reference: TaskQueueRef) -> (&'static [u32], Leaf) {
 fn schema_of(spec: &MethodSpec) -> Node {
     let mut paths: Vec<(&'static [u32], Leaf)> = Vec::new();
     match spec.resource {
-        ResourceSpec::Cluster => {}
+        ResourceSpec::Cluster | ResourceSpec::NexusEndpoint => {}
         ResourceSpec::Namespace { namespace } => paths.push((namespace, Leaf::Str)),
         ResourceSpec::Workflow { namespace, workflow_id, workflow_type, task_queue } => {
             paths.push((namespace, Leaf::Str));
@@ -115,10 +115,16 @@ fn schema_of(spec: &MethodSpec) -> Node {
             paths.extend(task_queue.map(task_queue_leaf));
         }
     }
-    for path in [spec.signal_name, spec.query_type, spec.update_name].into_iter().flatten() {
+    for path in [spec.signal_name, spec.query_type, spec.update_name, spec.namespace_id].into_iter().flatten() {
         paths.push((path, Leaf::Str));
     }
     paths.extend(spec.task_token.map(|p| (p, Leaf::Bytes)));
+    // The sticky queue a worker shuts down, or registers with a task completion.
+    match spec.name {
+        "ShutdownWorker" => paths.push((&[2], Leaf::Str)),
+        "RespondWorkflowTaskCompleted" => paths.push((&[4, 1], Leaf::TaskQueue)),
+        _ => {}
+    }
     let mut root = Node::default();
     for (path, leaf) in paths {
         root.insert(path, leaf);
@@ -416,6 +422,14 @@ impl Decoded {
 
     /// The task queue the server routes by: a sticky queue (kind 2) by its normal name when it
     /// has one.
+    /// The `kind` of the `TaskQueue` message at `path` (0 when absent).
+    pub fn queue_kind(&self, path: &[u32]) -> i32 {
+        match self.at(&[path, &[2]].concat()) {
+            Some(Val::Enum(kind)) => *kind,
+            _ => 0,
+        }
+    }
+
     pub fn task_queue(&self, reference: TaskQueueRef) -> Option<String> {
         match reference {
             TaskQueueRef::Name(path) => self.string(path),
