@@ -873,7 +873,17 @@ impl Gateway {
             }),
             action: spec.name,
             method: path,
-            resource: outcome.call.as_ref().map(ResourceRecord::of),
+            resource: outcome.call.as_ref().map(|call| {
+                let mut resource = ResourceRecord::of(call);
+                // A task-token call names only its namespace; its token says which task it is.
+                if let Some(binding) = &outcome.binding {
+                    resource.workflow_id = resource.workflow_id.or(binding.workflow_id.as_deref());
+                    resource.workflow_type = resource.workflow_type.or(binding.workflow_type.as_deref());
+                    resource.task_queue = resource.task_queue.or(Some(binding.task_queue.as_str()));
+                    resource.activity_type = resource.activity_type.or(binding.activity_type.as_deref());
+                }
+                resource
+            }),
             client: ClientRecord {
                 addr: client.to_string(),
                 name: header("client-name"),

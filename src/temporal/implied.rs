@@ -59,6 +59,8 @@ pub enum Origin {
     AttachesToExisting,
     /// A task token: the caller must be allowed on the queue it was handed out for.
     TaskToken,
+    /// A batch operation: what it does to each workflow it selects.
+    Batch,
 }
 
 impl fmt::Display for Origin {
@@ -73,6 +75,7 @@ impl fmt::Display for Origin {
                 "workflow_id_conflict_policy USE_EXISTING with on_conflict_options or completion callbacks, which attach to a running workflow",
             ),
             Origin::TaskToken => f.write_str("its task token, handed out for this task queue"),
+            Origin::Batch => f.write_str("the batch operation, on each workflow it selects"),
         }
     }
 }
@@ -364,6 +367,94 @@ pub fn command_question(index: usize, command: Command, out: &mut Vec<Question>)
     out.extend(implied.into_iter().map(|q| Question { origin: Origin::Command { index }, ..q }));
 }
 
+/// The operation fields of `StartBatchOperationRequest` (a oneof), and the RPC each one is
+/// on every workflow it selects.
+const BATCH_OPERATIONS: &[(u32, &str)] = &[
+    (10, "TerminateWorkflowExecution"),
+    (11, "SignalWorkflowExecution"),
+    (12, "RequestCancelWorkflowExecution"),
+    (13, "DeleteWorkflowExecution"),
+    (14, "ResetWorkflowExecution"),
+    (15, "UpdateWorkflowExecutionOptions"),
+    (16, "UnpauseActivity"),
+    (17, "ResetActivity"),
+    (18, "UpdateActivityOptions"),
+    (19, "RequestCancelActivityExecution"),
+    (20, "TerminateActivityExecution"),
+    (21, "DeleteActivityExecution"),
+];
+/// `visibility_query = 2`, `executions = 5` (`WorkflowExecution.workflow_id = 1`),
+/// `target_executions = 22`.
+const BATCH_QUERY: u32 = 2;
+const BATCH_EXECUTIONS: u32 = 5;
+const BATCH_TARGET_EXECUTIONS: u32 = 22;
+/// `BatchOperationSignal.signal = 1`.
+const BATCH_SIGNAL_NAME: &[u32] = &[11, 1];
+
+/// A batch operation does its RPC to each workflow it selects: it is asked as that RPC on each
+/// workflow it names by id, and, when it selects by a visibility query (or by executions it
+/// does not name by id), on a Workflow without an id, which only a namespace-wide grant
+/// permits. A `forbid` on terminate thus holds for a batch terminate too. An operation flowgate
+/// does not know is refused.
+fn batch_questions(
+    spec: &'static MethodSpec,
+    message: &[u8],
+    call: &Call,
+    out: &mut Vec<Question>,
+) -> Result<(), InspectError> {
+    let mut operation = None;
+    for field in wire::fields(message) {
+        let (number, _) = field?;
+        // Fields from 10 on are the operation oneof, but for `target_executions`; one past
+        // those flowgate knows may be a new operation, and is refused.
+        if number < 10 || number == BATCH_TARGET_EXECUTIONS {
+            continue;
+        }
+        if !BATCH_OPERATIONS.iter().any(|(n, _)| *n == number) {
+            return Err(InspectError::Ambiguous("a batch operation of a kind flowgate does not know"));
+        }
+        if operation.is_some_and(|op| op != number) {
+            return Err(InspectError::Ambiguous("a batch operation names more than one operation"));
+        }
+        operation = Some(number);
+    }
+    let Some(operation) = operation else { return Ok(()) };
+    let rpc = catalog::rpc(BATCH_OPERATIONS.iter().find(|(n, _)| *n == operation).expect("known").1);
+    let namespace = call.resource.namespace.clone();
+    let signal_name = if operation == 11 { owned(wire::last_string(message, BATCH_SIGNAL_NAME)?) } else { None };
+    let ask = |workflow_id: Option<String>| {
+        let resource = Resource { namespace: namespace.clone(), workflow_id, ..Resource::new(rpc.resource.kind()) };
+        Question {
+            spec: rpc,
+            call: Call { signal_name: signal_name.clone(), implied_by: Some(spec.name), ..Call::new(resource) },
+            origin: Origin::Batch,
+        }
+    };
+    let mut seen = HashSet::new();
+    let mut by_query = wire::last_string(message, &[BATCH_QUERY])?.is_some();
+    for field in wire::fields(message) {
+        match field? {
+            (BATCH_EXECUTIONS, wire::Value::Bytes(execution)) => {
+                let id = owned(wire::last_string(execution, &[1])?);
+                if id.is_none() {
+                    by_query = true;
+                } else if seen.insert(id.clone()) {
+                    if seen.len() > MAX_QUESTIONS {
+                        return Err(InspectError::Ambiguous("a batch operation names more than 1024 workflows"));
+                    }
+                    out.push(ask(id));
+                }
+            }
+            (BATCH_TARGET_EXECUTIONS, _) => by_query = true,
+            _ => {}
+        }
+    }
+    if by_query || seen.is_empty() {
+        out.push(ask(None));
+    }
+    Ok(())
+}
+
 /// `RespondWorkflowTaskCompletedRequest.commands`.
 const COMMANDS: u32 = 2;
 
@@ -385,6 +476,7 @@ pub fn questions(
         "ExecuteMultiOperation" => {
             start_questions(spec, call, &StartOptions::read(message, MULTI_OPERATION_START, &START)?, &mut out)
         }
+        "StartBatchOperation" => batch_questions(spec, message, call, &mut out)?,
         "RespondWorkflowTaskCompleted" => {
             let namespace = call.resource.namespace.as_deref();
             let mut seen = HashSet::new();
@@ -586,6 +678,44 @@ mod tests {
         let names: Vec<_> = questions.iter().map(|q| q.spec.name).collect();
         assert_eq!(names, ["StartChildWorkflowExecution", "TerminateWorkflowExecution"]);
         assert_eq!(questions[1].call.resource.workflow_id.as_deref(), Some("ledger-7"));
+    }
+
+    #[test]
+    fn a_batch_is_asked_as_its_operation_on_each_workflow() {
+        let spec = lookup("/temporal.api.workflowservice.v1.WorkflowService/StartBatchOperation");
+        let ask = |message: &[u8]| {
+            let call = crate::temporal::inspect::inspect(spec, message)?;
+            questions(spec, message, &call, &TaskWorkflow::default())
+        };
+        let execution = |id: &[u8]| field(5, &field(1, id));
+        let terminate =
+            [field(1, b"payments"), execution(b"ledger-7"), execution(b"ledger-8"), field(10, &[])].concat();
+        let asked = ask(&terminate).unwrap();
+        let ids: Vec<_> = asked.iter().map(|q| (q.spec.name, q.call.resource.workflow_id.as_deref())).collect();
+        assert_eq!(
+            ids,
+            [("TerminateWorkflowExecution", Some("ledger-7")), ("TerminateWorkflowExecution", Some("ledger-8"))]
+        );
+        // By query: on a workflow without an id, which only a namespace-wide grant matches.
+        let by_query =
+            [field(1, b"payments"), field(2, b"WorkflowType = 'Ledger'"), field(11, &field(1, b"stop"))].concat();
+        let asked = ask(&by_query).unwrap();
+        assert_eq!(asked.len(), 1);
+        assert_eq!(
+            (asked[0].spec.name, asked[0].call.resource.workflow_id.as_deref()),
+            ("SignalWorkflowExecution", None)
+        );
+        assert_eq!(asked[0].call.signal_name.as_deref(), Some("stop"));
+        // Two operations, or one flowgate does not know: refused.
+        assert!(ask(&[field(1, b"payments"), field(10, &[]), field(12, &[])].concat()).is_err());
+        assert!(ask(&[field(1, b"payments"), field(40, &[])].concat()).is_err());
+        // Selected by `target_executions`: asked without an id.
+        let targets = [field(1, b"payments"), field(22, &field(1, b"x")), field(12, &[])].concat();
+        let asked = ask(&targets).unwrap();
+        assert_eq!(
+            (asked[0].spec.name, asked[0].call.resource.workflow_id.as_deref()),
+            ("RequestCancelWorkflowExecution", None)
+        );
     }
 
     #[test]
