@@ -51,12 +51,14 @@ from e2e_raw import (
     seconds, signal_external, start_child,
 )  # fmt: skip
 from e2e_util import by, connect, github_claims, okta_claims, run, temporal_bin, uid
+from temporalio.api.batch.v1 import BatchOperationTermination
 from temporalio.api.common.v1 import WorkflowExecution, WorkflowType
 from temporalio.api.enums.v1 import EventType, TaskQueueKind, WorkflowIdConflictPolicy, WorkflowIdReusePolicy
 from temporalio.api.workflowservice.v1 import (
     DescribeNamespaceRequest, DescribeWorkflowExecutionRequest, PollWorkflowTaskQueueRequest,
     RespondActivityTaskCompletedByIdRequest, RespondActivityTaskCompletedRequest,
-    SignalWithStartWorkflowExecutionRequest, StartWorkflowExecutionRequest, TerminateWorkflowExecutionRequest,
+    SignalWithStartWorkflowExecutionRequest, StartBatchOperationRequest, StartWorkflowExecutionRequest,
+    TerminateWorkflowExecutionRequest,
 )  # fmt: skip
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
@@ -831,6 +833,57 @@ def test_4_start_that_terminates_needs_terminate(gateway, github, temporal, poli
     q = question(starts[0], "TerminateWorkflowExecution")
     assert attribute(q, "workflow_id") == ledger_id and "ci-never-terminates" in q.get("reasons", []), q
     assert question(starts[0], "StartWorkflowExecution", decision="allow"), starts[0]
+
+
+BATCH_POLICY = """
+// CI may run batch operations in payments (forbid policies still apply to what they do).
+@id("ci-runs-batches")
+permit (
+  principal is Temporal::CiJob,
+  action == Temporal::Action::"StartBatchOperation",
+  resource == Temporal::Namespace::"payments"
+)
+when { principal.issuer == "github" };
+"""
+
+
+def test_4_batch_terminate_needs_terminate(gateway, github, temporal):
+    gw = gateway(policies={**policies(), "batch.cedar": BATCH_POLICY})
+    started = Started()
+
+    def batch(ledger_id: str) -> StartBatchOperationRequest:
+        return StartBatchOperationRequest(namespace=NAMESPACE, job_id=str(uuid.uuid4()), reason="cleanup",
+                                          executions=[WorkflowExecution(workflow_id=ledger_id)],
+                                          termination_operation=BatchOperationTermination())  # fmt: skip
+
+    async def scenario():
+        temporal_client = await direct(temporal)
+        ci = await connect(gw.address, ci_job(github))
+        try:
+            # (A) Directly: a batch terminate ends the ledger.
+            ledger = await start_direct(temporal_client, started, "PaymentsLedger", "nobody-polls", "ledger")
+            await temporal_client.workflow_service.start_batch_operation(batch(ledger.id), retry=False)
+
+            async def terminated():
+                return await status_of(temporal_client, ledger.id, ledger.result_run_id) == TERMINATED
+
+            assert await wait_for(terminated, timeout=20), "the direct batch did not terminate the ledger"
+            # (B) Through flowgate: CI may start batches but not terminate, so a batch terminate
+            # is refused as the terminate it is.
+            ledger = await start_direct(temporal_client, started, "PaymentsLedger", "nobody-polls", "ledger")
+            err = await refused(ci.workflow_service.start_batch_operation(batch(ledger.id), retry=False),
+                                RPCStatusCode.PERMISSION_DENIED, "a CI batch terminated the ledger")  # fmt: skip
+            assert "TerminateWorkflowExecution" in err.message and ledger.id in err.message, err.message
+            await asyncio.sleep(2)
+            assert await status_of(temporal_client, ledger.id, ledger.result_run_id) == RUNNING
+            return ledger.id
+        finally:
+            await started.terminate_all(temporal_client)
+
+    ledger_id = run(scenario(), 60)
+    [record] = records_of(gw, "StartBatchOperation", decision="deny")
+    q = question(record, "TerminateWorkflowExecution")
+    assert attribute(q, "workflow_id") == ledger_id and "ci-never-terminates" in q.get("reasons", []), q
 
 
 def test_4_signal_with_start_needs_signal(gateway, github, temporal):

@@ -22,9 +22,9 @@ from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
 from temporalio.api.failure.v1 import Failure
 from temporalio.api.workflowservice.v1 import RespondWorkflowTaskFailedRequest
 from temporalio.service import RPCError, RPCStatusCode
-from test_beyond_rpc import Started, direct, policies, seconds, start_direct
+from test_beyond_rpc import Started, direct, mallory, policies, seconds, start_direct
 
-QUEUE = "review-victims"  # no worker serves it: the test holds the victim's task itself
+QUEUE = "review-victims"  # no worker serves it: the test holds the victim's task itself (A)
 
 
 async def failed_tasks(client, workflow_id: str) -> list:
@@ -53,10 +53,12 @@ def test_a_refused_completion_fails_no_workflow_task_upstream(gateway, okta, tem
             )  # fmt: skip
             assert await failed_tasks(temporal_client, victim.id), "Temporal did not fail the workflow task"
 
-            # (B) Through flowgate, as a caller no policy permits anything: a completion
-            # carrying the victim's token and a command is refused ...
-            victim = await start_direct(temporal_client, started, "Victim", QUEUE, "review-b")
-            task = await poll_workflow_task(temporal_client, QUEUE, victim.id)
+            # (B) Through flowgate: a worker allowed on `deploy` polls the victim's task (so its
+            # token is one flowgate sealed); a caller no policy permits anything sends a
+            # completion carrying that token and commands, and is refused ...
+            worker = await connect(gw.address, mallory(okta))
+            victim = await start_direct(temporal_client, started, "Victim", "deploy", "review-b")
+            task = await poll_workflow_task(worker, "deploy", victim.id)
             commands = [start_child(uid(f"child-{i}"), "DropTables", QUEUE) for i in range(200)]
             try:
                 await complete_workflow_task(attacker, task, commands, identity="nobody")
@@ -72,7 +74,7 @@ def test_a_refused_completion_fails_no_workflow_task_upstream(gateway, okta, tem
                 f"{failed[0].workflow_task_failed_event_attributes.failure.message!r}"
             )
             # The task is still the victim's own: its worker completes it.
-            await complete_workflow_task(temporal_client, task, [])
+            await complete_workflow_task(worker, task, [])
         finally:
             await started.terminate_all(temporal_client)
 
