@@ -476,28 +476,20 @@ impl Gateway {
         headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
         self.set_upstream_credentials(headers, principal, spec, call);
         let (request_parts, ()) = request.into_parts();
-        let sent = async {
-            let response =
-                self.upstream.send(request_parts, ForwardBody::new(Bytes::from(body), None, None), None).await?;
-            let (response_parts, body) = response.into_parts();
-            let trailers = body.collect().await.ok().and_then(|c| c.trailers().cloned());
-            let status = response_parts
-                .headers
-                .get("grpc-status")
-                .or_else(|| trailers.as_ref().and_then(|t| t.get("grpc-status")))
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("missing")
-                .to_owned();
-            Ok::<_, Refusal>(status)
-        };
+        let sent = self.upstream.unary(request_parts, Bytes::from(body), 64 * 1024);
         match tokio::time::timeout(FAIL_TASK_TIMEOUT, sent).await {
-            Ok(Ok(status)) if status == "0" => {
+            Ok(Ok(reply)) if reply.status == "0" => {
                 self.metrics.workflow_task_failed("ok");
                 tracing::info!(namespace, "failed the refused workflow task upstream");
             }
-            Ok(Ok(status)) => {
+            Ok(Ok(reply)) => {
                 self.metrics.workflow_task_failed("error");
-                tracing::warn!(namespace, grpc_status = status, "could not fail the refused workflow task upstream");
+                tracing::warn!(
+                    namespace,
+                    grpc_status = reply.status,
+                    message = reply.message,
+                    "could not fail the refused workflow task upstream"
+                );
             }
             Ok(Err(error)) => {
                 self.metrics.workflow_task_failed("error");

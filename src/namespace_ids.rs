@@ -49,14 +49,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::BodyExt;
 use tokio::sync::watch;
 
 use crate::authn::Principal;
 use crate::authz::PolicyEngine;
 use crate::config::UpstreamCredentials;
 use crate::mint::Minter;
-use crate::proxy::{ForwardBody, Upstream};
+use crate::proxy::Upstream;
 use crate::status::Code;
 use crate::temporal::catalog::{self, MethodSpec};
 use crate::temporal::{Call, wire};
@@ -328,26 +327,9 @@ async fn lookup(upstream: &Upstream, id: &str, authorization: Option<http::Heade
         request = request.header(http::header::AUTHORIZATION, authorization);
     }
     let (parts, ()) = request.body(()).expect("static request is valid").into_parts();
-    let body = ForwardBody::new(Bytes::from(framed), None, None);
-    let response = upstream.send(parts, body, None).await.map_err(|refusal| failed(refusal.to_string()))?;
-
-    let (parts, body) = response.into_parts();
-    let collected = http_body_util::Limited::new(body, MAX_RESPONSE_BYTES)
-        .collect()
-        .await
-        .map_err(|error| failed(format!("the upstream's answer could not be read: {error}")))?;
-    let trailers = collected.trailers().cloned();
-    let header = |name: &str| {
-        parts
-            .headers
-            .get(name)
-            .or_else(|| trailers.as_ref().and_then(|t| t.get(name)))
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let status = header("grpc-status").unwrap_or_else(|| "missing".into());
-    let upstream_message = percent_decode(&header("grpc-message").unwrap_or_default());
-    match status.as_str() {
+    let reply = upstream.unary(parts, Bytes::from(framed), MAX_RESPONSE_BYTES).await.map_err(failed)?;
+    let upstream_message = reply.message;
+    match reply.status.as_str() {
         "0" => {}
         // NOT_FOUND is Temporal's NamespaceNotFound.
         "5" => return Err(NamespaceIdError::Unknown(id.to_owned())),
@@ -356,7 +338,7 @@ async fn lookup(upstream: &Upstream, id: &str, authorization: Option<http::Heade
         }
         other => return Err(failed(format!("the upstream answered grpc-status {other} `{upstream_message}`"))),
     }
-    let body = collected.to_bytes();
+    let body = reply.body;
     let message = match body.get(5..) {
         Some(message)
             if body[0] == 0 && message.len() == u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize =>
@@ -387,29 +369,6 @@ fn push_varint(out: &mut Vec<u8>, mut value: u64) {
     out.push(value as u8);
 }
 
-/// A `grpc-message` as sent: percent-encoded UTF-8.
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = (bytes[i] == b'%')
-            .then(|| text.get(i + 1..i + 3).and_then(|hex| u8::from_str_radix(hex, 16).ok()))
-            .flatten();
-        match escaped {
-            Some(byte) => {
-                out.push(byte);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -432,9 +391,9 @@ mod tests {
 
     #[test]
     fn grpc_messages_are_percent_decoded() {
-        assert_eq!(percent_decode("Namespace%20x%20not%20found."), "Namespace x not found.");
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz"), "%zz");
+        assert_eq!(crate::status::decode_message("Namespace%20x%20not%20found."), "Namespace x not found.");
+        assert_eq!(crate::status::decode_message("100%"), "100%");
+        assert_eq!(crate::status::decode_message("%zz"), "%zz");
     }
 
     #[test]

@@ -157,30 +157,56 @@ impl Upstream {
         response.map_err(|e| Refusal::Upstream(format!("`{}`: {}", self.address, error_chain(&e))))
     }
 
+    /// A unary call flowgate makes itself (a health check, a namespace lookup, failing a
+    /// refused workflow task), its answer read whole, at most `limit` bytes of body.
+    pub async fn unary(&self, parts: http::request::Parts, message: Bytes, limit: usize) -> Result<UnaryReply, String> {
+        let response =
+            self.send(parts, ForwardBody::new(message, None, None), None).await.map_err(|r| r.to_string())?;
+        let (parts, body) = response.into_parts();
+        let collected = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit))
+            .await
+            .map_err(|error| format!("the upstream's answer could not be read: {error}"))?;
+        let trailers = collected.trailers().cloned();
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .or_else(|| trailers.as_ref().and_then(|t| t.get(name)))
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        Ok(UnaryReply {
+            status: header("grpc-status").unwrap_or_else(|| "missing".into()),
+            message: crate::status::decode_message(&header("grpc-message").unwrap_or_default()),
+            body: collected.to_bytes(),
+        })
+    }
+
     /// A gRPC health check against the upstream, for `/readyz`.
     pub async fn check_health(&self) -> Result<(), String> {
         let request = http::Request::builder()
             .method(http::Method::POST)
-            .uri(format!("{}://{}/grpc.health.v1.Health/Check", self.scheme, self.authority))
+            .uri("/grpc.health.v1.Health/Check")
             .header(http::header::CONTENT_TYPE, "application/grpc")
             .header(http::header::TE, "trailers")
-            .body(ForwardBody::new(Bytes::from_static(&[0, 0, 0, 0, 0]), None, None))
+            .body(())
             .expect("static request is valid");
-        let response = tokio::time::timeout(Duration::from_secs(2), self.client.request(request))
+        let (parts, ()) = request.into_parts();
+        let reply = tokio::time::timeout(Duration::from_secs(2), self.unary(parts, Bytes::from_static(&[0; 5]), 4096))
             .await
             .map_err(|_| format!("upstream `{}` did not answer within 2s", self.address))?
-            .map_err(|e| format!("upstream `{}`: {}", self.address, error_chain(&e)))?;
-        let (parts, body) = response.into_parts();
-        let trailers = http_body_util::BodyExt::collect(body).await.ok().and_then(|c| c.trailers().cloned());
-        let status = parts
-            .headers
-            .get("grpc-status")
-            .or_else(|| trailers.as_ref().and_then(|t| t.get("grpc-status")))
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("missing")
-            .to_owned();
+            .map_err(|e| format!("upstream `{}`: {e}", self.address))?;
+        let status = reply.status;
         if status == "0" { Ok(()) } else { Err(format!("upstream health check returned grpc-status {status}")) }
     }
+}
+
+/// A unary gRPC answer: its status and message (from the headers or the trailers) and body.
+#[derive(Debug)]
+pub struct UnaryReply {
+    pub status: String,
+    pub message: String,
+    pub body: Bytes,
 }
 
 /// An error and its sources, `outer: inner: root`, for messages that must say why.

@@ -117,6 +117,29 @@ impl Refusal {
     }
 }
 
+/// A `grpc-message` as received: percent-encoded UTF-8, decoded (invalid escapes kept).
+pub fn decode_message(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| text.get(i + 1..i + 3).and_then(|hex| u8::from_str_radix(hex, 16).ok()))
+            .flatten();
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Percent-encodes a `grpc-message` as the gRPC HTTP/2 spec requires.
 pub fn encode_message(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
