@@ -61,6 +61,8 @@ pub enum Origin {
     TaskToken,
     /// A batch operation: what it does to each workflow it selects.
     Batch,
+    /// An operation a reset applies to the workflow once it is reset.
+    PostReset,
 }
 
 impl fmt::Display for Origin {
@@ -76,6 +78,7 @@ impl fmt::Display for Origin {
             ),
             Origin::TaskToken => f.write_str("its task token, handed out for this task queue"),
             Origin::Batch => f.write_str("the batch operation, on each workflow it selects"),
+            Origin::PostReset => f.write_str("a post-reset operation"),
         }
     }
 }
@@ -455,6 +458,54 @@ fn batch_questions(
     Ok(())
 }
 
+/// `ResetWorkflowExecutionRequest.post_reset_operations = 8`: each a `PostResetOperation`
+/// with `signal_workflow = 1` (`signal_name = 1`) or `update_workflow_options = 2`.
+const POST_RESET_OPERATIONS: u32 = 8;
+
+/// A reset may signal the workflow, or change its options, once reset: each is asked as that
+/// RPC on the same workflow.
+fn post_reset_questions(
+    spec: &'static MethodSpec,
+    message: &[u8],
+    call: &Call,
+    out: &mut Vec<Question>,
+) -> Result<(), InspectError> {
+    let workflow = Resource {
+        namespace: call.resource.namespace.clone(),
+        workflow_id: call.resource.workflow_id.clone(),
+        ..Resource::new(ResourceKind::Workflow)
+    };
+    for field in wire::fields(message) {
+        let (POST_RESET_OPERATIONS, wire::Value::Bytes(operation)) = field? else { continue };
+        for member in wire::fields(operation) {
+            let question = match member? {
+                (1, wire::Value::Bytes(signal)) => Question {
+                    spec: catalog::rpc("SignalWorkflowExecution"),
+                    call: Call {
+                        signal_name: owned(wire::last_string(signal, &[1])?),
+                        implied_by: Some(spec.name),
+                        ..Call::new(workflow.clone())
+                    },
+                    origin: Origin::PostReset,
+                },
+                (2, wire::Value::Bytes(_)) => Question {
+                    spec: catalog::rpc("UpdateWorkflowExecutionOptions"),
+                    call: Call { implied_by: Some(spec.name), ..Call::new(workflow.clone()) },
+                    origin: Origin::PostReset,
+                },
+                _ => continue,
+            };
+            if !out.contains(&question) {
+                if out.len() >= MAX_QUESTIONS {
+                    return Err(InspectError::Ambiguous("a reset carries more than 1024 post-reset operations"));
+                }
+                out.push(question);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `RespondWorkflowTaskCompletedRequest.commands`.
 const COMMANDS: u32 = 2;
 
@@ -477,6 +528,7 @@ pub fn questions(
             start_questions(spec, call, &StartOptions::read(message, MULTI_OPERATION_START, &START)?, &mut out)
         }
         "StartBatchOperation" => batch_questions(spec, message, call, &mut out)?,
+        "ResetWorkflowExecution" => post_reset_questions(spec, message, call, &mut out)?,
         "RespondWorkflowTaskCompleted" => {
             let namespace = call.resource.namespace.as_deref();
             let mut seen = HashSet::new();
@@ -716,6 +768,19 @@ mod tests {
             (asked[0].spec.name, asked[0].call.resource.workflow_id.as_deref()),
             ("RequestCancelWorkflowExecution", None)
         );
+    }
+
+    #[test]
+    fn a_reset_that_signals_is_also_a_signal() {
+        let spec = lookup("/temporal.api.workflowservice.v1.WorkflowService/ResetWorkflowExecution");
+        let signal = field(8, &field(1, &field(1, b"resume")));
+        let message = [field(1, b"payments"), field(2, &field(1, b"ledger-7")), signal.clone(), signal].concat();
+        let call = crate::temporal::inspect::inspect(spec, &message).unwrap();
+        let asked = questions(spec, &message, &call, &TaskWorkflow::default()).unwrap();
+        assert_eq!(asked.len(), 1);
+        assert_eq!(asked[0].spec.name, "SignalWorkflowExecution");
+        assert_eq!(asked[0].call.resource.workflow_id.as_deref(), Some("ledger-7"));
+        assert_eq!(asked[0].call.signal_name.as_deref(), Some("resume"));
     }
 
     #[test]

@@ -256,17 +256,23 @@ impl QueueRef {
 
 /// Reads the `TaskQueue` message at `path`.
 pub fn queue_at(message: &[u8], path: &[u32]) -> Result<QueueRef, WireError> {
-    let mut field = Vec::with_capacity(path.len() + 1);
-    field.extend_from_slice(path);
-    let mut at = |number: u32| {
-        field.truncate(path.len());
-        field.push(number);
-        field.clone()
+    // Paths are the catalog's and the commands' own, a handful of numbers: built on the stack.
+    const MAX_PATH: usize = 8;
+    let depth = path.len();
+    if depth >= MAX_PATH {
+        return Err(WireError::TooDeep(MAX_PATH));
+    }
+    let mut field = [0u32; MAX_PATH];
+    field[..depth].copy_from_slice(path);
+    let at = |number: u32| {
+        let mut field = field;
+        field[depth] = number;
+        field
     };
     Ok(QueueRef {
-        name: owned(wire::last_string(message, &at(1))?),
-        kind: wire::last_varint(message, &at(2))?.map_or(0, |v| v as u32),
-        normal_name: owned(wire::last_string(message, &at(3))?),
+        name: owned(wire::last_string(message, &at(1)[..=depth])?),
+        kind: wire::last_varint(message, &at(2)[..=depth])?.map_or(0, |v| v as u32),
+        normal_name: owned(wire::last_string(message, &at(3)[..=depth])?),
     })
 }
 
