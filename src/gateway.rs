@@ -816,10 +816,22 @@ impl Gateway {
             (Ok(rpc), None) => Ok(&**rpc),
             (Err(refusal), _) => Err(Some(refusal.to_string())),
         };
-        let (reasons, errors) = match &decided {
+        let (mut reasons, errors) = match &decided {
             Ok(decision) => (Cow::Borrowed(&decision.reasons[..]), Cow::Borrowed(&decision.errors[..])),
             Err(refusal) => (Cow::Owned(refusal.iter().cloned().collect()), Cow::Borrowed(&[][..])),
         };
+        // An allowed call was allowed by every policy that allowed one of its questions.
+        if refusal.is_none() && !outcome.implied.is_empty() {
+            let mut all: Vec<String> = reasons.to_vec();
+            for asked in &outcome.implied {
+                if let Answer::Decided(decision) = &asked.answer {
+                    all.extend(decision.reasons.iter().cloned());
+                }
+            }
+            all.sort();
+            all.dedup();
+            reasons = Cow::Owned(all);
+        }
         let questions = match (&outcome.decision, &outcome.call) {
             (Ok(rpc), Some(call)) if !outcome.implied.is_empty() => {
                 let verdict = |allowed| if allowed { "allow" } else { "deny" };
