@@ -11,7 +11,7 @@
 //!   TEMPORAL_ADDR        host:port of Temporal's frontend (required)
 //!   TEMPORAL_PID         its pid, to report Temporal's CPU time per call (optional)
 //!   BENCH_TARGETS        [direct,bare,flowgate] which targets, in this base order
-//!   BENCH_WORKLOADS      [describe,start]
+//!   BENCH_WORKLOADS      [describe,start] (also: worker)
 //!   BENCH_MODES          [seq,rate,max]
 //!   BENCH_ROUNDS         [3] rounds; targets alternate inside each round, order rotated
 //!   BENCH_SEQ_CALLS      [2000] calls in sequential mode (DescribeNamespace)
@@ -21,6 +21,12 @@
 //!                        server's SQLite store takes only ~100-150 starts/s on 2 cores)
 //!   BENCH_DURATION       [10] seconds of fixed-rate and max-throughput runs
 //!   BENCH_CONCURRENCY    [32] callers in max-throughput mode
+//!   BENCH_WORKER_CALLS   [300] worker iterations (poll + completion) in sequential mode
+//!   BENCH_WORKER_MAX_CALLS [600] worker iterations in max-throughput mode, shared by
+//!                        BENCH_WORKER_CONCURRENCY [8] workers (bounded by count: the queue
+//!                        holds exactly the workflows started for it); no fixed-rate mode
+//!   BENCH_WORKER_WARMUP  [30] worker iterations before each measurement
+//!   BENCH_START_CONCURRENCY [8] starts in flight while the worker's workflows are started
 //!   BENCH_CONNS          [2] HTTP/2 connections per target (round-robin)
 //!   BENCH_WARMUP         [300] calls before each measurement
 //!   BENCH_POLLS          [2000] idle long polls for the memory figure (0 = skip)
@@ -75,6 +81,11 @@ struct Settings {
     start_rate: u64,
     duration: Duration,
     concurrency: usize,
+    worker_calls: usize,
+    worker_max_calls: usize,
+    worker_concurrency: usize,
+    worker_warmup: usize,
+    start_concurrency: usize,
     conns: usize,
     warmup: usize,
     polls: usize,
@@ -91,6 +102,7 @@ impl Settings {
         match w {
             Workload::DescribeNamespace => self.seq_calls,
             Workload::StartWorkflow => self.start_seq_calls,
+            Workload::Worker => self.worker_calls,
         }
     }
     /// StartWorkflowExecution is ~10x slower on the dev server: warm up with fewer calls.
@@ -98,12 +110,14 @@ impl Settings {
         match w {
             Workload::DescribeNamespace => self.warmup,
             Workload::StartWorkflow => self.warmup.min(100),
+            Workload::Worker => self.worker_warmup,
         }
     }
     fn rate_for(&self, w: Workload) -> u64 {
         match w {
             Workload::DescribeNamespace => self.rate,
             Workload::StartWorkflow => self.start_rate,
+            Workload::Worker => 0,
         }
     }
 }
@@ -140,7 +154,8 @@ impl Settings {
             .map(|w| match w.as_str() {
                 "describe" => Ok(Workload::DescribeNamespace),
                 "start" => Ok(Workload::StartWorkflow),
-                _ => bail!("unknown workload {w} (describe, start)"),
+                "worker" => Ok(Workload::Worker),
+                _ => bail!("unknown workload {w} (describe, start, worker)"),
             })
             .collect::<anyhow::Result<_>>()?;
         let modes = list(&env_or("BENCH_MODES", "seq,rate,max"))
@@ -166,6 +181,11 @@ impl Settings {
             start_rate: env_num("BENCH_START_RATE", 50)?,
             duration: Duration::from_secs_f64(env_num("BENCH_DURATION", 10.0)?),
             concurrency: env_num("BENCH_CONCURRENCY", 32)?,
+            worker_calls: env_num("BENCH_WORKER_CALLS", 300)?,
+            worker_max_calls: env_num("BENCH_WORKER_MAX_CALLS", 600)?,
+            worker_concurrency: env_num("BENCH_WORKER_CONCURRENCY", 8)?,
+            worker_warmup: env_num("BENCH_WORKER_WARMUP", 30)?,
+            start_concurrency: env_num("BENCH_START_CONCURRENCY", 8)?,
             conns: env_num("BENCH_CONNS", 2)?,
             warmup: env_num("BENCH_WARMUP", 300)?,
             polls: env_num("BENCH_POLLS", 2000)?,
@@ -280,10 +300,21 @@ permit (
   action in [
     Temporal::Action::"DescribeNamespace",
     Temporal::Action::"StartWorkflowExecution",
-    Temporal::Action::"PollActivityTaskQueue"
+    Temporal::Action::"PollActivityTaskQueue",
+    Temporal::Action::"PollWorkflowTaskQueue",
+    Temporal::Action::"RespondWorkflowTaskCompleted"
   ],
   resource in Temporal::Namespace::"payments"
 );
+
+// The worker workload's commands: activities on the benchmark's own queues only.
+@id("bench-worker-commands")
+permit (
+  principal == Temporal::Service::"bench:loadgen",
+  action in Temporal::Action::"command",
+  resource in Temporal::Namespace::"payments"
+)
+when { resource is Temporal::TaskQueue && resource.name like "bench-worker-*" };
 "#;
 
 fn write_policies(dir: &Path, set: &str, flowgate_bin: &Path) -> anyhow::Result<()> {
@@ -395,7 +426,7 @@ struct Cell {
     messages: BTreeMap<Status, String>,
 }
 
-type Key = (usize, Mode, String); // (workload index, mode, target)
+type Key = (usize, Mode, String); // (series index, see `all_series`; mode; target)
 
 async fn measure(
     s: &Settings,
@@ -431,6 +462,92 @@ async fn measure(
     };
     let cpu = before.per_call(CpuSnap::take(target.pid, s.temporal_pid), sample.latencies.len());
     Ok((sample, cpu))
+}
+
+/// The task queue of one worker measurement: its own, so that it holds exactly the workflows
+/// started for it.
+fn worker_queue(target: &str, mode: Mode, round: usize) -> String {
+    format!("bench-worker-{}-{target}-r{round}-{mode:?}", std::process::id())
+}
+
+fn worker_calls_for(s: &Settings, mode: Mode) -> usize {
+    if mode == Mode::Max { s.worker_max_calls } else { s.worker_calls }
+}
+
+/// Starts, directly on Temporal, the workflows every target's worker measurement of this round
+/// will take (warm-up included), so that the measured calls are only the worker's.
+async fn start_worker_workflows(s: &Settings, targets: &[Target], mode: Mode, round: usize) -> anyhow::Result<()> {
+    let prefix = format!("bench-{}-wf", std::process::id());
+    let direct = Conns::connect(s.temporal, s.conns, None, &s.namespace, prefix).await?;
+    let started = Instant::now();
+    let per_queue = s.worker_warmup + worker_calls_for(s, mode);
+    for t in targets {
+        let queue = worker_queue(&t.name, mode, round);
+        let statuses = loadgen::start_workflows(&direct, &queue, per_queue, s.start_concurrency).await;
+        let ok = statuses.get("OK").copied().unwrap_or(0) as usize;
+        anyhow::ensure!(ok == per_queue, "starting workflows on {queue}: {}", fmt_statuses(&statuses));
+    }
+    eprintln!(
+        "round {} worker {}: started {} workflows on {} queues directly on Temporal in {:.1} s",
+        round + 1,
+        mode.name(),
+        per_queue * targets.len(),
+        targets.len(),
+        started.elapsed().as_secs_f64()
+    );
+    // Let Temporal hand the new workflow tasks to matching before anything is measured.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok(())
+}
+
+/// One worker measurement: polls and completions through `target` on the queue the round's
+/// workflows were started on. CPU is per iteration (one poll and one completion).
+async fn measure_worker(
+    s: &Settings,
+    target: &Target,
+    mode: Mode,
+    round: usize,
+) -> anyhow::Result<(loadgen::WorkerSample, [f64; 3])> {
+    let queue = worker_queue(&target.name, mode, round);
+    let prefix = format!("bench-{}-{}-r{round}-{:?}", std::process::id(), target.name, mode);
+    let conns = Conns::connect(target.addr, s.conns, target.token.as_deref(), &s.namespace, prefix).await?;
+    if s.worker_warmup > 0 {
+        let warm = loadgen::worker_concurrent(&conns, &queue, 4, s.worker_warmup).await;
+        if warm.complete.statuses.keys().any(|k| *k != "OK") || warm.poll.statuses.keys().any(|k| *k != "OK") {
+            eprintln!(
+                "  warm-up {}: polls [{}], completions [{}] {:?}",
+                target.name,
+                fmt_statuses(&warm.poll.statuses),
+                fmt_statuses(&warm.complete.statuses),
+                warm.complete.messages
+            );
+        }
+    }
+    let before = CpuSnap::take(target.pid, s.temporal_pid);
+    let sample = match mode {
+        Mode::Max => loadgen::worker_concurrent(&conns, &queue, s.worker_concurrency, s.worker_max_calls).await,
+        _ => loadgen::worker_sequential(&conns, &queue, s.worker_calls).await,
+    };
+    let cpu = before.per_call(CpuSnap::take(target.pid, s.temporal_pid), sample.poll.latencies.len());
+    Ok((sample, cpu))
+}
+
+/// The rows a workload has in the report: the worker's are its polls, its completions and its
+/// whole iterations.
+const WORKER_POLL: &str = "PollWorkflowTaskQueue (worker)";
+const WORKER_COMPLETE: &str = "RespondWorkflowTaskCompleted (worker)";
+const WORKER_ITERATION: &str = "worker iteration (poll + completion)";
+
+fn series_of(w: Workload) -> &'static [&'static str] {
+    match w {
+        Workload::DescribeNamespace => &["DescribeNamespace"],
+        Workload::StartWorkflow => &["StartWorkflowExecution"],
+        Workload::Worker => &[WORKER_POLL, WORKER_COMPLETE, WORKER_ITERATION],
+    }
+}
+
+fn all_series(s: &Settings) -> Vec<&'static str> {
+    s.workloads.iter().flat_map(|w| series_of(*w).iter().copied()).collect()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -491,8 +608,51 @@ async fn poll_memory(s: &Settings, target: &Target) -> anyhow::Result<(u64, u64,
 /// One target's idle-poll memory figure: name, RSS before and during (KiB), polls open, statuses.
 type MemoryRow = (String, u64, u64, usize, BTreeMap<Status, u64>);
 
-/// A report row: mode, label, metric, target text, bound, whether higher is better.
+/// A report row: mode, label, metric, target text, bound (NaN: context, no bound), whether it
+/// is a ratio (higher is better) rather than a difference.
 type TargetRow<'a> = (Mode, &'a str, &'a dyn Fn(&Summary) -> f64, &'a str, f64, bool);
+
+/// What each series is compared on. The worker's target (issue 10) is ≤ 20 µs p50 added per
+/// call, for the poll and for the completion.
+fn target_rows(series: &str) -> Vec<TargetRow<'static>> {
+    match series {
+        WORKER_POLL | WORKER_COMPLETE => vec![
+            (Mode::Sequential, "p50 sequential (µs)", &|x| x.p50, "≤ +20 µs", 20.0, false),
+            (Mode::Sequential, "p99 sequential (µs)", &|x| x.p99, "(context)", f64::NAN, false),
+            (Mode::Max, "p50 at max throughput (µs)", &|x| x.p50, "(context)", f64::NAN, false),
+        ],
+        WORKER_ITERATION => vec![
+            (Mode::Sequential, "iterations/s sequential", &|x| x.rps, "(context)", f64::NAN, true),
+            (Mode::Max, "iterations/s at max throughput", &|x| x.rps, "(context)", f64::NAN, true),
+            (
+                Mode::Sequential,
+                "proxy CPU per iteration, sequential (µs)",
+                &|x| x.cpu_proxy,
+                "(context)",
+                f64::NAN,
+                false,
+            ),
+            (
+                Mode::Max,
+                "proxy CPU per iteration at max throughput (µs)",
+                &|x| x.cpu_proxy,
+                "(context)",
+                f64::NAN,
+                false,
+            ),
+        ],
+        _ => vec![
+            (Mode::Sequential, "p50 sequential (µs)", &|x| x.p50, "≤ +50 µs", 50.0, false),
+            (Mode::Rate, "p99 at fixed rate (µs)", &|x| x.p99, "≤ +250 µs", 250.0, false),
+            (Mode::Max, "max throughput (rps)", &|x| x.rps, "≥ 85 % of bare", 0.85, true),
+            (Mode::Max, "proxy CPU per call at max throughput (µs)", &|x| x.cpu_proxy, "(context)", f64::NAN, false),
+        ],
+    }
+}
+
+fn fmt_cpu(v: f64) -> String {
+    if v.is_nan() { "–".to_string() } else { format!("{v:.0}") }
+}
 
 fn report(s: &Settings, cells: &BTreeMap<Key, Cell>, memory: &[MemoryRow]) -> String {
     let mut out = String::new();
@@ -522,19 +682,30 @@ fn report(s: &Settings, cells: &BTreeMap<Key, Cell>, memory: &[MemoryRow]) -> St
         s.conns,
         s.warmup
     );
+    if s.workloads.contains(&Workload::Worker) {
+        let _ = writeln!(
+            out,
+            "Worker: one iteration is PollWorkflowTaskQueue on the measurement's own task queue, then RespondWorkflowTaskCompleted with the \
+             task token the target handed out and three commands (ScheduleActivityTask on the same queue, RecordMarker, CompleteWorkflowExecution); \
+             the workflows were started directly on Temporal before the measurement. Sequential: {} iterations by one worker; max throughput: {} iterations \
+             shared by {} workers; {} warm-up iterations before each. Poll and completion latencies are per call; the iteration row's CPU is per iteration (two calls).\n",
+            s.worker_calls, s.worker_max_calls, s.worker_concurrency, s.worker_warmup
+        );
+    }
+    let series = all_series(s);
     let _ = writeln!(
         out,
         "| workload | mode | target | p50 | p90 | p99 | max | rps | CPU µs/call: proxy · Temporal | gRPC statuses (all rounds) |"
     );
     let _ = writeln!(out, "|---|---|---|---:|---:|---:|---:|---:|---:|---|");
-    for (wi, w) in s.workloads.iter().enumerate() {
+    for (wi, w) in series.iter().enumerate() {
         for m in &s.modes {
             for t in &s.targets {
                 let Some(c) = cells.get(&(wi, *m, t.clone())) else { continue };
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} · {:.0} | {} |",
-                    w.name(),
+                    "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} · {} | {} |",
+                    w,
                     m.name(),
                     t,
                     med(c, |x| x.p50),
@@ -542,11 +713,8 @@ fn report(s: &Settings, cells: &BTreeMap<Key, Cell>, memory: &[MemoryRow]) -> St
                     med(c, |x| x.p99),
                     med(c, |x| x.max),
                     med(c, |x| x.rps),
-                    {
-                        let p = med(c, |x| x.cpu_proxy);
-                        if p.is_nan() { "–".to_string() } else { format!("{p:.0}") }
-                    },
-                    med(c, |x| x.cpu_temporal),
+                    fmt_cpu(med(c, |x| x.cpu_proxy)),
+                    fmt_cpu(med(c, |x| x.cpu_temporal)),
                     fmt_statuses(&c.statuses)
                 );
             }
@@ -556,17 +724,12 @@ fn report(s: &Settings, cells: &BTreeMap<Key, Cell>, memory: &[MemoryRow]) -> St
     let _ = writeln!(out, "\n### flowgate vs bare proxy (and bare vs direct)\n");
     let _ = writeln!(out, "| workload | metric | direct | bare | flowgate | flowgate − bare | target | met |");
     let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---|---|");
-    for (wi, w) in s.workloads.iter().enumerate() {
+    for (wi, w) in series.iter().enumerate() {
         let get = |m: Mode, t: &str, f: &dyn Fn(&Summary) -> f64| {
             cells.get(&(wi, m, t.to_string())).map(|c| med(c, f)).unwrap_or(f64::NAN)
         };
-        let rows: [TargetRow; 3] = [
-            (Mode::Sequential, "p50 sequential (µs)", &|x| x.p50, "≤ +50 µs", 50.0, false),
-            (Mode::Rate, "p99 at fixed rate (µs)", &|x| x.p99, "≤ +250 µs", 250.0, false),
-            (Mode::Max, "max throughput (rps)", &|x| x.rps, "≥ 85 % of bare", 0.85, true),
-        ];
-        for (m, label, f, goal, limit, ratio) in rows {
-            if !s.modes.contains(&m) {
+        for (m, label, f, goal, limit, ratio) in target_rows(w) {
+            if !s.modes.contains(&m) || !cells.keys().any(|(i, mode, _)| *i == wi && *mode == m) {
                 continue;
             }
             let (d, b, g) = (get(m, "direct", f), get(m, "bare", f), get(m, "flowgate", f));
@@ -574,7 +737,9 @@ fn report(s: &Settings, cells: &BTreeMap<Key, Cell>, memory: &[MemoryRow]) -> St
                 let r = g / b;
                 (
                     format!("{:.1} %", r * 100.0),
-                    if r.is_nan() {
+                    if limit.is_nan() {
+                        ""
+                    } else if r.is_nan() {
                         "–"
                     } else if r >= limit {
                         "yes"
@@ -586,7 +751,9 @@ fn report(s: &Settings, cells: &BTreeMap<Key, Cell>, memory: &[MemoryRow]) -> St
                 let dd = g - b;
                 (
                     format!("{dd:+.0}"),
-                    if dd.is_nan() {
+                    if limit.is_nan() {
+                        ""
+                    } else if dd.is_nan() {
                         "–"
                     } else if dd <= limit {
                         "yes"
@@ -595,15 +762,12 @@ fn report(s: &Settings, cells: &BTreeMap<Key, Cell>, memory: &[MemoryRow]) -> St
                     },
                 )
             };
-            let _ = writeln!(out, "| {} | {label} | {d:.0} | {b:.0} | {g:.0} | {diff} | {goal} | {met} |", w.name());
-        }
-        if s.modes.contains(&Mode::Max) {
-            let (b, g) = (get(Mode::Max, "bare", &|x| x.cpu_proxy), get(Mode::Max, "flowgate", &|x| x.cpu_proxy));
             let _ = writeln!(
                 out,
-                "| {} | proxy CPU per call at max throughput (µs) | – | {b:.0} | {g:.0} | {:+.0} | (context) | |",
-                w.name(),
-                g - b
+                "| {w} | {label} | {} | {} | {} | {diff} | {goal} | {met} |",
+                fmt_cpu(d),
+                fmt_cpu(b),
+                fmt_cpu(g)
             );
         }
     }
@@ -611,13 +775,13 @@ fn report(s: &Settings, cells: &BTreeMap<Key, Cell>, memory: &[MemoryRow]) -> St
         let _ = writeln!(out, "\n### Per round (p50 / p99 µs, rps)\n");
         let _ = writeln!(out, "| workload | mode | target | rounds |");
         let _ = writeln!(out, "|---|---|---|---|");
-        for (wi, w) in s.workloads.iter().enumerate() {
+        for (wi, w) in series.iter().enumerate() {
             for m in &s.modes {
                 for t in &s.targets {
                     let Some(c) = cells.get(&(wi, *m, t.clone())) else { continue };
                     let rounds: Vec<String> =
                         c.rounds.iter().map(|r| format!("{:.0} / {:.0}, {:.0}", r.p50, r.p99, r.rps)).collect();
-                    let _ = writeln!(out, "| {} | {} | {} | {} |", w.name(), m.name(), t, rounds.join(" · "));
+                    let _ = writeln!(out, "| {w} | {} | {} | {} |", m.name(), t, rounds.join(" · "));
                 }
             }
         }
@@ -628,7 +792,7 @@ fn report(s: &Settings, cells: &BTreeMap<Key, Cell>, memory: &[MemoryRow]) -> St
         if *m == Mode::Rate {
             lags.push(format!(
                 "{} {}: p50 {:.0} µs, p99 {:.0} µs",
-                s.workloads[*wi].name(),
+                series[*wi],
                 t,
                 med(c, |x| x.lag_p50),
                 med(c, |x| x.lag_p99)
@@ -718,36 +882,57 @@ async fn run(s: Settings) -> anyhow::Result<()> {
 
     let mut cells: BTreeMap<Key, Cell> = BTreeMap::new();
     let total_start = Instant::now();
+    let series = all_series(&s);
+    let mut add = |series_index: usize, round: usize, m: Mode, t: &Target, mut sample: Sample, cpu: [f64; 3]| {
+        let mut sum = sample.summary();
+        [sum.cpu_proxy, sum.cpu_temporal, sum.cpu_loadgen] = cpu;
+        eprintln!(
+            "round {} {:<22} {:<14} {:<8} p50 {:>7.0} p90 {:>7.0} p99 {:>7.0} max {:>8.0} µs  {:>7.0} rps  cpu/call proxy {:>5.0} temporal {:>5.0} µs  [{}]",
+            round + 1,
+            series[series_index],
+            m.name(),
+            t.name,
+            sum.p50,
+            sum.p90,
+            sum.p99,
+            sum.max,
+            sum.rps,
+            sum.cpu_proxy,
+            sum.cpu_temporal,
+            fmt_statuses(&sample.statuses)
+        );
+        let cell = cells.entry((series_index, m, t.name.clone())).or_default();
+        cell.rounds.push(sum);
+        for (st, n) in &sample.statuses {
+            *cell.statuses.entry(st).or_default() += n;
+        }
+        for (st, msg) in std::mem::take(&mut sample.messages) {
+            cell.messages.entry(st).or_insert(msg);
+        }
+    };
     for round in 0..s.rounds {
-        for (wi, &w) in s.workloads.iter().enumerate() {
+        let mut first_series = 0;
+        for &w in &s.workloads {
+            let si = first_series;
+            first_series += series_of(w).len();
             for &m in &s.modes {
+                if w == Workload::Worker {
+                    if m == Mode::Rate {
+                        continue; // a worker is a closed loop of pollers
+                    }
+                    start_worker_workflows(&s, &targets, m, round).await?;
+                }
                 for k in 0..targets.len() {
                     let t = &targets[(k + round) % targets.len()];
-                    let (mut sample, cpu) = measure(&s, t, w, m, round).await?;
-                    let mut sum = sample.summary();
-                    [sum.cpu_proxy, sum.cpu_temporal, sum.cpu_loadgen] = cpu;
-                    eprintln!(
-                        "round {} {:<22} {:<14} {:<8} p50 {:>7.0} p90 {:>7.0} p99 {:>7.0} max {:>8.0} µs  {:>7.0} rps  cpu/call proxy {:>5.0} temporal {:>5.0} µs  [{}]",
-                        round + 1,
-                        w.name(),
-                        m.name(),
-                        t.name,
-                        sum.p50,
-                        sum.p90,
-                        sum.p99,
-                        sum.max,
-                        sum.rps,
-                        sum.cpu_proxy,
-                        sum.cpu_temporal,
-                        fmt_statuses(&sample.statuses)
-                    );
-                    let cell = cells.entry((wi, m, t.name.clone())).or_default();
-                    cell.rounds.push(sum);
-                    for (st, n) in &sample.statuses {
-                        *cell.statuses.entry(st).or_default() += n;
-                    }
-                    for (st, msg) in std::mem::take(&mut sample.messages) {
-                        cell.messages.entry(st).or_insert(msg);
+                    if w == Workload::Worker {
+                        let (sample, cpu) = measure_worker(&s, t, m, round).await?;
+                        let no_cpu = [f64::NAN; 3];
+                        add(si, round, m, t, sample.poll, no_cpu);
+                        add(si + 1, round, m, t, sample.complete, no_cpu);
+                        add(si + 2, round, m, t, sample.iteration, cpu);
+                    } else {
+                        let (sample, cpu) = measure(&s, t, w, m, round).await?;
+                        add(si, round, m, t, sample, cpu);
                     }
                 }
             }

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant, SystemTime};
 use flowgate::authn::Principal;
 use flowgate::authz::PolicyEngine;
 use flowgate::config::PrincipalKind;
-use flowgate::temporal::{Call, Resource, ResourceKind, catalog};
+use flowgate::temporal::implied::{self, TaskWorkflow};
+use flowgate::temporal::{Call, Resource, ResourceKind, catalog, inspect, wire};
 
 fn time<F: FnMut()>(name: &str, iterations: u32, mut f: F) {
     let mut samples = Vec::new();
@@ -49,6 +50,58 @@ fn okta_principal() -> Principal {
         tags,
         SystemTime::now() + Duration::from_secs(600),
     )
+}
+
+/// The Buildkite worker of `policies/ci.cedar`: its `deploys` workflows may run activities and
+/// children on `deploys` and signal `deploy-*` (`buildkite-payments-worker-commands`).
+fn buildkite_worker() -> Principal {
+    let tags = BTreeMap::from([
+        ("pipeline_slug".to_owned(), "payments-workers".to_owned()),
+        ("build_branch".to_owned(), "main".to_owned()),
+        ("organization_slug".to_owned(), "acme".to_owned()),
+    ]);
+    let sub = "organization:acme:pipeline:payments-workers:ref:refs/heads/main:commit:9f31820:step:worker";
+    Principal::new(PrincipalKind::CiJob, "buildkite", sub, vec![], tags, SystemTime::now() + Duration::from_secs(600))
+}
+
+fn named(number: u32, name: &str) -> Vec<u8> {
+    let mut inner = Vec::new();
+    wire::put_bytes_field(&mut inner, 1, name.as_bytes());
+    let mut out = Vec::new();
+    wire::put_bytes_field(&mut out, number, &inner);
+    out
+}
+
+/// A `Command`: its type, and its attributes in field `attributes_field`.
+fn command(command_type: u64, attributes_field: u32, attributes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    wire::put_varint_field(&mut out, 1, command_type);
+    wire::put_bytes_field(&mut out, attributes_field, attributes);
+    out
+}
+
+/// `ScheduleActivityTask` of `activity_type` on queue `deploys`, start-to-close 60 s.
+fn schedule_activity(activity_type: &str) -> Vec<u8> {
+    let mut attributes = Vec::new();
+    wire::put_bytes_field(&mut attributes, 1, b"1");
+    attributes.extend(named(2, activity_type));
+    attributes.extend(named(4, "deploys"));
+    let mut timeout = Vec::new();
+    wire::put_varint_field(&mut timeout, 1, 60);
+    wire::put_bytes_field(&mut attributes, 9, &timeout);
+    command(1, 2, &attributes)
+}
+
+/// A framed-less `RespondWorkflowTaskCompletedRequest` with `commands`.
+fn completion(commands: &[Vec<u8>]) -> Vec<u8> {
+    let mut message = Vec::new();
+    wire::put_bytes_field(&mut message, 1, &[0x0a; 120]); // the (unsealed) task token
+    for c in commands {
+        wire::put_bytes_field(&mut message, 2, c);
+    }
+    wire::put_bytes_field(&mut message, 3, b"12345@worker-host");
+    wire::put_bytes_field(&mut message, 9, b"payments");
+    message
 }
 
 fn call(kind: ResourceKind, workflow_id: Option<&str>, workflow_type: Option<&str>) -> Call {
@@ -120,6 +173,79 @@ fn main() {
         let principal = cache.get(&credential).unwrap();
         principal.minted.as_ref().unwrap().grant.check(poll, &poll_call).unwrap();
         black_box(engine.authorize(&principal, poll, "/x/PollActivityTaskQueue", &poll_call));
+    });
+
+    // A worker's workflow task completion (issue 10): reading its commands into questions, and
+    // deciding them. Two shapes of three commands: the end-to-end worker benchmark's (one
+    // question: the activity; a marker and the completion act on the workflow itself) and one
+    // where every command reaches beyond the workflow (activity, child, external signal).
+    let worker = buildkite_worker();
+    let respond = catalog::lookup("/temporal.api.workflowservice.v1.WorkflowService/RespondWorkflowTaskCompleted");
+    let mut marker = Vec::new();
+    wire::put_bytes_field(&mut marker, 1, b"bench");
+    let one_question = completion(&[schedule_activity("Deploy"), command(9, 10, &marker), command(4, 4, &[])]);
+    let mut child = Vec::new();
+    wire::put_bytes_field(&mut child, 1, b"payments");
+    wire::put_bytes_field(&mut child, 2, b"deploy-child-1");
+    child.extend(named(3, "DeployService"));
+    child.extend(named(4, "deploys"));
+    let mut signal = Vec::new();
+    wire::put_bytes_field(&mut signal, 1, b"payments");
+    let mut execution = Vec::new();
+    wire::put_bytes_field(&mut execution, 1, b"deploy-42");
+    wire::put_bytes_field(&mut signal, 2, &execution);
+    wire::put_bytes_field(&mut signal, 3, b"approve");
+    let three_questions = completion(&[schedule_activity("Deploy"), command(11, 12, &child), command(12, 13, &signal)]);
+    let task = TaskWorkflow {
+        workflow_id: Some("deploy-payments-api-7f3a9c"),
+        workflow_type: Some("DeployService"),
+        task_queue: Some("deploys"),
+    };
+    let respond_call = inspect::inspect(respond, &one_question).expect("the completion inspects");
+    let asked = |message: &[u8]| implied::questions(respond, message, &respond_call, &task).unwrap();
+    assert_eq!(asked(&one_question).len(), 1);
+    assert_eq!(asked(&three_questions).len(), 3);
+    // What the gateway asks for a completion: the RPC, the poll its task token was sealed for,
+    // and the commands' questions.
+    let poll_workflow = catalog::lookup("/temporal.api.workflowservice.v1.WorkflowService/PollWorkflowTaskQueue");
+    let token_call =
+        Call { implied_by: Some("RespondWorkflowTaskCompleted"), ..call(ResourceKind::TaskQueue, None, None) };
+    for question in asked(&three_questions) {
+        assert!(engine.evaluate(&worker, question.spec, "/x/RespondWorkflowTaskCompleted", &question.call).allowed);
+    }
+    assert!(engine.evaluate(&worker, respond, "/x/RespondWorkflowTaskCompleted", &respond_call).allowed);
+    assert!(engine.evaluate(&worker, poll_workflow, "/x/RespondWorkflowTaskCompleted", &token_call).allowed);
+    time("implied::questions, completion of 3 commands (1 question)", 200_000, || {
+        black_box(asked(black_box(&one_question)));
+    });
+    time("implied::questions, completion of 3 commands (3 questions)", 200_000, || {
+        black_box(asked(black_box(&three_questions)));
+    });
+    let three = asked(&three_questions);
+    time("decide 3 command questions (Cedar, no cache)", 5_000, || {
+        for question in &three {
+            black_box(engine.evaluate(&worker, question.spec, "/x/RespondWorkflowTaskCompleted", &question.call));
+        }
+    });
+    time("authorize 3 command questions (decisions cached)", 200_000, || {
+        for question in &three {
+            black_box(engine.authorize(&worker, question.spec, "/x/RespondWorkflowTaskCompleted", &question.call));
+        }
+    });
+    time("completion: RPC + token queue + 3 commands, no cache", 5_000, || {
+        black_box(engine.evaluate(&worker, respond, "/x/RespondWorkflowTaskCompleted", &respond_call));
+        black_box(engine.evaluate(&worker, poll_workflow, "/x/RespondWorkflowTaskCompleted", &token_call));
+        for question in &three {
+            black_box(engine.evaluate(&worker, question.spec, "/x/RespondWorkflowTaskCompleted", &question.call));
+        }
+    });
+    time("completion: inspect + questions + 5 cached decisions", 200_000, || {
+        let call = inspect::inspect(respond, black_box(&three_questions)).unwrap();
+        black_box(engine.authorize(&worker, respond, "/x/RespondWorkflowTaskCompleted", &call));
+        black_box(engine.authorize(&worker, poll_workflow, "/x/RespondWorkflowTaskCompleted", &token_call));
+        for question in implied::questions(respond, &three_questions, &call, &task).unwrap() {
+            black_box(engine.authorize(&worker, question.spec, "/x/RespondWorkflowTaskCompleted", &question.call));
+        }
     });
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();

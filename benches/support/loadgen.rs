@@ -51,15 +51,9 @@ pub fn grpc_status_name(code: &str) -> Status {
 pub enum Workload {
     DescribeNamespace,
     StartWorkflow,
-}
-
-impl Workload {
-    pub fn name(self) -> &'static str {
-        match self {
-            Workload::DescribeNamespace => "DescribeNamespace",
-            Workload::StartWorkflow => "StartWorkflowExecution",
-        }
-    }
+    /// A worker's hot path: PollWorkflowTaskQueue, then RespondWorkflowTaskCompleted with the
+    /// task's token and three commands ([`worker_sequential`], [`worker_concurrent`]).
+    Worker,
 }
 
 /// A set of HTTP/2 connections to one target, used round-robin.
@@ -118,6 +112,7 @@ impl Conns {
                 let id = format!("{}-{n}", self.id_prefix);
                 ("StartWorkflowExecution", proto::start_workflow(&self.namespace, &id))
             }
+            Workload::Worker => unreachable!("the worker workload runs its own loop (worker_sequential)"),
         }
     }
 
@@ -128,6 +123,12 @@ impl Conns {
 
     /// One unary call; returns the status label and, for a non-OK status, its grpc-message.
     pub async fn call(&self, method: &str, body: Bytes, timeout: Option<&str>) -> (Status, Option<String>) {
+        let (status, msg, _) = self.call_body(method, body, timeout).await;
+        (status, msg)
+    }
+
+    /// [`Conns::call`], also returning the response body (the framed message; empty on errors).
+    pub async fn call_body(&self, method: &str, body: Bytes, timeout: Option<&str>) -> (Status, Option<String>, Bytes) {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.senders.len();
         let mut sender = self.senders[i].clone();
         let mut req = Request::post(format!("{}{method}", self.base))
@@ -142,7 +143,7 @@ impl Conns {
         let req = req.body(Full::new(body)).expect("request");
         let resp = match sender.send_request(req).await {
             Ok(r) => r,
-            Err(e) => return ("transport", Some(e.to_string())),
+            Err(e) => return ("transport", Some(e.to_string()), Bytes::new()),
         };
         let http_status = resp.status();
         let (parts, body) = resp.into_parts();
@@ -156,16 +157,17 @@ impl Conns {
                         status = status_of(t);
                     }
                 }
-                Err(e) => return ("transport", Some(e.to_string())),
+                Err(e) => return ("transport", Some(e.to_string()), Bytes::new()),
             }
         }
         if http_status != 200 {
-            return (http_label(http_status.as_u16()), None);
+            return (http_label(http_status.as_u16()), None, Bytes::new());
         }
+        let data = collected.map(|c| c.to_bytes()).unwrap_or_default();
         match status {
-            Some(("OK", _)) => ("OK", None),
-            Some((s, m)) => (s, m),
-            None => ("no-grpc-status", None),
+            Some(("OK", _)) => ("OK", None, data),
+            Some((s, m)) => (s, m, data),
+            None => ("no-grpc-status", None, data),
         }
     }
 }
@@ -294,6 +296,136 @@ pub async fn max_throughput(conns: &Arc<Conns>, workload: Workload, concurrency:
         }
     }
     all.elapsed = start.elapsed();
+    all
+}
+
+/// One worker measurement: each poll, each completion, and each whole iteration (poll then
+/// completion; its rate is the worker's throughput).
+#[derive(Default)]
+pub struct WorkerSample {
+    pub poll: Sample,
+    pub complete: Sample,
+    pub iteration: Sample,
+}
+
+impl WorkerSample {
+    fn merge(&mut self, other: WorkerSample) {
+        for (all, part) in
+            [(&mut self.poll, other.poll), (&mut self.complete, other.complete), (&mut self.iteration, other.iteration)]
+        {
+            all.latencies.extend(part.latencies);
+            for (k, v) in part.statuses {
+                *all.statuses.entry(k).or_default() += v;
+            }
+            for (k, v) in part.messages {
+                all.messages.entry(k).or_insert(v);
+            }
+        }
+    }
+
+    fn set_elapsed(&mut self, elapsed: Duration) {
+        self.poll.elapsed = elapsed;
+        self.complete.elapsed = elapsed;
+        self.iteration.elapsed = elapsed;
+    }
+}
+
+/// The long-poll deadline a worker sends; the queue has a backlog, so a poll that waits this
+/// long means the benchmark started too few workflows.
+const WORKER_POLL_TIMEOUT: &str = "20S";
+
+/// One worker iteration on `task_queue`: poll a workflow task, complete it with the task's
+/// token (as the target handed it out: sealed by flowgate) and three commands. A poll that
+/// brings no task is counted as `no-task` and not completed.
+async fn worker_iteration(conns: &Conns, poll_body: &Bytes, task_queue: &str, out: &mut WorkerSample) {
+    let started = Instant::now();
+    let (status, msg, body) =
+        conns.call_body("PollWorkflowTaskQueue", poll_body.clone(), Some(WORKER_POLL_TIMEOUT)).await;
+    let token = if status == "OK" { proto::workflow_task_token(&body) } else { Vec::new() };
+    let status = if status == "OK" && token.is_empty() { "no-task" } else { status };
+    out.poll.add(started.elapsed(), status, msg);
+    if token.is_empty() {
+        return;
+    }
+    let completion = proto::complete_workflow_task(&conns.namespace, token, task_queue);
+    let completing = Instant::now();
+    let (status, msg) = conns.call("RespondWorkflowTaskCompleted", completion, None).await;
+    out.complete.add(completing.elapsed(), status, msg.clone());
+    out.iteration.add(started.elapsed(), status, msg);
+}
+
+/// One worker, `n` iterations back to back.
+pub async fn worker_sequential(conns: &Arc<Conns>, task_queue: &str, n: usize) -> WorkerSample {
+    let poll_body = proto::poll_workflow(&conns.namespace, task_queue);
+    let mut out = WorkerSample::default();
+    let start = Instant::now();
+    for _ in 0..n {
+        worker_iteration(conns, &poll_body, task_queue, &mut out).await;
+    }
+    out.set_elapsed(start.elapsed());
+    out
+}
+
+/// `concurrency` workers sharing `n` iterations (the queue holds exactly as many tasks as
+/// were started, so the run is bounded by count, not by time).
+pub async fn worker_concurrent(conns: &Arc<Conns>, task_queue: &str, concurrency: usize, n: usize) -> WorkerSample {
+    let left = Arc::new(AtomicUsize::new(n));
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        let (conns, left, task_queue) = (conns.clone(), left.clone(), task_queue.to_string());
+        tasks.push(tokio::spawn(async move {
+            let poll_body = proto::poll_workflow(&conns.namespace, &task_queue);
+            let mut out = WorkerSample::default();
+            while left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| l.checked_sub(1)).is_ok() {
+                worker_iteration(&conns, &poll_body, &task_queue, &mut out).await;
+            }
+            out
+        }));
+    }
+    let mut all = WorkerSample::default();
+    for t in tasks {
+        all.merge(t.await.expect("worker task"));
+    }
+    all.set_elapsed(start.elapsed());
+    all
+}
+
+/// Starts `n` workflows on `task_queue` through `conns` (Temporal itself, so that the measured
+/// calls are only the worker's), `concurrency` at a time; returns the statuses.
+pub async fn start_workflows(
+    conns: &Arc<Conns>,
+    task_queue: &str,
+    n: usize,
+    concurrency: usize,
+) -> BTreeMap<Status, u64> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let (conns, next, task_queue) = (conns.clone(), next.clone(), task_queue.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut statuses: BTreeMap<Status, u64> = BTreeMap::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break statuses;
+                }
+                let id = format!("{}-{task_queue}-{i}", conns.id_prefix);
+                let body = proto::start_workflow_on(&conns.namespace, &id, &task_queue);
+                let (status, msg) = conns.call("StartWorkflowExecution", body, None).await;
+                if let Some(msg) = msg {
+                    eprintln!("  start on {task_queue}: {status}: {msg}");
+                }
+                *statuses.entry(status).or_default() += 1;
+            }
+        }));
+    }
+    let mut all = BTreeMap::new();
+    for t in tasks {
+        for (k, v) in t.await.expect("starter task") {
+            *all.entry(k).or_default() += v;
+        }
+    }
     all
 }
 
