@@ -78,7 +78,13 @@ def test_signal_with_start(gateway, okta):
 
     run(scenario())
     [ok] = gw.wait_decisions(by("SignalWithStartWorkflowExecution", workflow_id=ok_id), 1)
-    assert ok["decision"] == "allow" and ok["reasons"] == ["e2e-deployers-start-deploy"], ok
+    # A signal-with-start is also asked as the signal it sends: both policies allowed it.
+    assert ok["decision"] == "allow" and ok["reasons"] == ["e2e-deployers-approve", "e2e-deployers-start-deploy"], ok
+    asked = [(q["action"], q["decision"], q["reasons"]) for q in ok["questions"]]
+    assert asked == [
+        ("SignalWithStartWorkflowExecution", "allow", ["e2e-deployers-start-deploy"]),
+        ("SignalWorkflowExecution", "allow", ["e2e-deployers-approve"]),
+    ], ok["questions"]
     assert ok["resource"]["workflow_type"] == "DeployWorkflow", ok
     [bad] = gw.wait_decisions(by("SignalWithStartWorkflowExecution", workflow_id=bad_id), 1)
     assert bad["decision"] == "deny" and bad["resource"]["workflow_type"] == "DropDatabaseWorkflow", bad
