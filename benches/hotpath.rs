@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use flowgate::authn::Principal;
-use flowgate::authz::PolicyEngine;
+use flowgate::authz::{DecisionCache, PolicyEngine};
 use flowgate::config::PrincipalKind;
 use flowgate::temporal::implied::{self, TaskWorkflow};
 use flowgate::temporal::{Call, Resource, ResourceKind, catalog, inspect, wire};
@@ -132,21 +132,24 @@ fn main() {
     time("evaluate DescribeNamespace, Okta user (Cedar, no cache)", 20_000, || {
         black_box(engine.evaluate(&okta, describe, "/x/DescribeNamespace", &describe_call));
     });
+    let decisions = DecisionCache::default();
     time("authorize DescribeNamespace, Okta user (decision cached)", 200_000, || {
-        black_box(engine.authorize(&okta, describe, "/x/DescribeNamespace", &describe_call));
+        black_box(engine.authorize_in(&decisions, &okta, describe, "/x/DescribeNamespace", &describe_call));
     });
     // With a shadow set (`policy.shadow_dir`): the same call decided by both sets, each from
     // its own per-principal cache.
     let shadow = PolicyEngine::load(Path::new("policies")).expect("the repo's policies load");
+    let shadow_decisions = DecisionCache::default();
     time("authorize + shadow DescribeNamespace, Okta user (both cached)", 200_000, || {
-        black_box(engine.authorize(&okta, describe, "/x/DescribeNamespace", &describe_call));
-        black_box(shadow.authorize_in(&okta.shadow_decisions, &okta, describe, "/x/DescribeNamespace", &describe_call));
+        black_box(engine.authorize_in(&decisions, &okta, describe, "/x/DescribeNamespace", &describe_call));
+        black_box(shadow.authorize_in(&shadow_decisions, &okta, describe, "/x/DescribeNamespace", &describe_call));
     });
+    let github_decisions = DecisionCache::default();
     time("authorize StartWorkflowExecution, GitHub job (new id)", 20_000, || {
         n += 1;
         let id = format!("wf-{n}");
         let start_call = call(ResourceKind::Workflow, Some(&id), Some("DeployWorkflow"));
-        black_box(engine.authorize(&github, start, "/x/StartWorkflowExecution", &start_call));
+        black_box(engine.authorize_in(&github_decisions, &github, start, "/x/StartWorkflowExecution", &start_call));
     });
 
     // flowgate's own credentials: full verification (once per credential), then the cached path
@@ -155,7 +158,8 @@ fn main() {
     let mint_config: flowgate::config::MintConfig =
         toml::from_str(&format!("issuer = \"http://flowgate.bench\"\nkey_dir = \"{}\"", keys.path().display()))
             .unwrap();
-    let minter = flowgate::mint::Minter::new(&mint_config, flowgate::mint::replay::ReplayCache::memory()).unwrap();
+    let signer = std::sync::Arc::new(flowgate::credential::Signer::new(&mint_config).unwrap());
+    let minter = flowgate::mint::Minter::new(signer.clone(), flowgate::mint::replay::ReplayCache::memory());
     let grant = flowgate::mint::Grant::parse_scope("namespace:payments role:worker task_queue:deploys").unwrap();
     let credential = minter.mint_worker(&github, &grant, SystemTime::now()).token;
     let header = flowgate::mint::unverified_header(&credential).unwrap();
@@ -163,16 +167,18 @@ fn main() {
         black_box(minter.mint_worker(&github, &grant, SystemTime::now()));
     });
     time("verify a worker credential (ES256, uncached)", 2_000, || {
-        black_box(minter.verify(&credential, &header).unwrap());
+        black_box(flowgate::authn::own::verify(&signer, &credential, &header).unwrap());
     });
     let cache = flowgate::authn::TokenCache::new(1000);
-    cache.insert(&credential, std::sync::Arc::new(minter.verify(&credential, &header).unwrap()));
+    let verified = flowgate::authn::own::verify(&signer, &credential, &header).unwrap();
+    cache.insert(&credential, std::sync::Arc::new(flowgate::session::Session::new(verified)));
     let poll = catalog::lookup("/temporal.api.workflowservice.v1.WorkflowService/PollActivityTaskQueue");
     let poll_call = call(ResourceKind::TaskQueue, None, None);
     time("worker credential per call: cache + grant + decision", 200_000, || {
-        let principal = cache.get(&credential).unwrap();
-        principal.minted.as_ref().unwrap().grant.check(poll, &poll_call).unwrap();
-        black_box(engine.authorize(&principal, poll, "/x/PollActivityTaskQueue", &poll_call));
+        let session = cache.get(&credential).unwrap();
+        let principal = &session.principal;
+        flowgate::authz::grant::check(&principal.minted.as_ref().unwrap().grant, poll, &poll_call).unwrap();
+        black_box(engine.authorize_in(&session.decisions, principal, poll, "/x/PollActivityTaskQueue", &poll_call));
     });
 
     // A worker's workflow task completion (issue 10): reading its commands into questions, and
@@ -227,9 +233,16 @@ fn main() {
             black_box(engine.evaluate(&worker, question.spec, "/x/RespondWorkflowTaskCompleted", &question.call));
         }
     });
+    let worker_decisions = DecisionCache::default();
     time("authorize 3 command questions (decisions cached)", 200_000, || {
         for question in &three {
-            black_box(engine.authorize(&worker, question.spec, "/x/RespondWorkflowTaskCompleted", &question.call));
+            black_box(engine.authorize_in(
+                &worker_decisions,
+                &worker,
+                question.spec,
+                "/x/RespondWorkflowTaskCompleted",
+                &question.call,
+            ));
         }
     });
     time("completion: RPC + token queue + 3 commands, no cache", 5_000, || {
@@ -241,10 +254,22 @@ fn main() {
     });
     time("completion: inspect + questions + 5 cached decisions", 200_000, || {
         let call = inspect::inspect(respond, black_box(&three_questions)).unwrap();
-        black_box(engine.authorize(&worker, respond, "/x/RespondWorkflowTaskCompleted", &call));
-        black_box(engine.authorize(&worker, poll_workflow, "/x/RespondWorkflowTaskCompleted", &token_call));
+        black_box(engine.authorize_in(&worker_decisions, &worker, respond, "/x/RespondWorkflowTaskCompleted", &call));
+        black_box(engine.authorize_in(
+            &worker_decisions,
+            &worker,
+            poll_workflow,
+            "/x/RespondWorkflowTaskCompleted",
+            &token_call,
+        ));
         for question in implied::questions(respond, &three_questions, &call, &task).unwrap() {
-            black_box(engine.authorize(&worker, question.spec, "/x/RespondWorkflowTaskCompleted", &question.call));
+            black_box(engine.authorize_in(
+                &worker_decisions,
+                &worker,
+                question.spec,
+                "/x/RespondWorkflowTaskCompleted",
+                &question.call,
+            ));
         }
     });
 

@@ -20,11 +20,37 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
+use crate::authn::Authenticator;
 use crate::conn::{self, Activity, ConnectionLimits, ConnectionTracker, Tracked};
-use crate::explain::{CallSpec, explain};
-use crate::gateway::{Gateway, RECENT_DENIALS};
+use crate::explain::{Ask, CallSpec, Issuers, explain};
+use crate::gateway::{RECENT_DENIALS, RecentDenials};
+use crate::proxy::Upstream;
+use crate::reload::PolicySets;
 use crate::shutdown::Signal;
 pub use crate::telemetry::{Metrics, PolicySet};
+
+/// What the admin endpoints read of the running gateway, and nothing more.
+pub struct Admin {
+    /// Verifies the token of `POST /explain`.
+    pub authn: Arc<Authenticator>,
+    /// How claims become principals, for `POST /explain` with claims.
+    pub issuers: Issuers,
+    pub policies: Arc<PolicySets>,
+    pub denials: Arc<RecentDenials>,
+    /// `/readyz` asks it for a health check.
+    pub upstream: Upstream,
+    pub metrics: Arc<Metrics>,
+}
+
+/// A denied call's record, as `GET /explain/<decision_id>` reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RecentDenialSummary {
+    pub decision_id: String,
+    pub ts: String,
+    /// The policy set the denial was made under (the explanation uses the one in force now).
+    pub policy_version: String,
+    pub reasons: Vec<String>,
+}
 
 fn text(status: StatusCode, body: impl Into<Bytes>, content_type: &'static str) -> Response<Full<Bytes>> {
     Response::builder()
@@ -76,7 +102,7 @@ fn bad_request(message: impl std::fmt::Display) -> Response<Full<Bytes>> {
     text(StatusCode::BAD_REQUEST, format!("{message}\n"), PLAIN)
 }
 
-async fn explain_posted(gateway: &Gateway, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn explain_posted(admin: &Admin, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let as_text = wants_text(&request);
     let body = match Limited::new(request.into_body(), MAX_EXPLAIN_BODY).collect().await {
         Ok(body) => body.to_bytes(),
@@ -89,11 +115,11 @@ async fn explain_posted(gateway: &Gateway, request: Request<Incoming>) -> Respon
         Err(error) => return bad_request(format!("invalid explain request: {error}")),
     };
     let principal = match (&asked.token, &asked.principal) {
-        (Some(token), None) => match gateway.authenticator().verify(token.trim()).await {
+        (Some(token), None) => match admin.authn.verify(token.trim()).await {
             Ok(principal) => principal,
             Err(error) => return bad_request(format!("unauthenticated: {error}")),
         },
-        (None, Some(described)) => match gateway.issuers().principal(&described.issuer, &described.claims) {
+        (None, Some(described)) => match admin.issuers.principal(&described.issuer, &described.claims) {
             Ok(principal) => principal,
             Err(error) => return bad_request(error),
         },
@@ -103,19 +129,30 @@ async fn explain_posted(gateway: &Gateway, request: Request<Incoming>) -> Respon
         Ok(ask) => ask,
         Err(error) => return bad_request(error),
     };
-    let shadow = gateway.shadow_policies();
-    let explanation = explain(&gateway.policies(), shadow.as_deref(), &principal, &ask);
+    let shadow = admin.policies.shadow();
+    let explanation = explain(&admin.policies.enforced(), shadow.as_deref(), &principal, &ask);
     let json_form = serde_json::to_value(&explanation).expect("explanations serialize");
     explained(as_text, explanation.to_text(), json_form)
 }
 
-fn explain_denial(gateway: &Gateway, decision_id: &str, as_text: bool) -> Response<Full<Bytes>> {
-    let Some((denial, explanation)) = gateway.explain_denial(decision_id) else {
+fn explain_denial(admin: &Admin, decision_id: &str, as_text: bool) -> Response<Full<Bytes>> {
+    let Some(recent) = admin.denials.find(decision_id) else {
         return text(
             StatusCode::NOT_FOUND,
             format!("no recent denial `{decision_id}` (the last {RECENT_DENIALS} denials are kept)\n"),
             PLAIN,
         );
+    };
+    // The explanation is of the question that was refused, under the policies in force now.
+    let ask =
+        Ask::Call { spec: recent.spec, path: recent.path.clone(), call: recent.call.clone(), implied: Vec::new() };
+    let shadow = admin.policies.shadow();
+    let explanation = explain(&admin.policies.enforced(), shadow.as_deref(), &recent.session.principal, &ask);
+    let denial = RecentDenialSummary {
+        decision_id: recent.decision_id.clone(),
+        ts: recent.ts.clone(),
+        policy_version: recent.policy_version.clone(),
+        reasons: recent.reasons.clone(),
     };
     let mut text_form = format!(
         "decision   {} at {}: DENY under policy set {}\n  reasons  {}\nexplained under the policies in force now:\n",
@@ -129,11 +166,11 @@ fn explain_denial(gateway: &Gateway, decision_id: &str, as_text: bool) -> Respon
     explained(as_text, text_form, json_form)
 }
 
-async fn route(gateway: Arc<Gateway>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn route(admin: Arc<Admin>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = request.uri().path().to_owned();
     if path == "/explain" {
         return Ok(match *request.method() {
-            http::Method::POST => explain_posted(&gateway, request).await,
+            http::Method::POST => explain_posted(&admin, request).await,
             _ => text(StatusCode::METHOD_NOT_ALLOWED, "POST a JSON explain request\n", PLAIN),
         });
     }
@@ -141,19 +178,17 @@ async fn route(gateway: Arc<Gateway>, request: Request<Incoming>) -> Result<Resp
         return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n", PLAIN));
     }
     if let Some(decision_id) = path.strip_prefix("/explain/") {
-        return Ok(explain_denial(&gateway, decision_id, wants_text(&request)));
+        return Ok(explain_denial(&admin, decision_id, wants_text(&request)));
     }
     let response = match path.as_str() {
         "/healthz" => text(StatusCode::OK, "ok\n", PLAIN),
-        "/readyz" => match gateway.ready().await {
+        "/readyz" => match admin.upstream.check_health().await {
             Ok(()) => text(StatusCode::OK, "ready\n", PLAIN),
             Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n"), PLAIN),
         },
-        "/metrics" => text(
-            StatusCode::OK,
-            gateway.metrics().encode(),
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        ),
+        "/metrics" => {
+            text(StatusCode::OK, admin.metrics.encode(), "application/openmetrics-text; version=1.0.0; charset=utf-8")
+        }
         _ => text(
             StatusCode::NOT_FOUND,
             "not found (try /healthz, /readyz, /metrics, POST /explain, /explain/<decision_id>)\n",
@@ -179,12 +214,7 @@ pub fn connection_limits(gateway: &ConnectionLimits) -> ConnectionLimits {
 const ADMIN_MAX_CONNECTIONS: usize = 128;
 const ADMIN_MAX_CONNECTIONS_PER_CLIENT: usize = 32;
 
-pub async fn serve(
-    listener: TcpListener,
-    gateway: Arc<Gateway>,
-    tracker: Arc<ConnectionTracker>,
-    mut shutdown: Signal,
-) {
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>, tracker: Arc<ConnectionTracker>, mut shutdown: Signal) {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(tracker.limits().handshake_timeout);
     let builder = Arc::new(builder);
@@ -203,13 +233,13 @@ pub async fn serve(
         let activity = Activity::new();
         let Ok(slot) = tracker.admit(peer, &activity) else { continue };
         let service = {
-            let gateway = gateway.clone();
+            let admin = admin.clone();
             let activity = activity.clone();
             hyper::service::service_fn(move |request| {
-                let gateway = gateway.clone();
+                let admin = admin.clone();
                 let in_flight = activity.request();
                 async move {
-                    let response = route(gateway, request).await?;
+                    let response = route(admin, request).await?;
                     Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
                 }
             })

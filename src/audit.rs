@@ -26,6 +26,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+use crate::authz::{Decision, PolicyEngine};
+use crate::temporal::Call;
+
 /// An inline write slower than this turns the inline path off for a while.
 pub const SLOW_WRITE: Duration = Duration::from_millis(1);
 /// How long the inline path stays off after a slow write.
@@ -229,7 +232,7 @@ pub struct ResourceRecord<'a> {
 
 impl<'a> ResourceRecord<'a> {
     /// What a call names, as recorded.
-    pub fn of(call: &'a crate::temporal::Call) -> ResourceRecord<'a> {
+    pub fn of(call: &'a Call) -> ResourceRecord<'a> {
         let r = &call.resource;
         ResourceRecord {
             kind: r.kind.entity_type(),
@@ -314,6 +317,18 @@ pub struct ShadowRecord<'a> {
     pub reasons: &'a [String],
     pub errors: &'a [String],
     pub policy_version: &'a str,
+}
+
+impl<'a> ShadowRecord<'a> {
+    /// The shadow set's decision for the record, when it differs from the enforced one.
+    pub fn of(enforced: &Decision, shadow: &'a Decision, engine: &'a PolicyEngine) -> Option<ShadowRecord<'a>> {
+        (shadow.allowed != enforced.allowed || shadow.reasons != enforced.reasons).then(|| ShadowRecord {
+            decision: if shadow.allowed { "allow" } else { "deny" },
+            reasons: &shadow.reasons,
+            errors: &shadow.errors,
+            policy_version: engine.version(),
+        })
+    }
 }
 
 /// RFC 3339 with microseconds, UTC.

@@ -272,6 +272,14 @@ pub struct LimitsConfig {
     /// How long a call may take to send its first message, once its headers have arrived.
     #[serde(default = "default_first_message_timeout", with = "duration")]
     pub first_message_timeout: Duration,
+    /// Calls in flight at once across all connections (long polls included); past it a new call
+    /// is shed at once with `RESOURCE_EXHAUSTED`, before anything of it is read.
+    #[serde(default = "default_max_concurrent_calls")]
+    pub max_concurrent_calls: usize,
+}
+
+fn default_max_concurrent_calls() -> usize {
+    100_000
 }
 
 fn default_max_buffered_bytes() -> usize {
@@ -297,6 +305,7 @@ impl Default for LimitsConfig {
             max_inflated_bytes: default_max_message_bytes(),
             max_buffered_bytes: default_max_buffered_bytes(),
             max_connection_buffered_bytes: default_max_connection_buffered_bytes(),
+            max_concurrent_calls: default_max_concurrent_calls(),
             first_message_timeout: default_first_message_timeout(),
         }
     }
@@ -549,6 +558,9 @@ impl Config {
         }
         if limits.max_buffered_bytes < limits.max_connection_buffered_bytes {
             return Err(invalid("limits.max_buffered_bytes", "must be at least `max_connection_buffered_bytes`"));
+        }
+        if limits.max_concurrent_calls == 0 {
+            return Err(invalid("limits.max_concurrent_calls", "must be at least 1"));
         }
         if limits.first_message_timeout.is_zero() {
             return Err(invalid("limits.first_message_timeout", "must be more than 0s"));

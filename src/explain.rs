@@ -29,7 +29,7 @@ use crate::authn::principal::ClaimMapping;
 use crate::authn::{AuthnError, Principal, presets};
 use crate::authz::{self, Decision, ISSUE_CREDENTIAL, PolicyEngine};
 use crate::config::{Config, ConfigError, PrincipalKind};
-use crate::mint::{self, Grant};
+use crate::credential::{Grant, TOKEN_ENDPOINT};
 use crate::temporal::catalog::{self, Access, MethodSpec, ResourceSpec};
 use crate::temporal::implied::{self, Question, StartOptions};
 use crate::temporal::{Call, Resource, ResourceKind};
@@ -451,7 +451,7 @@ impl Issuers {
         }
         if name == self.minted_name() {
             let url = self.minted.as_ref().map(|(_, url)| url.as_str()).unwrap_or_default();
-            return mint::worker_principal(name, url, claims, expires_at).map_err(claims_error);
+            return crate::authn::own::worker_principal(name, url, claims, expires_at).map_err(claims_error);
         }
         let mut known: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
         known.push(self.minted_name());
@@ -593,7 +593,7 @@ pub fn explain(
                 "parents": [{ "type": "Temporal::Cluster", "id": "cluster" }],
             });
             let context = json!({
-                "method": mint::TOKEN_ENDPOINT,
+                "method": TOKEN_ENDPOINT,
                 "role": grant.role.as_str(),
                 "task_queues": grant.task_queues,
                 "workflow_types": grant.workflow_types,
@@ -691,12 +691,12 @@ fn call_verdict(engine: &PolicyEngine, principal: &Principal, spec: &MethodSpec,
         (Access::Public, _) => None,
         // The gateway refuses these before any policy (a task token would name one).
         _ if no_namespace => Some(format!("`{}` names no namespace", spec.name)),
-        (_, Some(minted)) => minted.grant.check(spec, call).err(),
+        (_, Some(minted)) => authz::grant::check(&minted.grant, spec, call).err(),
         (_, None) => None,
     };
     let decision = || {
         if spec.access == Access::Public {
-            Decision { allowed: true, reasons: vec![crate::gateway::PUBLIC_REASON.to_owned()], errors: vec![] }
+            Decision { allowed: true, reasons: vec![authz::PUBLIC_REASON.to_owned()], errors: vec![] }
         } else {
             engine.evaluate(principal, spec, path, call)
         }

@@ -1,48 +1,71 @@
 //! flowgate: an identity-aware access gateway for the Temporal workflow engine.
 //!
-//! A call flows through the modules in this order (see [`gateway`] for the phases):
-//! [`server`] accepts it, [`temporal`] classifies and inspects it, [`authn`] authenticates the
-//! caller, [`namespace_ids`] resolves a namespace named by id, [`authz`] decides with Cedar
-//! (every question the request implies: a task completion's commands, a start that
-//! terminates; [`sticky`] keeps sticky queues to their workers), [`audit`] records the
-//! decision, [`proxy`] forwards it, and [`status`] is the one place refusals become gRPC
-//! statuses. [`config`] is the TOML file, [`admin`] the health and metrics endpoints. [`mint`]
-//! issues short-lived worker credentials in exchange for CI tokens (the token endpoint on the
-//! same listener).
+//! The crate is layered: each module imports only modules listed before it in this file (a
+//! test, `tests/layers.rs`, checks it), and the order follows one call through the gateway.
+//! `docs/architecture.md` draws it.
 //!
-//! The policy authoring loop: [`reload`] swaps policy sets in while the gateway runs (and a
-//! shadow set beside the enforced one), [`explain`] shows how a described call is decided,
-//! [`policy_test`] runs the test cases kept next to the policies, and [`policy_fmt`] formats
-//! them.
-//!
-//! Beside a worker, [`sidecar`] is a local endpoint that forwards to the gateway with a
-//! short-lived credential it keeps fresh, got through [`exchange_client`] (RFC 8693 token
-//! exchange at the gateway's token endpoint).
+//! * **Bottom, what everything may use:** [`config`] (the TOML file), [`telemetry`] (metrics),
+//!   [`error`], [`grpc`] (status codes and framing), [`shutdown`], [`budget`] and [`conn`]
+//!   (byte budgets, connection caps), [`ecdsa`] (low-s signatures), and [`temporal`]: the method
+//!   catalog, the protobuf reader, what a request names and what it implies. [`layers`] holds
+//!   the cross-cutting tower layers of the call stack (deadline; shedding and concurrency come
+//!   from tower itself).
+//! * **Identity:** [`credential`] is the format and the keys of flowgate's own credentials;
+//!   [`authn`] turns a bearer token into a principal (any configured issuer, or flowgate's own).
+//! * **Decisions:** [`authz`] asks Cedar (engine, decision cache, schema, lints, the grants of
+//!   minted credentials); [`session`] keeps a verified principal with its decision caches for
+//!   as long as its token lives; [`reload`] swaps policy sets in while the gateway runs.
+//! * **Recording, refusing, forwarding:** [`audit`] writes the decision record, [`sticky`] keeps
+//!   sticky queues to their workers, [`proxy`] forwards to Temporal, [`namespace_ids`] resolves
+//!   namespaces named by id, and [`status`] is the one place a refusal becomes a gRPC status.
+//! * **The phases:** [`gateway`]: authenticate → inspect → authorize → record → forward, a
+//!   tower `Service`.
+//! * **The other doors:** [`mint`] (the token endpoint), [`explain`] and [`policy_test`] /
+//!   [`policy_fmt`] (the policy authoring loop), [`admin`] (health, metrics, explanations),
+//!   each reaching the running gateway through a narrow handle.
+//! * **Top:** [`server`] routes each listener's requests to the gateway's stack or the token
+//!   endpoint; beside a worker, [`sidecar`] forwards to the gateway with a short-lived
+//!   credential it keeps fresh through [`exchange_client`].
 #![forbid(unsafe_code)]
 
-pub mod admin;
-pub mod audit;
+// The order of these declarations is the architecture: each module imports only modules
+// declared before it (`tests/layers.rs`; `rustfmt.toml` keeps rustfmt from sorting them).
+//
+// Bottom: what every layer may use.
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod shutdown;
+pub mod telemetry;
+pub mod budget;
+pub mod conn;
+pub mod ecdsa;
+pub mod temporal;
+pub mod layers;
+// Identity, then decisions.
+pub mod credential;
 pub mod authn;
 pub mod authz;
-pub mod budget;
-pub mod config;
-pub mod conn;
-pub mod exchange_client;
-pub mod explain;
-pub mod gateway;
-pub mod mint;
-pub mod namespace_ids;
-pub mod policy_fmt;
-pub mod policy_test;
-pub mod proxy;
+pub mod session;
 pub mod reload;
-pub mod server;
-pub mod shutdown;
-pub mod sidecar;
-pub mod status;
+// Recording, refusing, forwarding.
+pub mod audit;
 pub mod sticky;
-pub mod telemetry;
-pub mod temporal;
+pub mod proxy;
+pub mod namespace_ids;
+pub mod status;
+// The phases.
+pub mod gateway;
+// The other doors, and the policy authoring loop.
+pub mod mint;
+pub mod explain;
+pub mod policy_test;
+pub mod policy_fmt;
+pub mod admin;
+// The listeners, and the worker sidecar.
+pub mod server;
+pub mod exchange_client;
+pub mod sidecar;
 
 pub use config::Config;
 pub use server::{Listeners, run};

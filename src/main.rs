@@ -244,7 +244,7 @@ fn list_keys(dir: &std::path::Path) -> anyhow::Result<()> {
         .collect();
     paths.sort();
     for path in paths {
-        let key = flowgate::mint::keys::SigningKey::read(&path)?;
+        let key = flowgate::credential::keys::SigningKey::read(&path)?;
         println!("{}\t{}\t{}", key.kid, humantime::format_rfc3339_seconds(key.created), path.display());
     }
     Ok(())
@@ -280,7 +280,7 @@ fn main() -> ExitCode {
         Command::Token { command: TokenCommand::Exchange(args) } => token_exchange(args),
         Command::Sidecar { config } => sidecar(config),
         Command::Keys { command: KeysCommand::Generate { dir } } => {
-            flowgate::mint::keys::generate(&dir, std::time::SystemTime::now())
+            flowgate::credential::keys::generate(&dir, std::time::SystemTime::now())
                 .map(|(path, kid)| {
                     println!("{kid}\t{}", path.display());
                 })

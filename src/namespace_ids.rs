@@ -40,7 +40,7 @@
 //! it checks a request by id against no namespace at all: only a system role passes. With
 //! `upstream.credentials = "forward"` the lookup carries the caller's own `authorization` (a
 //! caller whose token Temporal would refuse gets that refusal); with `"minted"` a credential
-//! minted for the caller with `temporal-system:read` (`Minter::upstream_credential`, which also
+//! minted for the caller with `temporal-system:read` (`Signer::upstream_credential`, which also
 //! mints a system role for the call by id itself); with `"none"` no header. A lookup's outcome
 //! is shared by every caller waiting on it, whichever of them started it.
 
@@ -51,12 +51,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use crate::authn::Principal;
 use crate::authz::PolicyEngine;
 use crate::config::UpstreamCredentials;
-use crate::mint::Minter;
+use crate::credential::Signer;
 use crate::proxy::Upstream;
-use crate::status::Code;
+use crate::session::Session;
 use crate::temporal::catalog::{self, MethodSpec};
 use crate::temporal::{Call, wire};
 
@@ -107,26 +106,13 @@ pub enum NamespaceIdError {
     Busy,
 }
 
-impl NamespaceIdError {
-    pub fn code(&self) -> Code {
-        match self {
-            NamespaceIdError::Both { .. } | NamespaceIdError::NotUuid(_) => Code::InvalidArgument,
-            NamespaceIdError::NeverPermitted { .. } | NamespaceIdError::UpstreamRefused { .. } => {
-                Code::PermissionDenied
-            }
-            NamespaceIdError::Unknown(_) => Code::NotFound,
-            NamespaceIdError::LookupFailed { .. } | NamespaceIdError::Busy => Code::Unavailable,
-        }
-    }
-}
-
 type Outcome = Result<String, NamespaceIdError>;
 
 /// The resolver: the upstream to ask, how to authenticate there, and what it already said.
 pub struct NamespaceIds {
     upstream: Upstream,
     credentials: UpstreamCredentials,
-    minter: Option<Arc<Minter>>,
+    signer: Option<Arc<Signer>>,
     timeout: Duration,
     state: Arc<Mutex<State>>,
 }
@@ -140,8 +126,8 @@ struct State {
 }
 
 impl NamespaceIds {
-    pub fn new(upstream: Upstream, credentials: UpstreamCredentials, minter: Option<Arc<Minter>>) -> NamespaceIds {
-        NamespaceIds { upstream, credentials, minter, timeout: LOOKUP_TIMEOUT, state: Arc::default() }
+    pub fn new(upstream: Upstream, credentials: UpstreamCredentials, signer: Option<Arc<Signer>>) -> NamespaceIds {
+        NamespaceIds { upstream, credentials, signer, timeout: LOOKUP_TIMEOUT, state: Arc::default() }
     }
 
     /// When `call` names its namespace by id, sets `call.resource.namespace` to the name the id
@@ -150,7 +136,7 @@ impl NamespaceIds {
         &self,
         spec: &'static MethodSpec,
         call: &mut Call,
-        principal: &Principal,
+        session: &Session,
         policies: &PolicyEngine,
         headers: &http::HeaderMap,
     ) -> Result<(), NamespaceIdError> {
@@ -161,10 +147,10 @@ impl NamespaceIds {
         if uuid::Uuid::try_parse(&id).is_err() {
             return Err(NamespaceIdError::NotUuid(id));
         }
-        if !policies.may_permit(principal, spec) {
+        if !policies.may_permit(&session.principal, spec) {
             return Err(NamespaceIdError::NeverPermitted { action: spec.name, id });
         }
-        let name = self.name_of(&id, || self.authorization(principal, headers, &id)).await?;
+        let name = self.name_of(&id, || self.authorization(session, headers, &id)).await?;
         call.resource.namespace = Some(name);
         Ok(())
     }
@@ -242,17 +228,19 @@ impl NamespaceIds {
         });
     }
 
-    /// The `authorization` header of a lookup started by `principal` (see the module docs).
-    fn authorization(&self, principal: &Principal, headers: &http::HeaderMap, id: &str) -> Option<http::HeaderValue> {
+    /// The `authorization` header of a lookup started by `session`'s principal (see the module
+    /// docs).
+    fn authorization(&self, session: &Session, headers: &http::HeaderMap, id: &str) -> Option<http::HeaderValue> {
         match self.credentials {
             UpstreamCredentials::None => None,
             UpstreamCredentials::Forward => headers.get(http::header::AUTHORIZATION).cloned(),
             UpstreamCredentials::Minted => {
-                let minter = self.minter.as_ref()?;
+                let signer = self.signer.as_ref()?;
                 let spec = catalog::lookup(DESCRIBE_NAMESPACE_PATH);
                 let mut call = Call::unread(spec);
                 call.namespace_id = Some(id.to_owned());
-                let credential = minter.upstream_credential(principal, spec, &call);
+                let credential =
+                    signer.upstream_credential(&session.principal.id, &session.upstream_credentials, spec, &call);
                 http::HeaderValue::try_from(format!("Bearer {credential}")).ok()
             }
         }
@@ -387,29 +375,5 @@ mod tests {
         // Replacing a key of a full table drops nothing else.
         table.insert("a".into(), 4, now + Duration::from_secs(30), 2);
         assert_eq!((table.get("a", now), table.get("c", now)), (Some(&4), Some(&3)));
-    }
-
-    #[test]
-    fn grpc_messages_are_percent_decoded() {
-        assert_eq!(crate::status::decode_message("Namespace%20x%20not%20found."), "Namespace x not found.");
-        assert_eq!(crate::status::decode_message("100%"), "100%");
-        assert_eq!(crate::status::decode_message("%zz"), "%zz");
-    }
-
-    #[test]
-    fn refusals_have_their_codes() {
-        let id = || "3f1c1e2a-0000-4000-8000-000000000000".to_owned();
-        assert_eq!(
-            NamespaceIdError::Both { action: "DescribeNamespace", name: "p".into(), id: id() }.code(),
-            Code::InvalidArgument
-        );
-        assert_eq!(NamespaceIdError::NotUuid("x".into()).code(), Code::InvalidArgument);
-        assert_eq!(NamespaceIdError::Unknown(id()).code(), Code::NotFound);
-        assert_eq!(
-            NamespaceIdError::NeverPermitted { action: "DescribeNamespace", id: id() }.code(),
-            Code::PermissionDenied
-        );
-        assert_eq!(NamespaceIdError::LookupFailed { id: id(), reason: "down".into() }.code(), Code::Unavailable);
-        assert_eq!(NamespaceIdError::Busy.code(), Code::Unavailable);
     }
 }

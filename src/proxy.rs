@@ -26,7 +26,9 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::budget::Reservation;
 use crate::config::UpstreamConfig;
-use crate::status::{Code, Refusal, encode_message};
+pub use crate::error::error_chain;
+pub use crate::grpc::grpc_timeout;
+use crate::grpc::{Code, encode_message};
 use crate::telemetry::Metrics;
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
@@ -35,6 +37,16 @@ type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 pub const HTTP2_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 /// Per-connection window, shared by every call on a connection.
 pub const HTTP2_CONNECTION_WINDOW: u32 = 64 * 1024 * 1024;
+
+/// Why a call could not be sent upstream (`status` maps it to `UNAVAILABLE` or
+/// `DEADLINE_EXCEEDED`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream unavailable: {0}")]
+    Unavailable(String),
+    #[error("deadline exceeded waiting for the upstream")]
+    Deadline,
+}
 
 /// The upstream Temporal frontend.
 #[derive(Clone)]
@@ -135,14 +147,14 @@ impl Upstream {
         mut parts: http::request::Parts,
         body: ForwardBody,
         deadline: Option<Duration>,
-    ) -> Result<http::Response<Incoming>, Refusal> {
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
         let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         parts.uri = http::Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
             .path_and_query(path)
             .build()
-            .map_err(|e| Refusal::Upstream(e.to_string()))?;
+            .map_err(|e| UpstreamError::Unavailable(e.to_string()))?;
         parts.version = http::Version::HTTP_2;
         parts.headers.remove(http::header::HOST);
         let request = http::Request::from_parts(parts, body);
@@ -151,10 +163,10 @@ impl Upstream {
             // Never cut a call shorter than its own deadline: the upstream answers first.
             Some(deadline) => tokio::time::timeout(deadline + Duration::from_secs(1), response)
                 .await
-                .map_err(|_| Refusal::Deadline)?,
+                .map_err(|_| UpstreamError::Deadline)?,
             None => response.await,
         };
-        response.map_err(|e| Refusal::Upstream(format!("`{}`: {}", self.address, error_chain(&e))))
+        response.map_err(|e| UpstreamError::Unavailable(format!("`{}`: {}", self.address, error_chain(&e))))
     }
 
     /// A unary call flowgate makes itself (a health check, a namespace lookup, failing a
@@ -177,7 +189,7 @@ impl Upstream {
         };
         Ok(UnaryReply {
             status: header("grpc-status").unwrap_or_else(|| "missing".into()),
-            message: crate::status::decode_message(&header("grpc-message").unwrap_or_default()),
+            message: crate::grpc::decode_message(&header("grpc-message").unwrap_or_default()),
             body: collected.to_bytes(),
         })
     }
@@ -207,18 +219,6 @@ pub struct UnaryReply {
     pub status: String,
     pub message: String,
     pub body: Bytes,
-}
-
-/// An error and its sources, `outer: inner: root`, for messages that must say why.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The request body sent upstream: the bytes read for inspection, then the rest of the stream.
@@ -581,25 +581,6 @@ impl Body for ResponseBody {
     }
 }
 
-/// `grpc-timeout` (e.g. `70S`, `500m`) as a duration.
-pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
-    let value = headers.get("grpc-timeout")?.to_str().ok()?;
-    if value.len() < 2 || value.len() > 9 {
-        return None;
-    }
-    let (digits, unit) = value.split_at(value.len() - 1);
-    let amount: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(amount.saturating_mul(3600)),
-        "M" => Duration::from_secs(amount.saturating_mul(60)),
-        "S" => Duration::from_secs(amount),
-        "m" => Duration::from_millis(amount),
-        "u" => Duration::from_micros(amount),
-        "n" => Duration::from_nanos(amount),
-        _ => return None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use std::io::Write;
@@ -804,20 +785,5 @@ mod tests {
         // Every gzip member is read, as the client will.
         let members = [gzip(b"first "), gzip(b"second")].concat();
         assert_eq!(gunzip(&members, 100).unwrap(), b"first second");
-    }
-
-    #[test]
-    fn grpc_timeouts_parse() {
-        let headers = |v: &str| {
-            let mut h = http::HeaderMap::new();
-            h.insert("grpc-timeout", v.parse().unwrap());
-            h
-        };
-        assert_eq!(grpc_timeout(&headers("70S")), Some(Duration::from_secs(70)));
-        assert_eq!(grpc_timeout(&headers("500m")), Some(Duration::from_millis(500)));
-        assert_eq!(grpc_timeout(&headers("2H")), Some(Duration::from_secs(7200)));
-        assert_eq!(grpc_timeout(&headers("S")), None);
-        assert_eq!(grpc_timeout(&headers("12x")), None);
-        assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
     }
 }

@@ -175,8 +175,8 @@ async fn fingerprints_off_runtime(dirs: Arc<Vec<PathBuf>>) -> Vec<Option<u64>> {
 }
 
 /// Reloads on SIGHUP, and on changes when `policy.watch_interval` is not zero, until shutdown.
-pub fn spawn_policy_watch(gateway: Arc<crate::gateway::Gateway>, mut shutdown: Signal) {
-    let config = gateway.policy_sets().config().clone();
+pub fn spawn_policy_watch(sets: Arc<PolicySets>, mut shutdown: Signal) {
+    let config = sets.config().clone();
     let dirs: Arc<Vec<PathBuf>> =
         Arc::new([Some(config.dir.clone()), config.shadow_dir.clone()].into_iter().flatten().collect());
     let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
@@ -203,7 +203,7 @@ pub fn spawn_policy_watch(gateway: Arc<crate::gateway::Gateway>, mut shutdown: S
                 _ = hangup_received => {
                     tracing::info!("SIGHUP: reloading policies");
                     seen = fingerprints_off_runtime(dirs.clone()).await;
-                    gateway.policy_sets().reload(true, true).await;
+                    sets.reload(true, true).await;
                 }
                 _ = ticks.tick(), if watching => {
                     let now = fingerprints_off_runtime(dirs.clone()).await;
@@ -225,7 +225,7 @@ pub fn spawn_policy_watch(gateway: Arc<crate::gateway::Gateway>, mut shutdown: S
                     let (enforced, shadow) = (changed(0), changed(1));
                     seen = settled;
                     tracing::info!(enforced, shadow, "policy files changed: reloading");
-                    gateway.policy_sets().reload(enforced, shadow).await;
+                    sets.reload(enforced, shadow).await;
                 }
             }
         }

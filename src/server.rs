@@ -5,29 +5,43 @@
 //! decision log) before accepting a single connection, then serves until `shutdown` resolves,
 //! and drains: no new connections, in-flight calls (long polls included) get up to
 //! `listen.shutdown_grace` to finish. Every connection is admitted and watched by `conn`
-//! (caps, handshake deadline, idle timeout); every call is handed to [`Gateway::handle`] with
-//! its connection's byte budget.
+//! (caps, handshake deadline, idle timeout). Each request is routed: the token endpoint's paths
+//! go to `mint` (when flowgate mints credentials), every other call goes through the gateway's
+//! tower stack ([`gateway_stack`]: load shedding, the concurrency limit, the deadline, then the
+//! gateway's phases) with its connection's byte budget.
 
+use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::{Service, ServiceBuilder, ServiceExt};
 
-use crate::admin;
+use crate::admin::{self, Admin};
 use crate::audit::DecisionLog;
 use crate::authn::{Authenticator, HttpFetcher};
 use crate::authz::PolicyEngine;
 use crate::config::{Config, ListenConfig, ServerTlsConfig};
 use crate::conn::{self, Activity, ConnectionLimits, ConnectionTracker, Tracked};
-use crate::gateway::{ClientConn, Gateway};
-use crate::mint::Minter;
+use crate::credential::Signer;
+use crate::explain::Issuers;
+use crate::gateway::{ClientConn, Gateway, GatewayService, Parts, RecentDenials};
+use crate::layers::DeadlineLayer;
 use crate::mint::replay::ReplayCache;
-use crate::proxy::{HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW, Upstream, read_certs, read_pem_key};
+use crate::mint::{Minter, TokenEndpoint, exchange};
+use crate::proxy::{HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW, ResponseBody, Upstream, read_certs, read_pem_key};
+use crate::reload::PolicySets;
+use crate::session::Sessions;
 use crate::shutdown;
+use crate::status::RespondLayer;
 use crate::telemetry::Metrics;
 use crate::temporal::task_token::TaskTokenKeys;
 
@@ -55,31 +69,39 @@ impl Listeners {
     }
 }
 
-/// Everything `run` builds from a config, checked: what `flowgate check` validates too.
+/// Everything `run` builds from a config, checked: what `flowgate check` validates too. Each
+/// door gets a narrow handle: the gateway, the admin endpoints, the token endpoint.
 pub struct Prepared {
     pub gateway: Arc<Gateway>,
+    pub admin: Arc<Admin>,
+    /// With `[mint]`: the token endpoint, routed on the gateway's listener.
+    pub token_endpoint: Option<Arc<TokenEndpoint>>,
+    pub sessions: Arc<Sessions>,
+    pub policies: Arc<PolicySets>,
+    pub signer: Option<Arc<Signer>>,
+    pub metrics: Arc<Metrics>,
     pub tls: Option<TlsAcceptor>,
 }
 
 /// Loads and checks everything in the config; no sockets, no background tasks.
 pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
     let metrics = Arc::new(Metrics::new());
-    let policies = PolicyEngine::load(&config.policy.dir)?;
-    for warning in &policies.warnings {
+    let enforced = PolicyEngine::load(&config.policy.dir)?;
+    for warning in &enforced.warnings {
         tracing::warn!(%warning, "policy warning");
     }
     let mut authn = Authenticator::new(config, HttpFetcher::new(), metrics.clone())?;
-    let minter = match &config.mint {
-        Some(mint) => {
-            let replay = match &config.replay.redis_url {
-                Some(url) => ReplayCache::redis(url).map_err(anyhow::Error::msg)?,
-                None => ReplayCache::memory(),
-            };
-            let minter = Arc::new(Minter::new(mint, replay)?);
-            authn = authn.with_minter(minter.clone());
-            Some(minter)
+    let signer = config.mint.as_ref().map(Signer::new).transpose()?.map(Arc::new);
+    if let Some(signer) = &signer {
+        authn = authn.with_own_credentials(signer.clone());
+    }
+    let authn = Arc::new(authn);
+    let minter = match (&signer, &config.replay.redis_url) {
+        (None, _) => None,
+        (Some(signer), Some(url)) => {
+            Some(Minter::new(signer.clone(), ReplayCache::redis(url).map_err(anyhow::Error::msg)?))
         }
-        None => None,
+        (Some(signer), None) => Some(Minter::new(signer.clone(), ReplayCache::memory())),
     };
     let upstream = Upstream::new(&config.upstream)?;
     let tls = config.listen.tls.as_ref().map(tls_acceptor).transpose()?;
@@ -91,8 +113,40 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
             "task tokens are sealed with a random per-process key: give replicas a shared `task_tokens.key_file`"
         );
     }
-    let gateway = Arc::new(Gateway::new(config, authn, policies, shadow, log, upstream, metrics, minter, task_tokens));
-    Ok(Prepared { gateway, tls })
+    let policies = Arc::new(PolicySets::new(config.policy.clone(), enforced, shadow, metrics.clone()));
+    let sessions = Arc::new(Sessions::new(authn.clone(), config.token_cache.max_entries, metrics.clone()));
+    let denials = Arc::new(RecentDenials::default());
+    let gateway = Arc::new(Gateway::new(
+        config,
+        Parts {
+            sessions: sessions.clone(),
+            policies: policies.clone(),
+            denials: denials.clone(),
+            log: log.clone(),
+            upstream: upstream.clone(),
+            metrics: metrics.clone(),
+            signer: signer.clone(),
+            task_tokens,
+        },
+    ));
+    let admin = Arc::new(Admin {
+        authn: authn.clone(),
+        issuers: Issuers::from_config(config).unwrap_or_default(),
+        policies: policies.clone(),
+        denials,
+        upstream,
+        metrics: metrics.clone(),
+    });
+    let token_endpoint = minter.map(|minter| {
+        Arc::new(TokenEndpoint {
+            minter: Arc::new(minter),
+            authn,
+            policies: policies.clone(),
+            log,
+            metrics: metrics.clone(),
+        })
+    });
+    Ok(Prepared { gateway, admin, token_endpoint, sessions, policies, signer, metrics, tls })
 }
 
 fn tls_acceptor(tls: &ServerTlsConfig) -> anyhow::Result<TlsAcceptor> {
@@ -141,26 +195,46 @@ pub fn gateway_limits(listen: &ListenConfig, nofile: Option<u64>) -> ConnectionL
     }
 }
 
+/// The gateway's call stack for the calls of one connection, outermost first: load shedding,
+/// the concurrency limit shared by every connection (`calls`), the call's deadline, then the
+/// gateway's phases (`layers` says why each is where it is). What a layer refuses becomes a
+/// gRPC status in `status`, like every other refusal.
+pub fn gateway_stack(
+    gateway: Arc<Gateway>,
+    conn: ClientConn,
+    calls: Arc<Semaphore>,
+) -> impl Service<http::Request<Incoming>, Response = http::Response<ResponseBody>, Error = Infallible, Future: Send>
++ Clone
++ Send {
+    ServiceBuilder::new()
+        .layer(RespondLayer)
+        .load_shed()
+        .layer(GlobalConcurrencyLimitLayer::with_semaphore(calls))
+        .layer(DeadlineLayer::default())
+        .service(GatewayService::new(gateway, conn))
+}
+
 /// Serves until `shutdown` resolves, then drains.
 pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let nofile = conn::raise_nofile_limit();
-    let Prepared { gateway, tls, .. } = prepare(&config)?;
+    let Prepared { gateway, admin, token_endpoint, sessions, policies, signer, metrics, tls } = prepare(&config)?;
     let (trigger, signal) = shutdown::channel();
-    gateway.authenticator().spawn_key_refresh(signal.clone());
-    if let Some(minter) = gateway.minter() {
-        minter.spawn_key_reload(signal.clone());
+    sessions.authenticator().spawn_key_refresh(signal.clone());
+    if let Some(signer) = &signer {
+        signer.spawn_key_reload(signal.clone());
     }
-    spawn_cache_sweeper(gateway.clone(), signal.clone());
-    crate::reload::spawn_policy_watch(gateway.clone(), signal.clone());
+    spawn_session_sweeper(sessions, signal.clone());
+    crate::reload::spawn_policy_watch(policies, signal.clone());
     let limits = gateway_limits(&config.listen, nofile);
-    if let Some(admin) = listeners.admin {
+    if let Some(listener) = listeners.admin {
         let admin_limits = admin::connection_limits(&limits);
-        let tracker = ConnectionTracker::new("admin", admin_limits, gateway.metrics().clone());
-        tokio::spawn(admin::serve(admin, gateway.clone(), tracker, signal.clone()));
+        let tracker = ConnectionTracker::new("admin", admin_limits, metrics.clone());
+        tokio::spawn(admin::serve(listener, admin, tracker, signal.clone()));
     }
+    let calls = Arc::new(Semaphore::new(config.limits.max_concurrent_calls.min(Semaphore::MAX_PERMITS)));
 
     let builder = Arc::new(http2_server(config.listen.max_concurrent_streams, limits.handshake_timeout));
-    let tracker = ConnectionTracker::new("gateway", limits, gateway.metrics().clone());
+    let tracker = ConnectionTracker::new("gateway", limits, metrics.clone());
     let local = listeners.gateway.local_addr()?;
     tracing::info!(
         address = %local,
@@ -189,17 +263,13 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
         let Ok(slot) = tracker.admit(peer, &activity) else { continue };
         let _ = stream.set_nodelay(true);
         let service = {
-            let gateway = gateway.clone();
+            let stack = gateway_stack(gateway.clone(), ClientConn::new(peer, &config.limits), calls.clone());
+            let token_endpoint = token_endpoint.clone();
             let activity = activity.clone();
-            let client = ClientConn::new(peer, &config.limits);
             hyper::service::service_fn(move |request| {
-                let gateway = gateway.clone();
-                let client = client.clone();
                 let in_flight = activity.request();
-                async move {
-                    let response = gateway.handle(request, &client).await;
-                    Ok::<_, std::convert::Infallible>(response.map(|body| Tracked::new(body, in_flight)))
-                }
+                let response = route(stack.clone(), token_endpoint.clone(), request, peer);
+                async move { Ok::<_, Infallible>(response.await.map(|body| Tracked::new(body, in_flight))) }
             })
         };
         let builder = builder.clone();
@@ -234,11 +304,34 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     Ok(())
 }
 
-fn spawn_cache_sweeper(gateway: Arc<Gateway>, mut signal: shutdown::Signal) {
+/// Routes one request of the gateway's listener: the token endpoint (and its JWKS and
+/// discovery document) when flowgate mints credentials, the gateway's stack for everything else.
+async fn route<S>(
+    stack: S,
+    token_endpoint: Option<Arc<TokenEndpoint>>,
+    request: http::Request<Incoming>,
+    peer: SocketAddr,
+) -> http::Response<ResponseBody>
+where
+    S: Service<http::Request<Incoming>, Response = http::Response<ResponseBody>, Error = Infallible>,
+    S::Future: Send,
+{
+    match token_endpoint {
+        Some(endpoint) if exchange::is_oauth_path(request.uri().path()) => {
+            exchange::serve(&endpoint, request, peer).await
+        }
+        _ => match stack.oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        },
+    }
+}
+
+fn spawn_session_sweeper(sessions: Arc<Sessions>, mut signal: shutdown::Signal) {
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(60)) => gateway.authenticator().sweep_cache(),
+                _ = tokio::time::sleep(Duration::from_secs(60)) => sessions.sweep(),
                 _ = signal.wait() => return,
             }
         }

@@ -770,7 +770,10 @@ impl Forwarder {
         let deadline = deadline.map(|deadline| deadline.saturating_sub(started.elapsed()));
         match self.upstream.send(parts, ForwardBody::new(Bytes::new(), Some(body), None), deadline).await {
             Ok(response) => response.map(Either::Left),
-            Err(refusal) => trailers_only::<Empty<Bytes>>(refusal.code(), &refusal.to_string()).map(Either::Right),
+            Err(error) => {
+                let refusal = crate::status::Refusal::from(error);
+                trailers_only::<Empty<Bytes>>(refusal.code(), &refusal.to_string()).map(Either::Right)
+            }
         }
     }
 }

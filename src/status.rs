@@ -5,47 +5,27 @@
 //! `grpc-status` and a percent-encoded `grpc-message` in the headers, and no body ("trailers-
 //! only"), which every gRPC client reads as an error status. Messages say what was missing or
 //! wrong, never the policy text.
+//!
+//! The layers below return their own small error types (`AuthnError`, `InspectError`,
+//! `OverBudget`, `NamespaceIdError`, `UpstreamError`, ...) and never pick a status: which code a
+//! failure gets is decided here, for all of them at once, as linkerd2-proxy does in its one
+//! `errors::respond`. That is why this module sits above them all and below the gateway.
 
 use std::time::Duration;
 
 use crate::audit::AuditError;
 use crate::authn::AuthnError;
+pub use crate::grpc::{Code, trailers_only};
+use tower::BoxError;
+use tower::load_shed::error::Overloaded;
+
 use crate::budget::OverBudget;
+use crate::layers::DeadlineExceeded;
 use crate::namespace_ids::NamespaceIdError;
+use crate::proxy::UpstreamError;
 use crate::sticky::StickyError;
 use crate::temporal::InspectError;
 use crate::temporal::task_token::TaskTokenError;
-
-/// gRPC status codes flowgate sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u16)]
-pub enum Code {
-    InvalidArgument = 3,
-    DeadlineExceeded = 4,
-    NotFound = 5,
-    PermissionDenied = 7,
-    ResourceExhausted = 8,
-    Unimplemented = 12,
-    Internal = 13,
-    Unavailable = 14,
-    Unauthenticated = 16,
-}
-
-impl Code {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Code::InvalidArgument => "3",
-            Code::DeadlineExceeded => "4",
-            Code::NotFound => "5",
-            Code::PermissionDenied => "7",
-            Code::ResourceExhausted => "8",
-            Code::Unimplemented => "12",
-            Code::Internal => "13",
-            Code::Unavailable => "14",
-            Code::Unauthenticated => "16",
-        }
-    }
-}
 
 /// Every reason flowgate refuses a call.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -88,6 +68,10 @@ pub enum Refusal {
     Deadline,
     #[error("{0}")]
     NamespaceId(#[from] NamespaceIdError),
+    #[error("the gateway is at `limits.max_concurrent_calls`; retry later")]
+    Overloaded,
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl Refusal {
@@ -112,76 +96,110 @@ impl Refusal {
             Refusal::NotGrpc(_) => Code::Unimplemented,
             Refusal::Audit(_) | Refusal::Upstream(_) => Code::Unavailable,
             Refusal::Deadline => Code::DeadlineExceeded,
-            Refusal::NamespaceId(error) => error.code(),
+            Refusal::NamespaceId(error) => namespace_id_code(error),
+            Refusal::Overloaded => Code::ResourceExhausted,
+            Refusal::Internal(_) => Code::Internal,
         }
     }
 }
 
-/// A `grpc-message` as received: percent-encoded UTF-8, decoded (invalid escapes kept).
-pub fn decode_message(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = (bytes[i] == b'%')
-            .then(|| text.get(i + 1..i + 3).and_then(|hex| u8::from_str_radix(hex, 16).ok()))
-            .flatten();
-        match escaped {
-            Some(byte) => {
-                out.push(byte);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
+impl From<UpstreamError> for Refusal {
+    fn from(error: UpstreamError) -> Refusal {
+        match error {
+            UpstreamError::Unavailable(why) => Refusal::Upstream(why),
+            UpstreamError::Deadline => Refusal::Deadline,
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Percent-encodes a `grpc-message` as the gRPC HTTP/2 spec requires.
-pub fn encode_message(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    for byte in message.bytes() {
-        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
+/// The refusal of a call that a layer of the stack (`layers`) stopped before or around the
+/// gateway: shed over the concurrency limit, or past its deadline.
+pub fn layer_refusal(error: &BoxError) -> Refusal {
+    if error.is::<Overloaded>() {
+        Refusal::Overloaded
+    } else if error.is::<DeadlineExceeded>() {
+        Refusal::Deadline
+    } else {
+        Refusal::Internal(error.to_string())
     }
-    out
 }
 
-/// A trailers-only gRPC error response.
-pub fn trailers_only<B: Default>(code: Code, message: &str) -> http::Response<B> {
-    http::Response::builder()
-        .status(http::StatusCode::OK)
-        .header(http::header::CONTENT_TYPE, "application/grpc")
-        .header("grpc-status", code.as_str())
-        .header("grpc-message", encode_message(message))
-        .body(B::default())
-        .expect("static header names and encoded values are valid")
+/// The outermost layer of the gateway's stack: whatever a layer below refused (a typed error,
+/// see [`layer_refusal`]) is answered here as a trailers-only gRPC status, so the service that
+/// `server` hands to hyper never fails.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RespondLayer;
+
+impl<S> tower::Layer<S> for RespondLayer {
+    type Service = Respond<S>;
+
+    fn layer(&self, inner: S) -> Respond<S> {
+        Respond { inner, not_ready: None }
+    }
+}
+
+/// See [`RespondLayer`].
+#[derive(Debug)]
+pub struct Respond<S> {
+    inner: S,
+    /// The inner service failed to get ready: the next call is answered with it.
+    not_ready: Option<Refusal>,
+}
+
+impl<S: Clone> Clone for Respond<S> {
+    fn clone(&self) -> Respond<S> {
+        Respond { inner: self.inner.clone(), not_ready: None }
+    }
+}
+
+impl<S, R, B> tower::Service<R> for Respond<S>
+where
+    S: tower::Service<R, Response = http::Response<B>, Error = BoxError>,
+    S::Future: Send + 'static,
+    B: Default + Send + 'static,
+{
+    type Response = http::Response<B>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<http::Response<B>, std::convert::Infallible>> + Send>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        if let std::task::Poll::Ready(Err(error)) = self.inner.poll_ready(cx) {
+            self.not_ready = Some(layer_refusal(&error));
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        if let Some(refusal) = self.not_ready.take() {
+            return Box::pin(std::future::ready(Ok(trailers_only(refusal.code(), &refusal.to_string()))));
+        }
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            Ok(response.await.unwrap_or_else(|error| {
+                let refusal = layer_refusal(&error);
+                trailers_only(refusal.code(), &refusal.to_string())
+            }))
+        })
+    }
+}
+
+/// A call naming its namespace by id: malformed or ambiguous requests are the caller's to fix,
+/// an id nobody may resolve is a denial, an unknown id is not found, a lookup that could not be
+/// made is worth retrying.
+fn namespace_id_code(error: &NamespaceIdError) -> Code {
+    match error {
+        NamespaceIdError::Both { .. } | NamespaceIdError::NotUuid(_) => Code::InvalidArgument,
+        NamespaceIdError::NeverPermitted { .. } | NamespaceIdError::UpstreamRefused { .. } => Code::PermissionDenied,
+        NamespaceIdError::Unknown(_) => Code::NotFound,
+        NamespaceIdError::LookupFailed { .. } | NamespaceIdError::Busy => Code::Unavailable,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn messages_are_percent_encoded() {
-        assert_eq!(encode_message("a 100% ok"), "a 100%25 ok");
-        assert_eq!(encode_message("é\n"), "%C3%A9%0A");
-    }
-
-    #[test]
-    fn denials_are_trailers_only() {
-        let response: http::Response<String> = trailers_only(Code::PermissionDenied, "no");
-        assert_eq!(response.status(), 200);
-        assert_eq!(response.headers()["grpc-status"], "7");
-        assert_eq!(response.headers()["content-type"], "application/grpc");
-        assert!(response.body().is_empty());
-    }
 
     #[test]
     fn refusals_map_to_their_codes() {
@@ -190,5 +208,30 @@ mod tests {
         assert_eq!(Refusal::Inspect(InspectError::BadGzip).code(), Code::InvalidArgument);
         assert_eq!(Refusal::Audit(AuditError::Stopped).code(), Code::Unavailable);
         assert_eq!(Refusal::Deadline.code(), Code::DeadlineExceeded);
+        assert_eq!(Refusal::from(UpstreamError::Deadline).code(), Code::DeadlineExceeded);
+        assert_eq!(Refusal::from(UpstreamError::Unavailable("down".into())).code(), Code::Unavailable);
+        assert_eq!(layer_refusal(&BoxError::from(Overloaded::new())).code(), Code::ResourceExhausted);
+        assert_eq!(layer_refusal(&BoxError::from(DeadlineExceeded)).code(), Code::DeadlineExceeded);
+    }
+
+    #[test]
+    fn namespace_id_refusals_have_their_codes() {
+        let id = || "3f1c1e2a-0000-4000-8000-000000000000".to_owned();
+        assert_eq!(
+            Refusal::NamespaceId(NamespaceIdError::Both { action: "DescribeNamespace", name: "p".into(), id: id() })
+                .code(),
+            Code::InvalidArgument
+        );
+        assert_eq!(Refusal::NamespaceId(NamespaceIdError::NotUuid("x".into())).code(), Code::InvalidArgument);
+        assert_eq!(Refusal::NamespaceId(NamespaceIdError::Unknown(id())).code(), Code::NotFound);
+        assert_eq!(
+            Refusal::NamespaceId(NamespaceIdError::NeverPermitted { action: "DescribeNamespace", id: id() }).code(),
+            Code::PermissionDenied
+        );
+        assert_eq!(
+            Refusal::NamespaceId(NamespaceIdError::LookupFailed { id: id(), reason: "down".into() }).code(),
+            Code::Unavailable
+        );
+        assert_eq!(Refusal::NamespaceId(NamespaceIdError::Busy).code(), Code::Unavailable);
     }
 }

@@ -96,6 +96,6 @@ impl Issuer {
         let key = jsonwebtoken::EncodingKey::from_ec_pem(self.pem.as_bytes())?;
         let token = jsonwebtoken::encode(&header, &claims, &key)?;
         // flowgate refuses high-s ES256 signatures by default, and half of these are high-s.
-        Ok(flowgate::authn::ecdsa::normalize_token(jsonwebtoken::Algorithm::ES256, token))
+        Ok(flowgate::ecdsa::normalize_token(jsonwebtoken::Algorithm::ES256, token))
     }
 }

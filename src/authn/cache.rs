@@ -11,30 +11,41 @@ use std::time::SystemTime;
 
 use super::Principal;
 
-pub struct TokenCache {
-    entries: RwLock<HashMap<Box<str>, Arc<Principal>>>,
+/// What a cached value knows of its token: when it stops being valid.
+pub trait Expires {
+    fn expires_at(&self) -> SystemTime;
+}
+
+impl Expires for Principal {
+    fn expires_at(&self) -> SystemTime {
+        self.expires_at
+    }
+}
+
+pub struct TokenCache<V> {
+    entries: RwLock<HashMap<Box<str>, Arc<V>>>,
     max_entries: usize,
 }
 
-impl TokenCache {
-    pub fn new(max_entries: usize) -> TokenCache {
+impl<V: Expires + Send + Sync + 'static> TokenCache<V> {
+    pub fn new(max_entries: usize) -> TokenCache<V> {
         TokenCache { entries: RwLock::new(HashMap::new()), max_entries }
     }
 
-    /// A cached principal whose token has not expired.
-    pub fn get(&self, token: &str) -> Option<Arc<Principal>> {
+    /// A cached value whose token has not expired.
+    pub fn get(&self, token: &str) -> Option<Arc<V>> {
         let entries = self.entries.read().expect("token cache lock");
-        entries.get(token).filter(|p| p.expires_at > SystemTime::now()).cloned()
+        entries.get(token).filter(|p| p.expires_at() > SystemTime::now()).cloned()
     }
 
-    pub fn insert(&self, token: &str, principal: Arc<Principal>) {
+    pub fn insert(&self, token: &str, principal: Arc<V>) {
         if self.max_entries == 0 {
             return;
         }
         let mut entries = self.entries.write().expect("token cache lock");
         if entries.len() >= self.max_entries {
             let now = SystemTime::now();
-            entries.retain(|_, p| p.expires_at > now);
+            entries.retain(|_, p| p.expires_at() > now);
             if entries.len() >= self.max_entries {
                 return;
             }
@@ -43,7 +54,7 @@ impl TokenCache {
     }
 
     pub fn sweep(&self, now: SystemTime) {
-        self.entries.write().expect("token cache lock").retain(|_, p| p.expires_at > now);
+        self.entries.write().expect("token cache lock").retain(|_, p| p.expires_at() > now);
     }
 
     pub fn len(&self) -> usize {

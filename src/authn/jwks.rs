@@ -33,7 +33,7 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use sha2::{Digest, Sha256};
 
 use super::presets::KeySource;
-use crate::proxy::error_chain;
+use crate::error::error_chain;
 use crate::telemetry::Metrics;
 
 const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;

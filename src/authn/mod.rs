@@ -6,12 +6,18 @@
 //! `x5c` headers are never used), exact `iss`, required `aud`, `exp` required, `nbf` and `iat`
 //! checked with a small leeway, implausible lifetimes refused, tenant claims bound, ID tokens
 //! kept apart from access tokens, claims typed, ECDSA signatures only in low-s form (unless the
-//! issuer's `ecdsa_high_s = "accept"`, see [`ecdsa`]). A verified token is cached until it
-//! expires, so its signature is checked once, not on every call.
+//! issuer's `ecdsa_high_s = "accept"`, see [`crate::ecdsa`]). flowgate's own worker
+//! credentials are verified with its own keys ([`own`]).
+//!
+//! Authentication knows nothing of what is decided about a principal. A verified token is
+//! kept, until it expires, in a [`TokenCache`] that its owner instantiates with whatever it
+//! attaches to the principal: the gateway's `session` keeps the principal's decision caches
+//! and minted upstream credentials there. So the signature is checked once per token, not on
+//! every call, and `authn` never imports `authz`.
 
 pub mod cache;
-pub mod ecdsa;
 pub mod jwks;
+pub mod own;
 pub mod presets;
 pub mod principal;
 
@@ -24,15 +30,15 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
-pub use self::cache::TokenCache;
+pub use self::cache::{Expires, TokenCache};
 pub use self::jwks::{HttpFetcher, KeyStore};
 pub use self::presets::ResolvedIssuer;
 pub use self::principal::Principal;
 use crate::config::{Config, ConfigError, EcdsaHighS, IssuerConfig};
+pub use crate::credential::MINTED_TOKEN_TYPE;
+use crate::credential::Signer;
+use crate::ecdsa;
 use crate::telemetry::Metrics;
-
-/// The `typ` of credentials flowgate mints: only flowgate's own issuer accepts it.
-pub const MINTED_TOKEN_TYPE: &str = "flowgate-credential+jwt";
 
 /// Why a caller is not authenticated. The message goes to the client in `grpc-message` and to
 /// the decision record as `unauthenticated: <message>`.
@@ -92,10 +98,8 @@ pub struct Issuer {
 /// Turns bearer tokens into principals.
 pub struct Authenticator {
     by_iss: HashMap<String, Arc<Issuer>>,
-    /// flowgate's own issuer, when it mints credentials.
-    minter: Option<Arc<crate::mint::Minter>>,
-    cache: TokenCache,
-    metrics: Arc<Metrics>,
+    /// flowgate's own issuer, when it mints credentials: its keys verify them.
+    own: Option<Arc<Signer>>,
 }
 
 /// Resolves and checks every `[[issuers]]` entry (used by `serve` and `check`).
@@ -154,6 +158,21 @@ pub(crate) fn check_low_s(alg: Algorithm, token: &str, issuer: &str) -> Result<(
     }
 }
 
+/// The token of an `authorization: Bearer <token>` header.
+pub fn bearer(header: Option<&http::HeaderValue>) -> Result<&str, AuthnError> {
+    let header = header.ok_or(AuthnError::MissingToken)?;
+    let value = header.to_str().map_err(|_| AuthnError::NotBearer)?;
+    let (scheme, token) = value.split_once(' ').ok_or(AuthnError::NotBearer)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthnError::NotBearer);
+    }
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(AuthnError::MissingToken);
+    }
+    Ok(token)
+}
+
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -184,12 +203,12 @@ impl Authenticator {
                 (issuer.settings.issuer.clone(), Arc::new(issuer))
             })
             .collect();
-        Ok(Authenticator { by_iss, minter: None, cache: TokenCache::new(config.token_cache.max_entries), metrics })
+        Ok(Authenticator { by_iss, own: None })
     }
 
     /// Accepts flowgate's own credentials, verified with its own keys.
-    pub fn with_minter(mut self, minter: Arc<crate::mint::Minter>) -> Authenticator {
-        self.minter = Some(minter);
+    pub fn with_own_credentials(mut self, signer: Arc<Signer>) -> Authenticator {
+        self.own = Some(signer);
         self
     }
 
@@ -212,29 +231,7 @@ impl Authenticator {
         }
     }
 
-    /// Authenticates the value of an `authorization` header.
-    pub async fn authenticate(&self, header: Option<&http::HeaderValue>) -> Result<Arc<Principal>, AuthnError> {
-        let header = header.ok_or(AuthnError::MissingToken)?;
-        let value = header.to_str().map_err(|_| AuthnError::NotBearer)?;
-        let (scheme, token) = value.split_once(' ').ok_or(AuthnError::NotBearer)?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(AuthnError::NotBearer);
-        }
-        let token = token.trim();
-        if token.is_empty() {
-            return Err(AuthnError::MissingToken);
-        }
-        if let Some(principal) = self.cache.get(token) {
-            self.metrics.token_cache(true);
-            return Ok(principal);
-        }
-        self.metrics.token_cache(false);
-        let principal = Arc::new(self.verify(token).await?);
-        self.cache.insert(token, principal.clone());
-        Ok(principal)
-    }
-
-    /// Full verification of a token that is not in the cache.
+    /// Full verification of a token (the gateway keeps what it verified in its session cache).
     pub async fn verify(&self, token: &str) -> Result<Principal, AuthnError> {
         let mut parts = token.split('.');
         let (Some(header_b64), Some(payload_b64), Some(_signature), None) =
@@ -246,10 +243,10 @@ impl Authenticator {
         let unverified = decode_segment(payload_b64, "payload")?;
 
         let iss = string_claim(&unverified, "iss")?;
-        if let Some(minter) = &self.minter
-            && minter.is_own(iss)
+        if let Some(signer) = &self.own
+            && signer.is_own(iss)
         {
-            return minter.verify(token, &header);
+            return own::verify(signer, token, &header);
         }
         let issuer = self.by_iss.get(iss).ok_or_else(|| AuthnError::UntrustedIssuer(iss.to_owned()))?;
         let settings = &issuer.settings;
@@ -288,11 +285,6 @@ impl Authenticator {
             .claims;
         issuer.check_claims(&claims, unix_now())?;
         issuer.principal(&claims)
-    }
-
-    /// Drops expired cache entries (called periodically).
-    pub fn sweep_cache(&self) {
-        self.cache.sweep(SystemTime::now());
     }
 }
 

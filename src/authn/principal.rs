@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 
 use crate::authn::AuthnError;
 use crate::config::PrincipalKind;
+use crate::credential::MintedGrant;
 
 /// An authenticated caller.
 #[derive(Debug)]
@@ -34,40 +35,7 @@ pub struct Principal {
     /// The issuer's URL (`iss`), for the `act` claim of credentials minted for it.
     pub issuer_url: String,
     /// For flowgate's own credentials: the grant they carry, enforced on every call.
-    pub minted: Option<crate::mint::MintedGrant>,
-    /// Decisions already made for this principal (see `authz`).
-    pub decisions: crate::authz::DecisionCache,
-    /// Decisions of the shadow policy set, if one is configured.
-    pub shadow_decisions: crate::authz::DecisionCache,
-    /// Credentials minted for Temporal on this principal's behalf (`upstream.credentials = "minted"`).
-    pub upstream_credentials: CredentialCache,
-}
-
-/// A few minted credentials, by Temporal permission, each reused until its refresh time.
-#[derive(Debug, Default)]
-pub struct CredentialCache {
-    entries: std::sync::Mutex<Vec<(String, std::sync::Arc<str>, SystemTime)>>,
-}
-
-impl CredentialCache {
-    /// The cached credential for `permission`, or a new one from `make` (token, refresh time).
-    pub fn get_or_insert(
-        &self,
-        permission: &str,
-        now: SystemTime,
-        make: impl FnOnce() -> (std::sync::Arc<str>, SystemTime),
-    ) -> std::sync::Arc<str> {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, token, refresh_at)) = entries.iter().find(|(p, _, _)| p == permission)
-            && *refresh_at > now
-        {
-            return token.clone();
-        }
-        let (token, refresh_at) = make();
-        entries.retain(|(p, _, at)| p != permission && *at > now);
-        entries.push((permission.to_owned(), token.clone(), refresh_at));
-        token
-    }
+    pub minted: Option<MintedGrant>,
 }
 
 /// How one issuer's claims become a principal: the part of an issuer's settings that policies
@@ -193,9 +161,6 @@ impl Principal {
             uid,
             issuer_url: String::new(),
             minted: None,
-            decisions: Default::default(),
-            shadow_decisions: Default::default(),
-            upstream_credentials: Default::default(),
         }
     }
 }

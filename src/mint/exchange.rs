@@ -16,11 +16,10 @@ use hyper::body::Incoming;
 use serde_json::json;
 
 use super::replay::{replay_key, signed_part};
-use super::{Grant, Minter, TOKEN_ENDPOINT};
-use crate::audit::{self, ClientRecord, DecisionRecord, PrincipalRecord, ResourceRecord};
+use super::{DISCOVERY_PATH, Grant, JWKS_PATH, TOKEN_ENDPOINT, TokenEndpoint};
+use crate::audit::{self, ClientRecord, DecisionRecord, PrincipalRecord, ResourceRecord, ShadowRecord};
 use crate::authn::Principal;
-use crate::authz::ISSUE_CREDENTIAL;
-use crate::gateway::Gateway;
+use crate::authz::{Decision, ISSUE_CREDENTIAL, PolicyEngine};
 use crate::proxy::ResponseBody;
 
 pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -68,20 +67,19 @@ fn error_response(error: &ExchangeError) -> http::Response<ResponseBody> {
 
 /// Is this request for the token endpoint, JWKS or discovery (rather than gRPC)?
 pub fn is_oauth_path(path: &str) -> bool {
-    path == TOKEN_ENDPOINT || path == super::JWKS_PATH || path == super::DISCOVERY_PATH
+    path == TOKEN_ENDPOINT || path == JWKS_PATH || path == DISCOVERY_PATH
 }
 
 /// Serves the token endpoint, JWKS and discovery.
 pub async fn serve(
-    gateway: &Gateway,
-    minter: &Minter,
+    endpoint: &TokenEndpoint,
     request: http::Request<Incoming>,
     client: SocketAddr,
 ) -> http::Response<ResponseBody> {
     match (request.method(), request.uri().path()) {
-        (&http::Method::GET, super::JWKS_PATH) => json_response(http::StatusCode::OK, minter.jwks()),
-        (&http::Method::GET, super::DISCOVERY_PATH) => json_response(http::StatusCode::OK, minter.discovery()),
-        (&http::Method::POST, TOKEN_ENDPOINT) => exchange(gateway, minter, request, client).await,
+        (&http::Method::GET, JWKS_PATH) => json_response(http::StatusCode::OK, endpoint.minter.jwks()),
+        (&http::Method::GET, DISCOVERY_PATH) => json_response(http::StatusCode::OK, endpoint.minter.discovery()),
+        (&http::Method::POST, TOKEN_ENDPOINT) => exchange(endpoint, request, client).await,
         _ => error_response(&refuse("method_not_allowed", "use POST for the token endpoint and GET for keys")),
     }
 }
@@ -95,21 +93,20 @@ struct Exchange {
     reasons: Vec<String>,
     errors: Vec<String>,
     /// The enforced decision and, with a shadow set loaded, the shadow set and its decision.
-    decision: Option<crate::authz::Decision>,
-    shadow: Option<(std::sync::Arc<crate::authz::PolicyEngine>, crate::authz::Decision)>,
+    decision: Option<Decision>,
+    shadow: Option<(std::sync::Arc<PolicyEngine>, Decision)>,
 }
 
 async fn exchange(
-    gateway: &Gateway,
-    minter: &Minter,
+    endpoint: &TokenEndpoint,
     request: http::Request<Incoming>,
     client: SocketAddr,
 ) -> http::Response<ResponseBody> {
     let started = Instant::now();
-    let policies = gateway.policies();
+    let policies = endpoint.policies.enforced();
     let client_name = request.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let mut found = Exchange::default();
-    let outcome = decide(gateway, minter, &policies, request, &mut found).await;
+    let outcome = decide(endpoint, &policies, request, &mut found).await;
 
     // Record, before a credential exists.
     let (decision, status, reasons) = match &outcome {
@@ -145,14 +142,14 @@ async fn exchange(
         status,
         scope: found.scope.as_deref(),
         shadow: match (&found.decision, &found.shadow) {
-            (Some(enforced), Some((engine, shadow))) => crate::gateway::shadow_record(enforced, shadow, engine),
+            (Some(enforced), Some((engine, shadow))) => ShadowRecord::of(enforced, shadow, engine),
             _ => None,
         },
         questions: Vec::new(),
     };
-    if let Err(error) = gateway.decision_log().write(&record).await {
-        gateway.metrics().decision_log_failed();
-        gateway.metrics().token_exchange("temporarily_unavailable");
+    if let Err(error) = endpoint.log.write(&record).await {
+        endpoint.metrics.decision_log_failed();
+        endpoint.metrics.token_exchange("temporarily_unavailable");
         return error_response(&refuse("temporarily_unavailable", error.to_string()));
     }
 
@@ -160,8 +157,8 @@ async fn exchange(
         Ok(()) => {
             let principal = found.principal.expect("an allowed exchange has a principal");
             let grant = found.grant.expect("an allowed exchange has a grant");
-            let minted = minter.mint_worker(&principal, &grant, SystemTime::now());
-            gateway.metrics().token_exchange("issued");
+            let minted = endpoint.minter.mint_worker(&principal, &grant, SystemTime::now());
+            endpoint.metrics.token_exchange("issued");
             json_response(
                 http::StatusCode::OK,
                 json!({
@@ -174,16 +171,15 @@ async fn exchange(
             )
         }
         Err(error) => {
-            gateway.metrics().token_exchange(error.code);
+            endpoint.metrics.token_exchange(error.code);
             error_response(&error)
         }
     }
 }
 
 async fn decide(
-    gateway: &Gateway,
-    minter: &Minter,
-    policies: &crate::authz::PolicyEngine,
+    endpoint: &TokenEndpoint,
+    policies: &PolicyEngine,
     request: http::Request<Incoming>,
     found: &mut Exchange,
 ) -> Result<(), ExchangeError> {
@@ -230,11 +226,11 @@ async fn decide(
         }
     }
     if let Some(audience) = form.get("audience")?
-        && audience != minter.config.audience
+        && audience != endpoint.minter.signer.config.audience
     {
         return Err(refuse(
             "invalid_target",
-            format!("credentials are only issued for audience `{}`", minter.config.audience),
+            format!("credentials are only issued for audience `{}`", endpoint.minter.signer.config.audience),
         ));
     }
     let scope = form.get("scope")?.ok_or_else(|| refuse("invalid_scope", "`scope` is missing"))?;
@@ -244,7 +240,7 @@ async fn decide(
 
     // Authenticate the subject token: full verification, never the call cache (a token may be
     // exchanged once, so caching it would only ever help a replay).
-    let principal = match gateway.authenticator().verify(subject_token).await {
+    let principal = match endpoint.authn.verify(subject_token).await {
         Ok(principal) => std::sync::Arc::new(principal),
         Err(error) => return Err(refuse("invalid_grant", format!("unauthenticated: {error}"))),
     };
@@ -272,7 +268,7 @@ async fn decide(
     );
     found.reasons = decision.reasons.clone();
     found.errors = decision.errors.clone();
-    if let Some(shadow) = gateway.shadow_policies() {
+    if let Some(shadow) = endpoint.policies.shadow() {
         let shadow_decision = shadow.authorize_credential(
             &principal,
             &grant.namespace,
@@ -280,7 +276,7 @@ async fn decide(
             &grant.task_queues,
             &grant.workflow_types,
         );
-        gateway.metrics().shadow_compared(ISSUE_CREDENTIAL, decision.allowed, shadow_decision.allowed);
+        endpoint.metrics.shadow_compared(ISSUE_CREDENTIAL, decision.allowed, shadow_decision.allowed);
         found.shadow = Some((shadow, shadow_decision));
     }
     found.decision = Some(decision.clone());
@@ -302,7 +298,7 @@ async fn decide(
     // Single use: consumed only by an exchange that would otherwise succeed.
     let (iss, jti) = token_identity(subject_token);
     let key = replay_key(&iss, jti.as_deref(), signed_part(subject_token));
-    match minter.replay.first_use(&key, principal.expires_at).await {
+    match endpoint.minter.replay.first_use(&key, principal.expires_at).await {
         Ok(true) => Ok(()),
         Ok(false) => Err(refuse("invalid_grant", "the subject token was already exchanged (tokens are single-use)")),
         Err(error) => Err(refuse("temporarily_unavailable", error.to_string())),

@@ -4,7 +4,7 @@
 //! part, `header.payload`, instead, so the same token still cannot be exchanged twice. Not by
 //! the whole text: the signature is not unique to the token. An ECDSA signature `(r, s)` has a
 //! twin `(r, n - s)` that anybody can compute and that verifies too (see
-//! [`crate::authn::ecdsa`]), and an issuer with `ecdsa_high_s = "accept"` takes both; RSA-PSS
+//! [`crate::ecdsa`]), and an issuer with `ecdsa_high_s = "accept"` takes both; RSA-PSS
 //! and ECDSA signers can also sign the same claims twice with different signatures, which then
 //! counts as one token too (the same `iat`, `exp` and claims are the same grant). The signed
 //! part cannot change without the signature failing, so it names one token however it is

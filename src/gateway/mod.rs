@@ -21,8 +21,12 @@
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -32,15 +36,16 @@ use hyper::body::Incoming;
 use crate::audit::{
     self, ClientRecord, DecisionLog, DecisionRecord, PrincipalRecord, QuestionRecord, ResourceRecord, ShadowRecord,
 };
-use crate::authn::{Authenticator, Principal};
-use crate::authz::{Decision, PolicyEngine};
+use crate::authn::Principal;
+use crate::authz::{self, Decision, PolicyEngine};
 use crate::budget::{ByteBudget, Reservation, SMALL_MESSAGE};
 use crate::config::{Config, LimitsConfig, UpstreamCredentials};
-use crate::explain::{Ask, Explanation, Issuers, explain};
-use crate::mint::Minter;
+use crate::credential::Signer;
+use crate::grpc;
 use crate::namespace_ids::NamespaceIds;
-use crate::proxy::{CallObserver, ForwardBody, ResponseBody, Upstream, grpc_timeout};
+use crate::proxy::{CallObserver, ForwardBody, ResponseBody, Upstream};
 use crate::reload::PolicySets;
+use crate::session::{Session, Sessions};
 use crate::status::{Code, Refusal, trailers_only};
 use crate::sticky::{StickyError, StickyQueues};
 use crate::telemetry::Metrics;
@@ -49,27 +54,25 @@ use crate::temporal::implied::{self, Origin, Question, TaskWorkflow};
 use crate::temporal::task_token::{self, Binding, SealContext, TaskKind, TaskTokenKeys};
 use crate::temporal::{Call, Resource, ResourceKind, inspect, wire};
 
-/// Reasons recorded for calls that need no policy.
-pub const PUBLIC_REASON: &str = "flowgate:public-method";
-
-static PUBLIC_DECISION: LazyLock<Arc<Decision>> =
-    LazyLock::new(|| Arc::new(Decision { allowed: true, reasons: vec![PUBLIC_REASON.to_owned()], errors: vec![] }));
-
-/// Everything a call needs, shared by all connections.
+/// Everything a call needs, shared by all connections. Each field belongs to one phase.
 pub struct Gateway {
-    authn: Authenticator,
-    /// The enforced policy set and the shadow set, swapped by reloads.
-    policies: PolicySets,
-    /// The last denied calls, for `GET /explain/<decision_id>` on the admin port.
-    recent_denials: Mutex<VecDeque<RecentDenial>>,
-    /// How claims become principals, for `POST /explain` on the admin port.
-    issuers: Issuers,
+    /// authenticate: bearer tokens to sessions (verified principals and their caches).
+    sessions: Arc<Sessions>,
+    /// authorize: the enforced policy set and the shadow set, swapped by reloads.
+    policies: Arc<PolicySets>,
+    /// record: the last denied calls, for `GET /explain/<decision_id>` on the admin port.
+    denials: Arc<RecentDenials>,
+    /// record: the decision log.
     log: DecisionLog,
+    /// forward: the Temporal frontend.
     upstream: Upstream,
     metrics: Arc<Metrics>,
+    /// inspect: message size, time and byte budgets.
     limits: LimitsConfig,
+    /// forward: what Temporal gets as `authorization`.
     credentials: UpstreamCredentials,
-    minter: Option<Arc<Minter>>,
+    /// forward: signs upstream credentials (`upstream.credentials = "minted"`).
+    signer: Option<Arc<Signer>>,
     /// Request bytes all connections together may hold during inspection.
     buffered: Arc<ByteBudget>,
     /// Which principal owns each sticky task queue.
@@ -96,7 +99,7 @@ impl ClientConn {
 
 /// What the phases before `record` concluded.
 struct Outcome {
-    principal: Option<Arc<Principal>>,
+    session: Option<Arc<Session>>,
     call: Option<Call>,
     /// The decision on the RPC itself.
     decision: Result<Arc<Decision>, Refusal>,
@@ -113,9 +116,9 @@ struct Outcome {
 }
 
 impl Outcome {
-    fn refused(principal: Option<Arc<Principal>>, call: Option<Call>, refusal: Refusal) -> Outcome {
+    fn refused(session: Option<Arc<Session>>, call: Option<Call>, refusal: Refusal) -> Outcome {
         Outcome {
-            principal,
+            session,
             call,
             decision: Err(refusal),
             shadow: None,
@@ -170,108 +173,66 @@ pub struct RecentDenial {
     pub decision_id: String,
     pub ts: String,
     pub policy_version: String,
-    pub principal: Arc<Principal>,
+    pub session: Arc<Session>,
     pub spec: &'static MethodSpec,
     pub path: String,
     pub call: Call,
     pub reasons: Vec<String>,
 }
 
+/// The last [`RECENT_DENIALS`] denied calls. The gateway writes them; the admin endpoint
+/// explains them (it owns `explain`, which sits above the gateway).
+#[derive(Default)]
+pub struct RecentDenials {
+    denials: Mutex<VecDeque<Arc<RecentDenial>>>,
+}
+
+impl RecentDenials {
+    fn remember(&self, denial: RecentDenial) {
+        let mut denials = self.denials.lock().unwrap_or_else(|p| p.into_inner());
+        if denials.len() == RECENT_DENIALS {
+            denials.pop_front();
+        }
+        denials.push_back(Arc::new(denial));
+    }
+
+    /// The denial of `decision_id`, if it is one of the last [`RECENT_DENIALS`].
+    pub fn find(&self, decision_id: &str) -> Option<Arc<RecentDenial>> {
+        let denials = self.denials.lock().unwrap_or_else(|p| p.into_inner());
+        denials.iter().find(|d| d.decision_id == decision_id).cloned()
+    }
+}
+
+/// What the gateway is made of; `server::prepare` builds it from the config.
+pub struct Parts {
+    pub sessions: Arc<Sessions>,
+    pub policies: Arc<PolicySets>,
+    pub denials: Arc<RecentDenials>,
+    pub log: DecisionLog,
+    pub upstream: Upstream,
+    pub metrics: Arc<Metrics>,
+    pub signer: Option<Arc<Signer>>,
+    pub task_tokens: Arc<TaskTokenKeys>,
+}
+
 impl Gateway {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        config: &Config,
-        authn: Authenticator,
-        policies: PolicyEngine,
-        shadow: Option<PolicyEngine>,
-        log: DecisionLog,
-        upstream: Upstream,
-        metrics: Arc<Metrics>,
-        minter: Option<Arc<Minter>>,
-        task_tokens: Arc<TaskTokenKeys>,
-    ) -> Gateway {
+    pub fn new(config: &Config, parts: Parts) -> Gateway {
+        let Parts { sessions, policies, denials, log, upstream, metrics, signer, task_tokens } = parts;
         Gateway {
-            authn,
-            policies: PolicySets::new(config.policy.clone(), policies, shadow, metrics.clone()),
-            recent_denials: Mutex::new(VecDeque::new()),
-            issuers: Issuers::from_config(config).unwrap_or_default(),
+            sessions,
+            policies,
+            denials,
             log,
-            namespace_ids: NamespaceIds::new(upstream.clone(), config.upstream.credentials(), minter.clone()),
+            namespace_ids: NamespaceIds::new(upstream.clone(), config.upstream.credentials(), signer.clone()),
             upstream,
             metrics,
             limits: config.limits.clone(),
             credentials: config.upstream.credentials(),
-            minter,
+            signer,
             buffered: ByteBudget::new(config.limits.max_buffered_bytes),
             sticky: StickyQueues::new(),
             task_tokens,
         }
-    }
-
-    /// The policy set in force now.
-    pub fn policies(&self) -> Arc<PolicyEngine> {
-        self.policies.enforced()
-    }
-
-    /// The shadow policy set, if one is configured.
-    pub fn shadow_policies(&self) -> Option<Arc<PolicyEngine>> {
-        self.policies.shadow()
-    }
-
-    /// Both sets, and their reloading.
-    pub fn policy_sets(&self) -> &PolicySets {
-        &self.policies
-    }
-
-    pub fn issuers(&self) -> &Issuers {
-        &self.issuers
-    }
-
-    /// Explains a denied call of the last [`RECENT_DENIALS`], under the policies in force now.
-    pub fn explain_denial(&self, decision_id: &str) -> Option<(RecentDenialSummary, Explanation)> {
-        let denials = self.recent_denials.lock().unwrap_or_else(|p| p.into_inner());
-        let denial = denials.iter().find(|d| d.decision_id == decision_id)?;
-        let ask =
-            Ask::Call { spec: denial.spec, path: denial.path.clone(), call: denial.call.clone(), implied: Vec::new() };
-        let summary = RecentDenialSummary {
-            decision_id: denial.decision_id.clone(),
-            ts: denial.ts.clone(),
-            policy_version: denial.policy_version.clone(),
-            reasons: denial.reasons.clone(),
-        };
-        let principal = denial.principal.clone();
-        drop(denials);
-        let shadow = self.policies.shadow();
-        Some((summary, explain(&self.policies.enforced(), shadow.as_deref(), &principal, &ask)))
-    }
-
-    fn remember_denial(&self, denial: RecentDenial) {
-        let mut denials = self.recent_denials.lock().unwrap_or_else(|p| p.into_inner());
-        if denials.len() == RECENT_DENIALS {
-            denials.pop_front();
-        }
-        denials.push_back(denial);
-    }
-
-    pub fn decision_log(&self) -> &DecisionLog {
-        &self.log
-    }
-
-    pub fn minter(&self) -> Option<&Arc<Minter>> {
-        self.minter.as_ref()
-    }
-
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
-
-    pub fn authenticator(&self) -> &Authenticator {
-        &self.authn
-    }
-
-    /// Ready when a policy set is loaded (always, once constructed) and the upstream answers.
-    pub async fn ready(&self) -> Result<(), String> {
-        self.upstream.check_health().await
     }
 
     /// Handles one gRPC call from `conn`.
@@ -281,12 +242,6 @@ impl Gateway {
         let (mut parts, body) = request.into_parts();
         let uri = parts.uri.clone();
         let path = uri.path();
-        if let Some(minter) = &self.minter
-            && crate::mint::exchange::is_oauth_path(path)
-        {
-            let request = http::Request::from_parts(parts, body);
-            return crate::mint::exchange::serve(self, minter, request, client).await;
-        }
 
         // Phase 1: classify.
         let spec = catalog::lookup(path);
@@ -333,7 +288,7 @@ impl Gateway {
         if let Some(refusal) = refusal {
             let mut message = refusal.to_string();
             // Every PERMISSION_DENIED names its decision, and an operator can ask why.
-            if let (Code::PermissionDenied, Some(principal)) = (refusal.code(), &outcome.principal) {
+            if let (Code::PermissionDenied, Some(session)) = (refusal.code(), &outcome.session) {
                 message.push_str(&explain_pointer(&record.decision_id));
                 // The explanation is of the question that was refused. Refused before its
                 // message was read (no policy could permit the action): it asks about the action
@@ -342,11 +297,11 @@ impl Gateway {
                     Some(asked) => (asked.question.spec, asked.question.call.clone()),
                     None => (spec, outcome.call.clone().unwrap_or_else(|| Call::unread(spec))),
                 };
-                self.remember_denial(RecentDenial {
+                self.denials.remember(RecentDenial {
                     decision_id: record.decision_id.clone(),
                     ts: record.ts.clone(),
                     policy_version: policies.version().to_owned(),
-                    principal: principal.clone(),
+                    session: session.clone(),
                     spec: denied_spec,
                     path: path.to_owned(),
                     call,
@@ -362,7 +317,7 @@ impl Gateway {
                 {
                     let failure =
                         format!("flowgate refused {} (decision `{}`)", refusal_text(&refusal), record.decision_id);
-                    self.fail_workflow_task(&parts, principal, call, token, asked, &failure).await;
+                    self.fail_workflow_task(&parts, session, call, token, asked, &failure).await;
                 }
             }
             self.metrics.call_finished(spec.name, false, refusal.code().as_str(), started.elapsed());
@@ -370,23 +325,23 @@ impl Gateway {
         }
 
         // Phase 6: forward.
-        if let (Some(principal), Some(call)) = (&outcome.principal, &outcome.call) {
-            self.set_upstream_credentials(&mut parts.headers, principal, spec, call);
+        if let (Some(session), Some(call)) = (&outcome.session, &outcome.call) {
+            self.set_upstream_credentials(&mut parts.headers, session, spec, call);
         } else if self.credentials != UpstreamCredentials::Forward {
             // Public methods: Temporal lets them through without a token.
             parts.headers.remove(http::header::AUTHORIZATION);
         }
-        let deadline = grpc_timeout(&parts.headers);
-        match self.upstream.send(parts, forward_body.expect("allowed calls keep their body"), deadline).await {
+        // The call's `grpc-timeout` is enforced around the whole call (`layers::Deadline`).
+        match self.upstream.send(parts, forward_body.expect("allowed calls keep their body"), None).await {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 let observer = CallObserver { metrics: self.metrics.clone(), method: spec.name, started, status: None };
-                let body = match (&outcome.principal, &outcome.call) {
+                let body = match (&outcome.session, &outcome.call) {
                     // Every task token handed out is sealed first, bound to the caller and to the
                     // queue the task came from.
-                    (Some(principal), Some(call)) if task_token::seals_response(spec.name) => {
+                    (Some(session), Some(call)) if task_token::seals_response(spec.name) => {
                         let ctx = SealContext {
-                            principal: principal.id.clone(),
+                            principal: session.principal.id.clone(),
                             namespace: call.resource.namespace.clone().unwrap_or_default(),
                             task_queue: match &outcome.binding {
                                 Some(binding) => Some(binding.task_queue.clone()),
@@ -404,7 +359,8 @@ impl Gateway {
                 };
                 http::Response::from_parts(parts, body)
             }
-            Err(refusal) => {
+            Err(error) => {
+                let refusal = Refusal::from(error);
                 tracing::warn!(error = %refusal, method = spec.name, "forwarding failed");
                 self.metrics.call_finished(spec.name, true, refusal.code().as_str(), started.elapsed());
                 trailers_only(refusal.code(), &refusal.to_string())
@@ -416,7 +372,7 @@ impl Gateway {
     fn set_upstream_credentials(
         &self,
         headers: &mut http::HeaderMap,
-        principal: &Principal,
+        session: &Session,
         spec: &'static MethodSpec,
         call: &Call,
     ) {
@@ -426,8 +382,9 @@ impl Gateway {
                 headers.remove(http::header::AUTHORIZATION);
             }
             UpstreamCredentials::Minted => {
-                let minter = self.minter.as_ref().expect("config requires [mint] for minted credentials");
-                let credential = minter.upstream_credential(principal, spec, call);
+                let signer = self.signer.as_ref().expect("config requires [mint] for minted credentials");
+                let credential =
+                    signer.upstream_credential(&session.principal.id, &session.upstream_credentials, spec, call);
                 match http::HeaderValue::try_from(format!("Bearer {credential}")) {
                     Ok(value) => headers.insert(http::header::AUTHORIZATION, value),
                     Err(_) => headers.remove(http::header::AUTHORIZATION),
@@ -443,7 +400,7 @@ impl Gateway {
     async fn fail_workflow_task(
         &self,
         parts: &http::request::Parts,
-        principal: &Principal,
+        session: &Session,
         call: &Call,
         token: &[u8],
         asked: &Asked,
@@ -452,11 +409,7 @@ impl Gateway {
         let spec = catalog::rpc("RespondWorkflowTaskFailed");
         let namespace = call.resource.namespace.as_deref().unwrap_or_default();
         let message =
-            workflow_task_failed(token, failed_cause(asked.question.spec.name), failure, principal, namespace);
-        let mut body = Vec::with_capacity(message.len() + 5);
-        body.push(0);
-        body.extend((message.len() as u32).to_be_bytes());
-        body.extend(message);
+            workflow_task_failed(token, failed_cause(asked.question.spec.name), failure, &session.principal, namespace);
         let mut request = http::Request::new(());
         *request.method_mut() = http::Method::POST;
         *request.uri_mut() =
@@ -474,9 +427,9 @@ impl Gateway {
         }
         headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
         headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
-        self.set_upstream_credentials(headers, principal, spec, call);
+        self.set_upstream_credentials(headers, session, spec, call);
         let (request_parts, ()) = request.into_parts();
-        let sent = self.upstream.unary(request_parts, Bytes::from(body), 64 * 1024);
+        let sent = self.upstream.unary(request_parts, grpc::frame(&message), 64 * 1024);
         match tokio::time::timeout(FAIL_TASK_TIMEOUT, sent).await {
             Ok(Ok(reply)) if reply.status == "0" => {
                 self.metrics.workflow_task_failed("ok");
@@ -515,13 +468,13 @@ impl Gateway {
         policies: &PolicyEngine,
         shadow: Option<&PolicyEngine>,
     ) -> (Outcome, Option<ForwardBody>) {
-        let refused = |principal, call, refusal| (Outcome::refused(principal, call, refusal), None);
+        let refused = |session, call, refusal| (Outcome::refused(session, call, refusal), None);
 
         if spec.access == Access::Public {
-            let decision = Ok(PUBLIC_DECISION.clone());
+            let decision = Ok(Decision::public());
             return (
                 Outcome {
-                    principal: None,
+                    session: None,
                     call: None,
                     decision,
                     shadow: None,
@@ -534,15 +487,15 @@ impl Gateway {
         }
 
         // Phase 2: authenticate.
-        let principal = match self.authn.authenticate(parts.headers.get(http::header::AUTHORIZATION)).await {
-            Ok(principal) => principal,
+        let session = match self.sessions.authenticate(parts.headers.get(http::header::AUTHORIZATION)).await {
+            Ok(session) => session,
             Err(error) => return refused(None, None, Refusal::Unauthenticated(error)),
         };
 
         // Phase 3: inspect. A large message is only read for a principal that some policy could
         // permit the action (see `read_first_message`).
         let may_permit = || {
-            if policies.may_permit(&principal, spec) {
+            if policies.may_permit(&session.principal, spec) {
                 Ok(())
             } else {
                 Err(Refusal::NeverPermitted { action: spec.name })
@@ -550,20 +503,20 @@ impl Gateway {
         };
         let (buffered, rest) = match self.read_first_message(body, &mut reservation, may_permit).await {
             Ok(read) => read,
-            Err(refusal) => return refused(Some(principal), None, refusal),
+            Err(refusal) => return refused(Some(session.clone()), None, refusal),
         };
         let encoding = parts.headers.get("grpc-encoding").and_then(|v| v.to_str().ok());
         let (mut call, message) = match self.inspect(spec, &buffered, encoding) {
             Ok(inspected) => inspected,
-            Err(refusal) => return refused(Some(principal), None, refusal),
+            Err(refusal) => return refused(Some(session.clone()), None, refusal),
         };
         // A namespace named by id is authorized as the name the upstream says it has.
-        if let Err(error) = self.namespace_ids.resolve(spec, &mut call, &principal, policies, &parts.headers).await {
-            return refused(Some(principal), Some(call), error.into());
+        if let Err(error) = self.namespace_ids.resolve(spec, &mut call, &session, policies, &parts.headers).await {
+            return refused(Some(session.clone()), Some(call), error.into());
         }
         if call.resource.kind != ResourceKind::Cluster && call.resource.namespace.is_none() {
             let detail = if call.has_task_token { " (a task token does not name one)" } else { "" };
-            return refused(Some(principal), Some(call), Refusal::NoNamespace { action: spec.name, detail });
+            return refused(Some(session.clone()), Some(call), Refusal::NoNamespace { action: spec.name, detail });
         }
         // A task token is taken only as flowgate sealed it, for a queue the caller may still
         // poll (asked below); Temporal gets the token it issued.
@@ -573,7 +526,7 @@ impl Gateway {
         {
             let namespace = call.resource.namespace.clone().unwrap_or_default();
             match self.task_tokens.unseal_request(path[0], &message) {
-                Err(error) => return refused(Some(principal), Some(call), Refusal::TaskToken(error)),
+                Err(error) => return refused(Some(session.clone()), Some(call), Refusal::TaskToken(error)),
                 Ok((_, binding))
                     if binding.namespace != namespace || TaskKind::of_method(spec.name) != Some(binding.kind) =>
                 {
@@ -584,7 +537,7 @@ impl Gateway {
                         binding.namespace
                     );
                     let refusal = Refusal::TaskTokenMisused { issued, method: spec.name, namespace };
-                    return refused(Some(principal), Some(call), refusal);
+                    return refused(Some(session.clone()), Some(call), refusal);
                 }
                 Ok(unsealed) => opened = Some(unsealed),
             }
@@ -600,7 +553,7 @@ impl Gateway {
         };
         let mut questions = match implied::questions(spec, &message, &call, &task) {
             Ok(questions) => questions,
-            Err(error) => return refused(Some(principal), Some(call), Refusal::Inspect(error)),
+            Err(error) => return refused(Some(session.clone()), Some(call), Refusal::Inspect(error)),
         };
         drop(message);
         if let Some((_, binding)) = &opened {
@@ -623,14 +576,15 @@ impl Gateway {
         };
 
         // A flowgate credential carries its own limits, checked before any policy.
+        let principal = &session.principal;
         if let Some(minted) = &principal.minted
-            && let Err(outside) = minted.grant.check(spec, &call)
+            && let Err(outside) = authz::grant::check(&minted.grant, spec, &call)
         {
-            return refused(Some(principal), Some(call), Refusal::OutsideGrant(outside));
+            return refused(Some(session.clone()), Some(call), Refusal::OutsideGrant(outside));
         }
 
         // Phase 4: authorize: the RPC, then every question it implies.
-        let decision = policies.authorize(&principal, spec, path, &call);
+        let decision = policies.authorize_in(&session.decisions, principal, spec, path, &call);
         // A refused RPC asks nothing more: what it would imply cannot happen, and a caller no
         // policy permits must not make the gateway evaluate (and record) a thousand questions
         // per call, nor fail someone's workflow task upstream for a command it was never
@@ -639,18 +593,26 @@ impl Gateway {
         let implied: Vec<Asked> = questions
             .into_iter()
             .map(|question| {
-                let outside =
-                    principal.minted.as_ref().and_then(|m| m.grant.check(question.spec, &question.call).err());
+                let outside = principal
+                    .minted
+                    .as_ref()
+                    .and_then(|m| authz::grant::check(&m.grant, question.spec, &question.call).err());
                 let answer = match outside {
                     Some(outside) => Answer::OutsideGrant(outside),
-                    None => Answer::Decided(policies.authorize(&principal, question.spec, path, &question.call)),
+                    None => Answer::Decided(policies.authorize_in(
+                        &session.decisions,
+                        principal,
+                        question.spec,
+                        path,
+                        &question.call,
+                    )),
                 };
                 Asked { question, answer }
             })
             .collect();
         let allowed = decision.allowed && implied.iter().all(Asked::allowed);
         let shadow = shadow.map(|shadow| {
-            let ask = |spec, call| shadow.authorize_in(&principal.shadow_decisions, &principal, spec, path, call);
+            let ask = |spec, call| shadow.authorize_in(&session.shadow_decisions, principal, spec, path, call);
             let primary = ask(spec, &call);
             let first_refused = || implied.iter().map(|a| ask(a.question.spec, &a.question.call)).find(|d| !d.allowed);
             let shadow_decision = if primary.allowed { first_refused().unwrap_or(primary) } else { primary };
@@ -662,7 +624,7 @@ impl Gateway {
             None => (None, None),
         };
         let mut outcome = Outcome {
-            principal: Some(principal),
+            session: Some(session),
             call: Some(call),
             decision: Ok(decision),
             shadow,
@@ -675,12 +637,12 @@ impl Gateway {
         }
 
         // A sticky queue is its worker's own.
-        if let (Some(principal), Some(call)) = (&outcome.principal, &outcome.call)
+        if let (Some(session), Some(call)) = (&outcome.session, &outcome.call)
             && let (Some(queue), Some(namespace)) = (&call.sticky_queue, &call.resource.namespace)
         {
             let owned = match spec.name {
-                "ShutdownWorker" => self.sticky.release(namespace, queue, &principal.id),
-                _ => self.sticky.claim(namespace, queue, &principal.id),
+                "ShutdownWorker" => self.sticky.release(namespace, queue, &session.principal.id),
+                _ => self.sticky.claim(namespace, queue, &session.principal.id),
             };
             match owned {
                 // A full table must not stop workers completing tasks: the queue stays unclaimed
@@ -698,13 +660,7 @@ impl Gateway {
         // With its task token unsealed it goes as a new, uncompressed message (a per-message
         // flag of 0 is valid under any `grpc-encoding`).
         let body = match forwarded {
-            Some(unsealed) => {
-                let mut framed = Vec::with_capacity(unsealed.len() + 5);
-                framed.push(0);
-                framed.extend((unsealed.len() as u32).to_be_bytes());
-                framed.extend(unsealed);
-                Bytes::from(framed)
-            }
+            Some(unsealed) => grpc::frame(&unsealed),
             None => buffered,
         };
         (outcome, Some(ForwardBody::new(body, rest, Some(reservation))))
@@ -870,7 +826,7 @@ impl Gateway {
             decision: if refusal.is_none() { "allow" } else { "deny" },
             reasons,
             errors,
-            principal: outcome.principal.as_ref().map(|p| PrincipalRecord {
+            principal: outcome.session.as_ref().map(|s| &s.principal).map(|p| PrincipalRecord {
                 kind: p.kind.entity_type(),
                 id: &p.id,
                 issuer: &p.issuer,
@@ -898,11 +854,40 @@ impl Gateway {
             status: refusal.map(|r| r.code() as u16),
             scope: None,
             shadow: match (decided, &outcome.shadow, shadow) {
-                (Ok(enforced), Some(decision), Some(engine)) => shadow_record(enforced, decision, engine),
+                (Ok(enforced), Some(decision), Some(engine)) => ShadowRecord::of(enforced, decision, engine),
                 _ => None,
             },
             questions,
         }
+    }
+}
+
+/// The gateway as a tower `Service` for the calls of one connection: what `server` stacks the
+/// cross-cutting layers (`layers`) on.
+#[derive(Clone)]
+pub struct GatewayService {
+    gateway: Arc<Gateway>,
+    conn: ClientConn,
+}
+
+impl GatewayService {
+    pub fn new(gateway: Arc<Gateway>, conn: ClientConn) -> GatewayService {
+        GatewayService { gateway, conn }
+    }
+}
+
+impl tower::Service<http::Request<Incoming>> for GatewayService {
+    type Response = http::Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Incoming>) -> Self::Future {
+        let (gateway, conn) = (self.gateway.clone(), self.conn.clone());
+        Box::pin(async move { Ok(gateway.handle(request, &conn).await) })
     }
 }
 
@@ -945,33 +930,9 @@ fn workflow_task_failed(token: &[u8], cause: u64, message: &str, principal: &Pri
     out
 }
 
-/// The shadow set's decision for the record, when it differs from the enforced one.
-pub fn shadow_record<'a>(
-    enforced: &Decision,
-    shadow: &'a Decision,
-    engine: &'a PolicyEngine,
-) -> Option<ShadowRecord<'a>> {
-    (shadow.allowed != enforced.allowed || shadow.reasons != enforced.reasons).then(|| ShadowRecord {
-        decision: if shadow.allowed { "allow" } else { "deny" },
-        reasons: &shadow.reasons,
-        errors: &shadow.errors,
-        policy_version: engine.version(),
-    })
-}
-
 /// What a denial says about where to find out more.
 fn explain_pointer(decision_id: &str) -> String {
     format!(" (decision `{decision_id}`: `flowgate explain --admin <admin address> --decision {decision_id}`)")
-}
-
-/// A denied call's record, as `GET /explain/<decision_id>` reports it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RecentDenialSummary {
-    pub decision_id: String,
-    pub ts: String,
-    /// The policy set the denial was made under (the explanation uses the one in force now).
-    pub policy_version: String,
-    pub reasons: Vec<String>,
 }
 
 /// Only gRPC over HTTP/2 POST is proxied.

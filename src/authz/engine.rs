@@ -1,35 +1,11 @@
-//! Authorization: Cedar policies from `policy.dir`, loaded and validated once, asked per call.
-//!
-//! A policy set is every `*.cedar` file of the directory plus `schema.cedarschema`. Loading is
-//! all-or-nothing: a parse error, a policy without a unique `@id`, a strict-validation error or
-//! a schema that does not declare every action flowgate can ask about is reported with its file,
-//! line and column, and the set is not used. Policies are known by their `@id`, so decisions
-//! name the policies that determined them.
-//!
-//! Per call, the request is built from entities prepared ahead: the principal's (cached with
-//! its token) and each action's (built at load time with its access group as parent). The
-//! resource entity is the only one made per call.
-//!
-//! Two things keep a decision cheap on the path of every call:
-//!
-//! * **Per-action slices.** At load time each action gets the policies whose action scope can
-//!   match it (`action`, `action == A`, `action in [A, group-of-A]`); Cedar evaluates only those.
-//!   A policy whose action scope does not match is false before its conditions run, so it can
-//!   neither determine a decision nor report an error: the slice decides exactly as the whole
-//!   set would.
-//! * **Decision cache.** A decision is a pure function of the policy set, the principal's
-//!   entities (fixed for the life of its token), the action, the method and the call's
-//!   resource and context fields. Each principal keeps its last [`DECISION_CACHE_SIZE`]
-//!   decisions keyed by exactly those inputs and tagged with the policy set's generation, so a
-//!   worker polling the same task queue is decided by Cedar once per token and policy set, and
-//!   a reload invalidates everything at once.
+//! The policy engine: a loaded, validated set with its per-action slices, and the decisions
+//! it makes (see the module docs of `authz` for the slices and the decision cache).
 
 use std::collections::{HashMap, HashSet};
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock};
 
 use cedar_policy::{
     ActionConstraint, Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity, EntityTypeName,
@@ -37,72 +13,22 @@ use cedar_policy::{
     Validator,
 };
 use miette::Diagnostic;
-use sha2::{Digest, Sha256};
 
+use super::ISSUE_CREDENTIAL;
+use super::cache::DecisionCache;
+use super::lint::lint;
+use super::load::{
+    MAX_POLICY_NESTING, PolicyError, PolicyProblem, line_column, policy_files, problem, too_deep, version_of,
+};
+use super::schema::{SCHEMA_FILE, missing_actions};
 use crate::authn::Principal;
 use crate::authn::principal::entity_uid;
+use crate::credential::TOKEN_ENDPOINT;
 use crate::temporal::catalog::{self, Access, MethodSpec};
 use crate::temporal::{Call, ResourceKind};
 
-pub const SCHEMA_FILE: &str = "schema.cedarschema";
-
-/// The action of the token exchange (`Temporal::Action::"IssueCredential"`).
-pub const ISSUE_CREDENTIAL: &str = "IssueCredential";
-
-/// One problem with a policy directory, located as precisely as Cedar allows.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyProblem {
-    pub file: PathBuf,
-    pub line: Option<usize>,
-    pub column: Option<usize>,
-    pub message: String,
-}
-
-impl std::fmt::Display for PolicyProblem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.file.display())?;
-        if let (Some(line), Some(column)) = (self.line, self.column) {
-            write!(f, ":{line}:{column}")?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
-
-/// A policy directory that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum PolicyError {
-    #[error("cannot read policy directory `{dir}`: {source}")]
-    ReadDir { dir: PathBuf, source: std::io::Error },
-    #[error("policy directory `{0}` has no `.cedar` files")]
-    NoPolicies(PathBuf),
-    #[error("invalid policy set:\n{}", .0.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
-    Invalid(Vec<PolicyProblem>),
-}
-
-/// 1-based line and column of a byte offset.
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
-    (line, column)
-}
-
-/// Turns a Cedar diagnostic into problems located in `file`.
-fn problem(file: &Path, text: &str, diagnostic: &dyn Diagnostic, fallback_offset: Option<usize>) -> PolicyProblem {
-    let mut message = diagnostic.to_string();
-    if let Some(help) = diagnostic.help() {
-        let _ = write!(message, " (help: {help})");
-    }
-    let offset = diagnostic.labels().and_then(|mut labels| labels.next()).map(|l| l.offset()).or(fallback_offset);
-    let (line, column) = match offset {
-        Some(offset) => {
-            let (l, c) = line_column(text, offset);
-            (Some(l), Some(c))
-        }
-        None => (None, None),
-    };
-    PolicyProblem { file: file.to_owned(), line, column, message }
-}
+/// Reasons recorded for calls that need no policy (health checks, `GetSystemInfo`).
+pub const PUBLIC_REASON: &str = "flowgate:public-method";
 
 /// A loaded, validated policy set.
 pub struct PolicyEngine {
@@ -129,6 +55,16 @@ pub struct Decision {
     pub errors: Vec<String>,
 }
 
+impl Decision {
+    /// The decision on a public method: allowed without asking any policy.
+    pub fn public() -> Arc<Decision> {
+        static PUBLIC: LazyLock<Arc<Decision>> = LazyLock::new(|| {
+            Arc::new(Decision { allowed: true, reasons: vec![PUBLIC_REASON.to_owned()], errors: vec![] })
+        });
+        PUBLIC.clone()
+    }
+}
+
 /// An action's entity (its access group as parent) and the slice of the set it can match.
 struct ActionPolicies {
     uid: EntityUid,
@@ -138,45 +74,9 @@ struct ActionPolicies {
     permit_scopes: Vec<PrincipalConstraint>,
 }
 
-/// How deeply `(`, `[` and `{` may nest in a policy file. Real policies nest a handful of
-/// levels; Cedar's parser needs tens of kilobytes of stack per level in a debug build.
-pub const MAX_POLICY_NESTING: usize = 32;
-
-/// The byte offset where brackets first nest past [`MAX_POLICY_NESTING`], outside string
-/// literals and `//` comments.
-fn too_deep(text: &str) -> Option<usize> {
-    let bytes = text.as_bytes();
-    let (mut depth, mut i) = (0usize, 0usize);
-    while i < bytes.len() {
-        match bytes[i] {
-            b'"' => {
-                i += 1;
-                while i < bytes.len() && bytes[i] != b'"' {
-                    i += if bytes[i] == b'\\' { 2 } else { 1 };
-                }
-            }
-            b'/' if bytes.get(i + 1) == Some(&b'/') => {
-                while i < bytes.len() && bytes[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'(' | b'[' | b'{' => {
-                depth += 1;
-                if depth > MAX_POLICY_NESTING {
-                    return Some(i);
-                }
-            }
-            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-        i += 1;
-    }
-    None
-}
-
 static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
 
-fn action_uid(name: &str) -> EntityUid {
+pub(crate) fn action_uid(name: &str) -> EntityUid {
     entity_uid("Action", name)
 }
 
@@ -349,8 +249,7 @@ impl PolicyEngine {
         ids
     }
 
-    /// Decides one call: from the principal's decision cache when the same call was decided
-    /// under this policy set before, otherwise by Cedar.
+    /// Decides one call by Cedar, without a cache (`flowgate policy test`, `explain`, tests).
     pub fn authorize(
         &self,
         principal: &Principal,
@@ -358,11 +257,12 @@ impl PolicyEngine {
         method_path: &str,
         call: &Call,
     ) -> Arc<Decision> {
-        self.authorize_in(&principal.decisions, principal, spec, method_path, call)
+        Arc::new(self.evaluate(principal, spec, method_path, call))
     }
 
-    /// [`authorize`](Self::authorize) with another of the principal's caches (the shadow set
-    /// keeps its own, so the two sets do not evict each other's decisions).
+    /// Decides one call: from `cache` (the principal's, kept with its session) when the same
+    /// call was decided under this policy set before, otherwise by Cedar. The shadow set keeps a
+    /// cache of its own, so the two sets do not evict each other's decisions.
     pub fn authorize_in(
         &self,
         cache: &DecisionCache,
@@ -482,7 +382,7 @@ impl PolicyEngine {
         .expect("string attributes always evaluate");
         let set = |items: &[String]| RestrictedExpression::new_set(items.iter().map(|i| string(i)));
         let context = Context::from_pairs([
-            ("method".to_owned(), string(crate::mint::TOKEN_ENDPOINT)),
+            ("method".to_owned(), string(TOKEN_ENDPOINT)),
             ("role".to_owned(), string(role)),
             ("task_queues".to_owned(), set(task_queues)),
             ("workflow_types".to_owned(), set(workflow_types)),
@@ -493,90 +393,6 @@ impl PolicyEngine {
         let entities = principal.entities.iter().cloned().chain([namespace_entity, action.entity.clone()]);
         self.decide(request, entities, &action.policies, ISSUE_CREDENTIAL)
     }
-}
-
-/// How many decisions a principal remembers. A worker repeats a handful of distinct calls
-/// (polls and responses on its queues); a client starting workflows with fresh ids misses
-/// anyway, and a small bound keeps a token's footprint small.
-pub const DECISION_CACHE_SIZE: usize = 16;
-
-/// The last decisions made for one principal, under one policy set generation.
-#[derive(Debug, Default)]
-pub struct DecisionCache {
-    state: Mutex<CacheState>,
-}
-
-#[derive(Debug, Default)]
-struct CacheState {
-    generation: u64,
-    entries: Vec<CachedDecision>,
-    /// Next slot to overwrite once full (round robin: cheap, and fair to a steady mix).
-    next: usize,
-}
-
-#[derive(Debug)]
-struct CachedDecision {
-    action: &'static str,
-    method_path: Box<str>,
-    call: Call,
-    decision: Arc<Decision>,
-}
-
-impl DecisionCache {
-    fn get(&self, generation: u64, action: &str, method_path: &str, call: &Call) -> Option<Arc<Decision>> {
-        let state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if state.generation != generation {
-            return None;
-        }
-        state
-            .entries
-            .iter()
-            .find(|e| e.action == action && &*e.method_path == method_path && e.call == *call)
-            .map(|e| e.decision.clone())
-    }
-
-    fn insert(&self, generation: u64, action: &'static str, method_path: &str, call: &Call, decision: Arc<Decision>) {
-        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if state.generation != generation {
-            state.generation = generation;
-            state.entries.clear();
-            state.next = 0;
-        }
-        let entry = CachedDecision { action, method_path: method_path.into(), call: call.clone(), decision };
-        if state.entries.len() < DECISION_CACHE_SIZE {
-            state.entries.push(entry);
-        } else {
-            let slot = state.next;
-            state.entries[slot] = entry;
-            state.next = (slot + 1) % DECISION_CACHE_SIZE;
-        }
-    }
-}
-
-/// The policy files of a directory, sorted: its `*.cedar` files (following symlinks, as in a
-/// Kubernetes ConfigMap volume), not its subdirectories. Loading, formatting and the reload
-/// watcher all see the same files.
-pub fn policy_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| path.extension().is_some_and(|ext| ext == "cedar") && path.is_file())
-        .collect();
-    files.sort();
-    Ok(files)
-}
-
-/// The hash that names a policy set in decision records.
-fn version_of(schema_text: &str, sources: &[(PathBuf, String)]) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(schema_text.as_bytes());
-    for (path, text) in sources {
-        hasher.update(path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
-        hasher.update([0]);
-        hasher.update(text.as_bytes());
-        hasher.update([0]);
-    }
-    let digest = hasher.finalize();
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Each action's entity and the policies whose action scope can match it.
@@ -605,31 +421,6 @@ fn action_policies(policies: &PolicySet) -> HashMap<&'static str, ActionPolicies
                 slice.policies().filter(|p| p.effect() == Effect::Permit).map(|p| p.principal_constraint()).collect();
             let entity = Entity::new_no_attrs(uid.clone(), parents);
             (name, ActionPolicies { uid, entity, policies: slice, permit_scopes })
-        })
-        .collect()
-}
-
-/// Every action flowgate can ask about must be declared, with the resource type flowgate sends.
-fn missing_actions(schema_path: &Path, schema: &Schema) -> Vec<PolicyProblem> {
-    catalog::all_actions()
-        .filter(|spec| spec.access != Access::Public)
-        .map(|spec| (spec.name, spec.resource.entity_type()))
-        .chain([(ISSUE_CREDENTIAL, "Namespace")])
-        .filter_map(|(name, resource_type)| {
-            let wanted = format!("Temporal::{resource_type}");
-            let message = match schema.resources_for_action(&action_uid(name)) {
-                None => {
-                    format!("the schema does not declare action `{name}` (regenerate it with `flowgate policy schema`)")
-                }
-                Some(types) => {
-                    let mut types = types.map(|t| t.to_string());
-                    if types.any(|t| t == wanted) {
-                        return None;
-                    }
-                    format!("action `{name}` must apply to resource type `{wanted}`")
-                }
-            };
-            Some(PolicyProblem { file: schema_path.to_owned(), line: None, column: None, message })
         })
         .collect()
 }
@@ -707,290 +498,12 @@ pub fn resource_entities(call: &Call) -> (EntityUid, Vec<Entity>) {
     (uid, vec![entity, namespace_entity])
 }
 
-/// The Cedar schema flowgate's requests conform to, generated from the method catalog.
-/// `policies/schema.cedarschema` is this text; a test keeps the two equal.
-pub fn generated_schema() -> String {
-    let mut out = String::from(SCHEMA_HEADER);
-    for group in ["read", "write", "worker", "admin", "cluster-admin", "command"] {
-        let _ = writeln!(out, "  action \"{group}\";");
-    }
-    out.push('\n');
-    for spec in catalog::all_actions().filter(|spec| spec.access != Access::Public) {
-        let parent = spec.access.group().map(|g| format!(" in [\"{g}\"]")).unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "  action \"{}\"{parent} appliesTo {{ principal: [User, Service, CiJob, Worker], resource: [{}], context: CallContext }};",
-            spec.name,
-            spec.resource.entity_type()
-        );
-    }
-    let _ = writeln!(
-        out,
-        "\n  action \"{ISSUE_CREDENTIAL}\" appliesTo {{ principal: [User, Service, CiJob, Worker], resource: [Namespace], context: CredentialContext }};"
-    );
-    out.push_str("}\n");
-    out
-}
-
-const SCHEMA_HEADER: &str = r#"// The Cedar schema of flowgate's requests. Generated by `flowgate policy schema` from the
-// method catalog: do not edit by hand; flowgate refuses a schema that misses an action.
-namespace Temporal {
-  // Groups from an issuer's groups claim: Temporal::Group::"<issuer name>:<group>".
-  entity Group;
-
-  // Principals: id "<issuer name>:<sub>"; every string/number/boolean claim is a tag.
-  entity User in [Group] { issuer: String, sub: String } tags String;
-  entity Service in [Group] { issuer: String, sub: String } tags String;
-  entity CiJob in [Group] { issuer: String, sub: String } tags String;
-  entity Worker in [Group] { issuer: String, sub: String } tags String;
-
-  // Resources: each namespaced one is `in` its namespace.
-  entity Cluster;
-  entity Namespace in [Cluster] { name: String };
-  entity Workflow in [Namespace] { namespace: String, id?: String, type?: String, task_queue?: String };
-  entity TaskQueue in [Namespace] { namespace: String, name: String };
-  entity Schedule in [Namespace] { namespace: String, id: String, workflow_type?: String, task_queue?: String };
-  // A Nexus endpoint a workflow calls (`ScheduleNexusOperation`), in the calling namespace.
-  entity NexusEndpoint in [Namespace] { namespace: String, name: String };
-
-  // `implied_by`: for a question a call implies (a task completion's command, the terminate of
-  // a start with TERMINATE_EXISTING), the action of the call that implied it.
-  type CallContext = {
-    method: String,
-    signal_name?: String,
-    query_type?: String,
-    update_name?: String,
-    activity_type?: String,
-    nexus_service?: String,
-    nexus_operation?: String,
-    implied_by?: String,
-  };
-
-  // The token exchange: what a credential would grant (`role` is read, write or worker).
-  type CredentialContext = {
-    method: String,
-    role: String,
-    task_queues: Set<String>,
-    workflow_types: Set<String>,
-  };
-
-  // Access groups: `action in Temporal::Action::"read"`. `command` holds what a workflow does
-  // beyond itself through its worker's commands (child starts, activities, external signals
-  // and cancels, continue-as-new, Nexus operations).
-"#;
-
-/// flowgate's own warnings about policies that are valid Cedar but cannot do what they say,
-/// because of what flowgate's requests carry. Each is located at the policy's `@id`, and each
-/// fires only when it is certain:
-///
-/// * **`resource.type` on calls without a type.** Only start-style calls
-///   (`StartWorkflowExecution`, `SignalWithStartWorkflowExecution`, `ExecuteMultiOperation`)
-///   carry a workflow type; a signal, query, terminate or describe names only the execution (the
-///   catalog's `workflow_type` path is `None`). A policy whose action scope names only actions
-///   whose Workflow requests carry no type (and at least one such action), and whose conditions
-///   cannot be satisfied without `resource.type` or `resource has type` being true (a `when`
-///   that needs it on every path to true, or an `unless` that reads `resource.type` before it
-///   can be false), never applies: a permit grants nothing, a forbid protects nothing. An
-///   unconstrained action scope or a group that holds a start-style call is never reported.
-/// * **`like` without a wildcard** on a principal tag or attribute, or a resource attribute:
-///   the pattern matches only itself, so `==` was meant, or a `*` is missing. A pattern with an
-///   escaped `\*` was written with care and is not reported.
-/// * **Unanchored `like` on a principal claim** (`principal.getTag(..)`, `principal.sub`,
-///   `principal.issuer`): a pattern starting with `*` lets any prefix in, e.g.
-///   `principal.getTag("repository") like "*payments"` matches `evil/payments`, a repository
-///   of another owner.
-fn lint(
-    policies: &PolicySet,
-    origin: &HashMap<PolicyId, (usize, usize)>,
-    sources: &[(PathBuf, String)],
-) -> Vec<PolicyProblem> {
-    use serde_json::Value;
-
-    /// Whether every evaluation of `expr` that does not fail reads `resource.type` (so it
-    /// fails when the resource has none). Unknown shapes answer no: lints must be certain.
-    fn reads_type(expr: &Value) -> bool {
-        let Some((op, body)) = expr.as_object().and_then(|o| o.iter().next()) else { return false };
-        let field = |name: &str| body.get(name).is_some_and(reads_type);
-        match op.as_str() {
-            "." => (is_var(&body["left"], "resource") && body["attr"] == "type") || field("left"),
-            "&&" | "||" | "has" | "like" | "is" => field("left"),
-            "!" | "neg" | "isEmpty" => field("arg"),
-            "if-then-else" => field("if") || (field("then") && field("else")),
-            "==" | "!=" | "in" | "<" | "<=" | ">" | ">=" | "+" | "-" | "*" | "contains" | "containsAll"
-            | "containsAny" | "getTag" | "hasTag" => field("left") || field("right"),
-            "Set" => body.as_array().is_some_and(|items| items.iter().any(reads_type)),
-            "Record" => body.as_object().is_some_and(|fields| fields.values().any(reads_type)),
-            "Value" | "Var" | "Slot" => false,
-            // Extension functions and methods: every argument is evaluated.
-            _ => body.as_array().is_some_and(|args| args.iter().any(reads_type)),
-        }
-    }
-
-    /// Whether `expr` can be true only if the resource has a `type`.
-    fn needs_type(expr: &Value) -> bool {
-        if reads_type(expr) {
-            return true;
-        }
-        let Some((op, body)) = expr.as_object().and_then(|o| o.iter().next()) else { return false };
-        match op.as_str() {
-            "has" => is_var(&body["left"], "resource") && body["attr"] == "type",
-            "&&" => needs_type(&body["left"]) || needs_type(&body["right"]),
-            "||" => needs_type(&body["left"]) && needs_type(&body["right"]),
-            "if-then-else" => needs_type(&body["then"]) && needs_type(&body["else"]),
-            _ => false,
-        }
-    }
-
-    fn is_var(expr: &Value, name: &str) -> bool {
-        expr.get("Var").is_some_and(|var| var == name)
-    }
-
-    /// The claim or attribute a `like` tests, as written, and whether it is a principal claim.
-    fn like_subject(left: &Value) -> Option<(String, bool)> {
-        if let Some(get_tag) = left.get("getTag")
-            && is_var(&get_tag["left"], "principal")
-        {
-            let tag = get_tag["right"].get("Value")?.as_str()?;
-            return Some((format!("principal.getTag(\"{tag}\")"), true));
-        }
-        let access = left.get(".")?;
-        let attr = access["attr"].as_str()?;
-        ["principal", "resource"]
-            .into_iter()
-            .find(|var| is_var(&access["left"], var))
-            .map(|var| (format!("{var}.{attr}"), var == "principal"))
-    }
-
-    /// Every `like` of an expression: its left operand and pattern.
-    fn likes<'a>(expr: &'a Value, found: &mut Vec<(&'a Value, &'a [Value])>) {
-        match expr {
-            Value::Object(object) => {
-                if let Some(like) = object.get("like")
-                    && let Some(pattern) = like["pattern"].as_array()
-                {
-                    found.push((&like["left"], pattern));
-                }
-                object.values().for_each(|value| likes(value, found));
-            }
-            Value::Array(items) => items.iter().for_each(|value| likes(value, found)),
-            _ => {}
-        }
-    }
-
-    /// A pattern as Cedar source, e.g. `"*payments"`.
-    fn pattern_source(pattern: &[Value]) -> String {
-        let mut out = String::from("\"");
-        for element in pattern {
-            match element.get("Literal").and_then(Value::as_str) {
-                Some(text) => {
-                    for c in text.chars() {
-                        match c {
-                            '*' => out.push_str("\\*"),
-                            _ => out.extend(c.escape_debug()),
-                        }
-                    }
-                }
-                None => out.push('*'),
-            }
-        }
-        out.push('"');
-        out
-    }
-
-    use catalog::ResourceSpec::Workflow;
-    // Only Workflow resources have a `type`, and only when the request names it.
-    let carries_type = |spec: &MethodSpec| matches!(spec.resource, Workflow { workflow_type: Some(_), .. });
-    let typeless_workflow = |spec: &MethodSpec| matches!(spec.resource, Workflow { workflow_type: None, .. });
-    let actions: HashMap<&str, &MethodSpec> = catalog::all_actions().map(|spec| (spec.name, spec)).collect();
-    // The actions a scope entry stands for (a group's members, or itself); `None` for a name
-    // flowgate does not know, so nothing is claimed about it.
-    let named = |uid: &EntityUid| -> Option<Vec<&MethodSpec>> {
-        if uid.type_name().to_string() != "Temporal::Action" {
-            return None;
-        }
-        let name = uid.id().unescaped();
-        let members: Vec<&MethodSpec> =
-            catalog::all_actions().filter(|spec| spec.access.group() == Some(name)).collect();
-        match (members.is_empty(), actions.get(name)) {
-            (false, _) => Some(members),
-            (true, Some(spec)) => Some(vec![*spec]),
-            (true, None) if name == ISSUE_CREDENTIAL => Some(vec![]),
-            (true, None) => None,
-        }
-    };
-
-    let mut ordered: Vec<_> = policies.policies().collect();
-    ordered.sort_by_key(|policy| origin.get(policy.id()).copied().unwrap_or_default());
-    let mut warnings = Vec::new();
-    for policy in ordered {
-        let (index, offset) = origin.get(policy.id()).copied().unwrap_or_default();
-        let Some((path, text)) = sources.get(index) else { continue };
-        let Ok(est) = policy.to_json() else { continue };
-        let id = policy.id();
-        let mut warn = |message: String| {
-            let (line, column) = line_column(text, offset);
-            warnings.push(PolicyProblem { file: path.clone(), line: Some(line), column: Some(column), message });
-        };
-
-        let scope = match policy.action_constraint() {
-            ActionConstraint::Any => vec![],
-            ActionConstraint::Eq(action) => vec![action],
-            ActionConstraint::In(actions) => actions,
-        };
-        let resolved: Option<Vec<Vec<&MethodSpec>>> = scope.iter().map(named).collect();
-        if let Some(resolved) = resolved
-            && !scope.is_empty()
-            && !resolved.iter().flatten().any(|spec| carries_type(spec))
-            && resolved.iter().flatten().any(|spec| typeless_workflow(spec))
-        {
-            let conditions = est["conditions"].as_array().map(Vec::as_slice).unwrap_or_default();
-            let needs = conditions.iter().any(|clause| match clause["kind"].as_str() {
-                Some("when") => needs_type(&clause["body"]),
-                Some("unless") => reads_type(&clause["body"]),
-                _ => false,
-            });
-            if needs {
-                let names: Vec<String> = scope.iter().map(|uid| format!("`{}`", uid.id().unescaped())).collect();
-                let names = match names.split_last() {
-                    Some((last, [])) => last.clone(),
-                    Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
-                    None => String::new(),
-                };
-                warn(format!(
-                    "policy `{id}` tests `resource.type` but {names} calls carry no workflow type: it can never apply to them"
-                ));
-            }
-        }
-
-        let mut found = Vec::new();
-        for clause in est["conditions"].as_array().into_iter().flatten() {
-            likes(&clause["body"], &mut found);
-        }
-        for (left, pattern) in found {
-            let Some((subject, principal_claim)) = like_subject(left) else { continue };
-            let source = pattern_source(pattern);
-            let wildcards = pattern.iter().filter(|element| element.get("Literal").is_none()).count();
-            let escaped_star =
-                pattern.iter().any(|element| element["Literal"].as_str().is_some_and(|l| l.contains('*')));
-            if wildcards == 0 && !escaped_star {
-                warn(format!(
-                    "policy `{id}` tests `{subject} like {source}`, a pattern without `*` that matches only itself: write `==` (or add the `*` that was meant)"
-                ));
-            } else if principal_claim && pattern.first().is_some_and(|element| element.get("Literal").is_none()) {
-                warn(format!(
-                    "policy `{id}` tests `{subject} like {source}`, a pattern starting with `*`: a claim with any prefix matches it, another owner's included; anchor its start"
-                ));
-            }
-        }
-    }
-    warnings
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, SystemTime};
 
     use super::*;
+    use crate::authz::{DECISION_CACHE_SIZE, generated_schema};
     use crate::config::PrincipalKind;
     use crate::temporal::Resource;
 
@@ -1094,13 +607,14 @@ when { resource has id && resource.id like "prod-*" };
         let who = principal(&[], &[]);
         let spec = catalog::lookup("/temporal.api.workflowservice.v1.WorkflowService/DescribeNamespace");
         let describe = call(ResourceKind::Namespace, None, None);
-        let first = permissive.authorize(&who, spec, "/m", &describe);
-        let again = permissive.authorize(&who, spec, "/m", &describe);
+        let decisions = DecisionCache::default();
+        let first = permissive.authorize_in(&decisions, &who, spec, "/m", &describe);
+        let again = permissive.authorize_in(&decisions, &who, spec, "/m", &describe);
         assert!(first.allowed);
         assert!(Arc::ptr_eq(&first, &again), "the second identical call is a cache hit");
-        let other_path = permissive.authorize(&who, spec, "/other", &describe);
+        let other_path = permissive.authorize_in(&decisions, &who, spec, "/other", &describe);
         assert!(!Arc::ptr_eq(&first, &other_path), "the method is part of the key");
-        let under_strict = strict.authorize(&who, spec, "/m", &describe);
+        let under_strict = strict.authorize_in(&decisions, &who, spec, "/m", &describe);
         assert!(!under_strict.allowed, "a new policy set is never answered from the old set's cache");
         assert_eq!(under_strict.reasons, ["none"]);
     }
@@ -1110,12 +624,21 @@ when { resource has id && resource.id like "prod-*" };
         let engine = engine(r#"@id("deploys") permit (principal, action, resource) when { resource has type };"#);
         let who = principal(&[], &[]);
         let spec = catalog::lookup("/temporal.api.workflowservice.v1.WorkflowService/StartWorkflowExecution");
+        let decisions = DecisionCache::default();
         for n in 0..3 * DECISION_CACHE_SIZE {
             let id = format!("wf-{n}");
-            assert!(engine.authorize(&who, spec, "/m", &call(ResourceKind::Workflow, Some(&id), Some("T"))).allowed);
-            assert!(!engine.authorize(&who, spec, "/m", &call(ResourceKind::Workflow, Some(&id), None)).allowed);
+            assert!(
+                engine
+                    .authorize_in(&decisions, &who, spec, "/m", &call(ResourceKind::Workflow, Some(&id), Some("T")))
+                    .allowed
+            );
+            assert!(
+                !engine
+                    .authorize_in(&decisions, &who, spec, "/m", &call(ResourceKind::Workflow, Some(&id), None))
+                    .allowed
+            );
         }
-        let cached = who.decisions.state.lock().unwrap().entries.len();
+        let cached = decisions.len();
         assert_eq!(cached, DECISION_CACHE_SIZE);
     }
 

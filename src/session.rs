@@ -1,0 +1,91 @@
+//! Sessions: what flowgate keeps for one verified token while it lives.
+//!
+//! A session is a verified [`Principal`] together with what the gateway learns about it call
+//! after call: the decisions Cedar made for it (one cache for the enforced policy set, one for
+//! the shadow set) and the credentials minted for Temporal on its behalf
+//! (`upstream.credentials = "minted"`). It is created when a token is first verified and
+//! dropped when the token expires or leaves the cache, so none of this outlives the token, and
+//! nothing of one token is ever served to another (the cache is keyed by the token's text).
+//!
+//! **Why this is its own layer.** The principal is `authn`'s, the decision cache `authz`'s,
+//! the credential cache `credential`'s. Keeping them together in `authn`'s principal made
+//! `authn` import `authz`, and `authz` already imports `authn`. Here, above both, they are
+//! composed instead: `authn` offers a generic verified-token cache ([`TokenCache`]) and knows
+//! nothing of what is attached to a principal.
+//!
+//! **What a new token costs.** Verification (signature and claims, in `authn`), the principal
+//! with its Cedar entities (built once, reused by every decision), two empty decision caches
+//! and the cache insert. Everything after the verification is meant to cost less than it
+//! (`benches/coldpath.rs` measures both).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::authn::{Authenticator, AuthnError, Expires, Principal, TokenCache, bearer};
+use crate::authz::DecisionCache;
+use crate::credential::CredentialCache;
+use crate::telemetry::Metrics;
+
+/// A verified principal and what is kept for it until its token expires.
+#[derive(Debug)]
+pub struct Session {
+    pub principal: Principal,
+    /// Decisions of the enforced policy set.
+    pub decisions: DecisionCache,
+    /// Decisions of the shadow policy set, if one is configured.
+    pub shadow_decisions: DecisionCache,
+    /// Credentials minted for Temporal on this principal's behalf.
+    pub upstream_credentials: CredentialCache,
+}
+
+impl Session {
+    pub fn new(principal: Principal) -> Session {
+        Session {
+            principal,
+            decisions: DecisionCache::default(),
+            shadow_decisions: DecisionCache::default(),
+            upstream_credentials: CredentialCache::default(),
+        }
+    }
+}
+
+impl Expires for Session {
+    fn expires_at(&self) -> SystemTime {
+        self.principal.expires_at
+    }
+}
+
+/// Bearer tokens in, sessions out: the authenticator and the cache of what it verified.
+pub struct Sessions {
+    authn: Arc<Authenticator>,
+    cache: TokenCache<Session>,
+    metrics: Arc<Metrics>,
+}
+
+impl Sessions {
+    pub fn new(authn: Arc<Authenticator>, max_entries: usize, metrics: Arc<Metrics>) -> Sessions {
+        Sessions { authn, cache: TokenCache::new(max_entries), metrics }
+    }
+
+    /// The session of the token in an `authorization` header: cached, or verified now.
+    pub async fn authenticate(&self, header: Option<&http::HeaderValue>) -> Result<Arc<Session>, AuthnError> {
+        let token = bearer(header)?;
+        if let Some(session) = self.cache.get(token) {
+            self.metrics.token_cache(true);
+            return Ok(session);
+        }
+        self.metrics.token_cache(false);
+        let session = Arc::new(Session::new(self.authn.verify(token).await?));
+        self.cache.insert(token, session.clone());
+        Ok(session)
+    }
+
+    /// Drops expired sessions (called periodically).
+    pub fn sweep(&self) {
+        self.cache.sweep(SystemTime::now());
+    }
+
+    pub fn authenticator(&self) -> &Arc<Authenticator> {
+        &self.authn
+    }
+}
