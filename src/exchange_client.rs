@@ -32,7 +32,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::proxy::{error_chain, read_certs};
+use crate::error::error_chain;
+use crate::proxy::read_certs;
 
 pub const GRANT_TYPE_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 /// The subject token type flowgate sends, and the token type of the credentials it gets back.
@@ -379,26 +380,17 @@ fn snippet(body: &[u8]) -> String {
     if text.trim().is_empty() { "(empty body)".to_owned() } else { text.trim().to_owned() }
 }
 
-/// `application/x-www-form-urlencoded`: `name=value` pairs joined by `&`.
+/// `application/x-www-form-urlencoded`: `name=value` pairs joined by `&`, each side encoded as
+/// [`form_component`] does.
 pub fn form_encode(fields: &[(&str, &str)]) -> String {
-    fields
-        .iter()
-        .map(|(name, value)| format!("{}={}", form_component(name), form_component(value)))
-        .collect::<Vec<_>>()
-        .join("&")
+    form_urlencoded::Serializer::new(String::new()).extend_pairs(fields).finish()
 }
 
-/// One form component: letters, digits and `*-._` stay, a space is `+`, anything else `%XX`.
+/// One form component, as browsers encode it (the WHATWG URL standard's
+/// `application/x-www-form-urlencoded` serializer): letters, digits and `*-._` stay, a space is
+/// `+`, anything else `%XX`.
 fn form_component(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        match byte {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => out.push(byte as char),
-            b' ' => out.push('+'),
-            _ => out.push_str(&format!("%{byte:02X}")),
-        }
-    }
-    out
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
 /// Writes a secret (a token) to `path` atomically, readable by its owner only: a temporary
@@ -436,6 +428,31 @@ mod tests {
             "scope=namespace%3Apayments+role%3Aworker&t=a%2Bb%2Fc%3Dd%26e"
         );
         assert_eq!(form_component("é"), "%C3%A9");
+        for byte in 0u8..128 {
+            let c = char::from(byte);
+            let expected = match c {
+                'a'..='z' | 'A'..='Z' | '0'..='9' | '*' | '-' | '.' | '_' => c.to_string(),
+                ' ' => "+".to_owned(),
+                _ => format!("%{byte:02X}"),
+            };
+            assert_eq!(form_component(&c.to_string()), expected, "byte {byte:#04x}");
+        }
+    }
+
+    #[test]
+    fn forms_round_trip_every_character_that_needs_escaping() {
+        let tricky = "a b&c=d+e%20f/é☃\u{1F600}";
+        let fields = [("scope", "namespace:payments role:worker"), ("odd name=&+", tricky), ("empty", "")];
+        let encoded = form_encode(&fields);
+        assert!(!encoded.contains(' ') && encoded.is_ascii(), "{encoded}");
+        assert_eq!(encoded.matches('&').count(), fields.len() - 1, "only the separators are bare `&`: {encoded}");
+        let decoded: Vec<(String, String)> = form_urlencoded::parse(encoded.as_bytes()).into_owned().collect();
+        let expected: Vec<(String, String)> = fields.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        assert_eq!(decoded, expected);
+        let decoded: String = form_urlencoded::parse(format!("x={}", form_component(tricky)).as_bytes())
+            .map(|(_, value)| value.into_owned())
+            .collect();
+        assert_eq!(decoded, tricky);
     }
 
     #[test]

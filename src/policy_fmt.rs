@@ -234,49 +234,39 @@ fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
 
 /// A unified diff (`DIFF_CONTEXT` lines of context) from `old` to `new`, both named `path`, so
 /// `flowgate policy fmt --check DIR | patch -p0` applies it.
+///
+/// The edit script is `similar`'s Myers diff (O(N·D): a long file with a few changes is cheap),
+/// grouped into hunks whose context overlaps. The hunks are written here rather than by
+/// `similar`'s own unified writer so that the output stays `diff -u`'s: both counts always
+/// present (`@@ -1,1 +1,1 @@`), and only `\n` ends a line (`similar` also splits at a lone `\r`).
 fn unified_diff(path: &Path, old: &str, new: &str) -> String {
     // Lines keep their `\n`, so a missing final newline is a difference like any other.
     let old: Vec<&str> = old.split_inclusive('\n').collect();
     let new: Vec<&str> = new.split_inclusive('\n').collect();
-    let edits = line_edits(&old, &new);
+    let edits = similar::capture_diff_slices(similar::Algorithm::Myers, &old, &new);
     let mut out = format!("--- {0}\n+++ {0}\n", path.display());
-    // Indexes into `edits` of the changed lines, grouped into hunks whose context overlaps.
-    let changed: Vec<usize> = (0..edits.len()).filter(|&i| !matches!(edits[i], Edit::Same(_))).collect();
-    let mut hunks: Vec<(usize, usize)> = Vec::new();
-    for &i in &changed {
-        let start = i.saturating_sub(DIFF_CONTEXT);
-        let end = (i + DIFF_CONTEXT + 1).min(edits.len());
-        match hunks.last_mut() {
-            Some(last) if start <= last.1 => last.1 = end,
-            _ => hunks.push((start, end)),
-        }
-    }
-    for (start, end) in hunks {
-        // 1-based first line of the hunk on each side: count the lines before it.
-        let (mut old_line, mut new_line) = (1, 1);
-        for edit in &edits[..start] {
-            match edit {
-                Edit::Same(_) => {
-                    old_line += 1;
-                    new_line += 1;
-                }
-                Edit::Removed(_) => old_line += 1,
-                Edit::Added(_) => new_line += 1,
-            }
-        }
-        let hunk = &edits[start..end];
-        let old_count = hunk.iter().filter(|e| !matches!(e, Edit::Added(_))).count();
-        let new_count = hunk.iter().filter(|e| !matches!(e, Edit::Removed(_))).count();
-        // As in `diff -u`, an empty side is numbered by the line before it.
-        let old_start = if old_count == 0 { old_line - 1 } else { old_line };
-        let new_start = if new_count == 0 { new_line - 1 } else { new_line };
-        let _ = writeln!(out, "@@ -{old_start},{old_count} +{new_start},{new_count} @@");
-        for edit in hunk {
-            let (sign, line) = match edit {
-                Edit::Same(line) => (' ', line),
-                Edit::Removed(line) => ('-', line),
-                Edit::Added(line) => ('+', line),
+    for hunk in similar::group_diff_ops(edits, DIFF_CONTEXT) {
+        let (Some(first), Some(last)) = (hunk.first(), hunk.last()) else { continue };
+        let (old_lines, new_lines) =
+            (first.old_range().start..last.old_range().end, first.new_range().start..last.new_range().end);
+        // As in `diff -u`, a side is numbered from 1, and an empty side by the line before it.
+        let start = |lines: &std::ops::Range<usize>| if lines.is_empty() { lines.start } else { lines.start + 1 };
+        let _ = writeln!(
+            out,
+            "@@ -{},{} +{},{} @@",
+            start(&old_lines),
+            old_lines.len(),
+            start(&new_lines),
+            new_lines.len()
+        );
+        // Within a replacement, removals come first, as `diff` prints them.
+        for change in hunk.iter().flat_map(|op| op.iter_changes(&old, &new)) {
+            let sign = match change.tag() {
+                similar::ChangeTag::Equal => ' ',
+                similar::ChangeTag::Delete => '-',
+                similar::ChangeTag::Insert => '+',
             };
+            let line = change.value();
             match line.strip_suffix('\n') {
                 Some(line) => {
                     let _ = writeln!(out, "{sign}{line}");
@@ -288,46 +278,6 @@ fn unified_diff(path: &Path, old: &str, new: &str) -> String {
         }
     }
     out
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Edit<'a> {
-    Same(&'a str),
-    Removed(&'a str),
-    Added(&'a str),
-}
-
-/// A shortest edit script by longest common subsequence. Policy files are small, and the common
-/// head and tail are cut off first, so the quadratic table stays small too.
-fn line_edits<'a>(old: &[&'a str], new: &[&'a str]) -> Vec<Edit<'a>> {
-    let head = old.iter().zip(new).take_while(|(a, b)| a == b).count();
-    let tail = old[head..].iter().rev().zip(new[head..].iter().rev()).take_while(|(a, b)| a == b).count();
-    let (a, b) = (&old[head..old.len() - tail], &new[head..new.len() - tail]);
-    // lcs[i][j]: length of the longest common subsequence of a[i..] and b[j..].
-    let mut lcs = vec![vec![0u32; b.len() + 1]; a.len() + 1];
-    for i in (0..a.len()).rev() {
-        for j in (0..b.len()).rev() {
-            lcs[i][j] = if a[i] == b[j] { lcs[i + 1][j + 1] + 1 } else { lcs[i + 1][j].max(lcs[i][j + 1]) };
-        }
-    }
-    let mut edits: Vec<Edit<'a>> = old[..head].iter().map(|l| Edit::Same(l)).collect();
-    let (mut i, mut j) = (0, 0);
-    while i < a.len() || j < b.len() {
-        if i < a.len() && j < b.len() && a[i] == b[j] {
-            edits.push(Edit::Same(a[i]));
-            i += 1;
-            j += 1;
-        } else if i < a.len() && (j == b.len() || lcs[i + 1][j] >= lcs[i][j + 1]) {
-            // Removals first on a tie, as `diff` prints them.
-            edits.push(Edit::Removed(a[i]));
-            i += 1;
-        } else {
-            edits.push(Edit::Added(b[j]));
-            j += 1;
-        }
-    }
-    edits.extend(old[old.len() - tail..].iter().map(|l| Edit::Same(l)));
-    edits
 }
 
 /// `flowgate policy fmt [--check] DIR`: rewrites (or, with `check`, diffs) and prints what it
@@ -377,6 +327,21 @@ mod tests {
             diff("x", "x\n"),
             "--- p.cedar\n+++ p.cedar\n@@ -1,1 +1,1 @@\n-x\n\\ No newline at end of file\n+x\n"
         );
+    }
+
+    #[test]
+    fn a_long_file_with_one_changed_line_diffs_to_that_line_alone() {
+        let old: String = (1..=20_000).map(|n| format!("line {n}\n")).collect();
+        let new = old.replace("line 12345\n", "LINE 12345\n");
+        assert_eq!(
+            diff(&old, &new),
+            "--- p.cedar\n+++ p.cedar\n@@ -12343,5 +12343,5 @@\n line 12343\n line 12344\n-line 12345\n+LINE 12345\n line 12346\n line 12347\n"
+        );
+    }
+
+    #[test]
+    fn a_diff_splits_lines_at_newlines_only() {
+        assert_eq!(diff("a\rb\nc\n", "a\rB\nc\n"), "--- p.cedar\n+++ p.cedar\n@@ -1,2 +1,2 @@\n-a\rb\n+a\rB\n c\n");
     }
 
     #[test]

@@ -26,8 +26,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::budget::Reservation;
 use crate::config::UpstreamConfig;
-pub use crate::error::error_chain;
-pub use crate::grpc::grpc_timeout;
+use crate::error::error_chain;
 use crate::grpc::{Code, encode_message};
 use crate::telemetry::Metrics;
 
