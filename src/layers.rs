@@ -2,18 +2,23 @@
 //!
 //! `server` builds the stack once per connection, outermost first (see `server::gateway_stack`):
 //!
-//! 1. **load shedding** (`tower::load_shed`): when the next layer is not ready, the call is
+//! 1. **metrics** ([`MetricsLayer`]): every call is counted in `flowgate_calls_total` (method,
+//!    decision, gRPC status) and timed in `flowgate_call_duration_seconds`, once, when its
+//!    response ends: whichever layer or phase answered it, and whether the status came in the
+//!    headers (a refusal) or in the upstream's trailers;
+//! 2. **respond** (`status::RespondLayer`): a refusal of the layers below becomes a gRPC status;
+//! 3. **load shedding** (`tower::load_shed`): when the next layer is not ready, the call is
 //!    refused at once instead of queueing, so a burst never builds a backlog the gateway holds
 //!    memory for;
-//! 2. **concurrency limit** (`tower::limit::GlobalConcurrencyLimit`, one semaphore shared by
+//! 4. **concurrency limit** (`tower::limit::GlobalConcurrencyLimit`, one semaphore shared by
 //!    every connection): at most `limits.max_concurrent_calls` calls in flight at once, long
 //!    polls included. With the shedding above, a call past the cap gets `RESOURCE_EXHAUSTED`
 //!    before anything of it is read; the per-connection stream cap and byte budgets (`conn`,
 //!    `budget`) bound what each of the admitted calls may hold;
-//! 3. **deadline** ([`DeadlineLayer`]): a call is bounded by its own `grpc-timeout`, plus a
+//! 5. **deadline** ([`DeadlineLayer`]): a call is bounded by its own `grpc-timeout`, plus a
 //!    second of grace so that the upstream, which enforces the same deadline, answers first.
 //!    A call without one is not cut short (a worker's long poll names 70 s);
-//! 4. the gateway itself (`gateway::GatewayService`): authenticate → inspect → authorize →
+//! 6. the gateway itself (`gateway::GatewayService`): authenticate → inspect → authorize →
 //!    record → forward.
 //!
 //! Layers return typed errors (`tower`'s `Overloaded`, [`DeadlineExceeded`]) and never write a
@@ -22,12 +27,17 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 use tower::{BoxError, Layer, Service};
 
 use crate::grpc::grpc_timeout;
+use crate::telemetry::Metrics;
+use crate::temporal::catalog;
 
 /// Extra time a call gets beyond its `grpc-timeout`: the upstream enforces the same deadline
 /// and answers `DEADLINE_EXCEEDED` itself, with its own message, unless it cannot.
@@ -97,6 +107,151 @@ where
                 None => response.await.map_err(Into::into),
             }
         })
+    }
+}
+
+/// Marks the response of a call that was allowed (and forwarded): the `decision` label of
+/// `flowgate_calls_total`. A response without it was refused, by a phase or a layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allowed;
+
+/// Counts and times every call ([`Metered`]).
+#[derive(Clone)]
+pub struct MetricsLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl MetricsLayer {
+    pub fn new(metrics: Arc<Metrics>) -> MetricsLayer {
+        MetricsLayer { metrics }
+    }
+}
+
+impl<S> Layer<S> for MetricsLayer {
+    type Service = Metered<S>;
+
+    fn layer(&self, inner: S) -> Metered<S> {
+        Metered { inner, metrics: self.metrics.clone() }
+    }
+}
+
+/// See [`MetricsLayer`].
+#[derive(Clone)]
+pub struct Metered<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, B, RB> Service<http::Request<B>> for Metered<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<MeteredBody<RB>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let method = catalog::lookup(request.uri().path()).name;
+        let started = Instant::now();
+        let metrics = self.metrics.clone();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            let observer = CallObserver {
+                metrics,
+                method,
+                allowed: response.extensions().get::<Allowed>().is_some(),
+                started,
+                status: response.headers().get("grpc-status").map(static_status),
+            };
+            Ok(response.map(|body| MeteredBody { inner: body, observer: Some(observer) }))
+        })
+    }
+}
+
+/// Reports one call to the metrics exactly once, when its response ends (or is dropped).
+pub struct CallObserver {
+    pub metrics: Arc<Metrics>,
+    pub method: &'static str,
+    pub allowed: bool,
+    pub started: Instant,
+    /// From the response headers (trailers-only) or, once they arrive, the trailers.
+    pub status: Option<&'static str>,
+}
+
+impl Drop for CallObserver {
+    fn drop(&mut self) {
+        // A response that ended without a grpc-status was cut off: count it as CANCELLED (1).
+        let status = self.status.unwrap_or("1");
+        self.metrics.call_finished(self.method, self.allowed, status, self.started.elapsed());
+    }
+}
+
+/// gRPC status codes as static label values (metrics labels must not allocate per call).
+const STATUS_LABELS: [&str; 17] =
+    ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16"];
+
+/// A `grpc-status` header value as a label.
+pub fn static_status(value: &http::HeaderValue) -> &'static str {
+    value
+        .to_str()
+        .ok()
+        .and_then(|text| text.parse::<usize>().ok())
+        .and_then(|code| STATUS_LABELS.get(code).copied())
+        .unwrap_or("other")
+}
+
+/// A response body that tells its [`CallObserver`] the status in its trailers, and reports the
+/// call when it ends.
+pub struct MeteredBody<B> {
+    inner: B,
+    observer: Option<CallObserver>,
+}
+
+impl<B> MeteredBody<B> {
+    /// A body whose call is reported to nobody (the token endpoint counts its own).
+    pub fn unobserved(inner: B) -> MeteredBody<B> {
+        MeteredBody { inner, observer: None }
+    }
+
+    /// A body reporting to `observer` (tests of bodies built by hand).
+    pub fn observed(inner: B, observer: CallObserver) -> MeteredBody<B> {
+        MeteredBody { inner, observer: Some(observer) }
+    }
+}
+
+impl<B> Body for MeteredBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if let Some(Ok(frame)) = &frame
+            && let Some(trailers) = frame.trailers_ref()
+            && let (Some(status), Some(observer)) = (trailers.get("grpc-status"), self.observer.as_mut())
+        {
+            observer.status = Some(static_status(status));
+        }
+        if frame.is_none() {
+            self.observer.take();
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

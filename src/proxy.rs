@@ -15,7 +15,7 @@ use std::io::Read;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -28,7 +28,6 @@ use crate::budget::Reservation;
 use crate::config::UpstreamConfig;
 use crate::error::error_chain;
 use crate::grpc::{Code, encode_message};
-use crate::telemetry::Metrics;
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
@@ -271,7 +270,6 @@ pub struct ResponseBody {
     upstream: Option<Incoming>,
     /// The upstream's body with its message rewritten ([`ResponseBody::rewritten`]).
     rewriting: Option<Pin<Box<dyn Body<Data = Bytes, Error = hyper::Error> + Send>>>,
-    observer: Option<CallObserver>,
     /// A complete body flowgate answers itself (token endpoint, JWKS, discovery).
     full: Option<Bytes>,
 }
@@ -452,41 +450,10 @@ where
     }
 }
 
-/// Reports a forwarded call to the metrics exactly once, when its response ends (or is dropped).
-pub struct CallObserver {
-    pub metrics: Arc<Metrics>,
-    pub method: &'static str,
-    pub started: Instant,
-    pub status: Option<&'static str>,
-}
-
-/// gRPC status codes as static label values (metrics labels must not allocate per call).
-const STATUS_LABELS: [&str; 17] =
-    ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16"];
-
-fn static_status(value: &http::HeaderValue) -> &'static str {
-    value
-        .to_str()
-        .ok()
-        .and_then(|text| text.parse::<usize>().ok())
-        .and_then(|code| STATUS_LABELS.get(code).copied())
-        .unwrap_or("other")
-}
-
-impl Drop for CallObserver {
-    fn drop(&mut self) {
-        // A response that ended without a grpc-status was cut off: count it as CANCELLED (1).
-        let status = self.status.unwrap_or("1");
-        self.metrics.call_finished(self.method, true, status, self.started.elapsed());
-    }
-}
-
 impl ResponseBody {
-    pub fn forwarded(upstream: Incoming, mut observer: CallObserver, headers: &http::HeaderMap) -> ResponseBody {
-        if let Some(status) = headers.get("grpc-status") {
-            observer.status = Some(static_status(status));
-        }
-        ResponseBody { upstream: Some(upstream), rewriting: None, observer: Some(observer), full: None }
+    /// The upstream's response, frame by frame (the metrics layer watches its trailers).
+    pub fn forwarded(upstream: Incoming) -> ResponseBody {
+        ResponseBody { upstream: Some(upstream), rewriting: None, full: None }
     }
 
     /// The upstream's response with its one message rewritten by `rewrite` (task tokens
@@ -499,26 +466,18 @@ impl ResponseBody {
     /// (gRPC servers send none).
     pub fn rewritten(
         upstream: Incoming,
-        observer: CallObserver,
+        method: &'static str,
         headers: &http::HeaderMap,
         rewrite: impl FnOnce(&[u8]) -> Result<Option<Vec<u8>>, String> + Send + 'static,
     ) -> ResponseBody {
-        ResponseBody::rewritten_from(upstream, observer, headers, Box::new(rewrite))
+        ResponseBody::rewritten_from(upstream, method, headers, Box::new(rewrite))
     }
 
     /// [`ResponseBody::rewritten`] over any body (tests use in-memory ones).
-    fn rewritten_from<B>(
-        upstream: B,
-        mut observer: CallObserver,
-        headers: &http::HeaderMap,
-        rewrite: Rewrite,
-    ) -> ResponseBody
+    fn rewritten_from<B>(upstream: B, method: &'static str, headers: &http::HeaderMap, rewrite: Rewrite) -> ResponseBody
     where
         B: Body<Data = Bytes, Error = hyper::Error> + Send + Unpin + 'static,
     {
-        if let Some(status) = headers.get("grpc-status") {
-            observer.status = Some(static_status(status));
-        }
         let gzip = headers.get("grpc-encoding").is_some_and(|e| e.as_bytes() == b"gzip");
         let rewriting = Rewriting {
             upstream,
@@ -526,13 +485,13 @@ impl ResponseBody {
             rewrite: Some(rewrite),
             gzip,
             state: RewriteState::Reading,
-            method: observer.method,
+            method,
         };
-        ResponseBody { upstream: None, rewriting: Some(Box::pin(rewriting)), observer: Some(observer), full: None }
+        ResponseBody { upstream: None, rewriting: Some(Box::pin(rewriting)), full: None }
     }
 
     pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
-        ResponseBody { upstream: None, rewriting: None, observer: None, full: Some(bytes.into()) }
+        ResponseBody { upstream: None, rewriting: None, full: Some(bytes.into()) }
     }
 }
 
@@ -544,23 +503,13 @@ impl Body for ResponseBody {
         if let Some(bytes) = self.full.take() {
             return Poll::Ready(Some(Ok(Frame::data(bytes))));
         }
-        let frame = if let Some(rewriting) = self.rewriting.as_mut() {
-            std::task::ready!(rewriting.as_mut().poll_frame(cx))
+        if let Some(rewriting) = self.rewriting.as_mut() {
+            rewriting.as_mut().poll_frame(cx)
         } else if let Some(upstream) = self.upstream.as_mut() {
-            std::task::ready!(Pin::new(upstream).poll_frame(cx))
+            Pin::new(upstream).poll_frame(cx)
         } else {
-            return Poll::Ready(None);
-        };
-        if let Some(Ok(frame)) = &frame
-            && let Some(trailers) = frame.trailers_ref()
-            && let (Some(status), Some(observer)) = (trailers.get("grpc-status"), self.observer.as_mut())
-        {
-            observer.status = Some(static_status(status));
+            Poll::Ready(None)
         }
-        if frame.is_none() {
-            self.observer.take();
-        }
-        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -587,7 +536,11 @@ mod tests {
 
     use http_body_util::BodyExt;
 
+    use std::time::Instant;
+
     use super::*;
+    use crate::layers::{CallObserver, MeteredBody, static_status};
+    use crate::telemetry::Metrics;
 
     fn framed(flag: u8, message: &[u8]) -> Vec<u8> {
         let mut out = vec![flag];
@@ -626,20 +579,24 @@ mod tests {
         rewrite: impl FnOnce(&[u8]) -> Result<Option<Vec<u8>>, String> + Send + 'static,
     ) -> Received {
         let metrics = Arc::new(Metrics::new());
-        let observer = CallObserver {
-            metrics: metrics.clone(),
-            method: "PollActivityTaskQueue",
-            started: Instant::now(),
-            status: None,
-        };
         let mut map = http::HeaderMap::new();
         for (name, value) in headers {
             map.insert(*name, value.parse().unwrap());
         }
+        let observer = CallObserver {
+            metrics: metrics.clone(),
+            method: "PollActivityTaskQueue",
+            allowed: true,
+            started: Instant::now(),
+            status: map.get("grpc-status").map(static_status),
+        };
         let upstream = http_body_util::StreamBody::new(futures_util::stream::iter(
             frames.into_iter().map(Ok::<_, hyper::Error>).collect::<Vec<_>>(),
         ));
-        let mut body = ResponseBody::rewritten_from(upstream, observer, &map, Box::new(rewrite));
+        let mut body = MeteredBody::observed(
+            ResponseBody::rewritten_from(upstream, "PollActivityTaskQueue", &map, Box::new(rewrite)),
+            observer,
+        );
         let mut received = Received { data: vec![], trailers: None, status: String::new() };
         while let Some(frame) = body.frame().await {
             let frame = frame.unwrap();

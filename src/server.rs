@@ -34,7 +34,7 @@ use crate::conn::{self, Activity, ConnectionLimits, ConnectionTracker, Tracked};
 use crate::credential::Signer;
 use crate::explain::Issuers;
 use crate::gateway::{ClientConn, Gateway, GatewayService, Parts, RecentDenials};
-use crate::layers::DeadlineLayer;
+use crate::layers::{DeadlineLayer, MeteredBody, MetricsLayer};
 use crate::mint::replay::ReplayCache;
 use crate::mint::{Minter, TokenEndpoint, exchange};
 use crate::proxy::{HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW, ResponseBody, Upstream, read_certs, read_pem_key};
@@ -195,18 +195,24 @@ pub fn gateway_limits(listen: &ListenConfig, nofile: Option<u64>) -> ConnectionL
     }
 }
 
-/// The gateway's call stack for the calls of one connection, outermost first: load shedding,
+/// The gateway's call stack for the calls of one connection, outermost first: metrics, the
+/// answer to what a layer below refused (`status`, like every other refusal), load shedding,
 /// the concurrency limit shared by every connection (`calls`), the call's deadline, then the
-/// gateway's phases (`layers` says why each is where it is). What a layer refuses becomes a
-/// gRPC status in `status`, like every other refusal.
+/// gateway's phases (`layers` says why each is where it is).
 pub fn gateway_stack(
     gateway: Arc<Gateway>,
     conn: ClientConn,
     calls: Arc<Semaphore>,
-) -> impl Service<http::Request<Incoming>, Response = http::Response<ResponseBody>, Error = Infallible, Future: Send>
-+ Clone
+    metrics: Arc<Metrics>,
+) -> impl Service<
+    http::Request<Incoming>,
+    Response = http::Response<MeteredBody<ResponseBody>>,
+    Error = Infallible,
+    Future: Send,
+> + Clone
 + Send {
     ServiceBuilder::new()
+        .layer(MetricsLayer::new(metrics))
         .layer(RespondLayer)
         .load_shed()
         .layer(GlobalConcurrencyLimitLayer::with_semaphore(calls))
@@ -263,7 +269,8 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
         let Ok(slot) = tracker.admit(peer, &activity) else { continue };
         let _ = stream.set_nodelay(true);
         let service = {
-            let stack = gateway_stack(gateway.clone(), ClientConn::new(peer, &config.limits), calls.clone());
+            let stack =
+                gateway_stack(gateway.clone(), ClientConn::new(peer, &config.limits), calls.clone(), metrics.clone());
             let token_endpoint = token_endpoint.clone();
             let activity = activity.clone();
             hyper::service::service_fn(move |request| {
@@ -311,14 +318,14 @@ async fn route<S>(
     token_endpoint: Option<Arc<TokenEndpoint>>,
     request: http::Request<Incoming>,
     peer: SocketAddr,
-) -> http::Response<ResponseBody>
+) -> http::Response<MeteredBody<ResponseBody>>
 where
-    S: Service<http::Request<Incoming>, Response = http::Response<ResponseBody>, Error = Infallible>,
+    S: Service<http::Request<Incoming>, Response = http::Response<MeteredBody<ResponseBody>>, Error = Infallible>,
     S::Future: Send,
 {
     match token_endpoint {
         Some(endpoint) if exchange::is_oauth_path(request.uri().path()) => {
-            exchange::serve(&endpoint, request, peer).await
+            exchange::serve(&endpoint, request, peer).await.map(MeteredBody::unobserved)
         }
         _ => match stack.oneshot(request).await {
             Ok(response) => response,

@@ -42,8 +42,9 @@ use crate::budget::{ByteBudget, Reservation, SMALL_MESSAGE};
 use crate::config::{Config, LimitsConfig, UpstreamCredentials};
 use crate::credential::Signer;
 use crate::grpc;
+use crate::layers::Allowed;
 use crate::namespace_ids::NamespaceIds;
-use crate::proxy::{CallObserver, ForwardBody, ResponseBody, Upstream};
+use crate::proxy::{ForwardBody, ResponseBody, Upstream};
 use crate::reload::PolicySets;
 use crate::session::{Session, Sessions};
 use crate::status::{Code, Refusal, trailers_only};
@@ -247,7 +248,6 @@ impl Gateway {
         let spec = catalog::lookup(path);
 
         if let Err(refusal) = check_grpc(&parts) {
-            self.metrics.call_finished(spec.name, false, refusal.code().as_str(), started.elapsed());
             return trailers_only(refusal.code(), &refusal.to_string());
         }
 
@@ -282,7 +282,6 @@ impl Gateway {
         if let Err(error) = self.log.write(&record).await {
             self.metrics.decision_log_failed();
             let refusal = Refusal::Audit(error);
-            self.metrics.call_finished(spec.name, false, refusal.code().as_str(), started.elapsed());
             return trailers_only(refusal.code(), &refusal.to_string());
         }
         if let Some(refusal) = refusal {
@@ -320,7 +319,6 @@ impl Gateway {
                     self.fail_workflow_task(&parts, session, call, token, asked, &failure).await;
                 }
             }
-            self.metrics.call_finished(spec.name, false, refusal.code().as_str(), started.elapsed());
             return trailers_only(refusal.code(), &message);
         }
 
@@ -335,7 +333,6 @@ impl Gateway {
         match self.upstream.send(parts, forward_body.expect("allowed calls keep their body"), None).await {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
-                let observer = CallObserver { metrics: self.metrics.clone(), method: spec.name, started, status: None };
                 let body = match (&outcome.session, &outcome.call) {
                     // Every task token handed out is sealed first, bound to the caller and to the
                     // queue the task came from.
@@ -351,19 +348,21 @@ impl Gateway {
                         let keys = self.task_tokens.clone();
                         let method = spec.name;
                         parts.headers.remove(http::header::CONTENT_LENGTH);
-                        ResponseBody::rewritten(body, observer, &parts.headers, move |message| {
+                        ResponseBody::rewritten(body, method, &parts.headers, move |message| {
                             keys.seal_response(method, message, &ctx).map_err(|e| e.to_string())
                         })
                     }
-                    _ => ResponseBody::forwarded(body, observer, &parts.headers),
+                    _ => ResponseBody::forwarded(body),
                 };
+                parts.extensions.insert(Allowed);
                 http::Response::from_parts(parts, body)
             }
             Err(error) => {
                 let refusal = Refusal::from(error);
                 tracing::warn!(error = %refusal, method = spec.name, "forwarding failed");
-                self.metrics.call_finished(spec.name, true, refusal.code().as_str(), started.elapsed());
-                trailers_only(refusal.code(), &refusal.to_string())
+                let mut response = trailers_only(refusal.code(), &refusal.to_string());
+                response.extensions_mut().insert(Allowed);
+                response
             }
         }
     }
