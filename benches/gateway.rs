@@ -31,6 +31,8 @@
 //!   BENCH_WARMUP         [300] calls before each measurement
 //!   BENCH_POLLS          [2000] idle long polls for the memory figure (0 = skip)
 //!   BENCH_POLL_CONNS     [4] connections those polls are spread over
+//!   BENCH_POLL_SETTLE    [5] seconds between opening the polls and reading RSS (10 000 polls
+//!                        on 2 busy cores take longer than 5 s to reach the upstream)
 //!   BENCH_NAMESPACE      [payments]
 //!   FLOWGATE_BIN         [target/release/flowgate]
 //!   BENCH_POLICY_SET     [repo] `repo` = the repo's policies/ plus a bench policy; `bench` = schema + bench policy only
@@ -90,6 +92,7 @@ struct Settings {
     warmup: usize,
     polls: usize,
     poll_conns: usize,
+    poll_settle: Duration,
     namespace: String,
     flowgate_bin: PathBuf,
     policy_set: String,
@@ -190,6 +193,7 @@ impl Settings {
             warmup: env_num("BENCH_WARMUP", 300)?,
             polls: env_num("BENCH_POLLS", 2000)?,
             poll_conns: env_num("BENCH_POLL_CONNS", 4)?,
+            poll_settle: Duration::from_secs_f64(env_num("BENCH_POLL_SETTLE", 5.0)?),
             namespace: env_or("BENCH_NAMESPACE", "payments"),
             flowgate_bin: std::env::var_os("FLOWGATE_BIN")
                 .map(PathBuf::from)
@@ -588,7 +592,7 @@ async fn poll_memory(s: &Settings, target: &Target) -> anyhow::Result<(u64, u64,
         }));
     }
     drop(tx);
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(s.poll_settle).await;
     let during = vm_rss_kib(pid).context("VmRSS")?;
     let mut ended = BTreeMap::new();
     while let Ok((st, msg)) = rx.try_recv() {

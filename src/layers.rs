@@ -28,6 +28,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -110,10 +111,23 @@ where
     }
 }
 
-/// Marks the response of a call that was allowed (and forwarded): the `decision` label of
-/// `flowgate_calls_total`. A response without it was refused, by a phase or a layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Allowed;
+/// Where the gateway says that a call was allowed (and forwarded): the `decision` label of
+/// `flowgate_calls_total`. The metrics layer puts one in each request's extensions; a call
+/// nobody marks was refused, by a phase or a layer. A slot rather than a response extension,
+/// so that a call allowed and then cut by its deadline still counts as allowed.
+#[derive(Debug, Clone, Default)]
+pub struct Decided(Arc<AtomicBool>);
+
+impl Decided {
+    /// Marks the call allowed.
+    pub fn allow(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    fn allowed(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
 
 /// Counts and times every call ([`Metered`]).
 #[derive(Clone)]
@@ -155,17 +169,19 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let method = catalog::lookup(request.uri().path()).name;
         let started = Instant::now();
         let metrics = self.metrics.clone();
+        let decided = Decided::default();
+        request.extensions_mut().insert(decided.clone());
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
             let observer = CallObserver {
                 metrics,
                 method,
-                allowed: response.extensions().get::<Allowed>().is_some(),
+                allowed: decided.allowed(),
                 started,
                 status: response.headers().get("grpc-status").map(static_status),
             };

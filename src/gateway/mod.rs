@@ -42,7 +42,7 @@ use crate::budget::{ByteBudget, Reservation, SMALL_MESSAGE};
 use crate::config::{Config, LimitsConfig, UpstreamCredentials};
 use crate::credential::Signer;
 use crate::grpc;
-use crate::layers::Allowed;
+use crate::layers::Decided;
 use crate::namespace_ids::NamespaceIds;
 use crate::proxy::{ForwardBody, ResponseBody, Upstream};
 use crate::reload::PolicySets;
@@ -257,8 +257,11 @@ impl Gateway {
 
         // Phases 2-4: authenticate, inspect, authorize.
         let reservation = Reservation::new(conn.budget.clone(), self.buffered.clone());
+        // Boxed, like every sub-future that is done before the call goes upstream: this future
+        // lives as long as the call (70 s for a long poll), and inline it would be sized by its
+        // largest phase, not by the forward.
         let (outcome, forward_body) =
-            self.decide(spec, &parts, body, reservation, path, &policies, shadow.as_deref()).await;
+            Box::pin(self.decide(spec, &parts, body, reservation, path, &policies, shadow.as_deref())).await;
         self.metrics.authorized_in(started.elapsed());
 
         // Phase 5: record, before anything goes upstream.
@@ -316,18 +319,22 @@ impl Gateway {
                 {
                     let failure =
                         format!("flowgate refused {} (decision `{}`)", refusal_text(&refusal), record.decision_id);
-                    self.fail_workflow_task(&parts, session, call, token, asked, &failure).await;
+                    Box::pin(self.fail_workflow_task(&parts, session, call, token, asked, &failure)).await;
                 }
             }
             return trailers_only(refusal.code(), &message);
         }
 
-        // Phase 6: forward.
+        // Phase 6: forward. The record is written: it is not held while the call is upstream.
+        drop(record);
         if let (Some(session), Some(call)) = (&outcome.session, &outcome.call) {
             self.set_upstream_credentials(&mut parts.headers, session, spec, call);
         } else if self.credentials != UpstreamCredentials::Forward {
             // Public methods: Temporal lets them through without a token.
             parts.headers.remove(http::header::AUTHORIZATION);
+        }
+        if let Some(decided) = parts.extensions.get::<Decided>() {
+            decided.allow();
         }
         // The call's `grpc-timeout` is enforced around the whole call (`layers::Deadline`).
         match self.upstream.send(parts, forward_body.expect("allowed calls keep their body"), None).await {
@@ -354,15 +361,12 @@ impl Gateway {
                     }
                     _ => ResponseBody::forwarded(body),
                 };
-                parts.extensions.insert(Allowed);
                 http::Response::from_parts(parts, body)
             }
             Err(error) => {
                 let refusal = Refusal::from(error);
                 tracing::warn!(error = %refusal, method = spec.name, "forwarding failed");
-                let mut response = trailers_only(refusal.code(), &refusal.to_string());
-                response.extensions_mut().insert(Allowed);
-                response
+                trailers_only(refusal.code(), &refusal.to_string())
             }
         }
     }

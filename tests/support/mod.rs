@@ -470,6 +470,8 @@ pub struct Setup {
     pub policy_extra: String,
     /// A shadow policy set (`policy.shadow_dir`).
     pub shadow_policy: Option<String>,
+    /// Extra keys for `[limits]`, e.g. `max_concurrent_calls = 2`.
+    pub limits_extra: String,
 }
 
 impl Setup {
@@ -484,6 +486,7 @@ impl Setup {
             policy: POLICY.to_owned(),
             policy_extra: String::new(),
             shadow_policy: None,
+            limits_extra: String::new(),
         }
     }
 }
@@ -534,6 +537,7 @@ impl Gateway {
             [limits]
             max_message_bytes = 65536
             max_inflated_bytes = 65536
+            {limits_extra}
             [[issuers]]
             name = "test"
             issuer = "{ISSUER}"
@@ -555,6 +559,7 @@ impl Gateway {
             listen_extra = setup.listen_extra,
             upstream_extra = setup.upstream_extra,
             tables = setup.tables,
+            limits_extra = setup.limits_extra,
         );
         let policy_dir = policies.clone();
         let config = flowgate::Config::parse(&text).unwrap();
