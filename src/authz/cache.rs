@@ -12,7 +12,7 @@
 use std::sync::{Arc, Mutex};
 
 use super::engine::Decision;
-use crate::temporal::Call;
+use crate::temporal::{Call, Resource};
 
 /// How many decisions a principal remembers. A worker repeats a handful of distinct calls
 /// (polls and responses on its queues); a client starting workflows with fresh ids misses
@@ -37,12 +37,23 @@ struct CacheState {
 struct CachedDecision {
     action: &'static str,
     method_path: Box<str>,
+    /// Without its workflow id when `by_id` is false.
     call: Call,
+    by_id: bool,
     decision: Arc<Decision>,
 }
 
 impl DecisionCache {
-    pub(crate) fn get(&self, generation: u64, action: &str, method_path: &str, call: &Call) -> Option<Arc<Decision>> {
+    /// The decision cached for this call. `by_id`: whether the workflow id is part of the key
+    /// (some policy of the action can observe it; see `engine`).
+    pub(crate) fn get(
+        &self,
+        generation: u64,
+        action: &str,
+        method_path: &str,
+        call: &Call,
+        by_id: bool,
+    ) -> Option<Arc<Decision>> {
         let state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if state.generation != generation {
             return None;
@@ -50,7 +61,12 @@ impl DecisionCache {
         state
             .entries
             .iter()
-            .find(|e| e.action == action && &*e.method_path == method_path && e.call == *call)
+            .find(|e| {
+                e.action == action
+                    && e.by_id == by_id
+                    && &*e.method_path == method_path
+                    && if by_id { e.call == *call } else { same_but_workflow_id(&e.call, call) }
+            })
             .map(|e| e.decision.clone())
     }
 
@@ -60,6 +76,7 @@ impl DecisionCache {
         action: &'static str,
         method_path: &str,
         call: &Call,
+        by_id: bool,
         decision: Arc<Decision>,
     ) {
         let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -68,7 +85,11 @@ impl DecisionCache {
             state.entries.clear();
             state.next = 0;
         }
-        let entry = CachedDecision { action, method_path: method_path.into(), call: call.clone(), decision };
+        let mut call = call.clone();
+        if !by_id {
+            call.resource.workflow_id = None;
+        }
+        let entry = CachedDecision { action, method_path: method_path.into(), call, by_id, decision };
         if state.entries.len() < DECISION_CACHE_SIZE {
             state.entries.push(entry);
         } else {
@@ -77,6 +98,42 @@ impl DecisionCache {
             state.next = (slot + 1) % DECISION_CACHE_SIZE;
         }
     }
+}
+
+/// Whether two calls are the same but for their workflow id. Every field is named, so a field
+/// added to `Call` or `Resource` is part of the key until someone decides otherwise.
+fn same_but_workflow_id(a: &Call, b: &Call) -> bool {
+    let Call {
+        resource,
+        signal_name,
+        query_type,
+        update_name,
+        activity_type,
+        nexus_service,
+        nexus_operation,
+        implied_by,
+        has_task_token,
+        sticky_queue,
+        namespace_id,
+    } = a;
+    let Resource { kind, namespace, workflow_id: _, workflow_type, task_queue, schedule_id, endpoint } = resource;
+    let r = &b.resource;
+    *kind == r.kind
+        && *namespace == r.namespace
+        && *workflow_type == r.workflow_type
+        && *task_queue == r.task_queue
+        && *schedule_id == r.schedule_id
+        && *endpoint == r.endpoint
+        && *signal_name == b.signal_name
+        && *query_type == b.query_type
+        && *update_name == b.update_name
+        && *activity_type == b.activity_type
+        && *nexus_service == b.nexus_service
+        && *nexus_operation == b.nexus_operation
+        && *implied_by == b.implied_by
+        && *has_task_token == b.has_task_token
+        && *sticky_queue == b.sticky_queue
+        && *namespace_id == b.namespace_id
 }
 
 #[cfg(test)]

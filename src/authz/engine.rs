@@ -72,6 +72,67 @@ struct ActionPolicies {
     policies: PolicySet,
     /// The principal scopes of the slice's `permit` policies: who could ever be allowed.
     permit_scopes: Vec<PrincipalConstraint>,
+    /// Whether some policy of the slice can observe a workflow's id (its `id` attribute, or its
+    /// entity uid, which embeds the id). When none can, the decision of a call is the same for
+    /// every workflow id, and the decision cache keys it without one: a client starting
+    /// workflows with fresh ids is decided by Cedar once, not on every start.
+    reads_workflow_id: bool,
+}
+
+/// Whether `policy` can observe a resource's `id` attribute or its entity uid. Conservative:
+/// every use of `resource` other than reading (or testing for) another attribute, `is`, or
+/// `in` a namespace or the cluster, counts as reading it.
+fn reads_resource_id(policy: &cedar_policy::Policy) -> bool {
+    use serde_json::Value;
+
+    fn is_resource(expr: &Value) -> bool {
+        expr.get("Var").is_some_and(|var| var == "resource")
+    }
+    /// A namespace or the cluster: ancestors of every resource, whatever its id.
+    fn is_container(entity: &Value) -> bool {
+        let entity = entity.get("__entity").unwrap_or(entity);
+        matches!(entity.get("type").and_then(Value::as_str), Some("Temporal::Namespace" | "Temporal::Cluster"))
+    }
+    fn reads(expr: &Value) -> bool {
+        match expr {
+            Value::Object(object) => {
+                if is_resource(expr) {
+                    return true;
+                }
+                for (op, body) in object {
+                    let left_is_resource = body.get("left").is_some_and(is_resource);
+                    let safe = match op.as_str() {
+                        "." | "has" if left_is_resource => body.get("attr").is_some_and(|attr| attr != "id"),
+                        "is" if left_is_resource => body
+                            .get("in")
+                            .is_none_or(|within| within.get("Value").is_some_and(is_container) && !reads(within)),
+                        "in" if left_is_resource => {
+                            body.get("right").and_then(|r| r.get("Value")).is_some_and(is_container)
+                        }
+                        _ => false,
+                    };
+                    if safe {
+                        continue;
+                    }
+                    if reads(body) {
+                        return true;
+                    }
+                }
+                false
+            }
+            Value::Array(items) => items.iter().any(reads),
+            _ => false,
+        }
+    }
+    let Ok(est) = policy.to_json() else { return true };
+    let scope = &est["resource"];
+    let scope_reads = match scope["op"].as_str() {
+        Some("All") => false,
+        Some("in") => !is_container(&scope["entity"]),
+        Some("is") => scope.get("in").is_some_and(|within| !is_container(&within["entity"])),
+        _ => true,
+    };
+    scope_reads || est["conditions"].as_array().is_none_or(|clauses| clauses.iter().any(|c| reads(&c["body"])))
 }
 
 static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -271,11 +332,12 @@ impl PolicyEngine {
         method_path: &str,
         call: &Call,
     ) -> Arc<Decision> {
-        if let Some(decision) = cache.get(self.generation, spec.name, method_path, call) {
+        let by_id = self.actions.get(spec.name).is_none_or(|action| action.reads_workflow_id);
+        if let Some(decision) = cache.get(self.generation, spec.name, method_path, call, by_id) {
             return decision;
         }
         let decision = Arc::new(self.evaluate(principal, spec, method_path, call));
-        cache.insert(self.generation, spec.name, method_path, call, decision.clone());
+        cache.insert(self.generation, spec.name, method_path, call, by_id, decision.clone());
         decision
     }
 
@@ -419,8 +481,9 @@ fn action_policies(policies: &PolicySet) -> HashMap<&'static str, ActionPolicies
             }
             let permit_scopes =
                 slice.policies().filter(|p| p.effect() == Effect::Permit).map(|p| p.principal_constraint()).collect();
+            let reads_workflow_id = slice.policies().any(reads_resource_id);
             let entity = Entity::new_no_attrs(uid.clone(), parents);
-            (name, ActionPolicies { uid, entity, policies: slice, permit_scopes })
+            (name, ActionPolicies { uid, entity, policies: slice, permit_scopes, reads_workflow_id })
         })
         .collect()
 }
@@ -621,7 +684,10 @@ when { resource has id && resource.id like "prod-*" };
 
     #[test]
     fn the_cache_is_bounded_and_keyed_by_every_call_field() {
-        let engine = engine(r#"@id("deploys") permit (principal, action, resource) when { resource has type };"#);
+        // `resource has id`: the policy observes the id, so the id is part of every key.
+        let engine = engine(
+            r#"@id("deploys") permit (principal, action, resource) when { resource has type && resource has id };"#,
+        );
         let who = principal(&[], &[]);
         let spec = catalog::lookup("/temporal.api.workflowservice.v1.WorkflowService/StartWorkflowExecution");
         let decisions = DecisionCache::default();
@@ -710,5 +776,85 @@ forbid (principal, action == Temporal::Action::"ResetWorkflowExecution", resourc
             "[".repeat(99)
         );
         assert!(load(quoted).is_ok());
+    }
+
+    /// Policies that observe a workflow's id in every way Cedar allows, each alone on its action,
+    /// and policies that cannot observe it.
+    const BY_ID: &str = r#"
+@id("id-like")
+permit (principal, action == Temporal::Action::"SignalWorkflowExecution", resource) when { resource has id && resource.id like "prod-*" };
+@id("uid-scope")
+permit (principal, action == Temporal::Action::"TerminateWorkflowExecution", resource == Temporal::Workflow::"payments/prod-1");
+@id("has-id")
+forbid (principal, action == Temporal::Action::"RequestCancelWorkflowExecution", resource) unless { resource has id && resource.id == "prod-1" };
+@id("cancel-any")
+permit (principal, action == Temporal::Action::"RequestCancelWorkflowExecution", resource);
+@id("uid-in-condition")
+permit (principal, action == Temporal::Action::"QueryWorkflow", resource) when { resource in Temporal::Workflow::"payments/prod-1" };
+@id("uid-equality")
+permit (principal, action == Temporal::Action::"DescribeWorkflowExecution", resource) when { resource == Temporal::Workflow::"payments/prod-1" };
+@id("type-only")
+permit (principal, action == Temporal::Action::"StartWorkflowExecution", resource in Temporal::Namespace::"payments") when { resource is Temporal::Workflow && resource has type && resource.type == "Deploy" && resource in Temporal::Namespace::"payments" };
+@id("no-resource")
+permit (principal, action == Temporal::Action::"ResetWorkflowExecution", resource);
+"#;
+
+    #[test]
+    fn a_decision_keyed_without_the_workflow_id_is_the_decision_of_every_id() {
+        let engine = engine(BY_ID);
+        let who = principal(&[], &[]);
+        let spec =
+            |method: &str| catalog::lookup(&format!("/temporal.api.workflowservice.v1.WorkflowService/{method}"));
+        let reads = |method: &str| engine.actions[method].reads_workflow_id;
+        for method in [
+            "SignalWorkflowExecution",
+            "TerminateWorkflowExecution",
+            "RequestCancelWorkflowExecution",
+            "QueryWorkflow",
+            "DescribeWorkflowExecution",
+        ] {
+            assert!(reads(method), "{method}: its policy observes the id");
+        }
+        assert!(!reads("StartWorkflowExecution") && !reads("ResetWorkflowExecution"));
+        // Whatever the key, the cache answers exactly what Cedar would, id by id.
+        for method in [
+            "SignalWorkflowExecution",
+            "TerminateWorkflowExecution",
+            "RequestCancelWorkflowExecution",
+            "QueryWorkflow",
+            "DescribeWorkflowExecution",
+            "StartWorkflowExecution",
+            "ResetWorkflowExecution",
+        ] {
+            let decisions = DecisionCache::default();
+            let mut allowed = 0;
+            for id in ["prod-1", "dev-1", "prod-2", "prod-1", "dev-1"] {
+                for workflow_type in [Some("Deploy"), None] {
+                    let call = call(ResourceKind::Workflow, Some(id), workflow_type);
+                    let cached = engine.authorize_in(&decisions, &who, spec(method), "/m", &call);
+                    assert_eq!(*cached, engine.evaluate(&who, spec(method), "/m", &call), "{method} {id}");
+                    allowed += usize::from(cached.allowed);
+                }
+            }
+            assert!(allowed > 0 && allowed < 10 || method == "ResetWorkflowExecution", "{method}: {allowed}");
+        }
+        // Starts with fresh ids share one decision: Cedar is asked once.
+        let decisions = DecisionCache::default();
+        let first = engine.authorize_in(
+            &decisions,
+            &who,
+            spec("StartWorkflowExecution"),
+            "/m",
+            &call(ResourceKind::Workflow, Some("a"), Some("Deploy")),
+        );
+        let second = engine.authorize_in(
+            &decisions,
+            &who,
+            spec("StartWorkflowExecution"),
+            "/m",
+            &call(ResourceKind::Workflow, Some("b"), Some("Deploy")),
+        );
+        assert!(first.allowed && Arc::ptr_eq(&first, &second));
+        assert_eq!(decisions.len(), 1);
     }
 }
