@@ -314,8 +314,8 @@ impl Default for LimitsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenCacheConfig {
-    /// Verified tokens kept until they expire; past this many, expired entries are swept and
-    /// then new tokens are verified without being cached.
+    /// Verified tokens kept until they expire; past this many, the least used make room
+    /// (tokens seen once go first, see `authn::cache`).
     #[serde(default = "default_token_cache_entries")]
     pub max_entries: usize,
 }

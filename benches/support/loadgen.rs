@@ -129,12 +129,23 @@ impl Conns {
 
     /// [`Conns::call`], also returning the response body (the framed message; empty on errors).
     pub async fn call_body(&self, method: &str, body: Bytes, timeout: Option<&str>) -> (Status, Option<String>, Bytes) {
+        self.call_as(self.authorization.as_ref(), method, body, timeout).await
+    }
+
+    /// [`Conns::call_body`] with this `authorization` header instead of the connections' own.
+    pub async fn call_as(
+        &self,
+        authorization: Option<&HeaderValue>,
+        method: &str,
+        body: Bytes,
+        timeout: Option<&str>,
+    ) -> (Status, Option<String>, Bytes) {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.senders.len();
         let mut sender = self.senders[i].clone();
         let mut req = Request::post(format!("{}{method}", self.base))
             .header("content-type", "application/grpc")
             .header("te", "trailers");
-        if let Some(auth) = &self.authorization {
+        if let Some(auth) = authorization {
             req = req.header("authorization", auth.clone());
         }
         if let Some(t) = timeout {

@@ -5,8 +5,9 @@
 //! and the issuer's groups claim as parents `Temporal::Group::"<issuer name>:<group>"`. The Cedar
 //! entities are built once per token (the token cache keeps them), not once per call.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
+use std::sync::{LazyLock, RwLock};
 use std::time::SystemTime;
 
 use cedar_policy::{Entity, EntityId, EntityTypeName, EntityUid, RestrictedExpression};
@@ -78,10 +79,29 @@ impl ClaimMapping {
     }
 }
 
+/// `Temporal::<type_name>::"<id>"`. Type names come from code (a dozen of them), and Cedar's
+/// parser is the dear part of building a uid (several µs; a principal, its groups and every
+/// resource need one), so each type name is parsed once and kept.
 pub fn entity_uid(type_name: &str, id: &str) -> EntityUid {
-    let type_name =
+    EntityUid::from_type_name_and_id(temporal_type(type_name), EntityId::new(id))
+}
+
+/// At most this many distinct type names are kept (the schema has fewer); past it, parsed
+/// each time, so no caller can grow the table without bound.
+const MAX_KEPT_TYPE_NAMES: usize = 64;
+
+fn temporal_type(type_name: &str) -> EntityTypeName {
+    static PARSED: LazyLock<RwLock<HashMap<String, EntityTypeName>>> = LazyLock::new(Default::default);
+    if let Some(parsed) = PARSED.read().unwrap_or_else(|p| p.into_inner()).get(type_name) {
+        return parsed.clone();
+    }
+    let parsed =
         EntityTypeName::from_str(&format!("Temporal::{type_name}")).expect("static entity type names are valid");
-    EntityUid::from_type_name_and_id(type_name, EntityId::new(id))
+    let mut kept = PARSED.write().unwrap_or_else(|p| p.into_inner());
+    if kept.len() < MAX_KEPT_TYPE_NAMES {
+        kept.insert(type_name.to_owned(), parsed.clone());
+    }
+    parsed
 }
 
 /// Flattens claims into tags: strings as they are, numbers and booleans as their JSON text,
@@ -125,6 +145,12 @@ pub fn groups_from(claims: &Map<String, Value>, claim: &str) -> Result<Vec<Strin
             })
             .collect(),
         Some(_) => Err(format!("claim `{claim}` must be a string or an array of strings")),
+    }
+}
+
+impl crate::authn::Expires for Principal {
+    fn expires_at(&self) -> SystemTime {
+        self.expires_at
     }
 }
 
@@ -195,6 +221,18 @@ mod tests {
         assert!(groups_from(&claims, "g3").is_err());
         assert!(groups_from(&claims, "g4").is_err());
         assert!(groups_from(&claims, "missing").unwrap().is_empty());
+    }
+
+    #[test]
+    fn kept_type_names_make_the_same_uids() {
+        for _ in 0..2 {
+            assert_eq!(entity_uid("Group", "okta:ops").to_string(), r#"Temporal::Group::"okta:ops""#);
+            assert_eq!(
+                entity_uid("Namespace", "payments"),
+                EntityUid::from_str(r#"Temporal::Namespace::"payments""#).unwrap()
+            );
+        }
+        assert_ne!(entity_uid("User", "x"), entity_uid("Service", "x"));
     }
 
     #[test]
