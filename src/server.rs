@@ -324,8 +324,10 @@ where
     S::Future: Send,
 {
     match token_endpoint {
+        // Boxed: this future lives as long as the call (70 s for a long poll), and inline it would
+        // be sized by the token exchange's state, the largest of the two doors.
         Some(endpoint) if exchange::is_oauth_path(request.uri().path()) => {
-            exchange::serve(&endpoint, request, peer).await.map(MeteredBody::unobserved)
+            Box::pin(exchange::serve(&endpoint, request, peer)).await.map(MeteredBody::unobserved)
         }
         _ => match stack.oneshot(request).await {
             Ok(response) => response,
