@@ -21,7 +21,8 @@
 //! BENCH_ROUNDS [5]; BENCH_CONCURRENCY [8]; BENCH_CONNECTIONS [2] h2c connections the callers
 //! share; BENCH_POLICY_SET [repo] `repo` = the repo's policies/ plus the bench policy, `bench` =
 //! schema and bench policy only; BENCH_TOKEN_CACHE [100000] `token_cache.max_entries`;
-//! BENCH_MICRO_TOKENS [2000] new tokens per in-process sample.
+//! BENCH_MICRO_TOKENS [2000] new tokens per in-process sample; BENCH_MODES [warm,cold] the modes
+//! measured (one alone, to profile it: the gateway's threads are named `flowgate`).
 
 #[allow(dead_code)]
 mod support;
@@ -166,12 +167,34 @@ struct Round {
     rps: f64,
     p50: f64,
     p99: f64,
+    /// CPU time of flowgate's threads (its runtime's and the decision log's) per call.
+    cpu_us: f64,
+}
+
+/// CPU time (user + system) of this process's threads whose name starts with `flowgate`: the
+/// gateway's runtime (named so in `end_to_end`) and the decision log's writer.
+fn flowgate_cpu() -> Duration {
+    let ticks = 100.0; // USER_HZ on Linux
+    let mut total = 0.0;
+    for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        // pid (comm) state ppid ... utime stime: fields 14 and 15, counted after the comm.
+        let Some((head, tail)) = stat.rsplit_once(')') else { continue };
+        if !head.split_once('(').is_some_and(|(_, comm)| comm.starts_with("flowgate")) {
+            continue;
+        }
+        let fields: Vec<&str> = tail.split_whitespace().collect();
+        let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+        total += (tick(11) + tick(12)) / ticks;
+    }
+    Duration::from_secs_f64(total)
 }
 
 /// `tokens.len()` calls by `concurrency` callers, each call with the next token of `tokens`.
 async fn drive(conns: &Arc<Conns>, tokens: Arc<Vec<HeaderValue>>, concurrency: usize) -> anyhow::Result<Round> {
     let body = support::proto::describe_namespace("payments");
     let next = Arc::new(AtomicUsize::new(0));
+    let cpu_before = flowgate_cpu();
     let started = Instant::now();
     let callers: Vec<_> = (0..concurrency)
         .map(|_| {
@@ -210,6 +233,7 @@ async fn drive(conns: &Arc<Conns>, tokens: Arc<Vec<HeaderValue>>, concurrency: u
         rps: latencies.len() as f64 / elapsed.as_secs_f64(),
         p50: percentile(&latencies, 0.50),
         p99: percentile(&latencies, 0.99),
+        cpu_us: (flowgate_cpu() - cpu_before).as_secs_f64() * 1e6 / latencies.len() as f64,
     })
 }
 
@@ -223,12 +247,15 @@ fn end_to_end(runtime: &tokio::runtime::Runtime, issuer: &Issuer, work: &Path, p
     let rounds = env("BENCH_ROUNDS", 5);
     let concurrency = env("BENCH_CONCURRENCY", 8);
     let connections = env("BENCH_CONNECTIONS", 2);
+    let modes = std::env::var("BENCH_MODES").unwrap_or_else(|_| "warm,cold".into());
+    let modes: Vec<&str> = modes.split(',').collect();
 
     let upstream = runtime.block_on(start_upstream())?;
     let config = flowgate::Config::parse(&config_text(work, policies, upstream, issuer))?;
     // flowgate on its own runtime, as in `flowgate serve`; the callers, the issuer and the
     // upstream share the bench's runtime (and the same 2 cores).
-    let gateway_runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let gateway_runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("flowgate").enable_all().build()?;
     let listener = gateway_runtime.block_on(TcpListener::bind("127.0.0.1:0"))?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -243,8 +270,9 @@ fn end_to_end(runtime: &tokio::runtime::Runtime, issuer: &Issuer, work: &Path, p
     eprintln!("signing {} tokens ({rounds} rounds of {calls} cold calls) …", rounds * calls + 1);
     let signing = Instant::now();
     let warm_token = sign(issuer, "warm", 1)?.remove(0);
-    let cold_tokens: Vec<Vec<HeaderValue>> =
-        (0..rounds).map(|round| sign(issuer, &format!("cold{round}"), calls)).collect::<Result<_, _>>()?;
+    let cold_tokens: Vec<Vec<HeaderValue>> = (0..rounds)
+        .map(|round| sign(issuer, &format!("cold{round}"), if modes.contains(&"cold") { calls } else { 0 }))
+        .collect::<Result<_, _>>()?;
     eprintln!("  signed in {:.1} s", signing.elapsed().as_secs_f64());
     let warm_tokens = Arc::new(vec![warm_token; calls]);
 
@@ -258,18 +286,21 @@ fn end_to_end(runtime: &tokio::runtime::Runtime, issuer: &Issuer, work: &Path, p
         println!(
             "cold path: DescribeNamespace, {concurrency} callers on {connections} h2c connections, {calls} calls per mode and round, {rounds} rounds"
         );
-        println!("{:<6} {:>5} {:>10} {:>9} {:>9}", "mode", "round", "rps", "p50 µs", "p99 µs");
+        println!("{:<6} {:>5} {:>10} {:>9} {:>9} {:>9}", "mode", "round", "rps", "p50 µs", "p99 µs", "CPU µs");
         let (mut warm, mut cold) = (Vec::new(), Vec::new());
         for (round, tokens) in cold_tokens.into_iter().enumerate() {
             let tokens = Arc::new(tokens);
             let order = if round % 2 == 0 { ["warm", "cold"] } else { ["cold", "warm"] };
-            for mode in order {
+            for mode in order.into_iter().filter(|mode| modes.contains(mode)) {
                 let sample = if mode == "warm" {
                     drive(&conns, warm_tokens.clone(), concurrency).await?
                 } else {
                     drive(&conns, tokens.clone(), concurrency).await?
                 };
-                println!("{mode:<6} {round:>5} {:>10.0} {:>9.1} {:>9.1}", sample.rps, sample.p50, sample.p99);
+                println!(
+                    "{mode:<6} {round:>5} {:>10.0} {:>9.1} {:>9.1} {:>9.1}",
+                    sample.rps, sample.p50, sample.p99, sample.cpu_us
+                );
                 if mode == "warm" { warm.push(sample) } else { cold.push(sample) }
             }
         }
@@ -278,13 +309,28 @@ fn end_to_end(runtime: &tokio::runtime::Runtime, issuer: &Issuer, work: &Path, p
                 median(rounds.iter().map(|r| r.rps).collect()),
                 median(rounds.iter().map(|r| r.p50).collect()),
                 median(rounds.iter().map(|r| r.p99).collect()),
+                median(rounds.iter().map(|r| r.cpu_us).collect()),
             )
         };
-        let (warm_rps, warm_p50, warm_p99) = summary(&warm);
-        let (cold_rps, cold_p50, cold_p99) = summary(&cold);
+        for (mode, rounds) in [("warm", &warm), ("cold", &cold)] {
+            if (cold.is_empty() || warm.is_empty())
+                && let Some((rps, p50, p99, cpu)) = (!rounds.is_empty()).then(|| summary(rounds))
+            {
+                println!("median {mode}: {rps:.0} rps  p50 {p50:.1} µs  p99 {p99:.1} µs  CPU {cpu:.1} µs/call");
+            }
+        }
+        if warm.is_empty() || cold.is_empty() {
+            return anyhow::Ok(());
+        }
+        let (warm_rps, warm_p50, warm_p99, warm_cpu) = summary(&warm);
+        let (cold_rps, cold_p50, cold_p99, cold_cpu) = summary(&cold);
         println!("medians over {rounds} rounds:");
-        println!("  warm (one token)           {warm_rps:>8.0} rps  p50 {warm_p50:>7.1} µs  p99 {warm_p99:>7.1} µs");
-        println!("  cold (a new token a call)  {cold_rps:>8.0} rps  p50 {cold_p50:>7.1} µs  p99 {cold_p99:>7.1} µs");
+        println!(
+            "  warm (one token)           {warm_rps:>8.0} rps  p50 {warm_p50:>7.1} µs  p99 {warm_p99:>7.1} µs  CPU {warm_cpu:>5.1} µs/call"
+        );
+        println!(
+            "  cold (a new token a call)  {cold_rps:>8.0} rps  p50 {cold_p50:>7.1} µs  p99 {cold_p99:>7.1} µs  CPU {cold_cpu:>5.1} µs/call"
+        );
         println!(
             "  cold / warm throughput     {:>7.1} %  (target ≥ 60 %); cold p50 − warm p50 = {:.1} µs",
             100.0 * cold_rps / warm_rps,

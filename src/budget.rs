@@ -131,6 +131,71 @@ impl Drop for Reservation {
     }
 }
 
+/// Calls of each principal waiting for the rest of their first message (`limits.
+/// max_waiting_calls_per_principal`).
+///
+/// Every call in flight holds one of `limits.max_concurrent_calls`, and a call whose message
+/// never finishes holds it until `limits.first_message_timeout`. A principal that no policy could
+/// permit the action is refused before the gateway waits (`gateway`); this bounds the others: a
+/// token with a narrow grant, opening slow calls on many connections, holds at most this many
+/// slots, not every one. A call that must wait takes a slot; a call whose message is there
+/// already (nearly all) never touches the map, so its lock is off the hot path.
+#[derive(Debug)]
+pub struct WaitingCalls {
+    max: usize,
+    per_principal: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// A principal had `max` calls waiting for their first message already.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{principal}` has {max} calls waiting for their first message already")]
+pub struct TooManyWaiting {
+    pub principal: String,
+    pub max: usize,
+}
+
+impl WaitingCalls {
+    pub fn new(max: usize) -> Arc<WaitingCalls> {
+        Arc::new(WaitingCalls { max, per_principal: Default::default() })
+    }
+
+    /// A slot for one more waiting call of `principal`, given back when dropped.
+    pub fn enter(self: &Arc<Self>, principal: &str) -> Result<WaitingSlot, TooManyWaiting> {
+        let mut counts = self.per_principal.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = counts.entry(principal.to_owned()).or_default();
+        if *count >= self.max {
+            return Err(TooManyWaiting { principal: principal.to_owned(), max: self.max });
+        }
+        *count += 1;
+        Ok(WaitingSlot { calls: self.clone(), principal: principal.to_owned() })
+    }
+
+    /// Calls of `principal` waiting now.
+    pub fn waiting(&self, principal: &str) -> usize {
+        let counts = self.per_principal.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        counts.get(principal).copied().unwrap_or(0)
+    }
+}
+
+/// See [`WaitingCalls::enter`].
+#[derive(Debug)]
+pub struct WaitingSlot {
+    calls: Arc<WaitingCalls>,
+    principal: String,
+}
+
+impl Drop for WaitingSlot {
+    fn drop(&mut self) {
+        let mut counts = self.calls.per_principal.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = counts.get_mut(&self.principal) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.principal);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,5 +275,19 @@ mod tests {
         assert_eq!(global.used(), held.len() * 7);
         drop(held);
         assert_eq!((global.used(), connection.used()), (0, 0));
+    }
+
+    #[test]
+    fn each_principal_has_its_own_waiting_slots_and_gets_them_back() {
+        let calls = WaitingCalls::new(2);
+        let first = calls.enter("okta:eve").unwrap();
+        let _second = calls.enter("okta:eve").unwrap();
+        let refused = calls.enter("okta:eve").unwrap_err();
+        assert_eq!(refused.to_string(), "`okta:eve` has 2 calls waiting for their first message already");
+        assert!(calls.enter("okta:alice").is_ok(), "another principal is not affected");
+        drop(first);
+        assert_eq!(calls.waiting("okta:eve"), 1);
+        assert!(calls.enter("okta:eve").is_ok(), "a slot given back is free again");
+        assert_eq!(calls.waiting("okta:alice"), 0, "entries go when their last slot does");
     }
 }

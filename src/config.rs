@@ -276,6 +276,14 @@ pub struct LimitsConfig {
     /// is shed at once with `RESOURCE_EXHAUSTED`, before anything of it is read.
     #[serde(default = "default_max_concurrent_calls")]
     pub max_concurrent_calls: usize,
+    /// Calls of one principal that may wait for the rest of their first message at once (each
+    /// holds one of `max_concurrent_calls` meanwhile); more are refused `RESOURCE_EXHAUSTED`.
+    #[serde(default = "default_max_waiting_calls_per_principal")]
+    pub max_waiting_calls_per_principal: usize,
+}
+
+fn default_max_waiting_calls_per_principal() -> usize {
+    256
 }
 
 fn default_max_concurrent_calls() -> usize {
@@ -306,6 +314,7 @@ impl Default for LimitsConfig {
             max_buffered_bytes: default_max_buffered_bytes(),
             max_connection_buffered_bytes: default_max_connection_buffered_bytes(),
             max_concurrent_calls: default_max_concurrent_calls(),
+            max_waiting_calls_per_principal: default_max_waiting_calls_per_principal(),
             first_message_timeout: default_first_message_timeout(),
         }
     }
@@ -561,6 +570,9 @@ impl Config {
         }
         if limits.max_concurrent_calls == 0 {
             return Err(invalid("limits.max_concurrent_calls", "must be at least 1"));
+        }
+        if limits.max_waiting_calls_per_principal == 0 {
+            return Err(invalid("limits.max_waiting_calls_per_principal", "must be at least 1"));
         }
         if limits.first_message_timeout.is_zero() {
             return Err(invalid("limits.first_message_timeout", "must be more than 0s"));

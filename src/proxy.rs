@@ -1,5 +1,13 @@
-//! Forwarding: a pooled HTTP/2 client to the Temporal frontend, and the bodies that stream
-//! through it.
+//! Forwarding: one multiplexed HTTP/2 connection to the Temporal frontend, and the bodies that
+//! stream through it.
+//!
+//! The connection is hyper's own `client::conn::http2`, not `hyper_util`'s pooled client: every
+//! call goes to one authority over one h2 connection, so a pool has nothing to choose, and its
+//! per-call price was real: a checkout under the pool's lock, and a boxed response future of
+//! 3.5 KiB held for as long as the call lasts (70 s for each of thousands of idle long polls).
+//! [`Upstream`] keeps the connection's `SendRequest`, reconnects when it has closed (one attempt at
+//! a time; the calls waiting meanwhile share its outcome) and sends a call again, once, if the
+//! connection closed before the call was written to it.
 //!
 //! The request body forwarded upstream is the message flowgate already read for inspection,
 //! followed by whatever the client still sends; the response body is the upstream's, frame by
@@ -14,15 +22,17 @@
 use std::io::Read;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
+use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tower::Service;
 
 use crate::budget::Reservation;
 use crate::config::UpstreamConfig;
@@ -46,13 +56,89 @@ pub enum UpstreamError {
     Deadline,
 }
 
-/// The upstream Temporal frontend.
+/// The upstream Temporal frontend. Cheap to clone: clones share the connection.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<Connector, ForwardBody>,
+    channel: Arc<Channel>,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     address: String,
+}
+
+/// The one HTTP/2 connection to the upstream, made when first needed and again after it closed.
+struct Channel {
+    connector: Connector,
+    h2: http2::Builder<TokioExecutor>,
+    /// Where the connector connects (scheme and authority of `upstream.address`).
+    target: http::Uri,
+    /// Bounds a connection attempt: TCP connect, TLS and the HTTP/2 handshake together.
+    connect_timeout: Duration,
+    /// The open connection's sender; taken (cloned) by every call, so held for nanoseconds.
+    open: std::sync::Mutex<Option<SendRequest<ForwardBody>>>,
+    /// Held while connecting (one attempt at a time): why the last attempt failed, if it did.
+    connecting: tokio::sync::Mutex<Option<String>>,
+    /// Attempts made; a call notes it before waiting, to tell whether one ran meanwhile.
+    attempts: AtomicU64,
+}
+
+impl Channel {
+    /// The open connection's sender, if it has not closed.
+    fn open(&self) -> Option<SendRequest<ForwardBody>> {
+        let open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        open.as_ref().filter(|sender| !sender.is_closed()).cloned()
+    }
+
+    /// Forgets the connection if it has closed (a call found it so), unless it was replaced.
+    fn forget_closed(&self) {
+        let mut open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if open.as_ref().is_some_and(SendRequest::is_closed) {
+            *open = None;
+        }
+    }
+
+    /// A sender on an open connection: the current one, or a new connection's. Calls that
+    /// arrive while an attempt is under way wait for it and share its outcome, so an upstream
+    /// that is down costs one attempt per wave of calls, not one per call.
+    async fn sender(&self) -> Result<SendRequest<ForwardBody>, String> {
+        if let Some(sender) = self.open() {
+            return Ok(sender);
+        }
+        let seen = self.attempts.load(Ordering::Acquire);
+        let mut failed = self.connecting.lock().await;
+        if let Some(sender) = self.open() {
+            return Ok(sender);
+        }
+        if let Some(why) = failed.as_ref().filter(|_| self.attempts.load(Ordering::Acquire) != seen) {
+            return Err(why.clone()); // an attempt ran while this call waited for it
+        }
+        self.attempts.fetch_add(1, Ordering::AcqRel);
+        let outcome = match tokio::time::timeout(self.connect_timeout, self.connect()).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(format!("no connection within {:?}", self.connect_timeout)),
+        };
+        match outcome {
+            Ok(sender) => {
+                *failed = None;
+                *self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(sender.clone());
+                Ok(sender)
+            }
+            Err(why) => Err(failed.insert(why).clone()),
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<ForwardBody>, String> {
+        let stream = self.connector.clone().call(self.target.clone()).await.map_err(|e| error_chain(&*e))?;
+        // Boxed: hyper spawns a task per call (the wait for its response) whose size is that of
+        // the connection's, stream included, and a TLS stream is over a kilobyte.
+        let stream = Box::new(stream);
+        let (sender, connection) = self.h2.handshake(stream).await.map_err(|e| error_chain(&e))?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::warn!(error = %error_chain(&error), "upstream connection closed");
+            }
+        });
+        Ok(sender)
+    }
 }
 
 /// A configuration problem with the upstream's TLS material.
@@ -116,27 +202,35 @@ impl Upstream {
         }
         .enable_http2()
         .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .http2_keep_alive_timeout(Duration::from_secs(10))
-            .http2_keep_alive_while_idle(true)
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true)
             // Large windows, not adaptive ones: h2 budgets small non-final DATA frames (every
             // unary response is one, before its trailers) at half the connection window, and
             // a burst of hundreds of poll responses overran the default and tore down the
             // whole upstream connection. Windows are credit, not allocated memory.
-            .http2_initial_stream_window_size(HTTP2_STREAM_WINDOW)
-            .http2_initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
-        Ok(Upstream {
-            client,
-            scheme: uri.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP),
-            authority: uri.authority().cloned().expect("config validation checked the authority"),
-            address: config.address.clone(),
-        })
+            .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+            .initial_connection_window_size(HTTP2_CONNECTION_WINDOW);
+        let scheme = uri.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP);
+        let authority = uri.authority().cloned().expect("config validation checked the authority");
+        let target = http::Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| UpstreamTlsError(e.to_string()))?;
+        let channel = Channel {
+            connector,
+            h2,
+            target,
+            connect_timeout: config.connect_timeout.saturating_mul(2),
+            open: std::sync::Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(None),
+            attempts: AtomicU64::new(0),
+        };
+        Ok(Upstream { channel: Arc::new(channel), scheme, authority, address: config.address.clone() })
     }
 
     /// Sends a request upstream, rewritten to the upstream's scheme and authority.
@@ -156,15 +250,40 @@ impl Upstream {
         parts.version = http::Version::HTTP_2;
         parts.headers.remove(http::header::HOST);
         let request = http::Request::from_parts(parts, body);
-        let response = self.client.request(request);
-        let response = match deadline {
+        let response = self.request(request);
+        match deadline {
             // Never cut a call shorter than its own deadline: the upstream answers first.
             Some(deadline) => tokio::time::timeout(deadline + Duration::from_secs(1), response)
                 .await
                 .map_err(|_| UpstreamError::Deadline)?,
             None => response.await,
-        };
-        response.map_err(|e| UpstreamError::Unavailable(format!("`{}`: {}", self.address, error_chain(&e))))
+        }
+    }
+
+    /// Sends `request` on the connection; again, once, on a new connection if the one it was
+    /// given to had closed before writing it (the upstream restarted, or went away idle).
+    async fn request(&self, request: http::Request<ForwardBody>) -> Result<http::Response<Incoming>, UpstreamError> {
+        let unavailable = |why: String| UpstreamError::Unavailable(format!("`{}`: {why}", self.address));
+        let mut request = request;
+        for attempt in 0..2 {
+            let mut sender = match self.channel.open() {
+                Some(sender) => sender,
+                // Boxed: the wait for a connection, TLS included, is rare, and inline it would
+                // size the future of every call for as long as the call lasts.
+                None => Box::pin(self.channel.sender()).await.map_err(unavailable)?,
+            };
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(response),
+                Err(mut error) => match error.take_message() {
+                    Some(unsent) if attempt == 0 => {
+                        self.channel.forget_closed();
+                        request = unsent;
+                    }
+                    _ => return Err(unavailable(error_chain(error.error()))),
+                },
+            }
+        }
+        unreachable!("the second attempt returns")
     }
 
     /// A unary call flowgate makes itself (a health check, a namespace lookup, failing a

@@ -19,7 +19,7 @@ pub use crate::grpc::{Code, trailers_only};
 use tower::BoxError;
 use tower::load_shed::error::Overloaded;
 
-use crate::budget::OverBudget;
+use crate::budget::{OverBudget, TooManyWaiting};
 use crate::layers::DeadlineExceeded;
 use crate::namespace_ids::NamespaceIdError;
 use crate::proxy::UpstreamError;
@@ -50,6 +50,8 @@ pub enum Refusal {
     TaskTokenMisused { issued: String, method: &'static str, namespace: String },
     #[error("request refused for now: {0}; retry later")]
     OverBudget(OverBudget),
+    #[error("request refused for now: {0}; retry later")]
+    TooManyWaiting(TooManyWaiting),
     #[error("request message not received within {}", humantime::format_duration(*.0))]
     SlowRequest(Duration),
     #[error("{0}")]
@@ -86,7 +88,7 @@ impl Refusal {
             Refusal::Sticky(StickyError::Full) => Code::ResourceExhausted,
             Refusal::TaskToken(TaskTokenError::Malformed(_) | TaskTokenError::TooLarge { .. }) => Code::InvalidArgument,
             Refusal::TaskToken(_) | Refusal::TaskTokenMisused { .. } => Code::PermissionDenied,
-            Refusal::OverBudget(_) => Code::ResourceExhausted,
+            Refusal::OverBudget(_) | Refusal::TooManyWaiting(_) => Code::ResourceExhausted,
             Refusal::SlowRequest(_) => Code::DeadlineExceeded,
             Refusal::Inspect(InspectError::TooLarge { .. } | InspectError::InflatedTooLarge { .. }) => {
                 Code::ResourceExhausted

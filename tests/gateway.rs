@@ -431,6 +431,97 @@ async fn a_down_upstream_is_unavailable_and_not_ready() {
     gateway.stop().await.unwrap();
 }
 
+/// An upstream on `listener` that answers one call per connection, then closes the connection:
+/// `graceful` with a GOAWAY once the answer is out, otherwise by dropping the TCP stream.
+fn one_call_per_connection(listener: tokio::net::TcpListener, graceful: bool) -> tokio::task::JoinHandle<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let answered = std::sync::Arc::new(tokio::sync::Notify::new());
+                let notify = answered.clone();
+                let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    let notify = notify.clone();
+                    async move {
+                        let _ = http_body_util::BodyExt::collect(request.into_body()).await;
+                        notify.notify_one();
+                        let response = http::Response::builder()
+                            .header("content-type", "application/grpc")
+                            .header("grpc-status", "0")
+                            .body(http_body_util::Empty::<bytes::Bytes>::new())
+                            .unwrap();
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+                let builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(connection);
+                tokio::select! {
+                    _ = connection.as_mut() => return,
+                    () = answered.notified() => {}
+                }
+                if graceful {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                } else {
+                    // Let the answer go out, then drop the connection without a GOAWAY.
+                    let _ = tokio::time::timeout(Duration::from_millis(20), connection.as_mut()).await;
+                }
+            });
+        }
+    })
+}
+
+#[tokio::test]
+async fn the_upstream_connection_is_made_again_when_it_closes_or_the_upstream_restarts() {
+    let (key, jwks, upstream) = setup().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener); // bound again (and dropped) by each phase below
+    let mut setup = Setup::new(&upstream);
+    setup.upstream = format!("http://{addr}");
+    let gateway = Gateway::start(&jwks, setup).await;
+    let mut client = Client::connect(gateway.addr).await;
+    let token = key.sign(&claims("alice", &["deployers"]));
+
+    // Every connection is closed after one call, with a GOAWAY or without: every call still
+    // succeeds (a call given to a connection that closed before writing it is sent again).
+    for graceful in [true, false] {
+        let server = one_call_per_connection(listener_on(addr).await, graceful);
+        for i in 0..20 {
+            let reply = client.unary("StartWorkflowExecution", Some(&token), &deploy()).await;
+            assert_eq!(reply.code(), "0", "graceful {graceful}, call {i}: {reply:?}");
+        }
+        server.abort();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The upstream is down: UNAVAILABLE, at once, naming it.
+    let started = std::time::Instant::now();
+    let reply = client.unary("StartWorkflowExecution", Some(&token), &deploy()).await;
+    assert_eq!(reply.code(), "14", "{reply:?}");
+    assert!(reply.message.as_deref().unwrap_or_default().contains(&addr.to_string()), "{reply:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "refused connections fail fast");
+
+    // It comes back on the same address: the next call gets through.
+    let _server = one_call_per_connection(listener_on(addr).await, true);
+    let reply = client.unary("StartWorkflowExecution", Some(&token), &deploy()).await;
+    assert_eq!(reply.code(), "0", "{reply:?}");
+    gateway.stop().await.unwrap();
+}
+
+/// A listener on `addr` again (the port was just released).
+async fn listener_on(addr: std::net::SocketAddr) -> tokio::net::TcpListener {
+    for _ in 0..100 {
+        if let Ok(listener) = tokio::net::TcpListener::bind(addr).await {
+            return listener;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("cannot bind {addr} again");
+}
+
 #[tokio::test]
 async fn long_calls_are_not_cut_and_shutdown_drains_them() {
     let (key, jwks, upstream) = setup().await;

@@ -30,6 +30,7 @@ use std::task::Poll;
 use std::time::{Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
@@ -38,7 +39,7 @@ use crate::audit::{
 };
 use crate::authn::Principal;
 use crate::authz::{self, Decision, PolicyEngine};
-use crate::budget::{ByteBudget, Reservation, SMALL_MESSAGE};
+use crate::budget::{ByteBudget, Reservation, SMALL_MESSAGE, WaitingCalls};
 use crate::config::{Config, LimitsConfig, UpstreamCredentials};
 use crate::credential::Signer;
 use crate::grpc;
@@ -76,6 +77,8 @@ pub struct Gateway {
     signer: Option<Arc<Signer>>,
     /// Request bytes all connections together may hold during inspection.
     buffered: Arc<ByteBudget>,
+    /// inspect: the calls of each principal waiting for their first message.
+    waiting: Arc<WaitingCalls>,
     /// Which principal owns each sticky task queue.
     sticky: StickyQueues,
     /// The keys that seal the task tokens handed to workers, and open those they send back.
@@ -114,6 +117,15 @@ struct Outcome {
     task_token: Option<Bytes>,
     /// What the call's (sealed) task token was handed out for.
     binding: Option<Binding>,
+}
+
+/// What phase 6 needs of an admitted call: all that the call holds while it is upstream.
+struct Forward {
+    parts: http::request::Parts,
+    body: ForwardBody,
+    method: &'static str,
+    /// Whom the task tokens of the response are sealed for, if it hands any out.
+    seal: Option<SealContext>,
 }
 
 impl Outcome {
@@ -231,6 +243,7 @@ impl Gateway {
             credentials: config.upstream.credentials(),
             signer,
             buffered: ByteBudget::new(config.limits.max_buffered_bytes),
+            waiting: WaitingCalls::new(config.limits.max_waiting_calls_per_principal),
             sticky: StickyQueues::new(),
             task_tokens,
         }
@@ -238,6 +251,22 @@ impl Gateway {
 
     /// Handles one gRPC call from `conn`.
     pub async fn handle(&self, request: http::Request<Incoming>, conn: &ClientConn) -> http::Response<ResponseBody> {
+        // Boxed, and over before the call goes upstream: this future lives as long as the call
+        // (70 s for each of a worker's long polls), and only what forwarding needs stays in it.
+        // Inline, every idle poll would hold the largest state of the phases before (the record,
+        // the decision, the parsed call) for its whole life.
+        match Box::pin(self.admit(request, conn)).await {
+            Ok(forward) => self.forward(forward).await,
+            Err(refused) => refused,
+        }
+    }
+
+    /// Phases 1-5: the call that may go upstream, or the answer to one that may not.
+    async fn admit(
+        &self,
+        request: http::Request<Incoming>,
+        conn: &ClientConn,
+    ) -> Result<Forward, http::Response<ResponseBody>> {
         let client = conn.addr;
         let started = Instant::now();
         let (mut parts, body) = request.into_parts();
@@ -248,7 +277,7 @@ impl Gateway {
         let spec = catalog::lookup(path);
 
         if let Err(refusal) = check_grpc(&parts) {
-            return trailers_only(refusal.code(), &refusal.to_string());
+            return Err(trailers_only(refusal.code(), &refusal.to_string()));
         }
 
         // Policies in force for this whole call, even if a reload lands meanwhile.
@@ -257,11 +286,8 @@ impl Gateway {
 
         // Phases 2-4: authenticate, inspect, authorize.
         let reservation = Reservation::new(conn.budget.clone(), self.buffered.clone());
-        // Boxed, like every sub-future that is done before the call goes upstream: this future
-        // lives as long as the call (70 s for a long poll), and inline it would be sized by its
-        // largest phase, not by the forward.
         let (outcome, forward_body) =
-            Box::pin(self.decide(spec, &parts, body, reservation, path, &policies, shadow.as_deref())).await;
+            self.decide(spec, &parts, body, reservation, path, &policies, shadow.as_deref()).await;
         self.metrics.authorized_in(started.elapsed());
 
         // Phase 5: record, before anything goes upstream.
@@ -285,7 +311,7 @@ impl Gateway {
         if let Err(error) = self.log.write(&record).await {
             self.metrics.decision_log_failed();
             let refusal = Refusal::Audit(error);
-            return trailers_only(refusal.code(), &refusal.to_string());
+            return Err(trailers_only(refusal.code(), &refusal.to_string()));
         }
         if let Some(refusal) = refusal {
             let mut message = refusal.to_string();
@@ -322,10 +348,10 @@ impl Gateway {
                     Box::pin(self.fail_workflow_task(&parts, session, call, token, asked, &failure)).await;
                 }
             }
-            return trailers_only(refusal.code(), &message);
+            return Err(trailers_only(refusal.code(), &message));
         }
 
-        // Phase 6: forward. The record is written: it is not held while the call is upstream.
+        // The record is written: it is not held while the call is upstream.
         drop(record);
         if let (Some(session), Some(call)) = (&outcome.session, &outcome.call) {
             self.set_upstream_credentials(&mut parts.headers, session, spec, call);
@@ -336,36 +362,44 @@ impl Gateway {
         if let Some(decided) = parts.extensions.get::<Decided>() {
             decided.allow();
         }
-        // The call's `grpc-timeout` is enforced around the whole call (`layers::Deadline`).
-        match self.upstream.send(parts, forward_body.expect("allowed calls keep their body"), None).await {
+        // Every task token handed out is sealed first, bound to the caller and to the queue the
+        // task came from.
+        let seal = match (&outcome.session, &outcome.call) {
+            (Some(session), Some(call)) if task_token::seals_response(spec.name) => Some(SealContext {
+                principal: session.principal.id.clone(),
+                namespace: call.resource.namespace.clone().unwrap_or_default(),
+                task_queue: match &outcome.binding {
+                    Some(binding) => Some(binding.task_queue.clone()),
+                    None => call.resource.task_queue.clone(),
+                },
+            }),
+            _ => None,
+        };
+        let body = forward_body.expect("allowed calls keep their body");
+        Ok(Forward { parts, body, method: spec.name, seal })
+    }
+
+    /// Phase 6: forward. The call's `grpc-timeout` is enforced around the whole call
+    /// (`layers::Deadline`).
+    async fn forward(&self, Forward { parts, body, method, seal }: Forward) -> http::Response<ResponseBody> {
+        match self.upstream.send(parts, body, None).await {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
-                let body = match (&outcome.session, &outcome.call) {
-                    // Every task token handed out is sealed first, bound to the caller and to the
-                    // queue the task came from.
-                    (Some(session), Some(call)) if task_token::seals_response(spec.name) => {
-                        let ctx = SealContext {
-                            principal: session.principal.id.clone(),
-                            namespace: call.resource.namespace.clone().unwrap_or_default(),
-                            task_queue: match &outcome.binding {
-                                Some(binding) => Some(binding.task_queue.clone()),
-                                None => call.resource.task_queue.clone(),
-                            },
-                        };
+                let body = match seal {
+                    Some(ctx) => {
                         let keys = self.task_tokens.clone();
-                        let method = spec.name;
                         parts.headers.remove(http::header::CONTENT_LENGTH);
                         ResponseBody::rewritten(body, method, &parts.headers, move |message| {
                             keys.seal_response(method, message, &ctx).map_err(|e| e.to_string())
                         })
                     }
-                    _ => ResponseBody::forwarded(body),
+                    None => ResponseBody::forwarded(body),
                 };
                 http::Response::from_parts(parts, body)
             }
             Err(error) => {
                 let refusal = Refusal::from(error);
-                tracing::warn!(error = %refusal, method = spec.name, "forwarding failed");
+                tracing::warn!(error = %refusal, method, "forwarding failed");
                 trailers_only(refusal.code(), &refusal.to_string())
             }
         }
@@ -495,8 +529,8 @@ impl Gateway {
             Err(error) => return refused(None, None, Refusal::Unauthenticated(error)),
         };
 
-        // Phase 3: inspect. A large message is only read for a principal that some policy could
-        // permit the action (see `read_first_message`).
+        // Phase 3: inspect. A large message is only read, and a slow one only waited for, for a
+        // principal that some policy could permit the action (see `read_first_message`).
         let may_permit = || {
             if policies.may_permit(&session.principal, spec) {
                 Ok(())
@@ -504,7 +538,8 @@ impl Gateway {
                 Err(Refusal::NeverPermitted { action: spec.name })
             }
         };
-        let (buffered, rest) = match self.read_first_message(body, &mut reservation, may_permit).await {
+        let principal = session.principal.id.as_str();
+        let (buffered, rest) = match self.read_first_message(body, &mut reservation, principal, may_permit).await {
             Ok(read) => read,
             Err(refusal) => return refused(Some(session.clone()), None, refusal),
         };
@@ -674,25 +709,32 @@ impl Gateway {
     /// `reservation` first (the announced length as soon as the prefix has arrived, since that is
     /// what the buffer is sized to), and the whole read has `limits.first_message_timeout`.
     ///
-    /// A message larger than [`SMALL_MESSAGE`] is buffered only if `may_permit()` finds a
-    /// policy that could permit the principal the action: otherwise a caller with no permission
-    /// could make the gateway hold megabytes only to deny them. Small messages are read either
-    /// way, so that a denial's record still names the resource it was for.
+    /// A message larger than [`SMALL_MESSAGE`] is buffered, and a call waits for the rest of its
+    /// message, only if `may_permit()` finds a policy that could permit the principal the action:
+    /// otherwise a caller with no permission could make the gateway hold megabytes, or call
+    /// slots, only to deny them. A small message that is all there is read either way, so that a
+    /// denial's record still names the resource it was for. A call that waits holds one of its
+    /// principal's `limits.max_waiting_calls_per_principal` slots while it does.
     async fn read_first_message(
         &self,
         mut body: Incoming,
         reservation: &mut Reservation,
+        principal: &str,
         may_permit: impl Fn() -> Result<(), Refusal>,
     ) -> Result<(Bytes, Option<Incoming>), Refusal> {
         let max = self.limits.max_message_bytes;
         let read = async {
             let mut buffer = BytesMut::new();
             let mut checked = false;
+            let mut waiting = None;
             loop {
                 if buffer.len() >= 5 {
                     let framed = 5 + inspect::announced_length(&buffer, max)?;
                     if buffer.len() >= framed {
-                        return Ok((buffer.freeze(), Some(body)));
+                        // A body already ended is not kept: forwarded without one, the call
+                        // is sent whole at once, and hyper spawns no task to stream the rest.
+                        let rest = (!hyper::body::Body::is_end_stream(&body)).then_some(body);
+                        return Ok((buffer.freeze(), rest));
                     }
                     if framed > SMALL_MESSAGE && !std::mem::replace(&mut checked, true) {
                         may_permit()?;
@@ -700,7 +742,23 @@ impl Gateway {
                     self.hold(reservation, framed)?;
                     buffer.reserve(framed - buffer.len());
                 }
-                match body.frame().await {
+                let frame = match body.frame().now_or_never() {
+                    Some(frame) => frame,
+                    None => {
+                        // The message is not all here: the call is about to wait for it, and
+                        // holds its slot of `limits.max_concurrent_calls` meanwhile. Only for a
+                        // principal some policy could permit, and a few calls of each at once:
+                        // otherwise slow calls opened faster than they time out hold every slot.
+                        if waiting.is_none() {
+                            if !std::mem::replace(&mut checked, true) {
+                                may_permit()?;
+                            }
+                            waiting = Some(self.waiting.enter(principal).map_err(Refusal::TooManyWaiting)?);
+                        }
+                        body.frame().await
+                    }
+                };
+                match frame {
                     Some(Ok(frame)) => {
                         if let Ok(data) = frame.into_data() {
                             self.hold(reservation, buffer.len() + data.len())?;

@@ -172,6 +172,50 @@ def test_slow_oversized_streams_hold_bounded_memory(gateway, okta):
     print(f"\nRSS growth {growth:.1f} MiB; {exhausted} RESOURCE_EXHAUSTED, {timed_out} DEADLINE_EXCEEDED")
 
 
+def hold_slow_calls(address: str, token: str, streams: int) -> RawH2:
+    """`streams` DescribeNamespace calls on one connection, each sending the 5-byte prefix of a
+    100-byte message and 3 bytes of it, then nothing."""
+    conn = RawH2(address)
+    for _ in range(streams):
+        stream = conn.open(DESCRIBE, token)
+        conn.send(stream, grpc_prefix(100) + b"\x0a\x08p")
+    conn.pump(0.05)
+    return conn
+
+
+def test_slow_first_messages_cannot_take_every_call_slot(gateway, okta):
+    """The cap on calls in flight (limits.max_concurrent_calls) was a lever: calls whose first
+    message never finished held their slot for first_message_timeout, so a valid token with no
+    permission at all, opening them faster than they timed out, held every slot, and every other
+    caller got RESOURCE_EXHAUSTED."""
+    gw = gateway(extra='[limits]\nmax_concurrent_calls = 48\nfirst_message_timeout = "6s"\n'
+                 "max_waiting_calls_per_principal = 8\n")  # fmt: skip
+    nobody = okta.mint(okta_claims("mallory", ["nobody"]))
+    narrow = deployer(okta, sub="eve")
+    with LegitClient(gw.address, deployer(okta, sub="alice")) as legit:
+        time.sleep(0.3)
+        # No permission: refused at once, before the gateway waits for the message.
+        attackers = [hold_slow_calls(gw.address, nobody, 40) for _ in range(3)]
+        # A grant to describe the namespace: at most 8 calls of one principal may wait for
+        # their first message; the rest are refused at once.
+        greedy = hold_slow_calls(gw.address, narrow, 40)
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            for conn in [*attackers, greedy]:
+                conn.pump(0.02)
+        time.sleep(0.5)
+    codes = [c for conn in attackers for c in conn.status.values()]
+    assert len(codes) == 120 and set(codes) == {"7"}, codes
+    greedy_codes = sorted(greedy.status.values())
+    assert greedy_codes == ["8"] * 32, greedy_codes  # 8 still wait, until first_message_timeout
+    assert "waiting for their first message" in next(iter(greedy.message.values())), greedy.message
+    wait_until(lambda: greedy.pump(0.2) or len(greedy.status) == 40, timeout=10)
+    assert sorted(greedy.status.values()) == ["4"] * 8 + ["8"] * 32
+    for conn in [*attackers, greedy]:
+        conn.close()
+    legit.assert_all_ok()
+
+
 def test_many_connections_cannot_take_the_global_budget_from_small_calls(gateway, okta):
     """Connections that together fill the global budget with large messages leave small calls room."""
     gw = gateway(extra='[limits]\nmax_buffered_bytes = 48000000\nfirst_message_timeout = "4s"\n')
