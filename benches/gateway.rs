@@ -31,6 +31,7 @@
 //!   BENCH_WARMUP         [300] calls before each measurement
 //!   BENCH_POLLS          [2000] idle long polls for the memory figure (0 = skip)
 //!   BENCH_POLL_CONNS     [4] connections those polls are spread over
+//!   BENCH_POLL_RATE      [1000] polls opened per second
 //!   BENCH_POLL_SETTLE    [5] seconds between opening the polls and reading RSS (10 000 polls
 //!                        on 2 busy cores take longer than 5 s to reach the upstream)
 //!   BENCH_NAMESPACE      [payments]
@@ -584,7 +585,13 @@ async fn poll_memory(s: &Settings, target: &Target) -> anyhow::Result<(u64, u64,
     let body = proto::poll_activity(&s.namespace, &queue);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut tasks = Vec::with_capacity(s.polls);
-    for _ in 0..s.polls {
+    // Opened at BENCH_POLL_RATE per second: all at once, the dev server refuses thousands of them
+    // ("namespace rate limit exceeded") whatever its rps settings.
+    let rate: f64 = std::env::var("BENCH_POLL_RATE").ok().and_then(|v| v.parse().ok()).unwrap_or(1000.0);
+    let opening = Instant::now();
+    for i in 0..s.polls {
+        let due = opening + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(due.into()).await;
         let (c, b, tx) = (conns.clone(), body.clone(), tx.clone());
         tasks.push(tokio::spawn(async move {
             let (st, msg) = c.call("PollActivityTaskQueue", b, Some("70S")).await;

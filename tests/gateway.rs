@@ -486,12 +486,18 @@ async fn the_upstream_connection_is_made_again_when_it_closes_or_the_upstream_re
     let token = key.sign(&claims("alice", &["deployers"]));
 
     // Every connection is closed after one call, with a GOAWAY or without: every call still
-    // succeeds (a call given to a connection that closed before writing it is sent again).
+    // succeeds. After a GOAWAY the next call follows at once (the connection is seen closing,
+    // or the call comes back unsent from it and is sent again). A connection dropped without one is
+    // found closed before the next call (which follows a moment later: a call written to a
+    // connection as it dies may have reached the upstream, and is not sent twice).
     for graceful in [true, false] {
         let server = one_call_per_connection(listener_on(addr).await, graceful);
         for i in 0..20 {
             let reply = client.unary("StartWorkflowExecution", Some(&token), &deploy()).await;
             assert_eq!(reply.code(), "0", "graceful {graceful}, call {i}: {reply:?}");
+            if !graceful {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
         server.abort();
         tokio::time::sleep(Duration::from_millis(50)).await;
