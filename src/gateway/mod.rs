@@ -119,6 +119,14 @@ struct Outcome {
     binding: Option<Binding>,
 }
 
+/// How long a call may take to send the next part of its first message before it counts as
+/// waiting for it (`read_first_message`). Short enough that calls opened faster than they time
+/// out cannot hold the call slots (holding 100 000 of them for 100 ms takes a million new streams
+/// a second, far past the connection and stream caps); long enough that a busy gateway or a
+/// client that writes its headers and its message apart is not taken for a slow one, which
+/// would refuse a call of a principal without permission before its message names a resource.
+const WAITING_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// What phase 6 needs of an admitted call: all that the call holds while it is upstream.
 struct Forward {
     parts: http::request::Parts,
@@ -712,9 +720,9 @@ impl Gateway {
     /// A message larger than [`SMALL_MESSAGE`] is buffered, and a call waits for the rest of its
     /// message, only if `may_permit()` finds a policy that could permit the principal the action:
     /// otherwise a caller with no permission could make the gateway hold megabytes, or call
-    /// slots, only to deny them. A small message that is all there is read either way, so that a
-    /// denial's record still names the resource it was for. A call that waits holds one of its
-    /// principal's `limits.max_waiting_calls_per_principal` slots while it does.
+    /// slots, only to deny them. A small message that is all there within [`WAITING_AFTER`] is read
+    /// either way, so that a denial's record still names the resource it was for. A call whose message is late holds one of its principal's `limits.max_waiting_calls_per_principal`
+    /// slots while it waits.
     async fn read_first_message(
         &self,
         mut body: Incoming,
@@ -727,6 +735,7 @@ impl Gateway {
             let mut buffer = BytesMut::new();
             let mut checked = false;
             let mut waiting = None;
+            let late_after = tokio::time::Instant::now() + WAITING_AFTER;
             loop {
                 if buffer.len() >= 5 {
                     let framed = 5 + inspect::announced_length(&buffer, max)?;
@@ -742,13 +751,20 @@ impl Gateway {
                     self.hold(reservation, framed)?;
                     buffer.reserve(framed - buffer.len());
                 }
-                let frame = match body.frame().now_or_never() {
+                // Nearly always the next frame is here already, or within microseconds.
+                let mut frame = body.frame().now_or_never();
+                if frame.is_none() && waiting.is_none() {
+                    // The grace counts from the start of the read, not per frame: a byte every
+                    // 99 ms is a slow message too.
+                    frame = tokio::time::timeout_at(late_after, body.frame()).await.ok();
+                }
+                let frame = match frame {
                     Some(frame) => frame,
                     None => {
-                        // The message is not all here: the call is about to wait for it, and
-                        // holds its slot of `limits.max_concurrent_calls` meanwhile. Only for a
-                        // principal some policy could permit, and a few calls of each at once:
-                        // otherwise slow calls opened faster than they time out hold every slot.
+                        // The message is late: the call is about to wait for it, and holds its
+                        // slot of `limits.max_concurrent_calls` meanwhile. Only for a principal
+                        // some policy could permit, and a few calls of each at once: otherwise
+                        // slow calls opened faster than they time out hold every slot.
                         if waiting.is_none() {
                             if !std::mem::replace(&mut checked, true) {
                                 may_permit()?;

@@ -187,23 +187,32 @@ def test_slow_first_messages_cannot_take_every_call_slot(gateway, okta):
     """The cap on calls in flight (limits.max_concurrent_calls) was a lever: calls whose first
     message never finished held their slot for first_message_timeout, so a valid token with no
     permission at all, opening them faster than they timed out, held every slot, and every other
-    caller got RESOURCE_EXHAUSTED."""
-    gw = gateway(extra='[limits]\nmax_concurrent_calls = 48\nfirst_message_timeout = "6s"\n'
+    caller got RESOURCE_EXHAUSTED. Now a call counts as waiting once its message is 100 ms late:
+    then a principal no policy could permit is refused, and one with a grant may have at most
+    limits.max_waiting_calls_per_principal calls waiting. Bursts of 40 and a cap of 64, so that
+    the 100 ms before a call counts as waiting never fills the cap by itself."""
+    gw = gateway(extra='[limits]\nmax_concurrent_calls = 64\nfirst_message_timeout = "6s"\n'
                  "max_waiting_calls_per_principal = 8\n")  # fmt: skip
     nobody = okta.mint(okta_claims("mallory", ["nobody"]))
     narrow = deployer(okta, sub="eve")
+
+    def pump_for(conns, seconds):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for conn in conns:
+                conn.pump(0.02)
+
     with LegitClient(gw.address, deployer(okta, sub="alice")) as legit:
         time.sleep(0.3)
-        # No permission: refused at once, before the gateway waits for the message.
-        attackers = [hold_slow_calls(gw.address, nobody, 40) for _ in range(3)]
-        # A grant to describe the namespace: at most 8 calls of one principal may wait for
-        # their first message; the rest are refused at once.
+        # A grant to describe the namespace: 8 of its calls may wait; the rest are refused.
         greedy = hold_slow_calls(gw.address, narrow, 40)
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline:
-            for conn in [*attackers, greedy]:
-                conn.pump(0.02)
-        time.sleep(0.5)
+        pump_for([greedy], 0.5)
+        # No permission: refused once late, not held until first_message_timeout.
+        attackers = []
+        for _ in range(3):
+            attackers.append(hold_slow_calls(gw.address, nobody, 40))
+            pump_for([*attackers, greedy], 0.4)
+        pump_for([*attackers, greedy], 0.5)
     codes = [c for conn in attackers for c in conn.status.values()]
     assert len(codes) == 120 and set(codes) == {"7"}, codes
     greedy_codes = sorted(greedy.status.values())
@@ -214,6 +223,21 @@ def test_slow_first_messages_cannot_take_every_call_slot(gateway, okta):
     for conn in [*attackers, greedy]:
         conn.close()
     legit.assert_all_ok()
+
+    # The 100 ms count from the start of the message, not from each byte: a byte every 50 ms
+    # is a late message too.
+    trickle = RawH2(gw.address)
+    stream = trickle.open(DESCRIBE, nobody)
+    message = grpc_prefix(100) + b"\x0a" * 100
+    started = time.monotonic()
+    for i in range(40):
+        trickle.send(stream, message[i : i + 1])
+        trickle.pump(0.05)
+        if stream in trickle.status:
+            break
+    assert trickle.status.get(stream) == "7", trickle.status
+    assert time.monotonic() - started < 1.5, "refused once late, not when the message timed out"
+    trickle.close()
 
 
 def test_many_connections_cannot_take_the_global_budget_from_small_calls(gateway, okta):
