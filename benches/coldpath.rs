@@ -115,20 +115,11 @@ dir = "{policies}"
 path = "{audit}"
 [token_cache]
 max_entries = {cache}
-[[issuers]]
-name = "bench"
-issuer = "{iss}"
-jwks_uri = "{jwks}"
-audiences = ["{aud}"]
-principal = "Service"
-algorithms = ["ES256"]
-"#,
+{issuers}"#,
         policies = policies.display(),
         audit = work.join("decisions.jsonl").display(),
         cache = env("BENCH_TOKEN_CACHE", 100_000),
-        iss = issuer.url,
-        jwks = issuer.jwks_uri,
-        aud = support::issuer::AUDIENCE,
+        issuers = issuer.config_table(),
     )
 }
 

@@ -68,20 +68,11 @@ path = "{audit}"
 [mint]
 issuer = "http://127.0.0.1:{port}"
 key_dir = "{keys}"
-[[issuers]]
-name = "bench"
-issuer = "{iss}"
-jwks_uri = "{jwks}"
-audiences = ["{aud}"]
-principal = "Service"
-algorithms = ["ES256"]
-"#,
+{issuers}"#,
         policies = policies.display(),
         audit = work.path().join("decisions.jsonl").display(),
         keys = work.path().join("keys").display(),
-        iss = issuer.url,
-        jwks = issuer.jwks_uri,
-        aud = support::issuer::AUDIENCE,
+        issuers = issuer.config_table(),
     );
     let config_path = work.path().join("flowgate.toml");
     std::fs::write(&config_path, config)?;

@@ -364,20 +364,11 @@ address = "http://{temporal}"
 dir = "{policies}"
 [audit]
 path = "{audit}"
-[[issuers]]
-name = "bench"
-issuer = "{iss}"
-jwks_uri = "{jwks}"
-audiences = ["{aud}"]
-principal = "Service"
-algorithms = ["ES256"]
-"#,
+{issuers}"#,
         temporal = s.temporal,
         policies = policies.display(),
         audit = work.join("decisions.jsonl").display(),
-        iss = issuer.url,
-        jwks = issuer.jwks_uri,
-        aud = support::issuer::AUDIENCE,
+        issuers = issuer.config_table(),
     );
     let config_path = work.join("flowgate.toml");
     std::fs::write(&config_path, config)?;

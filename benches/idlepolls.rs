@@ -225,20 +225,11 @@ address = "http://{upstream}"
 dir = "{policies}"
 [audit]
 path = "{audit}"
-[[issuers]]
-name = "bench"
-issuer = "{iss}"
-jwks_uri = "{jwks}"
-audiences = ["{aud}"]
-principal = "Service"
-algorithms = ["ES256"]
-"#,
+{issuers}"#,
             upstream = upstream.addr,
             policies = policies.display(),
             audit = work.path().join("decisions.jsonl").display(),
-            iss = issuer.url,
-            jwks = issuer.jwks_uri,
-            aud = support::issuer::AUDIENCE,
+            issuers = issuer.config_table(),
         ))?;
         let listener = gateway_runtime.block_on(TcpListener::bind("127.0.0.1:0"))?;
         let addr = listener.local_addr()?;

@@ -78,6 +78,15 @@ impl Issuer {
     }
 
     /// A one-hour bearer token for `bench:loadgen`.
+    /// The `[[issuers]]` table of a flowgate config that trusts this issuer's tokens, the bench
+    /// principal a `Temporal::Service` (`bench:loadgen`).
+    pub fn config_table(&self) -> String {
+        format!(
+            "[[issuers]]\nname = \"bench\"\nissuer = \"{}\"\njwks_uri = \"{}\"\naudiences = [\"{AUDIENCE}\"]\nprincipal = \"Service\"\nalgorithms = [\"ES256\"]\n",
+            self.url, self.jwks_uri
+        )
+    }
+
     pub fn token(&self) -> anyhow::Result<String> {
         self.token_with_jti(None)
     }
