@@ -77,7 +77,7 @@ struct Channel {
     open: std::sync::Mutex<Option<SendRequest<ForwardBody>>>,
     /// Held while connecting (one attempt at a time): why the last attempt failed, if it did.
     connecting: tokio::sync::Mutex<Option<String>>,
-    /// Attempts made; a call notes it before waiting, to tell whether one ran meanwhile.
+    /// Attempts ended; a call notes it before waiting, to tell whether one ended meanwhile.
     attempts: AtomicU64,
 }
 
@@ -109,13 +109,16 @@ impl Channel {
             return Ok(sender);
         }
         if let Some(why) = failed.as_ref().filter(|_| self.attempts.load(Ordering::Acquire) != seen) {
-            return Err(why.clone()); // an attempt ran while this call waited for it
+            return Err(why.clone()); // an attempt ended while this call waited for it
         }
-        self.attempts.fetch_add(1, Ordering::AcqRel);
         let outcome = match tokio::time::timeout(self.connect_timeout, self.connect()).await {
             Ok(outcome) => outcome,
             Err(_) => Err(format!("no connection within {:?}", self.connect_timeout)),
         };
+        // Counted when it ends: every call that started waiting before then shares this outcome,
+        // so a wave of calls meeting an upstream that hangs waits for one attempt, not in turn
+        // for one each.
+        self.attempts.fetch_add(1, Ordering::AcqRel);
         match outcome {
             Ok(sender) => {
                 *failed = None;
