@@ -162,15 +162,16 @@ fn main() {
     let minter = flowgate::mint::Minter::new(signer.clone(), flowgate::mint::replay::ReplayCache::memory());
     let grant = flowgate::mint::Grant::parse_scope("namespace:payments role:worker task_queue:deploys").unwrap();
     let credential = minter.mint_worker(&github, &grant, SystemTime::now()).token;
-    let header = flowgate::mint::unverified_header(&credential).unwrap();
+    let jws = flowgate::authn::Jws::parse(&credential).unwrap();
     time("mint a worker credential (ES256 sign)", 2_000, || {
         black_box(minter.mint_worker(&github, &grant, SystemTime::now()));
     });
     time("verify a worker credential (ES256, uncached)", 2_000, || {
-        black_box(flowgate::authn::own::verify(&signer, &credential, &header).unwrap());
+        let jws = flowgate::authn::Jws::parse(&credential).unwrap();
+        black_box(flowgate::authn::own::verify(&signer, &credential, &jws).unwrap());
     });
     let cache = flowgate::authn::TokenCache::new(1000);
-    let verified = flowgate::authn::own::verify(&signer, &credential, &header).unwrap();
+    let verified = flowgate::authn::own::verify(&signer, &credential, &jws).unwrap();
     cache.insert(&credential, std::sync::Arc::new(flowgate::session::Session::new(verified)));
     let poll = catalog::lookup("/temporal.api.workflowservice.v1.WorkflowService/PollActivityTaskQueue");
     let poll_call = call(ResourceKind::TaskQueue, None, None);

@@ -23,13 +23,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use aws_lc_rs::signature::{self, ParsedPublicKey};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use jsonwebtoken::Algorithm;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
-use jsonwebtoken::{Algorithm, DecodingKey};
 use sha2::{Digest, Sha256};
 
 use super::presets::KeySource;
@@ -110,58 +113,138 @@ impl Default for HttpFetcher {
     }
 }
 
-/// One verifying key, ready to use.
+/// One verifying key, ready to use: parsed by aws-lc-rs once for each algorithm it may verify,
+/// when its JWKS is fetched. Verifying a token is then the signature check alone: no JWK
+/// components decoded, no key parsed or validated, no header or payload decoded a second time
+/// (`Authenticator::verify` has them already), on every new token.
 pub struct VerifyingKey {
-    pub key: DecodingKey,
-    /// The algorithm the JWK declares, if it does.
-    pub algorithm: Option<Algorithm>,
-    family: KeyFamily,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum KeyFamily {
-    Rsa,
-    P256,
-    P384,
-    Ed25519,
+    /// The algorithms this key verifies, each with the key parsed for it: the key type's
+    /// algorithms, or only the one the JWK declares in `alg`.
+    verifiers: Vec<(Algorithm, ParsedPublicKey)>,
 }
 
 impl VerifyingKey {
     /// Whether a token signed with `algorithm` may be checked with this key: the JWK's own
     /// `alg` (when present) and its key type/curve must agree with the token's header.
     pub fn accepts(&self, algorithm: Algorithm) -> bool {
-        use Algorithm::*;
-        let family_fits = match algorithm {
-            RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => self.family == KeyFamily::Rsa,
-            ES256 => self.family == KeyFamily::P256,
-            ES384 => self.family == KeyFamily::P384,
-            EdDSA => self.family == KeyFamily::Ed25519,
-            HS256 | HS384 | HS512 => false,
-        };
-        family_fits && self.algorithm.is_none_or(|declared| declared == algorithm)
+        self.verifier(algorithm).is_some()
+    }
+
+    /// Whether `signature` (the JWS signature, base64url-decoded) signs `signing_input` (the
+    /// token up to its last `.`) with this key under `algorithm`. False for an algorithm the key
+    /// does not accept.
+    pub fn verify(&self, algorithm: Algorithm, signing_input: &[u8], signature: &[u8]) -> bool {
+        self.verifier(algorithm).is_some_and(|key| key.verify_sig(signing_input, signature).is_ok())
+    }
+
+    fn verifier(&self, algorithm: Algorithm) -> Option<&ParsedPublicKey> {
+        self.verifiers.iter().find(|(a, _)| *a == algorithm).map(|(_, key)| key)
     }
 }
 
+/// The aws-lc-rs verification algorithm of a JWS algorithm (RFC 7518 §3.1): ECDSA signatures in
+/// JWS are the fixed-width `r || s`, and RSA moduli under 2048 bits are refused.
+fn verification_algorithm(algorithm: Algorithm) -> Option<&'static dyn signature::VerificationAlgorithm> {
+    use Algorithm::*;
+    Some(match algorithm {
+        RS256 => &signature::RSA_PKCS1_2048_8192_SHA256,
+        RS384 => &signature::RSA_PKCS1_2048_8192_SHA384,
+        RS512 => &signature::RSA_PKCS1_2048_8192_SHA512,
+        PS256 => &signature::RSA_PSS_2048_8192_SHA256,
+        PS384 => &signature::RSA_PSS_2048_8192_SHA384,
+        PS512 => &signature::RSA_PSS_2048_8192_SHA512,
+        ES256 => &signature::ECDSA_P256_SHA256_FIXED,
+        ES384 => &signature::ECDSA_P384_SHA384_FIXED,
+        EdDSA => &signature::ED25519,
+        HS256 | HS384 | HS512 => return None,
+    })
+}
+
+/// A base64url JWK member, decoded (padding tolerated, as JWK producers differ).
+fn jwk_bytes(member: &str) -> Option<Vec<u8>> {
+    URL_SAFE_NO_PAD.decode(member.trim_end_matches('=')).ok()
+}
+
+/// An RFC 8017 `RSAPublicKey` (`SEQUENCE { modulus INTEGER, publicExponent INTEGER }`), DER,
+/// from a JWK's big-endian `n` and `e`: the form aws-lc-rs parses an RSA key from.
+fn rsa_public_key_der(n: &[u8], e: &[u8]) -> Vec<u8> {
+    fn length(out: &mut Vec<u8>, len: usize) {
+        if len < 0x80 {
+            out.push(len as u8);
+        } else {
+            let bytes = len.to_be_bytes();
+            let skip = bytes.iter().take_while(|&&b| b == 0).count();
+            out.push(0x80 | (bytes.len() - skip) as u8);
+            out.extend_from_slice(&bytes[skip..]);
+        }
+    }
+    fn integer(out: &mut Vec<u8>, magnitude: &[u8]) {
+        let start = magnitude.iter().take_while(|&&b| b == 0).count().min(magnitude.len().saturating_sub(1));
+        let magnitude = &magnitude[start..];
+        let pad = magnitude.first().is_none_or(|&b| b & 0x80 != 0);
+        out.push(0x02);
+        length(out, magnitude.len() + usize::from(pad));
+        if pad {
+            out.push(0);
+        }
+        out.extend_from_slice(magnitude);
+    }
+    let mut body = Vec::with_capacity(n.len() + e.len() + 16);
+    integer(&mut body, n);
+    integer(&mut body, e);
+    let mut out = Vec::with_capacity(body.len() + 4);
+    out.push(0x30);
+    length(&mut out, body.len());
+    out.extend_from_slice(&body);
+    out
+}
+
 fn parse_key(jwk: &Jwk) -> Option<VerifyingKey> {
+    use Algorithm::*;
     if jwk.common.public_key_use.as_ref().is_some_and(|u| *u != jsonwebtoken::jwk::PublicKeyUse::Signature) {
         return None;
     }
-    let family = match &jwk.algorithm {
-        AlgorithmParameters::RSA(_) => KeyFamily::Rsa,
-        AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
-            EllipticCurve::P256 => KeyFamily::P256,
-            EllipticCurve::P384 => KeyFamily::P384,
-            _ => return None,
-        },
-        AlgorithmParameters::OctetKeyPair(okp) if okp.curve == EllipticCurve::Ed25519 => KeyFamily::Ed25519,
+    let (family, public_key): (&[Algorithm], Vec<u8>) = match &jwk.algorithm {
+        AlgorithmParameters::RSA(rsa) => {
+            let n = jwk_bytes(&rsa.n)?;
+            // aws-lc-rs verifies 2048 to 8192-bit moduli only, but parses smaller ones: a key it
+            // could never verify with is skipped here, like any other unusable key.
+            let bits = n.iter().skip_while(|&&b| b == 0).count() * 8;
+            if !(2048..=8192).contains(&bits) {
+                return None;
+            }
+            (&[RS256, RS384, RS512, PS256, PS384, PS512], rsa_public_key_der(&n, &jwk_bytes(&rsa.e)?))
+        }
+        AlgorithmParameters::EllipticCurve(ec) => {
+            let (algorithms, width): (&[Algorithm], usize) = match ec.curve {
+                EllipticCurve::P256 => (&[ES256], 32),
+                EllipticCurve::P384 => (&[ES384], 48),
+                _ => return None,
+            };
+            let (x, y) = (jwk_bytes(&ec.x)?, jwk_bytes(&ec.y)?);
+            if x.len() != width || y.len() != width {
+                return None;
+            }
+            // The uncompressed SEC 1 point.
+            (algorithms, [&[4u8][..], &x, &y].concat())
+        }
+        AlgorithmParameters::OctetKeyPair(okp) if okp.curve == EllipticCurve::Ed25519 => (&[EdDSA], jwk_bytes(&okp.x)?),
         _ => return None,
     };
-    let algorithm = match jwk.common.key_algorithm {
+    let declared = match jwk.common.key_algorithm {
         None => None,
         Some(declared) => Some(declared.to_string().parse::<Algorithm>().ok()?),
     };
-    let key = DecodingKey::from_jwk(jwk).ok()?;
-    Some(VerifyingKey { key, algorithm, family })
+    let verifiers = family
+        .iter()
+        .filter(|&&algorithm| declared.is_none_or(|declared| declared == algorithm))
+        .map(|&algorithm| {
+            let parsed = ParsedPublicKey::new(verification_algorithm(algorithm)?, &public_key).ok()?;
+            Some((algorithm, parsed))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    // A declared `alg` of another key type leaves nothing to verify with: the key is unusable.
+    (!verifiers.is_empty()).then_some(VerifyingKey { verifiers })
 }
 
 /// Parses a JWKS document. Keys that are not usable for signatures (encryption keys, symmetric
@@ -499,6 +582,146 @@ mod tests {
         ]});
         let keys = parse_jwks(&doc);
         assert_eq!(keys.keys().collect::<Vec<_>>(), vec!["good"]);
+    }
+
+    type Sign = Box<dyn Fn(&[u8]) -> Vec<u8>>;
+
+    /// A JWK of each key type flowgate verifies, from a freshly generated key, with a function
+    /// that signs as that JWS algorithm.
+    fn generated_keys() -> Vec<(Algorithm, serde_json::Value, Sign)> {
+        use aws_lc_rs::rand::SystemRandom;
+        use aws_lc_rs::rsa::KeySize;
+        use aws_lc_rs::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair};
+        let b64 = |bytes: &[u8]| URL_SAFE_NO_PAD.encode(bytes);
+        let rsa = Arc::new(RsaKeyPair::generate(KeySize::Rsa2048).unwrap());
+        let (n, e) = (rsa.public_key().modulus(), rsa.public_key().exponent());
+        let rsa_jwk = serde_json::json!({"kty": "RSA", "kid": "rsa",
+            "n": b64(n.big_endian_without_leading_zero()), "e": b64(e.big_endian_without_leading_zero())});
+        let rsa_signer = |padding: &'static dyn signature::RsaEncoding| {
+            let rsa = rsa.clone();
+            Box::new(move |message: &[u8]| {
+                let mut out = vec![0; rsa.public_modulus_len()];
+                rsa.sign(padding, &SystemRandom::new(), message, &mut out).unwrap();
+                out
+            }) as Sign
+        };
+        let ec = |signing: &'static signature::EcdsaSigningAlgorithm, crv: &str| {
+            let key = EcdsaKeyPair::generate(signing).unwrap();
+            let point = key.public_key().as_ref().to_vec();
+            let width = (point.len() - 1) / 2;
+            let jwk = serde_json::json!({"kty": "EC", "crv": crv, "kid": crv,
+                "x": b64(&point[1..1 + width]), "y": b64(&point[1 + width..])});
+            let sign = move |message: &[u8]| key.sign(&SystemRandom::new(), message).unwrap().as_ref().to_vec();
+            (jwk, Box::new(sign) as Sign)
+        };
+        let ed = Ed25519KeyPair::generate().unwrap();
+        let ed_jwk =
+            serde_json::json!({"kty": "OKP", "crv": "Ed25519", "kid": "ed", "x": b64(ed.public_key().as_ref())});
+        let (p256, sign_p256) = ec(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, "P-256");
+        let (p384, sign_p384) = ec(&signature::ECDSA_P384_SHA384_FIXED_SIGNING, "P-384");
+        vec![
+            (Algorithm::RS256, rsa_jwk.clone(), rsa_signer(&signature::RSA_PKCS1_SHA256)),
+            (Algorithm::RS512, rsa_jwk.clone(), rsa_signer(&signature::RSA_PKCS1_SHA512)),
+            (Algorithm::PS256, rsa_jwk, rsa_signer(&signature::RSA_PSS_SHA256)),
+            (Algorithm::ES256, p256, sign_p256),
+            (Algorithm::ES384, p384, sign_p384),
+            (Algorithm::EdDSA, ed_jwk, Box::new(move |message: &[u8]| ed.sign(message).as_ref().to_vec())),
+        ]
+    }
+
+    /// The key type (and curve) an algorithm needs.
+    fn family(algorithm: Algorithm) -> &'static str {
+        use Algorithm::*;
+        match algorithm {
+            RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => "RSA",
+            ES256 => "P-256",
+            ES384 => "P-384",
+            EdDSA => "Ed25519",
+            HS256 | HS384 | HS512 => "oct",
+        }
+    }
+
+    #[test]
+    fn keys_parsed_once_verify_their_own_algorithms_only() {
+        let every = [
+            Algorithm::RS256,
+            Algorithm::RS384,
+            Algorithm::RS512,
+            Algorithm::PS256,
+            Algorithm::PS384,
+            Algorithm::PS512,
+            Algorithm::ES256,
+            Algorithm::ES384,
+            Algorithm::EdDSA,
+            Algorithm::HS256,
+        ];
+        for (algorithm, jwk, sign) in generated_keys() {
+            let keys = parse_jwks(&serde_json::json!({"keys": [jwk]}));
+            let key = keys.values().next().unwrap_or_else(|| panic!("{algorithm:?}: key not parsed"));
+            let message = b"eyJhbGciOi.eyJzdWIiOi";
+            let good = sign(message);
+            assert!(key.verify(algorithm, message, &good), "{algorithm:?}: its own signature");
+            assert!(!key.verify(algorithm, b"eyJhbGciOi.eyJzdWIiOj", &good), "{algorithm:?}: another message");
+            let mut bad = good.clone();
+            *bad.last_mut().unwrap() ^= 1;
+            assert!(!key.verify(algorithm, message, &bad), "{algorithm:?}: a flipped bit");
+            for other in every {
+                assert_eq!(
+                    key.accepts(other),
+                    family(other) == family(algorithm),
+                    "{algorithm:?} key, {other:?} token"
+                );
+                if other != algorithm {
+                    assert!(!key.verify(other, message, &good), "{algorithm:?} signature checked as {other:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_declared_alg_is_the_only_one_a_key_verifies() {
+        let (_, mut jwk, sign) = generated_keys().swap_remove(0);
+        jwk["alg"] = "PS256".into();
+        let keys = parse_jwks(&serde_json::json!({"keys": [jwk.clone()]}));
+        let key = &keys["rsa"];
+        assert!(key.accepts(Algorithm::PS256));
+        assert!(!key.accepts(Algorithm::RS256), "the JWK says PS256");
+        assert!(!key.verify(Algorithm::RS256, b"a.b", &sign(b"a.b")));
+        // An `alg` of another key type leaves the key nothing to verify: it is skipped.
+        jwk["alg"] = "ES256".into();
+        assert!(parse_jwks(&serde_json::json!({"keys": [jwk]})).is_empty());
+    }
+
+    #[test]
+    fn malformed_key_material_is_skipped() {
+        let point = |x: &str| {
+            serde_json::json!({"kty": "EC", "crv": "P-256", "kid": "k", "x": x,
+            "y": "T-NC4v4af5uO5-tKfA-eFivOM1drMV7Oy7ZAaDe_UfU"})
+        };
+        // Off the curve, short, not base64url.
+        for x in [
+            "AxfR8uEsQkf4vOblY6RA8ncDfYEt6zOg9KE5RdiYwpY",
+            "axfR8uEsQkf4",
+            "axfR8uEsQkf4vOblY6RA8ncDfYEt6zOg9KE5RdiYwp!",
+        ] {
+            assert!(parse_jwks(&serde_json::json!({"keys": [point(x)]})).is_empty(), "x = {x}");
+        }
+        // A 1024-bit RSA modulus: under the 2048 bits aws-lc-rs verifies.
+        let n = URL_SAFE_NO_PAD.encode([0xc5u8; 128]);
+        assert!(
+            parse_jwks(&serde_json::json!({"keys": [{"kty": "RSA", "kid": "small", "n": n, "e": "AQAB"}]})).is_empty()
+        );
+    }
+
+    #[test]
+    fn rsa_public_keys_are_der_as_rfc_8017_writes_them() {
+        // Short form lengths, a leading zero for a high bit, leading zeros dropped.
+        assert_eq!(rsa_public_key_der(&[0x80], &[1, 0, 1]), [0x30, 0x09, 0x02, 0x02, 0x00, 0x80, 0x02, 0x03, 1, 0, 1]);
+        assert_eq!(rsa_public_key_der(&[0, 0, 0x7f], &[3]), [0x30, 0x06, 0x02, 0x01, 0x7f, 0x02, 0x01, 3]);
+        // Long form: a 2048-bit modulus with its high bit set is 257 content bytes.
+        let der = rsa_public_key_der(&[0xff; 256], &[1, 0, 1]);
+        assert_eq!(&der[..8], &[0x30, 0x82, 0x01, 0x0a, 0x02, 0x82, 0x01, 0x01]);
+        assert_eq!(der.len(), 4 + 4 + 257 + 5);
     }
 
     #[test]

@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
-use super::AuthnError;
 use super::principal::{self, Principal};
+use super::{AuthnError, Jws};
 use crate::config::PrincipalKind;
 use crate::credential::{Grant, MintedGrant, Role, Signer, WORKER_USE, unix};
 
@@ -54,7 +54,8 @@ pub fn worker_principal(
 }
 
 /// Verifies one of flowgate's own worker credentials, signed by `signer`'s keys.
-pub fn verify(signer: &Signer, token: &str, header: &Map<String, Value>) -> Result<Principal, AuthnError> {
+pub fn verify(signer: &Signer, token: &str, jws: &Jws<'_>) -> Result<Principal, AuthnError> {
+    let header = &jws.header;
     let config = &signer.config;
     if header.get("alg").and_then(Value::as_str) != Some("ES256") {
         return Err(AuthnError::AlgorithmNotAccepted {
@@ -72,14 +73,8 @@ pub fn verify(signer: &Signer, token: &str, header: &Map<String, Value>) -> Resu
     let key = signer
         .verifying_key(kid, now)
         .ok_or_else(|| AuthnError::Keys(format!("signing key `{kid}` is not one of flowgate's published keys")))?;
-    let mut validation = jsonwebtoken::Validation::new(Algorithm::ES256);
-    validation.required_spec_claims.clear();
-    validation.validate_exp = false;
-    validation.validate_nbf = false;
-    validation.validate_aud = false;
-    let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, &validation)
-        .map_err(|_| AuthnError::BadSignature)?
-        .claims;
+    jws.check_signature(|input, signature| key.verifying.verify_sig(input, signature).is_ok())?;
+    let claims = &jws.claims;
     let now = unix(now);
     let number = |name: &str| claims.get(name).and_then(Value::as_u64);
     let text = |name: &str| claims.get(name).and_then(Value::as_str);
@@ -100,5 +95,5 @@ pub fn verify(signer: &Signer, token: &str, header: &Map<String, Value>) -> Resu
             found: text("token_use").unwrap_or_default().to_owned(),
         });
     }
-    worker_principal(&config.name, &config.issuer, &claims, UNIX_EPOCH + Duration::from_secs(exp))
+    worker_principal(&config.name, &config.issuer, claims, UNIX_EPOCH + Duration::from_secs(exp))
 }

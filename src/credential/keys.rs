@@ -19,10 +19,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair, ParsedPublicKey,
+};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use jsonwebtoken::{DecodingKey, EncodingKey};
+use jsonwebtoken::EncodingKey;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -49,7 +51,8 @@ pub struct SigningKey {
     pub created: SystemTime,
     pub path: PathBuf,
     pub encoding: EncodingKey,
-    pub decoding: DecodingKey,
+    /// The public half, parsed once: what a worker credential presented back is checked with.
+    pub verifying: ParsedPublicKey,
     /// Its public JWK, as published.
     pub jwk: Value,
 }
@@ -109,9 +112,9 @@ impl SigningKey {
         // RFC 7638: the required members, sorted, no whitespace.
         let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
         let kid = URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()));
-        let decoding = DecodingKey::from_ec_components(&x, &y).map_err(|e| bad(e.to_string()))?;
+        let verifying = ParsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point).map_err(|e| bad(e.to_string()))?;
         let jwk = json!({"kty": "EC", "crv": "P-256", "x": x, "y": y, "kid": kid, "alg": "ES256", "use": "sig"});
-        Ok(SigningKey { kid, created, path, encoding: EncodingKey::from_ec_der(der), decoding, jwk })
+        Ok(SigningKey { kid, created, path, encoding: EncodingKey::from_ec_der(der), verifying, jwk })
     }
 
     /// Reads one PEM file.

@@ -23,9 +23,7 @@ pub mod replay;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use self::replay::ReplayCache;
 use crate::audit::DecisionLog;
@@ -110,8 +108,3 @@ pub struct TokenEndpoint {
     pub metrics: Arc<Metrics>,
 }
 
-/// Decodes the header of a JWT without verifying anything.
-pub fn unverified_header(token: &str) -> Option<Map<String, Value>> {
-    let header = token.split('.').next()?;
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).ok()?).ok()
-}

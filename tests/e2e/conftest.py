@@ -407,12 +407,15 @@ class Gateway:
             return ""
 
     def decisions(self) -> list[dict]:
-        """Every decision record written so far, parsed (a torn last line is an error)."""
+        """Every decision record written so far, parsed. A read that races a write may end inside
+        the line being written (a page at a time becomes visible): only lines ended by a newline
+        count, and any of those that does not parse is an error."""
         try:
             text = self.audit_path.read_text()
         except FileNotFoundError:
             return []
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        whole = text[: text.rfind("\n") + 1]
+        return [json.loads(line) for line in whole.splitlines() if line.strip()]
 
     def wait_decisions(self, predicate, count: int, timeout: float = 5.0) -> list[dict]:
         """Waits until at least `count` records match `predicate`; returns the matches."""
