@@ -22,8 +22,9 @@
 //! BENCH_ROUNDS [5]; BENCH_CONCURRENCY [8]; BENCH_CONNECTIONS [2] h2c connections the callers
 //! share; BENCH_POLICY_SET [repo] `repo` = the repo's policies/ plus the bench policy, `bench` =
 //! schema and bench policy only; BENCH_TOKEN_CACHE [100000] `token_cache.max_entries`;
-//! BENCH_MICRO_TOKENS [2000] new tokens per in-process sample; BENCH_MODES [warm,cold] the modes
-//! measured (one alone, to profile it: the gateway's threads are named `flowgate`).
+//! BENCH_MICRO_TOKENS [2000] new tokens per in-process sample; BENCH_ALG [ES256] or RS256, what
+//! the issuer signs with (GitHub Actions, GitLab and Okta sign RS256); BENCH_MODES [warm,cold]
+//! the modes measured (one alone, to profile it: the gateway's threads are named `flowgate`).
 
 #[allow(dead_code)]
 mod support;
@@ -69,7 +70,13 @@ fn main() -> anyhow::Result<()> {
     let policies = work.path().join("policies");
     write_policies(&policies, &std::env::var("BENCH_POLICY_SET").unwrap_or_else(|_| "repo".into()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let issuer = runtime.block_on(Issuer::start())?;
+    let algorithm = match std::env::var("BENCH_ALG").as_deref() {
+        Ok("RS256") => jsonwebtoken::Algorithm::RS256,
+        Ok("ES256") | Err(_) => jsonwebtoken::Algorithm::ES256,
+        Ok(other) => anyhow::bail!("BENCH_ALG is ES256 or RS256, not `{other}`"),
+    };
+    let issuer = runtime.block_on(Issuer::start_with(algorithm))?;
+    println!("tokens signed {algorithm:?}");
     if part == "all" || part == "e2e" {
         end_to_end(&runtime, &issuer, work.path(), &policies)?;
     }
@@ -386,7 +393,7 @@ fn micro(runtime: &tokio::runtime::Runtime, issuer: &Issuer, policies: &Path) ->
     })?;
     let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(jwks["keys"][0].clone())?;
     let key = jsonwebtoken::DecodingKey::from_jwk(&jwk)?;
-    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    let mut validation = jsonwebtoken::Validation::new(issuer.algorithm);
     validation.required_spec_claims.clear();
     validation.validate_exp = false;
     validation.validate_nbf = false;
@@ -418,11 +425,11 @@ fn micro(runtime: &tokio::runtime::Runtime, issuer: &Issuer, policies: &Path) ->
     let parsed = parsed.values().next().ok_or_else(|| anyhow::anyhow!("the bench issuer's key did not parse"))?;
     let (signing_input, signature_b64) = token.rsplit_once('.').expect("three parts");
     let signature = time_each(
-        "signature verification alone (ES256, the key parsed once, as flowgate verifies)",
+        "signature verification alone (the key parsed once, as flowgate verifies)",
         || vec![(); per_sample],
         |()| {
             let signature = URL_SAFE_NO_PAD.decode(black_box(signature_b64)).unwrap();
-            assert!(parsed.verify(jsonwebtoken::Algorithm::ES256, black_box(signing_input.as_bytes()), &signature));
+            assert!(parsed.verify(issuer.algorithm, black_box(signing_input.as_bytes()), &signature));
         },
     );
     time_each(

@@ -1,6 +1,7 @@
-//! A throwaway OIDC issuer for the flowgate target: an ES256 key made at start, its JWKS
-//! (and a discovery document) served over HTTP/1 on 127.0.0.1, and a token for the bench
-//! principal signed with it.
+//! A throwaway OIDC issuer for the flowgate target: a key made at start (ES256, or RS256 with
+//! [`Issuer::start_with`]: what GitHub Actions, GitLab and Okta sign with), its JWKS (and a
+//! discovery document) served over HTTP/1 on 127.0.0.1, and a token for the bench principal
+//! signed with it.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,35 +17,66 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-pub const KID: &str = "bench-es256-1";
+pub const KID: &str = "bench-key-1";
 pub const AUDIENCE: &str = "flowgate-bench";
 pub const SUBJECT: &str = "loadgen";
 
 pub struct Issuer {
     pub url: String,
     pub jwks_uri: String,
-    pem: String,
+    pub algorithm: jsonwebtoken::Algorithm,
+    key: Key,
+}
+
+enum Key {
+    /// The P-256 key, PEM.
+    Es256(String),
+    Rs256(aws_lc_rs::rsa::KeyPair),
 }
 
 impl Issuer {
-    /// Binds an ephemeral port and serves `/jwks` and the discovery document from a task.
+    /// An ES256 issuer.
     pub async fn start() -> anyhow::Result<Issuer> {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let point = key.public_key_raw(); // 0x04 || x || y
-        anyhow::ensure!(point.len() == 65 && point[0] == 4, "unexpected P-256 public key encoding");
-        let jwks = serde_json::json!({"keys": [{
-            "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": KID,
-            "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
-            "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
-        }]})
-        .to_string();
+        Issuer::start_with(jsonwebtoken::Algorithm::ES256).await
+    }
+
+    /// Binds an ephemeral port and serves `/jwks` and the discovery document from a task.
+    /// `algorithm`: ES256 or RS256 (2048-bit).
+    pub async fn start_with(algorithm: jsonwebtoken::Algorithm) -> anyhow::Result<Issuer> {
+        let (key, jwk) = match algorithm {
+            jsonwebtoken::Algorithm::ES256 => {
+                let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+                let point = key.public_key_raw(); // 0x04 || x || y
+                anyhow::ensure!(point.len() == 65 && point[0] == 4, "unexpected P-256 public key encoding");
+                let jwk = serde_json::json!({
+                    "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": KID,
+                    "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
+                    "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
+                });
+                (Key::Es256(key.serialize_pem()), jwk)
+            }
+            jsonwebtoken::Algorithm::RS256 => {
+                use aws_lc_rs::signature::KeyPair;
+                let key = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
+                    .map_err(|_| anyhow::anyhow!("cannot generate an RSA key"))?;
+                let (n, e) = (key.public_key().modulus(), key.public_key().exponent());
+                let jwk = serde_json::json!({
+                    "kty": "RSA", "alg": "RS256", "use": "sig", "kid": KID,
+                    "n": URL_SAFE_NO_PAD.encode(n.big_endian_without_leading_zero()),
+                    "e": URL_SAFE_NO_PAD.encode(e.big_endian_without_leading_zero()),
+                });
+                (Key::Rs256(key), jwk)
+            }
+            other => anyhow::bail!("the bench issuer signs ES256 or RS256, not {other:?}"),
+        };
+        let jwks = serde_json::json!({ "keys": [jwk] }).to_string();
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr: SocketAddr = listener.local_addr()?;
         let url = format!("http://{addr}");
         let jwks_uri = format!("{url}/jwks");
         let discovery = serde_json::json!({
             "issuer": url, "jwks_uri": jwks_uri,
-            "id_token_signing_alg_values_supported": ["ES256"],
+            "id_token_signing_alg_values_supported": [format!("{algorithm:?}")],
         })
         .to_string();
         tokio::spawn(async move {
@@ -74,7 +106,7 @@ impl Issuer {
                 });
             }
         });
-        Ok(Issuer { url, jwks_uri, pem: key.serialize_pem() })
+        Ok(Issuer { url, jwks_uri, algorithm, key })
     }
 
     /// A one-hour bearer token for `bench:loadgen`.
@@ -82,8 +114,8 @@ impl Issuer {
     /// principal a `Temporal::Service` (`bench:loadgen`).
     pub fn config_table(&self) -> String {
         format!(
-            "[[issuers]]\nname = \"bench\"\nissuer = \"{}\"\njwks_uri = \"{}\"\naudiences = [\"{AUDIENCE}\"]\nprincipal = \"Service\"\nalgorithms = [\"ES256\"]\n",
-            self.url, self.jwks_uri
+            "[[issuers]]\nname = \"bench\"\nissuer = \"{}\"\njwks_uri = \"{}\"\naudiences = [\"{AUDIENCE}\"]\nprincipal = \"Service\"\nalgorithms = [\"{:?}\"]\n",
+            self.url, self.jwks_uri, self.algorithm
         )
     }
 
@@ -100,11 +132,31 @@ impl Issuer {
         if let Some(jti) = jti {
             claims["jti"] = jti.into();
         }
-        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        let mut header = jsonwebtoken::Header::new(self.algorithm);
         header.kid = Some(KID.into());
-        let key = jsonwebtoken::EncodingKey::from_ec_pem(self.pem.as_bytes())?;
-        let token = jsonwebtoken::encode(&header, &claims, &key)?;
-        // flowgate refuses high-s ES256 signatures by default, and half of these are high-s.
-        Ok(flowgate::ecdsa::normalize_token(jsonwebtoken::Algorithm::ES256, token))
+        match &self.key {
+            Key::Es256(pem) => {
+                let key = jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes())?;
+                let token = jsonwebtoken::encode(&header, &claims, &key)?;
+                // flowgate refuses high-s ES256 signatures by default, and half of these are high-s.
+                Ok(flowgate::ecdsa::normalize_token(jsonwebtoken::Algorithm::ES256, token))
+            }
+            Key::Rs256(key) => {
+                let signing_input = format!(
+                    "{}.{}",
+                    URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header)?),
+                    URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims)?)
+                );
+                let mut signature = vec![0; key.public_modulus_len()];
+                key.sign(
+                    &aws_lc_rs::signature::RSA_PKCS1_SHA256,
+                    &aws_lc_rs::rand::SystemRandom::new(),
+                    signing_input.as_bytes(),
+                    &mut signature,
+                )
+                .map_err(|_| anyhow::anyhow!("RSA signing failed"))?;
+                Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature)))
+            }
+        }
     }
 }

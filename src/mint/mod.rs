@@ -107,4 +107,3 @@ pub struct TokenEndpoint {
     pub log: DecisionLog,
     pub metrics: Arc<Metrics>,
 }
-
