@@ -8,10 +8,26 @@
 //! principal (a `Vec` scanned under a mutex only that principal's calls contend for): a fixed
 //! footprint per token, no global lock, and a flood of one-off calls evicts only its own
 //! principal's entries. It lives with the principal's session (`session`), not in `authn`.
+//!
+//! **Decisions shared across tokens** ([`SharedDecisions`]). Every CI job comes with a token
+//! of its own, so a burst of jobs from one pipeline would ask Cedar the same question once per
+//! job: the one cost of a new token besides its signature that grows with the policy set. But
+//! Cedar sees a principal only through its uid, its `issuer` and `sub` attributes, its groups
+//! and the tags policies read with `getTag` / `hasTag`. When every tag name in the set is a
+//! literal (`engine` finds them at load), two principals that agree on those are
+//! indistinguishable to every policy, and so is the decision of the same call: the set's shared
+//! cache is keyed by exactly that, the claims no policy reads (`jti`, `run_id`, `iat`, ...)
+//! left out. A set with a tag named by any other expression gets no shared cache. The cache is
+//! bounded by the bytes of its keys, and belongs to its policy set: a reload starts a new one.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
+use quick_cache::Weighter;
+use quick_cache::sync::Cache;
+
 use super::engine::Decision;
+use crate::authn::Principal;
 use crate::temporal::{Call, Resource};
 
 /// How many decisions a principal remembers. A worker repeats a handful of distinct calls
@@ -98,6 +114,161 @@ impl DecisionCache {
             state.next = (slot + 1) % DECISION_CACHE_SIZE;
         }
     }
+}
+
+/// The key bytes a set's shared cache may hold (keys are what grows: a principal's observed
+/// tags, a call's names), and about how many entries that is.
+pub const SHARED_CACHE_BYTES: u64 = 16 * 1024 * 1024;
+const SHARED_CACHE_ITEMS: usize = 16 * 1024;
+
+/// One policy set's decisions, shared by every principal that its policies cannot tell apart.
+pub struct SharedDecisions {
+    /// The principal tags the set's policies read, sorted.
+    pub(crate) observed_tags: Vec<String>,
+    entries: Cache<SharedKey, Arc<Decision>, KeyBytes>,
+}
+
+/// What a shared decision is keyed by: everything of the principal that a policy of the set can
+/// observe, and the call as the principal's own cache keys it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct SharedKey {
+    /// The principal's uid (its type and id), `issuer`, `sub`, groups, and each observed tag's
+    /// value or absence, length-prefixed so that no two principals encode alike.
+    principal: Box<[u8]>,
+    action: &'static str,
+    method_path: Box<str>,
+    /// Without its workflow id when `by_id` is false.
+    call: Call,
+    by_id: bool,
+}
+
+#[derive(Clone)]
+struct KeyBytes;
+
+impl Weighter<SharedKey, Arc<Decision>> for KeyBytes {
+    fn weight(&self, key: &SharedKey, _: &Arc<Decision>) -> u64 {
+        (key.principal.len() + key.method_path.len() + call_bytes(&key.call) + 64) as u64
+    }
+}
+
+impl std::fmt::Debug for SharedDecisions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedDecisions").field("observed_tags", &self.observed_tags).finish_non_exhaustive()
+    }
+}
+
+impl SharedDecisions {
+    /// A cache for a set whose policies read exactly `observed_tags` of a principal's tags.
+    pub(crate) fn new(observed_tags: BTreeSet<String>) -> SharedDecisions {
+        SharedDecisions {
+            observed_tags: observed_tags.into_iter().collect(),
+            entries: Cache::with_weighter(SHARED_CACHE_ITEMS, SHARED_CACHE_BYTES, KeyBytes),
+        }
+    }
+
+    pub(crate) fn get(
+        &self,
+        principal: &Principal,
+        action: &'static str,
+        method_path: &str,
+        call: &Call,
+        by_id: bool,
+    ) -> Option<Arc<Decision>> {
+        self.entries.get(&self.key(principal, action, method_path, call, by_id))
+    }
+
+    pub(crate) fn insert(
+        &self,
+        principal: &Principal,
+        action: &'static str,
+        method_path: &str,
+        call: &Call,
+        by_id: bool,
+        decision: Arc<Decision>,
+    ) {
+        self.entries.insert(self.key(principal, action, method_path, call, by_id), decision);
+    }
+
+    fn key(
+        &self,
+        principal: &Principal,
+        action: &'static str,
+        method_path: &str,
+        call: &Call,
+        by_id: bool,
+    ) -> SharedKey {
+        let mut encoded = Vec::with_capacity(128);
+        let mut put = |bytes: &[u8]| {
+            encoded.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            encoded.extend_from_slice(bytes);
+        };
+        put(principal.uid.to_string().as_bytes());
+        put(principal.issuer.as_bytes());
+        put(principal.sub.as_bytes());
+        put(&(principal.groups.len() as u32).to_le_bytes());
+        for group in &principal.groups {
+            put(group.as_bytes());
+        }
+        for tag in &self.observed_tags {
+            match principal.tags.get(tag) {
+                Some(value) => {
+                    put(b"=");
+                    put(value.as_bytes());
+                }
+                None => put(b""),
+            }
+        }
+        let mut call = call.clone();
+        if !by_id {
+            call.resource.workflow_id = None;
+        }
+        SharedKey { principal: encoded.into(), action, method_path: method_path.into(), call, by_id }
+    }
+
+    /// How many decisions are held.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+/// About how many bytes a call's names take. Every field is named, as in
+/// [`same_but_workflow_id`], so a new one is counted.
+fn call_bytes(call: &Call) -> usize {
+    let Call {
+        resource,
+        signal_name,
+        query_type,
+        update_name,
+        activity_type,
+        nexus_service,
+        nexus_operation,
+        implied_by: _,
+        has_task_token: _,
+        sticky_queue,
+        namespace_id,
+    } = call;
+    let Resource { kind: _, namespace, workflow_id, workflow_type, task_queue, schedule_id, endpoint } = resource;
+    [
+        signal_name,
+        query_type,
+        update_name,
+        activity_type,
+        nexus_service,
+        nexus_operation,
+        sticky_queue,
+        namespace_id,
+        namespace,
+        workflow_id,
+        workflow_type,
+        task_queue,
+        schedule_id,
+        endpoint,
+    ]
+    .iter()
+    .map(|name| name.as_ref().map_or(0, String::len))
+    .sum::<usize>()
+        + std::mem::size_of::<Call>()
 }
 
 /// Whether two calls are the same but for their workflow id. Every field is named, so a field

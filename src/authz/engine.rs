@@ -1,7 +1,7 @@
 //! The policy engine: a loaded, validated set with its per-action slices, and the decisions
 //! it makes (see the module docs of `authz` for the slices and the decision cache).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,7 +15,7 @@ use cedar_policy::{
 use miette::Diagnostic;
 
 use super::ISSUE_CREDENTIAL;
-use super::cache::DecisionCache;
+use super::cache::{DecisionCache, SharedDecisions};
 use super::lint::lint;
 use super::load::{
     MAX_POLICY_NESTING, PolicyError, PolicyProblem, line_column, policy_files, problem, too_deep, version_of,
@@ -43,6 +43,9 @@ pub struct PolicyEngine {
     pub warnings: Vec<PolicyProblem>,
     /// The policy files (not the schema) the set was loaded from.
     pub files: Vec<PathBuf>,
+    /// Decisions shared by principals the set's policies cannot tell apart; `None` when a
+    /// policy names a tag by anything but a literal (see `cache`).
+    shared: Option<SharedDecisions>,
 }
 
 /// What Cedar decided.
@@ -133,6 +136,36 @@ fn reads_resource_id(policy: &cedar_policy::Policy) -> bool {
         _ => true,
     };
     scope_reads || est["conditions"].as_array().is_none_or(|clauses| clauses.iter().any(|c| reads(&c["body"])))
+}
+
+/// The principal tags `policies` can read: the literal names of every `getTag` and `hasTag`
+/// in them, whatever entity they are asked of (conservative). `None` when some tag is named by
+/// any other expression, so that which tags a policy reads is not known before it runs.
+fn observed_tags(policies: &PolicySet) -> Option<BTreeSet<String>> {
+    use serde_json::Value;
+
+    fn walk(expr: &Value, tags: &mut BTreeSet<String>) -> Option<()> {
+        match expr {
+            Value::Object(object) => {
+                for (op, body) in object {
+                    if op == "getTag" || op == "hasTag" {
+                        let name = body.get("right").and_then(|r| r.get("Value")).and_then(Value::as_str)?;
+                        tags.insert(name.to_owned());
+                    }
+                    walk(body, tags)?;
+                }
+                Some(())
+            }
+            Value::Array(items) => items.iter().try_for_each(|item| walk(item, tags)),
+            _ => Some(()),
+        }
+    }
+    let mut tags = BTreeSet::new();
+    for policy in policies.policies() {
+        let est = policy.to_json().ok()?;
+        est["conditions"].as_array()?.iter().try_for_each(|clause| walk(&clause["body"], &mut tags))?;
+    }
+    Some(tags)
 }
 
 static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -275,6 +308,7 @@ impl PolicyEngine {
         let version = version_of(schema_text, sources);
         Ok(PolicyEngine {
             actions: action_policies(&policies),
+            shared: observed_tags(&policies).map(SharedDecisions::new),
             policies,
             generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
             version,
@@ -336,7 +370,19 @@ impl PolicyEngine {
         if let Some(decision) = cache.get(self.generation, spec.name, method_path, call, by_id) {
             return decision;
         }
-        let decision = Arc::new(self.evaluate(principal, spec, method_path, call));
+        // A new token of a principal the policies cannot tell from one seen before (the next
+        // job of the same pipeline) is decided as that one was.
+        let shared = self.shared.as_ref();
+        let decision = match shared.and_then(|shared| shared.get(principal, spec.name, method_path, call, by_id)) {
+            Some(decision) => decision,
+            None => {
+                let decision = Arc::new(self.evaluate(principal, spec, method_path, call));
+                if let Some(shared) = shared {
+                    shared.insert(principal, spec.name, method_path, call, by_id, decision.clone());
+                }
+                decision
+            }
+        };
         cache.insert(self.generation, spec.name, method_path, call, by_id, decision.clone());
         decision
     }
@@ -566,6 +612,7 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     use super::*;
+    use crate::authz::cache::SHARED_CACHE_BYTES;
     use crate::authz::{DECISION_CACHE_SIZE, generated_schema};
     use crate::config::PrincipalKind;
     use crate::temporal::Resource;
@@ -600,10 +647,14 @@ when { resource has id && resource.id like "prod-*" };
     }
 
     fn principal(groups: &[&str], tags: &[(&str, &str)]) -> Principal {
+        principal_as("u1", groups, tags)
+    }
+
+    fn principal_as(sub: &str, groups: &[&str], tags: &[(&str, &str)]) -> Principal {
         Principal::new(
             PrincipalKind::User,
             "okta",
-            "u1",
+            sub,
             groups.iter().map(|g| g.to_string()).collect(),
             tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             SystemTime::now() + Duration::from_secs(60),
@@ -856,5 +907,124 @@ permit (principal, action == Temporal::Action::"ResetWorkflowExecution", resourc
         );
         assert!(first.allowed && Arc::ptr_eq(&first, &second));
         assert_eq!(decisions.len(), 1);
+    }
+
+    /// Policies that read two tags, the groups and the `sub`: whatever else a token carries is
+    /// invisible to them.
+    const TAGS: &str = r#"
+@id("team-not-dev")
+permit (principal, action in Temporal::Action::"read", resource)
+when {
+  principal.hasTag("team") && principal.getTag("team") == "payments" &&
+  !(principal.hasTag("env") && principal.getTag("env") == "dev")
+};
+@id("admins")
+permit (principal in Temporal::Group::"okta:admins", action, resource);
+@id("by-sub")
+permit (principal, action == Temporal::Action::"StartWorkflowExecution", resource)
+when { principal.sub == "u2" };
+@id("not-prod")
+forbid (principal, action == Temporal::Action::"DescribeNamespace", resource)
+when { principal.hasTag("env") && principal.getTag("env") == "prod" };
+@id("no-conditions")
+permit (principal, action == Temporal::Action::"ListNamespaces", resource);
+"#;
+
+    #[test]
+    fn the_tags_a_set_observes_are_its_literal_tag_names() {
+        let tags = |policies: &str| engine(policies).shared.as_ref().map(|s| s.observed_tags.clone());
+        assert_eq!(tags(TAGS), Some(vec!["env".to_owned(), "team".to_owned()]));
+        assert_eq!(tags(SCOPES), Some(vec!["team".to_owned()]));
+        assert_eq!(tags(r#"@id("all") permit (principal, action, resource);"#), Some(vec![]));
+        // A tag named by an expression: which tags matter is known only when it runs.
+        let computed = r#"@id("computed") permit (principal, action, resource)
+            when { principal.hasTag(principal.sub) };"#;
+        assert_eq!(tags(computed), None);
+        let nested = r#"@id("nested") permit (principal, action, resource)
+            when { principal.hasTag("b") && principal.hasTag(principal.getTag("b")) };"#;
+        assert_eq!(tags(nested), None);
+    }
+
+    #[test]
+    fn new_tokens_that_policies_cannot_tell_apart_share_decisions_and_only_they_do() {
+        let engine = engine(TAGS);
+        let spec =
+            |method: &str| catalog::lookup(&format!("/temporal.api.workflowservice.v1.WorkflowService/{method}"));
+        let methods = ["DescribeNamespace", "DescribeWorkflowExecution", "StartWorkflowExecution", "ListNamespaces"];
+        let calls = |method: &str| match method {
+            "DescribeNamespace" | "ListNamespaces" => vec![call(ResourceKind::Namespace, None, None)],
+            _ => vec![
+                call(ResourceKind::Workflow, Some("a"), Some("Deploy")),
+                call(ResourceKind::Workflow, Some("b"), None),
+            ],
+        };
+        // Principals by sub, groups, observed tags (team, env) and unobserved ones (run_id, jti).
+        let mut principals = Vec::new();
+        for sub in ["u1", "u2"] {
+            for groups in [&[][..], &["admins"][..], &["admins", "devs"][..]] {
+                for team in [None, Some("payments"), Some("search")] {
+                    for env in [None, Some("dev"), Some("prod")] {
+                        for run in ["1", "2"] {
+                            let mut tags = vec![("run_id", run), ("jti", run)];
+                            tags.extend(team.map(|t| ("team", t)));
+                            tags.extend(env.map(|e| ("env", e)));
+                            principals.push(principal_as(sub, groups, &tags));
+                        }
+                    }
+                }
+            }
+        }
+        let (mut shared, mut allowed, mut denied) = (0, 0, 0);
+        for method in methods {
+            for call in calls(method) {
+                let mut seen: Vec<(&Principal, Arc<Decision>)> = Vec::new();
+                for who in &principals {
+                    // Each principal a new token: an empty cache of its own.
+                    let decision = engine.authorize_in(&DecisionCache::default(), who, spec(method), "/m", &call);
+                    assert_eq!(*decision, engine.evaluate(who, spec(method), "/m", &call), "{method} {}", who.id);
+                    allowed += usize::from(decision.allowed);
+                    denied += usize::from(!decision.allowed);
+                    let observed = |p: &Principal| {
+                        (p.id.clone(), p.groups.clone(), p.tags.get("team").cloned(), p.tags.get("env").cloned())
+                    };
+                    for (earlier, earlier_decision) in &seen {
+                        let same = Arc::ptr_eq(earlier_decision, &decision);
+                        assert_eq!(same, observed(earlier) == observed(who), "{method}: {} vs {}", earlier.id, who.id);
+                        shared += usize::from(same);
+                    }
+                    seen.push((who, decision));
+                }
+            }
+        }
+        assert!(shared > 100 && allowed > 50 && denied > 50, "shared {shared}, allowed {allowed}, denied {denied}");
+    }
+
+    #[test]
+    fn a_set_that_names_tags_by_expression_shares_nothing() {
+        let engine =
+            engine(r#"@id("computed") permit (principal, action, resource) when { principal.hasTag(principal.sub) };"#);
+        assert!(engine.shared.is_none());
+        let spec = catalog::lookup("/temporal.api.workflowservice.v1.WorkflowService/DescribeNamespace");
+        let describe = call(ResourceKind::Namespace, None, None);
+        let with = principal(&[], &[("u1", "x")]);
+        let without = principal(&[], &[("other", "x")]);
+        let first = engine.authorize_in(&DecisionCache::default(), &with, spec, "/m", &describe);
+        let second = engine.authorize_in(&DecisionCache::default(), &without, spec, "/m", &describe);
+        assert!(first.allowed && !second.allowed);
+    }
+
+    #[test]
+    fn the_shared_cache_is_bounded_by_its_key_bytes() {
+        let engine = engine(r#"@id("team") permit (principal, action, resource) when { principal.hasTag("team") };"#);
+        let spec = catalog::lookup("/temporal.api.workflowservice.v1.WorkflowService/DescribeNamespace");
+        let describe = call(ResourceKind::Namespace, None, None);
+        // Principals with 64 KiB observed tags each: 1024 of them are four times the budget.
+        let big = "x".repeat(64 * 1024);
+        for n in 0..1024 {
+            let team = format!("{n}{big}");
+            engine.authorize_in(&DecisionCache::default(), &principal(&[], &[("team", &team)]), spec, "/m", &describe);
+        }
+        let held = engine.shared.as_ref().unwrap().len();
+        assert!(held > 0 && held * 64 * 1024 <= SHARED_CACHE_BYTES as usize, "{held} entries of 64 KiB");
     }
 }
