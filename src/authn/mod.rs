@@ -135,10 +135,18 @@ impl<'a> Jws<'a> {
         else {
             return Err(AuthnError::Malformed("expected three `.`-separated parts".into()));
         };
+        let header = decode_segment(header_b64, "header")?;
+        // RFC 7515 §4.1.11: a token that names extensions the verifier must understand is
+        // refused by one that understands none.
+        if header.contains_key("crit") {
+            return Err(AuthnError::Malformed(
+                "header names `crit` extensions, which flowgate does not support".into(),
+            ));
+        }
         Ok(Jws {
             signing_input: &token[..header_b64.len() + 1 + payload_b64.len()],
             signature_b64,
-            header: decode_segment(header_b64, "header")?,
+            header,
             claims: decode_segment(payload_b64, "payload")?,
         })
     }
@@ -386,5 +394,45 @@ impl Issuer {
         let mut principal = self.settings.mapping.principal(claims, expires_at)?;
         principal.issuer_url = self.settings.issuer.clone();
         Ok(principal)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segment(json: &str) -> String {
+        URL_SAFE_NO_PAD.encode(json)
+    }
+
+    #[test]
+    fn a_jws_is_split_once_and_its_signing_input_is_its_first_two_segments() {
+        let (header, payload) = (segment(r#"{"alg":"ES256","kid":"k"}"#), segment(r#"{"sub":"s"}"#));
+        let token = format!("{header}.{payload}.{}", URL_SAFE_NO_PAD.encode([1, 2, 3]));
+        let jws = Jws::parse(&token).unwrap();
+        assert_eq!(jws.header["kid"], "k");
+        assert_eq!(jws.claims["sub"], "s");
+        let mut seen = None;
+        jws.check_signature(|input, signature| {
+            seen = Some((input.to_vec(), signature.to_vec()));
+            true
+        })
+        .unwrap();
+        assert_eq!(seen, Some((format!("{header}.{payload}").into_bytes(), vec![1, 2, 3])));
+        assert!(matches!(jws.check_signature(|_, _| false), Err(AuthnError::BadSignature)));
+    }
+
+    #[test]
+    fn padded_segments_a_bad_signature_encoding_and_crit_headers_are_refused() {
+        let payload = segment(r#"{"sub":"s"}"#);
+        let malformed = |token: &str| matches!(Jws::parse(token), Err(AuthnError::Malformed(_)));
+        // `{"alg":"ES256"}` is 15 bytes: its base64url needs one `=` of padding.
+        let padded = format!("{}=", segment(r#"{"alg":"ES256"}"#));
+        assert!(malformed(&format!("{padded}.{payload}.AQID")));
+        assert!(malformed(&format!("{}.{payload}.AQID", segment(r#"{"alg":"ES256","crit":["exp"],"exp":1}"#))));
+        assert!(malformed(&format!("{}.{payload}", segment(r#"{"alg":"ES256"}"#))));
+        let jws = format!("{}.{payload}.AQID=", segment(r#"{"alg":"ES256"}"#));
+        let jws = Jws::parse(&jws).unwrap();
+        assert!(matches!(jws.check_signature(|_, _| true), Err(AuthnError::BadSignature)), "a padded signature");
     }
 }

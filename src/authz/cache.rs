@@ -116,8 +116,8 @@ impl DecisionCache {
     }
 }
 
-/// The key bytes a set's shared cache may hold (keys are what grows: a principal's observed
-/// tags, a call's names), and about how many entries that is.
+/// The bytes a set's shared cache may hold (its keys, a principal's observed tags and a call's
+/// names, and its decisions' reasons and errors), and about how many entries that is.
 pub const SHARED_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 const SHARED_CACHE_ITEMS: usize = 16 * 1024;
 
@@ -146,8 +146,10 @@ struct SharedKey {
 struct KeyBytes;
 
 impl Weighter<SharedKey, Arc<Decision>> for KeyBytes {
-    fn weight(&self, key: &SharedKey, _: &Arc<Decision>) -> u64 {
-        (key.principal.len() + key.method_path.len() + call_bytes(&key.call) + 64) as u64
+    fn weight(&self, key: &SharedKey, decision: &Arc<Decision>) -> u64 {
+        let texts = |texts: &[String]| texts.iter().map(|t| t.len() + 24).sum::<usize>();
+        let decision = texts(&decision.reasons) + texts(&decision.errors);
+        (key.principal.len() + key.method_path.len() + call_bytes(&key.call) + decision + 64) as u64
     }
 }
 
@@ -166,27 +168,26 @@ impl SharedDecisions {
         }
     }
 
-    pub(crate) fn get(
+    /// The decision cached for `principal`'s call, or the one `decide` makes, cached then: a
+    /// call decided for another principal that the policies cannot tell from this one is
+    /// answered as it was. Two first calls at once may both decide (no caller ever waits on
+    /// another's evaluation).
+    pub(crate) fn get_or_decide(
         &self,
         principal: &Principal,
         action: &'static str,
         method_path: &str,
         call: &Call,
         by_id: bool,
-    ) -> Option<Arc<Decision>> {
-        self.entries.get(&self.key(principal, action, method_path, call, by_id))
-    }
-
-    pub(crate) fn insert(
-        &self,
-        principal: &Principal,
-        action: &'static str,
-        method_path: &str,
-        call: &Call,
-        by_id: bool,
-        decision: Arc<Decision>,
-    ) {
-        self.entries.insert(self.key(principal, action, method_path, call, by_id), decision);
+        decide: impl FnOnce() -> Arc<Decision>,
+    ) -> Arc<Decision> {
+        let key = self.key(principal, action, method_path, call, by_id);
+        if let Some(decision) = self.entries.get(&key) {
+            return decision;
+        }
+        let decision = decide();
+        self.entries.insert(key, decision.clone());
+        decision
     }
 
     fn key(

@@ -372,16 +372,10 @@ impl PolicyEngine {
         }
         // A new token of a principal the policies cannot tell from one seen before (the next
         // job of the same pipeline) is decided as that one was.
-        let shared = self.shared.as_ref();
-        let decision = match shared.and_then(|shared| shared.get(principal, spec.name, method_path, call, by_id)) {
-            Some(decision) => decision,
-            None => {
-                let decision = Arc::new(self.evaluate(principal, spec, method_path, call));
-                if let Some(shared) = shared {
-                    shared.insert(principal, spec.name, method_path, call, by_id, decision.clone());
-                }
-                decision
-            }
+        let decide = || Arc::new(self.evaluate(principal, spec, method_path, call));
+        let decision = match &self.shared {
+            Some(shared) => shared.get_or_decide(principal, spec.name, method_path, call, by_id, decide),
+            None => decide(),
         };
         cache.insert(self.generation, spec.name, method_path, call, by_id, decision.clone());
         decision
