@@ -23,10 +23,16 @@
 //!   decisions keyed by exactly those inputs and tagged with the policy set's generation, so a
 //!   worker polling the same task queue is decided by Cedar once per token and policy set, and
 //!   a reload invalidates everything at once.
+//! * **Decisions shared across tokens.** A principal's cache dies with its token, and CI jobs
+//!   each bring a new one. So each set also keeps decisions keyed by what its policies can see
+//!   of a principal: its uid, `issuer`, `sub`, groups, and the tags the set names literally in
+//!   `getTag` / `hasTag` (found at load). The next job of a pipeline, whose token differs only
+//!   in claims no policy reads (`jti`, `run_id`, `iat`), is decided as the last one was,
+//!   without Cedar. A set that names a tag by any other expression shares nothing.
 //!
 //! The files, one concern each: [`load`] reads a policy directory and locates every problem;
 //! [`engine`] builds the validated set with its per-action slices and decides; [`cache`] keeps
-//! a principal's recent decisions; [`schema`] generates the Cedar schema from the method
+//! a principal's recent decisions and the decisions principals share; [`schema`] generates the Cedar schema from the method
 //! catalog; [`lint`] warns about policies that are valid Cedar but cannot do what they say;
 //! [`grant`] enforces the limits a flowgate credential carries. `authz` sees principals as
 //! `authn` made them and calls as `temporal` read them; it never reads a request itself.
