@@ -62,7 +62,7 @@ pub struct Upstream {
     channel: Arc<Channel>,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
-    address: String,
+    address: Arc<str>,
 }
 
 /// The one HTTP/2 connection to the upstream, made when first needed and again after it closed.
@@ -127,6 +127,13 @@ impl Channel {
             }
             Err(why) => Err(failed.insert(why).clone()),
         }
+    }
+
+    /// Sends `request` on a new connection (or the one another call just made): no
+    /// connection was open, or the one it was given to closed before writing it.
+    async fn send_on_new(&self, request: http::Request<ForwardBody>) -> Result<http::Response<Incoming>, String> {
+        let mut sender = self.sender().await?;
+        sender.try_send_request(request).await.map_err(|error| error_chain(error.error()))
     }
 
     async fn connect(&self) -> Result<SendRequest<ForwardBody>, String> {
@@ -233,16 +240,70 @@ impl Upstream {
             connecting: tokio::sync::Mutex::new(None),
             attempts: AtomicU64::new(0),
         };
-        Ok(Upstream { channel: Arc::new(channel), scheme, authority, address: config.address.clone() })
+        Ok(Upstream { channel: Arc::new(channel), scheme, authority, address: config.address.as_str().into() })
     }
 
     /// Sends a request upstream, rewritten to the upstream's scheme and authority.
-    pub async fn send(
+    ///
+    /// The request is handed to the open connection before this returns, and the future holds
+    /// only the wait for the response: a worker's long poll keeps it for 70 s, times every idle
+    /// poll. The way to a new connection (no connection is open, or the one the call was given
+    /// to closed before writing it) is boxed, and taken only then.
+    pub fn send(
         &self,
-        mut parts: http::request::Parts,
+        parts: http::request::Parts,
+        body: ForwardBody,
+    ) -> impl Future<Output = Result<http::Response<Incoming>, UpstreamError>> + Send + use<> {
+        let channel = self.channel.clone();
+        let address = self.address.clone();
+        // Boxed: the wait holds a slot for the request (which the connection gives back when it
+        // closed before writing it), and only the box's address stays in the caller's future.
+        let first = self.request(parts, body).map(|request| match channel.open() {
+            Some(mut sender) => Ok(Box::pin(sender.try_send_request(request))),
+            None => Err(Box::new(request)),
+        });
+        async move {
+            let unavailable = |why: String| UpstreamError::Unavailable(format!("`{address}`: {why}"));
+            let unsent = match first? {
+                Ok(sent) => match sent.await {
+                    Ok(response) => return Ok(response),
+                    Err(mut error) => match error.take_message() {
+                        Some(unsent) => {
+                            channel.forget_closed();
+                            unsent
+                        }
+                        None => return Err(unavailable(error_chain(error.error()))),
+                    },
+                },
+                Err(unsent) => *unsent,
+            };
+            Box::pin(channel.send_on_new(unsent)).await.map_err(unavailable)
+        }
+    }
+
+    /// [`Upstream::send`], bounded by the caller's own deadline (plus a second: the upstream
+    /// answers first).
+    pub async fn send_within(
+        &self,
+        parts: http::request::Parts,
         body: ForwardBody,
         deadline: Option<Duration>,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
+        let response = self.send(parts, body);
+        match deadline {
+            Some(deadline) => tokio::time::timeout(deadline + Duration::from_secs(1), response)
+                .await
+                .map_err(|_| UpstreamError::Deadline)?,
+            None => response.await,
+        }
+    }
+
+    /// `parts` and `body` as a request to the upstream: its scheme and authority, HTTP/2.
+    fn request(
+        &self,
+        mut parts: http::request::Parts,
+        body: ForwardBody,
+    ) -> Result<http::Request<ForwardBody>, UpstreamError> {
         let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         parts.uri = http::Uri::builder()
             .scheme(self.scheme.clone())
@@ -252,48 +313,14 @@ impl Upstream {
             .map_err(|e| UpstreamError::Unavailable(e.to_string()))?;
         parts.version = http::Version::HTTP_2;
         parts.headers.remove(http::header::HOST);
-        let request = http::Request::from_parts(parts, body);
-        let response = self.request(request);
-        match deadline {
-            // Never cut a call shorter than its own deadline: the upstream answers first.
-            Some(deadline) => tokio::time::timeout(deadline + Duration::from_secs(1), response)
-                .await
-                .map_err(|_| UpstreamError::Deadline)?,
-            None => response.await,
-        }
-    }
-
-    /// Sends `request` on the connection; again, once, on a new connection if the one it was
-    /// given to had closed before writing it (the upstream restarted, or went away idle).
-    async fn request(&self, request: http::Request<ForwardBody>) -> Result<http::Response<Incoming>, UpstreamError> {
-        let unavailable = |why: String| UpstreamError::Unavailable(format!("`{}`: {why}", self.address));
-        let mut request = request;
-        for attempt in 0..2 {
-            let mut sender = match self.channel.open() {
-                Some(sender) => sender,
-                // Boxed: the wait for a connection, TLS included, is rare, and inline it would
-                // size the future of every call for as long as the call lasts.
-                None => Box::pin(self.channel.sender()).await.map_err(unavailable)?,
-            };
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok(response),
-                Err(mut error) => match error.take_message() {
-                    Some(unsent) if attempt == 0 => {
-                        self.channel.forget_closed();
-                        request = unsent;
-                    }
-                    _ => return Err(unavailable(error_chain(error.error()))),
-                },
-            }
-        }
-        unreachable!("the second attempt returns")
+        Ok(http::Request::from_parts(parts, body))
     }
 
     /// A unary call flowgate makes itself (a health check, a namespace lookup, failing a
     /// refused workflow task), its answer read whole, at most `limit` bytes of body.
     pub async fn unary(&self, parts: http::request::Parts, message: Bytes, limit: usize) -> Result<UnaryReply, String> {
         let response =
-            self.send(parts, ForwardBody::new(message, None, None), None).await.map_err(|r| r.to_string())?;
+            self.send(parts, ForwardBody::new(message, None, None)).await.map_err(|r| r.to_string())?;
         let (parts, body) = response.into_parts();
         let collected = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit))
             .await

@@ -258,14 +258,25 @@ impl Gateway {
     }
 
     /// Handles one gRPC call from `conn`.
-    pub async fn handle(&self, request: http::Request<Incoming>, conn: &ClientConn) -> http::Response<ResponseBody> {
-        // Boxed, and over before the call goes upstream: this future lives as long as the call
-        // (70 s for each of a worker's long polls), and only what forwarding needs stays in it.
-        // Inline, every idle poll would hold the largest state of the phases before (the record,
-        // the decision, the parsed call) for its whole life.
-        match Box::pin(self.admit(request, conn)).await {
-            Ok(forward) => self.forward(forward).await,
-            Err(refused) => refused,
+    ///
+    /// In two futures: phases 1-5 boxed, over before the call goes upstream, and the wait for
+    /// the upstream's answer. The second lives as long as the call (70 s for each of a worker's
+    /// long polls), so it holds only what the wait needs: not the request, nor the largest
+    /// state of the phases before (the record, the decision, the parsed call), as one future
+    /// for the whole call did.
+    pub fn handle(
+        self: &Arc<Self>,
+        request: http::Request<Incoming>,
+        conn: ClientConn,
+    ) -> impl Future<Output = http::Response<ResponseBody>> + Send + use<> {
+        let gateway = self.clone();
+        let admitted = Box::pin(async move { gateway.admit(request, &conn).await.map(|call| gateway.forward(call)) });
+        async move {
+            let admitted = admitted.await;
+            match admitted {
+                Ok(forwarded) => forwarded.await,
+                Err(refused) => refused,
+            }
         }
     }
 
@@ -387,28 +398,35 @@ impl Gateway {
         Ok(Forward { parts, body, method: spec.name, seal })
     }
 
-    /// Phase 6: forward. The call's `grpc-timeout` is enforced around the whole call
+    /// Phase 6: forward. The call is handed to the upstream connection now; the future waits
+    /// for the answer. The call's `grpc-timeout` is enforced around the whole call
     /// (`layers::Deadline`).
-    async fn forward(&self, Forward { parts, body, method, seal }: Forward) -> http::Response<ResponseBody> {
-        match self.upstream.send(parts, body, None).await {
-            Ok(response) => {
-                let (mut parts, body) = response.into_parts();
-                let body = match seal {
-                    Some(ctx) => {
-                        let keys = self.task_tokens.clone();
-                        parts.headers.remove(http::header::CONTENT_LENGTH);
-                        ResponseBody::rewritten(body, method, &parts.headers, move |message| {
-                            keys.seal_response(method, message, &ctx).map_err(|e| e.to_string())
-                        })
-                    }
-                    None => ResponseBody::forwarded(body),
-                };
-                http::Response::from_parts(parts, body)
-            }
-            Err(error) => {
-                let refusal = Refusal::from(error);
-                tracing::warn!(error = %refusal, method, "forwarding failed");
-                trailers_only(refusal.code(), &refusal.to_string())
+    fn forward(
+        &self,
+        Forward { parts, body, method, seal }: Forward,
+    ) -> impl Future<Output = http::Response<ResponseBody>> + Send + use<> {
+        let response = self.upstream.send(parts, body);
+        let keys = seal.is_some().then(|| self.task_tokens.clone());
+        async move {
+            match response.await {
+                Ok(response) => {
+                    let (mut parts, body) = response.into_parts();
+                    let body = match (seal, keys) {
+                        (Some(ctx), Some(keys)) => {
+                            parts.headers.remove(http::header::CONTENT_LENGTH);
+                            ResponseBody::rewritten(body, method, &parts.headers, move |message| {
+                                keys.seal_response(method, message, &ctx).map_err(|e| e.to_string())
+                            })
+                        }
+                        _ => ResponseBody::forwarded(body),
+                    };
+                    http::Response::from_parts(parts, body)
+                }
+                Err(error) => {
+                    let refusal = Refusal::from(error);
+                    tracing::warn!(error = %refusal, method, "forwarding failed");
+                    trailers_only(refusal.code(), &refusal.to_string())
+                }
             }
         }
     }
@@ -963,8 +981,8 @@ impl tower::Service<http::Request<Incoming>> for GatewayService {
     }
 
     fn call(&mut self, request: http::Request<Incoming>) -> Self::Future {
-        let (gateway, conn) = (self.gateway.clone(), self.conn.clone());
-        Box::pin(async move { Ok(gateway.handle(request, &conn).await) })
+        let handled = self.gateway.handle(request, self.conn.clone());
+        Box::pin(async move { Ok(handled.await) })
     }
 }
 

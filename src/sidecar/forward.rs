@@ -87,7 +87,7 @@ impl Forwarder {
         // `insert` replaces every `authorization` value the worker sent.
         parts.headers.insert(http::header::AUTHORIZATION, authorization);
         let deadline = deadline.map(|deadline| deadline.saturating_sub(started.elapsed()));
-        match self.upstream.send(parts, ForwardBody::new(Bytes::new(), Some(body), None), deadline).await {
+        match self.upstream.send_within(parts, ForwardBody::new(Bytes::new(), Some(body), None), deadline).await {
             Ok(response) => response.map(Either::Left),
             Err(error) => {
                 let refusal = Refusal::from(error);
