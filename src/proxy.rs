@@ -319,8 +319,7 @@ impl Upstream {
     /// A unary call flowgate makes itself (a health check, a namespace lookup, failing a
     /// refused workflow task), its answer read whole, at most `limit` bytes of body.
     pub async fn unary(&self, parts: http::request::Parts, message: Bytes, limit: usize) -> Result<UnaryReply, String> {
-        let response =
-            self.send(parts, ForwardBody::new(message, None, None)).await.map_err(|r| r.to_string())?;
+        let response = self.send(parts, ForwardBody::new(message, None, None)).await.map_err(|r| r.to_string())?;
         let (parts, body) = response.into_parts();
         let collected = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit))
             .await

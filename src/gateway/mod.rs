@@ -31,6 +31,7 @@ use std::time::{Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
+use futures_util::future::Either;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
@@ -271,13 +272,12 @@ impl Gateway {
     ) -> impl Future<Output = http::Response<ResponseBody>> + Send + use<> {
         let gateway = self.clone();
         let admitted = Box::pin(async move { gateway.admit(request, &conn).await.map(|call| gateway.forward(call)) });
-        async move {
-            let admitted = admitted.await;
-            match admitted {
-                Ok(forwarded) => forwarded.await,
-                Err(refused) => refused,
-            }
-        }
+        // Combinators, where an async block would keep a slot for each future it awaits beside
+        // the one it moved it from.
+        admitted.then(|admitted| match admitted {
+            Ok(forwarded) => Either::Left(forwarded),
+            Err(refused) => Either::Right(std::future::ready(refused)),
+        })
     }
 
     /// Phases 1-5: the call that may go upstream, or the answer to one that may not.
@@ -405,30 +405,27 @@ impl Gateway {
         &self,
         Forward { parts, body, method, seal }: Forward,
     ) -> impl Future<Output = http::Response<ResponseBody>> + Send + use<> {
-        let response = self.upstream.send(parts, body);
         let keys = seal.is_some().then(|| self.task_tokens.clone());
-        async move {
-            match response.await {
-                Ok(response) => {
-                    let (mut parts, body) = response.into_parts();
-                    let body = match (seal, keys) {
-                        (Some(ctx), Some(keys)) => {
-                            parts.headers.remove(http::header::CONTENT_LENGTH);
-                            ResponseBody::rewritten(body, method, &parts.headers, move |message| {
-                                keys.seal_response(method, message, &ctx).map_err(|e| e.to_string())
-                            })
-                        }
-                        _ => ResponseBody::forwarded(body),
-                    };
-                    http::Response::from_parts(parts, body)
-                }
-                Err(error) => {
-                    let refusal = Refusal::from(error);
-                    tracing::warn!(error = %refusal, method, "forwarding failed");
-                    trailers_only(refusal.code(), &refusal.to_string())
-                }
+        self.upstream.send(parts, body).map(move |response| match response {
+            Ok(response) => {
+                let (mut parts, body) = response.into_parts();
+                let body = match (seal, keys) {
+                    (Some(ctx), Some(keys)) => {
+                        parts.headers.remove(http::header::CONTENT_LENGTH);
+                        ResponseBody::rewritten(body, method, &parts.headers, move |message| {
+                            keys.seal_response(method, message, &ctx).map_err(|e| e.to_string())
+                        })
+                    }
+                    _ => ResponseBody::forwarded(body),
+                };
+                http::Response::from_parts(parts, body)
             }
-        }
+            Err(error) => {
+                let refusal = Refusal::from(error);
+                tracing::warn!(error = %refusal, method, "forwarding failed");
+                trailers_only(refusal.code(), &refusal.to_string())
+            }
+        })
     }
 
     /// The `authorization` Temporal gets for `principal`'s call, per `upstream.credentials`.
@@ -981,8 +978,7 @@ impl tower::Service<http::Request<Incoming>> for GatewayService {
     }
 
     fn call(&mut self, request: http::Request<Incoming>) -> Self::Future {
-        let handled = self.gateway.handle(request, self.conn.clone());
-        Box::pin(async move { Ok(handled.await) })
+        Box::pin(self.gateway.handle(request, self.conn.clone()).map(Ok))
     }
 }
 
