@@ -203,7 +203,9 @@ impl SharedDecisions {
             encoded.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
             encoded.extend_from_slice(bytes);
         };
-        put(principal.uid.to_string().as_bytes());
+        // The uid is made of these two: no need to render it.
+        put(principal.kind.entity_type().as_bytes());
+        put(principal.id.as_bytes());
         put(principal.issuer.as_bytes());
         put(principal.sub.as_bytes());
         put(&(principal.groups.len() as u32).to_le_bytes());
