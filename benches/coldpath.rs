@@ -371,7 +371,12 @@ fn micro(runtime: &tokio::runtime::Runtime, issuer: &Issuer, policies: &Path) ->
     let config = flowgate::Config::parse(&config_text(work.path(), policies, "127.0.0.1:9".parse()?, issuer))?;
     let metrics = Arc::new(flowgate::telemetry::Metrics::new());
     let authn = flowgate::authn::Authenticator::new(&config, flowgate::authn::HttpFetcher::new(), metrics.clone())?;
-    let sessions = flowgate::session::Sessions::new(Arc::new(authn), config.token_cache.max_entries, metrics);
+    let sessions = flowgate::session::Sessions::new(
+        Arc::new(authn),
+        config.token_cache.max_entries,
+        flowgate::identity::Stamper::new(&config),
+        metrics,
+    );
     let engine = flowgate::authz::PolicyEngine::load(policies)?;
     let describe = flowgate::temporal::catalog::lookup(DESCRIBE);
     let describe_call = flowgate::temporal::Call::new(flowgate::temporal::Resource {
@@ -457,7 +462,10 @@ fn micro(runtime: &tokio::runtime::Runtime, issuer: &Issuer, policies: &Path) ->
             black_box(mapping.principal(black_box(&claims), expires_at).unwrap());
         },
     );
-    let principal = Arc::new(flowgate::session::Session::new(mapping.principal(&claims, expires_at)?));
+    let principal = Arc::new(flowgate::session::Session::new(
+        mapping.principal(&claims, expires_at)?,
+        flowgate::identity::PrincipalStamp::none(),
+    ));
     let roomy = flowgate::authn::TokenCache::new(100_000);
     let mut inserted = 0;
     let insert = time_each(

@@ -172,7 +172,10 @@ fn main() {
     });
     let cache = flowgate::authn::TokenCache::new(1000);
     let verified = flowgate::authn::own::verify(&signer, &credential, &jws).unwrap();
-    cache.insert(&credential, std::sync::Arc::new(flowgate::session::Session::new(verified)));
+    cache.insert(
+        &credential,
+        std::sync::Arc::new(flowgate::session::Session::new(verified, flowgate::identity::PrincipalStamp::none())),
+    );
     let poll = catalog::lookup("/temporal.api.workflowservice.v1.WorkflowService/PollActivityTaskQueue");
     let poll_call = call(ResourceKind::TaskQueue, None, None);
     time("worker credential per call: cache + grant + decision", 200_000, || {

@@ -50,6 +50,170 @@ pub struct Config {
     pub replay: ReplayConfig,
     #[serde(default)]
     pub task_tokens: TaskTokensConfig,
+    #[serde(default)]
+    pub identity: IdentityConfig,
+}
+
+/// `[identity]`: what Temporal's own history says about who acted.
+///
+/// Temporal records the `identity` a client puts in its request (`WorkflowExecutionStarted`,
+/// `WorkflowExecutionSignaled`, a poller's identity, ...); flowgate replaces it with one
+/// rendered from the verified principal, and gives starts and signals a header that names
+/// the verified initiator for workflow code.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// What every `identity` field becomes; an issuer's `identity` overrides it. `""` leaves
+    /// the client's value.
+    #[serde(default = "default_identity_template")]
+    pub template: IdentityTemplate,
+    /// The Temporal header starts and signals carry with the verified initiator (a JSON payload);
+    /// `""` sends none.
+    #[serde(default = "default_identity_header")]
+    pub header: String,
+    /// Claims of the token copied into that header, as `claims`, when the token has them.
+    #[serde(default = "default_header_claims")]
+    pub header_claims: Vec<String>,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            template: default_identity_template(),
+            header: default_identity_header(),
+            header_claims: default_header_claims(),
+        }
+    }
+}
+
+fn default_identity_template() -> IdentityTemplate {
+    IdentityTemplate::parse("{principal} via flowgate").expect("the default template parses")
+}
+
+fn default_identity_header() -> String {
+    "flowgate-principal".to_owned()
+}
+
+/// What CI providers put in their tokens about the run (GitHub Actions, GitLab, Buildkite,
+/// Bitbucket Pipelines, Azure DevOps), and who a person is (Okta).
+fn default_header_claims() -> Vec<String> {
+    [
+        "repository",
+        "ref",
+        "sha",
+        "workflow",
+        "run_id",
+        "run_attempt",
+        "environment",
+        "actor",
+        "project_path",
+        "pipeline_id",
+        "job_id",
+        "organization_slug",
+        "pipeline_slug",
+        "build_number",
+        "build_url",
+        "repositoryUuid",
+        "pipelineUuid",
+        "stepUuid",
+        "email",
+        "preferred_username",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// One part of an identity template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplatePart {
+    Text(String),
+    /// `{principal}`: the principal id, `<issuer name>:<sub>`.
+    Principal,
+    /// `{kind}`: `User`, `Service`, `CiJob` or `Worker`.
+    Kind,
+    /// `{issuer}`: the issuer's configured name.
+    Issuer,
+    /// `{sub}`.
+    Sub,
+    /// `{claim:NAME}`: a claim of the token (nested claims joined with `.`), empty when absent.
+    Claim(String),
+    /// `{client}`: the identity the client sent, unverified (a worker's `pid@host`, to tell
+    /// the processes of one principal apart).
+    Client,
+}
+
+/// An identity template such as `{principal} via flowgate` or
+/// `github:{claim:repository}@{claim:environment}`, parsed when the config is read.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct IdentityTemplate {
+    pub parts: Vec<TemplatePart>,
+}
+
+impl IdentityTemplate {
+    /// Parses `text`; `{{` and `}}` are literal braces.
+    pub fn parse(text: &str) -> Result<IdentityTemplate, String> {
+        let mut parts = Vec::new();
+        let mut literal = String::new();
+        let mut chars = text.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '{' if chars.peek() == Some(&'{') => {
+                    chars.next();
+                    literal.push('{');
+                }
+                '}' if chars.peek() == Some(&'}') => {
+                    chars.next();
+                    literal.push('}');
+                }
+                '}' => return Err(format!("unmatched `}}` in `{text}` (write `}}}}` for a brace)")),
+                '{' => {
+                    let name: String = chars.by_ref().take_while(|&c| c != '}').collect();
+                    let part = match name.as_str() {
+                        "principal" => TemplatePart::Principal,
+                        "kind" => TemplatePart::Kind,
+                        "issuer" => TemplatePart::Issuer,
+                        "sub" => TemplatePart::Sub,
+                        "client" => TemplatePart::Client,
+                        other => match other.strip_prefix("claim:") {
+                            Some(claim) if !claim.is_empty() => TemplatePart::Claim(claim.to_owned()),
+                            _ => {
+                                return Err(format!(
+                                    "unknown placeholder `{{{other}}}` in `{text}` (known: `{{principal}}`, \
+                                     `{{kind}}`, `{{issuer}}`, `{{sub}}`, `{{claim:NAME}}`, `{{client}}`)"
+                                ));
+                            }
+                        },
+                    };
+                    if !literal.is_empty() {
+                        parts.push(TemplatePart::Text(std::mem::take(&mut literal)));
+                    }
+                    parts.push(part);
+                }
+                c => literal.push(c),
+            }
+        }
+        if !literal.is_empty() {
+            parts.push(TemplatePart::Text(literal));
+        }
+        if parts.iter().filter(|part| **part == TemplatePart::Client).count() > 1 {
+            return Err(format!("`{{client}}` appears more than once in `{text}`"));
+        }
+        Ok(IdentityTemplate { parts })
+    }
+
+    /// An empty template: the client's identity is left as it is.
+    pub fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+}
+
+impl TryFrom<String> for IdentityTemplate {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        IdentityTemplate::parse(&text)
+    }
 }
 
 /// `[task_tokens]`: the keys that seal the task tokens flowgate hands to workers.
@@ -406,6 +570,9 @@ pub struct IssuerConfig {
     /// `refuse`.
     #[serde(default)]
     pub ecdsa_high_s: Option<EcdsaHighS>,
+    /// The identity template for this issuer's principals, instead of `identity.template`.
+    #[serde(default)]
+    pub identity: Option<IdentityTemplate>,
 }
 
 /// What to do with a high-s ECDSA signature (`s > n/2`, the twin of a low-s one).
@@ -545,6 +712,16 @@ impl Config {
         }
         if upstream.cert.is_some() != upstream.key.is_some() {
             return Err(invalid("upstream", "`cert` and `key` go together"));
+        }
+        let identity = &self.identity;
+        if identity.header.chars().any(|c| c.is_control()) {
+            return Err(invalid(
+                "identity.header",
+                format!("`{}` contains a control character", identity.header.escape_debug()),
+            ));
+        }
+        if let Some(claim) = identity.header_claims.iter().find(|claim| claim.is_empty()) {
+            return Err(invalid("identity.header_claims", format!("`{claim}` is not a claim name")));
         }
         if self.listen.max_concurrent_streams == 0 {
             return Err(invalid("listen.max_concurrent_streams", "must be at least 1"));

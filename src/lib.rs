@@ -46,6 +46,7 @@ pub mod layers;
 pub mod credential;
 pub mod authn;
 pub mod authz;
+pub mod identity;
 pub mod session;
 pub mod reload;
 // Recording, refusing, forwarding.

@@ -34,6 +34,7 @@ use crate::conn::{self, Activity, ConnectionLimits, ConnectionTracker, Tracked};
 use crate::credential::Signer;
 use crate::explain::Issuers;
 use crate::gateway::{ClientConn, Gateway, GatewayService, Parts, RecentDenials};
+use crate::identity::Stamper;
 use crate::layers::{DeadlineLayer, MeteredBody, MetricsLayer};
 use crate::mint::replay::ReplayCache;
 use crate::mint::{Minter, TokenEndpoint, exchange};
@@ -114,7 +115,8 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         );
     }
     let policies = Arc::new(PolicySets::new(config.policy.clone(), enforced, shadow, metrics.clone()));
-    let sessions = Arc::new(Sessions::new(authn.clone(), config.token_cache.max_entries, metrics.clone()));
+    let sessions =
+        Arc::new(Sessions::new(authn.clone(), config.token_cache.max_entries, Stamper::new(config), metrics.clone()));
     let denials = Arc::new(RecentDenials::default());
     let gateway = Arc::new(Gateway::new(
         config,

@@ -14,8 +14,8 @@
 //! nothing of what is attached to a principal.
 //!
 //! **What a new token costs.** Verification (signature and claims, in `authn`), the principal
-//! with its Cedar entities (built once, reused by every decision), two empty decision caches
-//! and the cache insert. Everything after the verification is meant to cost less than it
+//! with its Cedar entities (built once, reused by every decision), two empty decision caches,
+//! its identity stamp rendered (`identity`) and the cache insert. Everything after the verification is meant to cost less than it
 //! (`benches/coldpath.rs` measures both).
 
 use std::sync::Arc;
@@ -24,6 +24,7 @@ use std::time::SystemTime;
 use crate::authn::{Authenticator, AuthnError, Expires, Principal, TokenCache, bearer};
 use crate::authz::DecisionCache;
 use crate::credential::CredentialCache;
+use crate::identity::{PrincipalStamp, Stamper};
 use crate::telemetry::Metrics;
 
 /// A verified principal and what is kept for it until its token expires.
@@ -36,15 +37,18 @@ pub struct Session {
     pub shadow_decisions: DecisionCache,
     /// Credentials minted for Temporal on this principal's behalf.
     pub upstream_credentials: CredentialCache,
+    /// What its requests say in its name in Temporal's history (`identity`, the initiator header).
+    pub stamp: PrincipalStamp,
 }
 
 impl Session {
-    pub fn new(principal: Principal) -> Session {
+    pub fn new(principal: Principal, stamp: PrincipalStamp) -> Session {
         Session {
             principal,
             decisions: DecisionCache::default(),
             shadow_decisions: DecisionCache::default(),
             upstream_credentials: CredentialCache::default(),
+            stamp,
         }
     }
 }
@@ -59,12 +63,13 @@ impl Expires for Session {
 pub struct Sessions {
     authn: Arc<Authenticator>,
     cache: TokenCache<Session>,
+    stamper: Stamper,
     metrics: Arc<Metrics>,
 }
 
 impl Sessions {
-    pub fn new(authn: Arc<Authenticator>, max_entries: usize, metrics: Arc<Metrics>) -> Sessions {
-        Sessions { authn, cache: TokenCache::new(max_entries), metrics }
+    pub fn new(authn: Arc<Authenticator>, max_entries: usize, stamper: Stamper, metrics: Arc<Metrics>) -> Sessions {
+        Sessions { authn, cache: TokenCache::new(max_entries), stamper, metrics }
     }
 
     /// The session of the token in an `authorization` header: cached, or verified now.
@@ -75,7 +80,9 @@ impl Sessions {
             return Ok(session);
         }
         self.metrics.token_cache(false);
-        let session = Arc::new(Session::new(self.authn.verify(token).await?));
+        let principal = self.authn.verify(token).await?;
+        let stamp = self.stamper.for_principal(&principal);
+        let session = Arc::new(Session::new(principal, stamp));
         self.cache.insert(token, session.clone());
         Ok(session)
     }

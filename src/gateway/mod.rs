@@ -303,14 +303,17 @@ impl Gateway {
         let policies = self.policies.enforced();
         let shadow = self.policies.shadow();
 
+        // The decision's id is known before it is made: an allowed start or signal carries it
+        // to Temporal in its initiator header.
+        let decision_id = audit::decision_id();
+
         // Phases 2-4: authenticate, inspect, authorize.
         let reservation = Reservation::new(conn.budget.clone(), self.buffered.clone());
         let (outcome, forward_body) =
-            self.decide(spec, &parts, body, reservation, path, &policies, shadow.as_deref()).await;
+            self.decide(spec, &parts, body, reservation, path, &policies, shadow.as_deref(), &decision_id).await;
         self.metrics.authorized_in(started.elapsed());
 
         // Phase 5: record, before anything goes upstream.
-        let decision_id = audit::decision_id();
         let refusal = match &outcome.decision {
             Ok(decision) if decision.allowed => outcome.refused_question().map(|asked| asked.refusal(spec)),
             Ok(decision) => Some(Refusal::Denied(denial_message(spec, outcome.call.as_ref(), decision))),
@@ -518,6 +521,7 @@ impl Gateway {
     /// Authenticate, inspect, authorize. Returns the outcome and, for allowed calls, the body
     /// to forward.
     #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)]
     async fn decide(
         &self,
         spec: &'static MethodSpec,
@@ -527,6 +531,7 @@ impl Gateway {
         path: &str,
         policies: &PolicyEngine,
         shadow: Option<&PolicyEngine>,
+        decision_id: &str,
     ) -> (Outcome, Option<ForwardBody>) {
         let refused = |session, call, refusal| (Outcome::refused(session, call, refusal), None);
 
@@ -616,7 +621,6 @@ impl Gateway {
             Ok(questions) => questions,
             Err(error) => return refused(Some(session.clone()), Some(call), Refusal::Inspect(error)),
         };
-        drop(message);
         if let Some((_, binding)) = &opened {
             let queue = Resource {
                 namespace: Some(binding.namespace.clone()),
@@ -717,11 +721,28 @@ impl Gateway {
             }
         }
 
+        // Stamped with the verified principal (`identity`): what Temporal records of who acted.
+        let session = outcome.session.as_ref().expect("an allowed call has a session");
+        let stamped = match session.stamp.apply(spec, forwarded.as_deref().unwrap_or(&message), decision_id) {
+            Ok(stamped) => stamped,
+            Err(error) => {
+                outcome.decision = Err(Refusal::Inspect(error.into()));
+                return (outcome, None);
+            }
+        };
+        drop(message);
+
         // The message's bytes stay counted against the budgets until they have gone upstream.
-        // With its task token unsealed it goes as a new, uncompressed message (a per-message
-        // flag of 0 is valid under any `grpc-encoding`).
-        let body = match forwarded {
-            Some(unsealed) => grpc::frame(&unsealed),
+        // Rewritten (its task token unsealed, or stamped) it goes as a new, uncompressed message
+        // (a per-message flag of 0 is valid under any `grpc-encoding`), held in the budgets too.
+        let body = match stamped.or(forwarded) {
+            Some(rewritten) => {
+                if let Err(refusal) = self.hold(&mut reservation, rewritten.len() + 5) {
+                    outcome.decision = Err(refusal);
+                    return (outcome, None);
+                }
+                grpc::frame(&rewritten)
+            }
             None => buffered,
         };
         (outcome, Some(ForwardBody::new(body, rest, Some(reservation))))

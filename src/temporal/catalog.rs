@@ -119,6 +119,33 @@ impl ResourceSpec {
     }
 }
 
+/// Where flowgate writes something of its own into a request: the verified principal over the
+/// client's `identity`, or flowgate's entry of a Temporal `Header`.
+///
+/// Writing is appending where it can be (`temporal::stamp`): protobuf takes the last occurrence
+/// of a singular field, and merges the occurrences of an embedded message, so an occurrence
+/// appended at the end of the request overrides whatever the client put at the same path. A
+/// oneof and a repeated field need more than a path, because appending into them would change
+/// what the request means; the shapes nest (a repeated field inside a oneof's member).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stamp {
+    /// The field at this path. Every message on the way is singular and outside any oneof, so
+    /// an appended occurrence merges into the one the server reads.
+    At(Path),
+    /// A header at this path that gets flowgate's entry only if the request already has an entry
+    /// of that name (a forged one): the history of every activity and marker a workflow records
+    /// is not made larger to say what its worker's task completion already says.
+    ReplaceAt(Path),
+    /// Inside whichever member of a oneof the request sets: appending another member would
+    /// switch the oneof. `oneof` is the path of the message holding it (empty: this message),
+    /// `members` every member of the oneof with what to stamp inside it, if anything. A request
+    /// that sets no member gets nothing.
+    InOneof { oneof: Path, members: &'static [(u32, Option<Stamp>)] },
+    /// In each element of the repeated message field `repeated` of this message: appending to a
+    /// repeated field adds an element, so the elements are rewritten one by one instead.
+    InEach { repeated: u32, each: &'static Stamp },
+}
+
 /// Everything flowgate knows about one RPC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MethodSpec {
@@ -141,6 +168,11 @@ pub struct MethodSpec {
     /// `DeleteNamespace.namespace_id`): the gateway resolves it to the name it authorizes
     /// (`crate::namespace_ids`).
     pub namespace_id: Option<Path>,
+    /// Where the request names who sends it (`identity`): the verified principal goes there.
+    pub identity: Option<Stamp>,
+    /// The Temporal `Header` of what the request starts or signals: the verified initiator goes
+    /// there, for workflow code to read.
+    pub header: Option<Stamp>,
 }
 
 impl MethodSpec {
@@ -162,6 +194,8 @@ const fn spec(service: &'static str, name: &'static str, access: Access, resourc
         task_token: None,
         long_poll: false,
         namespace_id: None,
+        identity: None,
+        header: None,
     }
 }
 
@@ -214,6 +248,19 @@ impl MethodSpec {
 
     const fn namespace_id(self, path: Path) -> Self {
         MethodSpec { namespace_id: Some(path), ..self }
+    }
+
+    /// A top-level `identity` field.
+    const fn identity(self, number: &'static [u32]) -> Self {
+        MethodSpec { identity: Some(Stamp::At(number)), ..self }
+    }
+
+    const fn identity_in(self, stamp: Stamp) -> Self {
+        MethodSpec { identity: Some(stamp), ..self }
+    }
+
+    const fn header(self, stamp: Stamp) -> Self {
+        MethodSpec { header: Some(stamp), ..self }
     }
 }
 
@@ -268,6 +315,103 @@ const MULTI_OPERATION: ResourceSpec = ResourceSpec::Workflow {
 
 const CLUSTER: ResourceSpec = ResourceSpec::Cluster;
 
+/// `UpdateWorkflowExecutionRequest`: `request = 5` -> `Request.meta = 1` -> `Meta.identity = 2`,
+/// and `Request.input = 2` -> `Input.header = 1`.
+const UPDATE_IDENTITY: Path = &[5, 1, 2];
+const UPDATE_HEADER: Path = &[5, 2, 1];
+
+/// `ExecuteMultiOperation.operations = 2`, each the oneof `operation`: `start_workflow = 1` (a
+/// start request) or `update_workflow = 2` (an update request).
+const MULTI_OPERATION_IDENTITY: Stamp = Stamp::InEach {
+    repeated: 2,
+    each: &Stamp::InOneof { oneof: &[], members: &[(1, Some(Stamp::At(&[9]))), (2, Some(Stamp::At(UPDATE_IDENTITY)))] },
+};
+const MULTI_OPERATION_HEADER: Stamp = Stamp::InEach {
+    repeated: 2,
+    each: &Stamp::InOneof { oneof: &[], members: &[(1, Some(Stamp::At(&[16]))), (2, Some(Stamp::At(UPDATE_HEADER)))] },
+};
+
+/// `PostResetOperation`, the oneof `variant`: `signal_workflow = 1` (`header = 3`) or
+/// `update_workflow_options = 2`.
+const POST_RESET_SIGNAL_HEADER: Stamp =
+    Stamp::InOneof { oneof: &[], members: &[(1, Some(Stamp::At(&[3]))), (2, None)] };
+
+/// `ResetWorkflowExecution.post_reset_operations = 8`: a signal sent after the reset.
+const RESET_HEADER: Stamp = Stamp::InEach { repeated: 8, each: &POST_RESET_SIGNAL_HEADER };
+
+/// `StartBatchOperation`, the oneof `operation`: the identity inside each kind of batch.
+const BATCH_IDENTITY: Stamp = Stamp::InOneof {
+    oneof: &[],
+    members: &[
+        (10, Some(Stamp::At(&[2]))), // termination_operation
+        (11, Some(Stamp::At(&[4]))), // signal_operation
+        (12, Some(Stamp::At(&[1]))), // cancellation_operation
+        (13, Some(Stamp::At(&[1]))), // deletion_operation
+        (14, Some(Stamp::At(&[3]))), // reset_operation
+        (15, Some(Stamp::At(&[1]))), // update_workflow_options_operation
+        (16, Some(Stamp::At(&[1]))), // unpause_activities_operation
+        (17, Some(Stamp::At(&[1]))), // reset_activities_operation
+        (18, Some(Stamp::At(&[1]))), // update_activity_options_operation
+        (19, Some(Stamp::At(&[1]))), // cancel_activities_operation
+        (20, Some(Stamp::At(&[1]))), // terminate_activities_operation
+        (21, None),                  // delete_activities_operation
+    ],
+};
+
+/// The header of a batch signal (`signal_operation = 11` -> `header = 3`), and of the signals
+/// of a batch reset (`reset_operation = 14` -> `post_reset_operations = 5`).
+const BATCH_HEADER: Stamp = Stamp::InOneof {
+    oneof: &[],
+    members: &[
+        (10, None),
+        (11, Some(Stamp::At(&[3]))),
+        (12, None),
+        (13, None),
+        (14, Some(Stamp::InEach { repeated: 5, each: &POST_RESET_SIGNAL_HEADER })),
+        (15, None),
+        (16, None),
+        (17, None),
+        (18, None),
+        (19, None),
+        (20, None),
+        (21, None),
+    ],
+};
+
+/// A schedule's `schedule = 3` -> `Schedule.action = 2` -> the oneof `action`, whose one member
+/// `start_workflow = 1` has `header = 13`.
+const SCHEDULE_HEADER: Stamp = Stamp::InOneof { oneof: &[3, 2], members: &[(1, Some(Stamp::At(&[13])))] };
+
+/// `RespondWorkflowTaskCompleted.commands = 2`, each the oneof `attributes`: the starts and
+/// signals a workflow sends (child workflows, continue-as-new, external signals) name the worker
+/// that sent them; the header of an activity or a marker is only replaced when the worker put
+/// flowgate's entry there itself.
+const COMMAND_HEADER: Stamp = Stamp::InEach {
+    repeated: 2,
+    each: &Stamp::InOneof {
+        oneof: &[],
+        members: &[
+            (2, Some(Stamp::ReplaceAt(&[5]))), // schedule_activity_task
+            (3, None),
+            (4, None),
+            (5, None),
+            (6, None),
+            (7, None),
+            (8, None),
+            (9, None),
+            (10, Some(Stamp::ReplaceAt(&[3]))), // record_marker
+            (11, Some(Stamp::At(&[12]))),       // continue_as_new_workflow_execution
+            (12, Some(Stamp::At(&[14]))),       // start_child_workflow_execution
+            (13, Some(Stamp::At(&[7]))),        // signal_external_workflow_execution
+            (14, None),
+            (15, None),
+            (17, None),
+            (18, None),
+            (19, None),
+        ],
+    },
+};
+
 #[rustfmt::skip]
 pub static CATALOG: &[MethodSpec] = &[
     // -- temporal.api.workflowservice.v1.WorkflowService ------------------------------------
@@ -277,31 +421,33 @@ pub static CATALOG: &[MethodSpec] = &[
     ws("ListNamespaces", ClusterAdmin, CLUSTER),
     ws("UpdateNamespace", Admin, ns(&[1])),
     ws("DeprecateNamespace", Admin, ns(&[1])),
-    ws("StartWorkflowExecution", Write, new_workflow(&[1], &[2], &[3, 1], &[4])),
-    ws("ExecuteMultiOperation", Write, MULTI_OPERATION).update_name(&[2, 2, 5, 2, 2]),
+    ws("StartWorkflowExecution", Write, new_workflow(&[1], &[2], &[3, 1], &[4])).identity(&[9]).header(Stamp::At(&[16])),
+    ws("ExecuteMultiOperation", Write, MULTI_OPERATION).update_name(&[2, 2, 5, 2, 2])
+        .identity_in(MULTI_OPERATION_IDENTITY).header(MULTI_OPERATION_HEADER),
     // Read, although workers call it too (paging a history into a cold cache); long-polls
     // when `wait_new_event` is set.
     ws("GetWorkflowExecutionHistory", Read, workflow(&[1], &[2, 1])).long_poll(),
     ws("GetWorkflowExecutionHistoryReverse", Read, workflow(&[1], &[2, 1])),
-    ws("PollWorkflowTaskQueue", Worker, task_queue(&[1], TaskQueueRef::Message(&[2]))).long_poll(),
-    ws("RespondWorkflowTaskCompleted", Worker, ns(&[9])).task_token(&[1]),
-    ws("RespondWorkflowTaskFailed", Worker, ns(&[6])).task_token(&[1]),
-    ws("PollActivityTaskQueue", Worker, task_queue(&[1], TaskQueueRef::Message(&[2]))).long_poll(),
-    ws("RecordActivityTaskHeartbeat", Worker, ns(&[4])).task_token(&[1]),
-    ws("RecordActivityTaskHeartbeatById", Worker, workflow(&[1], &[2])),
-    ws("RespondActivityTaskCompleted", Worker, ns(&[4])).task_token(&[1]),
+    ws("PollWorkflowTaskQueue", Worker, task_queue(&[1], TaskQueueRef::Message(&[2]))).long_poll().identity(&[3]),
+    ws("RespondWorkflowTaskCompleted", Worker, ns(&[9])).task_token(&[1]).identity(&[3]).header(COMMAND_HEADER),
+    ws("RespondWorkflowTaskFailed", Worker, ns(&[6])).task_token(&[1]).identity(&[4]),
+    ws("PollActivityTaskQueue", Worker, task_queue(&[1], TaskQueueRef::Message(&[2]))).long_poll().identity(&[3]),
+    ws("RecordActivityTaskHeartbeat", Worker, ns(&[4])).task_token(&[1]).identity(&[3]),
+    ws("RecordActivityTaskHeartbeatById", Worker, workflow(&[1], &[2])).identity(&[6]),
+    ws("RespondActivityTaskCompleted", Worker, ns(&[4])).task_token(&[1]).identity(&[3]),
     // The ...ById calls also serve asynchronous completion from outside a worker process; they
     // do a worker's job all the same, so they stay in `worker`.
-    ws("RespondActivityTaskCompletedById", Worker, workflow(&[1], &[2])),
-    ws("RespondActivityTaskFailed", Worker, ns(&[4])).task_token(&[1]),
-    ws("RespondActivityTaskFailedById", Worker, workflow(&[1], &[2])),
-    ws("RespondActivityTaskCanceled", Worker, ns(&[4])).task_token(&[1]),
-    ws("RespondActivityTaskCanceledById", Worker, workflow(&[1], &[2])),
-    ws("RequestCancelWorkflowExecution", Write, workflow(&[1], &[2, 1])),
-    ws("SignalWorkflowExecution", Write, workflow(&[1], &[2, 1])).signal_name(&[3]),
-    ws("SignalWithStartWorkflowExecution", Write, new_workflow(&[1], &[2], &[3, 1], &[4])).signal_name(&[12]),
-    ws("ResetWorkflowExecution", Write, workflow(&[1], &[2, 1])),
-    ws("TerminateWorkflowExecution", Write, workflow(&[1], &[2, 1])),
+    ws("RespondActivityTaskCompletedById", Worker, workflow(&[1], &[2])).identity(&[6]),
+    ws("RespondActivityTaskFailed", Worker, ns(&[4])).task_token(&[1]).identity(&[3]),
+    ws("RespondActivityTaskFailedById", Worker, workflow(&[1], &[2])).identity(&[6]),
+    ws("RespondActivityTaskCanceled", Worker, ns(&[4])).task_token(&[1]).identity(&[3]),
+    ws("RespondActivityTaskCanceledById", Worker, workflow(&[1], &[2])).identity(&[6]),
+    ws("RequestCancelWorkflowExecution", Write, workflow(&[1], &[2, 1])).identity(&[3]),
+    ws("SignalWorkflowExecution", Write, workflow(&[1], &[2, 1])).signal_name(&[3]).identity(&[5]).header(Stamp::At(&[8])),
+    ws("SignalWithStartWorkflowExecution", Write, new_workflow(&[1], &[2], &[3, 1], &[4])).signal_name(&[12])
+        .identity(&[9]).header(Stamp::At(&[19])),
+    ws("ResetWorkflowExecution", Write, workflow(&[1], &[2, 1])).identity(&[9]).header(RESET_HEADER),
+    ws("TerminateWorkflowExecution", Write, workflow(&[1], &[2, 1])).identity(&[5]),
     ws("DeleteWorkflowExecution", Write, workflow(&[1], &[2, 1])),
     ws("ListOpenWorkflowExecutions", Read, ns(&[1])),
     ws("ListClosedWorkflowExecutions", Read, ns(&[1])),
@@ -313,19 +459,20 @@ pub static CATALOG: &[MethodSpec] = &[
     ws("RespondQueryTaskCompleted", Worker, ns(&[6])).task_token(&[1]),
     ws("ResetStickyTaskQueue", Worker, workflow(&[1], &[2, 1])),
     // `task_queue = 7` is the worker's normal queue (`sticky_task_queue = 2` is its own).
-    ws("ShutdownWorker", Worker, task_queue(&[1], TaskQueueRef::Name(&[7]))),
-    ws("QueryWorkflow", Read, workflow(&[1], &[2, 1])).query_type(&[3, 1]),
+    ws("ShutdownWorker", Worker, task_queue(&[1], TaskQueueRef::Name(&[7]))).identity(&[3]),
+    // `query = 3` -> `WorkflowQuery.header = 3`.
+    ws("QueryWorkflow", Read, workflow(&[1], &[2, 1])).query_type(&[3, 1]).header(Stamp::At(&[3, 3])),
     ws("DescribeWorkflowExecution", Read, workflow(&[1], &[2, 1])),
     ws("DescribeTaskQueue", Read, task_queue(&[1], TaskQueueRef::Message(&[2]))),
     ws("GetClusterInfo", ClusterAdmin, CLUSTER),
     ws("GetSystemInfo", Public, CLUSTER),
     ws("ListTaskQueuePartitions", Read, task_queue(&[1], TaskQueueRef::Message(&[2]))),
-    ws("CreateSchedule", Write, SCHEDULE_WITH_ACTION),
+    ws("CreateSchedule", Write, SCHEDULE_WITH_ACTION).identity(&[5]).header(SCHEDULE_HEADER),
     ws("DescribeSchedule", Read, schedule(&[1], &[2])),
-    ws("UpdateSchedule", Write, SCHEDULE_WITH_ACTION),
-    ws("PatchSchedule", Write, schedule(&[1], &[2])),
+    ws("UpdateSchedule", Write, SCHEDULE_WITH_ACTION).identity(&[5]).header(SCHEDULE_HEADER),
+    ws("PatchSchedule", Write, schedule(&[1], &[2])).identity(&[4]),
     ws("ListScheduleMatchingTimes", Read, schedule(&[1], &[2])),
-    ws("DeleteSchedule", Write, schedule(&[1], &[2])),
+    ws("DeleteSchedule", Write, schedule(&[1], &[2])).identity(&[3]),
     ws("ListSchedules", Read, ns(&[1])),
     ws("CountSchedules", Read, ns(&[1])),
     // Worker versioning and deployments: `write`, as in Temporal: CI pipelines that roll out
@@ -341,57 +488,58 @@ pub static CATALOG: &[MethodSpec] = &[
     ws("ListDeployments", Read, ns(&[1])),
     ws("GetDeploymentReachability", Read, ns(&[1])),
     ws("GetCurrentDeployment", Read, ns(&[1])),
-    ws("SetCurrentDeployment", Write, ns(&[1])),
-    ws("SetWorkerDeploymentCurrentVersion", Write, ns(&[1])),
+    ws("SetCurrentDeployment", Write, ns(&[1])).identity(&[3]),
+    ws("SetWorkerDeploymentCurrentVersion", Write, ns(&[1])).identity(&[5]),
     ws("DescribeWorkerDeployment", Read, ns(&[1])),
-    ws("DeleteWorkerDeployment", Write, ns(&[1])),
-    ws("DeleteWorkerDeploymentVersion", Write, ns(&[1])),
-    ws("SetWorkerDeploymentRampingVersion", Write, ns(&[1])),
+    ws("DeleteWorkerDeployment", Write, ns(&[1])).identity(&[3]),
+    ws("DeleteWorkerDeploymentVersion", Write, ns(&[1])).identity(&[4]),
+    ws("SetWorkerDeploymentRampingVersion", Write, ns(&[1])).identity(&[6]),
     ws("ListWorkerDeployments", Read, ns(&[1])),
-    ws("CreateWorkerDeployment", Write, ns(&[1])),
-    ws("CreateWorkerDeploymentVersion", Write, ns(&[1])),
-    ws("UpdateWorkerDeploymentVersionComputeConfig", Write, ns(&[1])),
+    ws("CreateWorkerDeployment", Write, ns(&[1])).identity(&[4]),
+    ws("CreateWorkerDeploymentVersion", Write, ns(&[1])).identity(&[3]),
+    ws("UpdateWorkerDeploymentVersionComputeConfig", Write, ns(&[1])).identity(&[3]),
     // Only checks a compute config; attaches nothing.
-    ws("ValidateWorkerDeploymentVersionComputeConfig", Read, ns(&[1])),
-    ws("UpdateWorkerDeploymentVersionMetadata", Write, ns(&[1])),
-    ws("SetWorkerDeploymentManager", Write, ns(&[1])),
-    ws("UpdateWorkflowExecution", Write, workflow(&[1], &[2, 1])).update_name(&[5, 2, 2]),
+    ws("ValidateWorkerDeploymentVersionComputeConfig", Read, ns(&[1])).identity(&[3]),
+    ws("UpdateWorkerDeploymentVersionMetadata", Write, ns(&[1])).identity(&[6]),
+    ws("SetWorkerDeploymentManager", Write, ns(&[1])).identity(&[6]),
+    ws("UpdateWorkflowExecution", Write, workflow(&[1], &[2, 1])).update_name(&[5, 2, 2])
+        .identity_in(Stamp::At(UPDATE_IDENTITY)).header(Stamp::At(UPDATE_HEADER)),
     // A client waiting for an update's outcome, not a worker: `read`, as in Temporal.
     // `update_ref = 2` -> `UpdateRef.workflow_execution = 1` -> `workflow_id = 1`.
-    ws("PollWorkflowExecutionUpdate", Read, workflow(&[1], &[2, 1, 1])).long_poll(),
-    ws("StartBatchOperation", Write, ns(&[1])),
-    ws("StopBatchOperation", Write, ns(&[1])),
+    ws("PollWorkflowExecutionUpdate", Read, workflow(&[1], &[2, 1, 1])).long_poll().identity(&[3]),
+    ws("StartBatchOperation", Write, ns(&[1])).identity_in(BATCH_IDENTITY).header(BATCH_HEADER),
+    ws("StopBatchOperation", Write, ns(&[1])).identity(&[4]),
     ws("DescribeBatchOperation", Read, ns(&[1])),
     ws("ListBatchOperations", Read, ns(&[1])),
-    ws("PollNexusTaskQueue", Worker, task_queue(&[1], TaskQueueRef::Message(&[3]))).long_poll(),
-    ws("RespondNexusTaskCompleted", Worker, ns(&[1])).task_token(&[3]),
-    ws("RespondNexusTaskFailed", Worker, ns(&[1])).task_token(&[3]),
-    ws("UpdateActivityOptions", Write, workflow(&[1], &[2, 1])),
-    ws("UpdateWorkflowExecutionOptions", Write, workflow(&[1], &[2, 1])),
-    ws("PauseActivity", Write, workflow(&[1], &[2, 1])),
-    ws("UnpauseActivity", Write, workflow(&[1], &[2, 1])),
-    ws("ResetActivity", Write, workflow(&[1], &[2, 1])),
+    ws("PollNexusTaskQueue", Worker, task_queue(&[1], TaskQueueRef::Message(&[3]))).long_poll().identity(&[2]),
+    ws("RespondNexusTaskCompleted", Worker, ns(&[1])).task_token(&[3]).identity(&[2]),
+    ws("RespondNexusTaskFailed", Worker, ns(&[1])).task_token(&[3]).identity(&[2]),
+    ws("UpdateActivityOptions", Write, workflow(&[1], &[2, 1])).identity(&[3]),
+    ws("UpdateWorkflowExecutionOptions", Write, workflow(&[1], &[2, 1])).identity(&[5]),
+    ws("PauseActivity", Write, workflow(&[1], &[2, 1])).identity(&[3]),
+    ws("UnpauseActivity", Write, workflow(&[1], &[2, 1])).identity(&[3]),
+    ws("ResetActivity", Write, workflow(&[1], &[2, 1])).identity(&[3]),
     // Workflow rules act on every matching workflow of the namespace; Temporal classes them as
     // `write` like batch operations, which can already do as much.
-    ws("CreateWorkflowRule", Write, ns(&[1])),
+    ws("CreateWorkflowRule", Write, ns(&[1])).identity(&[5]),
     ws("DescribeWorkflowRule", Read, ns(&[1])),
     ws("DeleteWorkflowRule", Write, ns(&[1])),
     ws("ListWorkflowRules", Read, ns(&[1])),
-    ws("TriggerWorkflowRule", Write, workflow(&[1], &[2, 1])),
-    ws("RecordWorkerHeartbeat", Worker, ns(&[1])),
+    ws("TriggerWorkflowRule", Write, workflow(&[1], &[2, 1])).identity(&[3]),
+    ws("RecordWorkerHeartbeat", Worker, ns(&[1])).identity(&[2]),
     ws("ListWorkers", Read, ns(&[1])),
     ws("CountWorkers", Read, ns(&[1])),
-    ws("UpdateTaskQueueConfig", Write, task_queue(&[1], TaskQueueRef::Name(&[3]))),
+    ws("UpdateTaskQueueConfig", Write, task_queue(&[1], TaskQueueRef::Name(&[3]))).identity(&[2]),
     // Made by operators and tools (it sends a command to a selected worker and returns its
     // configuration), not by the worker itself: `read`, as in Temporal.
-    ws("FetchWorkerConfig", Read, ns(&[1])),
-    ws("UpdateWorkerConfig", Write, ns(&[1])),
+    ws("FetchWorkerConfig", Read, ns(&[1])).identity(&[2]),
+    ws("UpdateWorkerConfig", Write, ns(&[1])).identity(&[2]),
     ws("DescribeWorker", Read, ns(&[1])),
-    ws("PauseWorkflowExecution", Write, workflow(&[1], &[2])),
-    ws("UnpauseWorkflowExecution", Write, workflow(&[1], &[2])),
+    ws("PauseWorkflowExecution", Write, workflow(&[1], &[2])).identity(&[4]),
+    ws("UnpauseWorkflowExecution", Write, workflow(&[1], &[2])).identity(&[4]),
     // A standalone activity has no workflow; the queue it is dispatched to is its best name.
-    ws("StartActivityExecution", Write, task_queue(&[1], TaskQueueRef::Message(&[6]))),
-    ws("StartNexusOperationExecution", Write, ns(&[1])),
+    ws("StartActivityExecution", Write, task_queue(&[1], TaskQueueRef::Message(&[6]))).identity(&[2]).header(Stamp::At(&[16])),
+    ws("StartNexusOperationExecution", Write, ns(&[1])).identity(&[2]),
     // Describe*Execution long-poll when given a `long_poll_token`.
     ws("DescribeActivityExecution", Read, ns(&[1])).long_poll(),
     ws("DescribeNexusOperationExecution", Read, ns(&[1])).long_poll(),
@@ -402,17 +550,17 @@ pub static CATALOG: &[MethodSpec] = &[
     ws("ListNexusOperationExecutions", Read, ns(&[1])),
     ws("CountActivityExecutions", Read, ns(&[1])),
     ws("CountNexusOperationExecutions", Read, ns(&[1])),
-    ws("RequestCancelActivityExecution", Write, ns(&[1])),
-    ws("RequestCancelNexusOperationExecution", Write, ns(&[1])),
-    ws("TerminateActivityExecution", Write, ns(&[1])),
+    ws("RequestCancelActivityExecution", Write, ns(&[1])).identity(&[4]),
+    ws("RequestCancelNexusOperationExecution", Write, ns(&[1])).identity(&[4]),
+    ws("TerminateActivityExecution", Write, ns(&[1])).identity(&[4]),
     ws("DeleteActivityExecution", Write, ns(&[1])),
     // These target a workflow's activity (`workflow_id = 2`) or, with no workflow id, a
     // standalone one: a Workflow resource without an id then, which no per-workflow policy matches.
-    ws("PauseActivityExecution", Write, workflow(&[1], &[2])),
-    ws("ResetActivityExecution", Write, workflow(&[1], &[2])),
-    ws("UnpauseActivityExecution", Write, workflow(&[1], &[2])),
-    ws("UpdateActivityExecutionOptions", Write, workflow(&[1], &[2])),
-    ws("TerminateNexusOperationExecution", Write, ns(&[1])),
+    ws("PauseActivityExecution", Write, workflow(&[1], &[2])).identity(&[5]),
+    ws("ResetActivityExecution", Write, workflow(&[1], &[2])).identity(&[5]),
+    ws("UnpauseActivityExecution", Write, workflow(&[1], &[2])).identity(&[5]),
+    ws("UpdateActivityExecutionOptions", Write, workflow(&[1], &[2])).identity(&[5]),
+    ws("TerminateNexusOperationExecution", Write, ns(&[1])).identity(&[4]),
     ws("DeleteNexusOperationExecution", Write, ns(&[1])),
     // Waits for a time-skipping fast-forward to finish: observes, changes nothing.
     ws("PollWorkflowExecutionTimeSkipping", Read, workflow(&[1], &[2, 1])).long_poll(),

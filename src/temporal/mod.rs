@@ -9,7 +9,10 @@
 //!   un-gzipping it first when the client compressed it.
 //!
 //! * [`implied`]: what the request makes Temporal do beyond its RPC (a task completion's
-//!   commands, a start that terminates or signals), as further questions.
+//!   commands, a start that terminates or signals), as further questions;
+//! * [`stamp`]: what flowgate writes into an allowed request: the verified principal over the
+//!   client's `identity`, and the verified initiator into the Temporal headers of starts and
+//!   signals.
 //!
 //! The protobuf decoding lives in [`wire`]: a small, allocation-free walker over the wire format
 //! that follows protobuf's own merge rules (for a singular field the last occurrence wins), so a
@@ -18,8 +21,9 @@
 pub mod catalog;
 pub mod implied;
 pub mod inspect;
+pub mod stamp;
 pub mod task_token;
 pub mod wire;
 
-pub use catalog::{Access, MethodSpec, ResourceSpec, TaskQueueRef, lookup};
+pub use catalog::{Access, MethodSpec, ResourceSpec, Stamp, TaskQueueRef, lookup};
 pub use inspect::{Call, InspectError, Resource, ResourceKind};
