@@ -42,6 +42,9 @@ pub struct Stamps<'a> {
     pub header: Option<(&'a str, &'a [u8])>,
 }
 
+/// Rewrites one embedded message: `None` leaves it as it is.
+type Rewrite<'r> = &'r mut dyn FnMut(&[u8]) -> Result<Option<Vec<u8>>, WireError>;
+
 /// What one stamp does to a message.
 enum Edit {
     Unchanged,
@@ -142,11 +145,7 @@ fn edit(message: &[u8], place: &Stamp, value: &[u8], header_name: &str) -> Resul
 /// `message` with every occurrence of the embedded message at `path` replaced by what `rewrite`
 /// makes of it (`None`: left as it is); every other field copied as it was, in order. `None`
 /// when nothing changed.
-fn rewrite_at(
-    message: &[u8],
-    path: &[u32],
-    rewrite: &mut dyn FnMut(&[u8]) -> Result<Option<Vec<u8>>, WireError>,
-) -> Result<Option<Vec<u8>>, WireError> {
+fn rewrite_at(message: &[u8], path: &[u32], rewrite: Rewrite<'_>) -> Result<Option<Vec<u8>>, WireError> {
     let Some((&first, rest)) = path.split_first() else {
         return rewrite(message);
     };
@@ -406,9 +405,8 @@ mod tests {
             })
             .collect();
         assert_eq!(commands.len(), 5, "no command added or lost");
-        let last = |entries: Vec<(String, String)>, key: &str| {
-            entries.into_iter().filter(|(k, _)| k == key).next_back().map(|(_, v)| v)
-        };
+        let last =
+            |entries: Vec<(String, String)>, key: &str| entries.into_iter().rfind(|(k, _)| k == key).map(|(_, v)| v);
         assert_eq!(last(entries(&commands[0], &[12, 14]), "flowgate-principal").as_deref(), Some("worker"));
         assert_eq!(last(entries(&commands[0], &[12, 14]), "tracing").as_deref(), Some("{}"), "other entries kept");
         assert_eq!(last(entries(&commands[1], &[2, 5]), "flowgate-principal").as_deref(), Some("worker"));
