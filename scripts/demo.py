@@ -225,15 +225,21 @@ required_claims = {{ organization_slug = "acme" }}
 
         asyncio.run(scenario(f"127.0.0.1:{listen}", issuers))
 
-        say(f"Decision records ({WORK / 'decisions.jsonl'}), one per decision:")
-        for line in (WORK / "decisions.jsonl").read_text().splitlines():
-            r = json.loads(line)
+        lines = [json.loads(line) for line in (WORK / "decisions.jsonl").read_text().splitlines()]
+        records = [r for r in lines if r.get("kind") != "outcome"]
+        outcomes = {r["decision_id"]: r for r in lines if r.get("kind") == "outcome"}
+        say(f"Decision records ({WORK / 'decisions.jsonl'}), one per decision, with what Temporal answered:")
+        for r in records:
             res = r.get("resource") or {}
             who = (r.get("principal") or {}).get("id", "-")
             what = " ".join(f"{k}={v}" for k, v in res.items() if k != "type")
-            print(f"  {r['decision']:5} {r['action']:<30} {who[:48]:<48} {what[:60]}  {r['reasons']}")
+            outcome = outcomes.get(r["decision_id"])
+            answered = "" if outcome is None else f"  -> status {outcome['status']}" + (
+                f" run {outcome['run_id']}" if outcome.get("run_id") else "")
+            print(f"  {r['decision']:5} {r['action']:<30} {who[:48]:<48} {what[:60]}  {r['reasons']}{answered}")
+        say("Every line carries the hash of the line before it: flowgate audit verify checks the chain")
+        subprocess.run([BIN, "audit", "verify", str(WORK / "decisions.jsonl")], check=True)
         # Every denial names its decision; the admin port explains it.
-        records = [json.loads(line) for line in (WORK / "decisions.jsonl").read_text().splitlines()]
         denied = next((r for r in records if r["decision"] == "deny" and r.get("principal")), None)
         if denied:
             say(f"Why was {denied['action']} by {denied['principal']['id']} denied? "

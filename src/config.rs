@@ -416,6 +416,32 @@ fn default_policy_watch_interval() -> Duration {
 pub struct AuditConfig {
     /// A file to append to, or `-` for standard output.
     pub path: PathBuf,
+    /// When written lines are forced to the disk (`fdatasync`).
+    #[serde(default)]
+    pub fsync: AuditFsync,
+    /// With `fsync = "interval"`: how often.
+    #[serde(default = "default_fsync_interval", with = "duration")]
+    pub fsync_interval: Duration,
+}
+
+/// `audit.fsync`: what a decision waits for before its call goes on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditFsync {
+    /// Until its line is on the disk: calls that arrive together share one `fdatasync` (group
+    /// commit). Survives a power failure; costs a disk flush per batch.
+    Always,
+    /// Until its line is written to the OS; a thread flushes to the disk every
+    /// `audit.fsync_interval`. A power failure loses at most that much; a crash of flowgate
+    /// loses nothing.
+    #[default]
+    Interval,
+    /// Until its line is written to the OS; the OS flushes when it likes.
+    Never,
+}
+
+fn default_fsync_interval() -> Duration {
+    Duration::from_secs(1)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -712,6 +738,9 @@ impl Config {
         }
         if upstream.cert.is_some() != upstream.key.is_some() {
             return Err(invalid("upstream", "`cert` and `key` go together"));
+        }
+        if self.audit.fsync == AuditFsync::Interval && self.audit.fsync_interval.is_zero() {
+            return Err(invalid("audit.fsync_interval", "must be more than zero (or set `audit.fsync = \"always\"`)"));
         }
         let identity = &self.identity;
         if identity.header.chars().any(|c| c.is_control()) {

@@ -13,6 +13,8 @@ use bytes::Bytes;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u16)]
 pub enum Code {
+    Cancelled = 1,
+    Unknown = 2,
     InvalidArgument = 3,
     DeadlineExceeded = 4,
     NotFound = 5,
@@ -27,6 +29,8 @@ pub enum Code {
 impl Code {
     pub fn as_str(self) -> &'static str {
         match self {
+            Code::Cancelled => "1",
+            Code::Unknown => "2",
             Code::InvalidArgument => "3",
             Code::DeadlineExceeded => "4",
             Code::NotFound => "5",

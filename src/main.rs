@@ -56,6 +56,22 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Work with decision logs.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of decision logs: FILEs in order, oldest first (rotated and
+    /// gzipped ones too). Reports the first line that was changed, removed or reordered, and
+    /// exits non-zero if any was.
+    Verify {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -287,6 +303,7 @@ fn main() -> ExitCode {
                 .map_err(Into::into)
         }
         Command::Keys { command: KeysCommand::List { dir } } => list_keys(&dir),
+        Command::Audit { command: AuditCommand::Verify { files } } => audit_verify(&files),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -302,6 +319,31 @@ fn main() -> ExitCode {
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+fn audit_verify(files: &[PathBuf]) -> anyhow::Result<()> {
+    let verified = flowgate::audit::chain::verify(files)?;
+    for broken in &verified.breaks {
+        println!("{broken}");
+    }
+    if verified.intact() {
+        println!(
+            "ok: {} lines in {} files, chain intact from {} to head {}",
+            verified.lines,
+            files.len(),
+            verified.start_text(),
+            flowgate::audit::log::hex(&verified.head)
+        );
+        Ok(())
+    } else {
+        let first = &verified.breaks[0];
+        anyhow::bail!(
+            "the chain is broken in {} places, first at {}:{}",
+            verified.breaks.len(),
+            first.file.display(),
+            first.line
+        )
     }
 }
 

@@ -420,6 +420,89 @@ pub struct ResponseBody {
     rewriting: Option<Pin<Box<dyn Body<Data = Bytes, Error = hyper::Error> + Send>>>,
     /// A complete body flowgate answers itself (token endpoint, JWKS, discovery).
     full: Option<Bytes>,
+    /// Told how the response ended ([`ResponseBody::watched`]).
+    watch: Option<Box<Watch>>,
+}
+
+/// How a forwarded call's response ended: what its outcome record says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ending<'a> {
+    /// The gRPC status code (0 is OK).
+    pub status: u16,
+    /// `grpc-message`, decoded.
+    pub message: Option<String>,
+    /// The response's message, inflated, when the watcher asked to see it and it was complete
+    /// and no larger than [`MAX_WATCHED_MESSAGE_BYTES`].
+    pub body: Option<&'a [u8]>,
+}
+
+/// Learns how a response ended, exactly once: at its trailers, at its end, or when the client
+/// goes away first (`CANCELLED`).
+pub trait ResponseWatcher: Send {
+    /// Whether [`Ending::body`] is wanted (a start's response, for its run id).
+    fn wants_body(&self) -> bool;
+    fn ended(self: Box<Self>, ending: Ending<'_>);
+}
+
+/// The largest response message a watcher is shown.
+pub const MAX_WATCHED_MESSAGE_BYTES: usize = 64 * 1024;
+
+struct Watch {
+    watcher: Option<Box<dyn ResponseWatcher>>,
+    /// The framed message as it arrived, while it is wanted and small enough.
+    kept: Option<Vec<u8>>,
+    gzip: bool,
+}
+
+impl Watch {
+    fn observe(&mut self, frame: &Frame<Bytes>) {
+        if let Some(data) = frame.data_ref() {
+            if let Some(kept) = &mut self.kept {
+                if kept.len() + data.len() <= MAX_WATCHED_MESSAGE_BYTES + 5 {
+                    kept.extend_from_slice(data);
+                } else {
+                    self.kept = None;
+                }
+            }
+        } else if let Some(trailers) = frame.trailers_ref() {
+            self.end_with(trailers);
+        }
+    }
+
+    /// The status in `fields` (trailers, or the headers of a trailers-only answer).
+    fn end_with(&mut self, fields: &http::HeaderMap) {
+        let status = fields
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u16>().ok())
+            // No status where one must be: the call did not end well.
+            .unwrap_or(Code::Unknown as u16);
+        let message = fields.get("grpc-message").and_then(|v| v.to_str().ok()).map(crate::grpc::decode_message);
+        self.end(status, message);
+    }
+
+    fn end(&mut self, status: u16, message: Option<String>) {
+        let Some(watcher) = self.watcher.take() else { return };
+        let kept = self.kept.take();
+        let inflated = kept.as_deref().and_then(|framed| {
+            let (flag, len) = (*framed.first()?, u32::from_be_bytes(framed.get(1..5)?.try_into().ok()?) as usize);
+            let message = framed.get(5..)?;
+            (message.len() == len).then_some(())?;
+            match flag {
+                0 => Some(std::borrow::Cow::Borrowed(message)),
+                1 if self.gzip => gunzip(message, MAX_WATCHED_MESSAGE_BYTES).ok().map(std::borrow::Cow::Owned),
+                _ => None,
+            }
+        });
+        watcher.ended(Ending { status, message, body: inflated.as_deref() });
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        // Dropped before it ended: the client went away (or the connection did).
+        self.end(Code::Cancelled as u16, Some("the response did not reach its end (the client went away)".into()));
+    }
 }
 
 /// How a response message is rewritten: from its (inflated) protobuf bytes to the bytes to send
@@ -601,7 +684,20 @@ where
 impl ResponseBody {
     /// The upstream's response, frame by frame (the metrics layer watches its trailers).
     pub fn forwarded(upstream: Incoming) -> ResponseBody {
-        ResponseBody { upstream: Some(upstream), rewriting: None, full: None }
+        ResponseBody { upstream: Some(upstream), rewriting: None, full: None, watch: None }
+    }
+
+    /// This body, with `watcher` told how it ends. `headers` are the response's: a
+    /// trailers-only answer carries its status there, and ends the watch at once.
+    pub fn watched(mut self, headers: &http::HeaderMap, watcher: Box<dyn ResponseWatcher>) -> ResponseBody {
+        let gzip = headers.get("grpc-encoding").is_some_and(|e| e.as_bytes() == b"gzip");
+        let kept = watcher.wants_body().then(Vec::new);
+        let mut watch = Box::new(Watch { watcher: Some(watcher), kept, gzip });
+        if headers.contains_key("grpc-status") {
+            watch.end_with(headers);
+        }
+        self.watch = Some(watch);
+        self
     }
 
     /// The upstream's response with its one message rewritten by `rewrite` (task tokens
@@ -635,11 +731,11 @@ impl ResponseBody {
             state: RewriteState::Reading,
             method,
         };
-        ResponseBody { upstream: None, rewriting: Some(Box::pin(rewriting)), full: None }
+        ResponseBody { upstream: None, rewriting: Some(Box::pin(rewriting)), full: None, watch: None }
     }
 
     pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
-        ResponseBody { upstream: None, rewriting: None, full: Some(bytes.into()) }
+        ResponseBody { upstream: None, rewriting: None, full: Some(bytes.into()), watch: None }
     }
 }
 
@@ -651,13 +747,24 @@ impl Body for ResponseBody {
         if let Some(bytes) = self.full.take() {
             return Poll::Ready(Some(Ok(Frame::data(bytes))));
         }
-        if let Some(rewriting) = self.rewriting.as_mut() {
+        let polled = if let Some(rewriting) = self.rewriting.as_mut() {
             rewriting.as_mut().poll_frame(cx)
         } else if let Some(upstream) = self.upstream.as_mut() {
             Pin::new(upstream).poll_frame(cx)
         } else {
             Poll::Ready(None)
+        };
+        if let (Poll::Ready(polled), Some(watch)) = (&polled, self.watch.as_mut()) {
+            match polled {
+                Some(Ok(frame)) => watch.observe(frame),
+                Some(Err(error)) => {
+                    watch.end(Code::Unavailable as u16, Some(format!("upstream response failed: {error}")))
+                }
+                // Ended without trailers: cut off.
+                None => watch.end(Code::Unknown as u16, Some("the upstream response ended without a status".into())),
+            }
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

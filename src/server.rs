@@ -82,6 +82,8 @@ pub struct Prepared {
     pub signer: Option<Arc<Signer>>,
     pub metrics: Arc<Metrics>,
     pub tls: Option<TlsAcceptor>,
+    /// The decision log: reopened on SIGHUP, flushed at shutdown.
+    pub log: DecisionLog,
 }
 
 /// Loads and checks everything in the config; no sockets, no background tasks.
@@ -106,7 +108,7 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
     };
     let upstream = Upstream::new(&config.upstream)?;
     let tls = config.listen.tls.as_ref().map(tls_acceptor).transpose()?;
-    let log = DecisionLog::open(&config.audit.path)?;
+    let log = DecisionLog::open_with(&config.audit)?;
     let shadow = config.policy.shadow_dir.as_deref().map(PolicyEngine::load).transpose()?;
     let task_tokens = Arc::new(TaskTokenKeys::from_config(&config.task_tokens)?);
     if task_tokens.is_ephemeral() {
@@ -144,11 +146,11 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
             minter: Arc::new(minter),
             authn,
             policies: policies.clone(),
-            log,
+            log: log.clone(),
             metrics: metrics.clone(),
         })
     });
-    Ok(Prepared { gateway, admin, token_endpoint, sessions, policies, signer, metrics, tls })
+    Ok(Prepared { gateway, admin, token_endpoint, sessions, policies, signer, metrics, tls, log })
 }
 
 fn tls_acceptor(tls: &ServerTlsConfig) -> anyhow::Result<TlsAcceptor> {
@@ -225,7 +227,7 @@ pub fn gateway_stack(
 /// Serves until `shutdown` resolves, then drains.
 pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let nofile = conn::raise_nofile_limit();
-    let Prepared { gateway, admin, token_endpoint, sessions, policies, signer, metrics, tls } = prepare(&config)?;
+    let Prepared { gateway, admin, token_endpoint, sessions, policies, signer, metrics, tls, log } = prepare(&config)?;
     let (trigger, signal) = shutdown::channel();
     sessions.authenticator().spawn_key_refresh(signal.clone());
     if let Some(signer) = &signer {
@@ -233,6 +235,7 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     }
     spawn_session_sweeper(sessions, signal.clone());
     crate::reload::spawn_policy_watch(policies, signal.clone());
+    crate::audit::log::spawn_reopen_on_hangup(log.clone(), signal.clone());
     let limits = gateway_limits(&config.listen, nofile);
     if let Some(listener) = listeners.admin {
         let admin_limits = admin::connection_limits(&limits);
@@ -310,6 +313,7 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
         () = tracker.drained() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(config.listen.shutdown_grace) => tracing::warn!("grace period over; closing the remaining connections"),
     }
+    log.checkpoint();
     Ok(())
 }
 

@@ -36,7 +36,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::audit::{
-    self, ClientRecord, DecisionLog, DecisionRecord, PrincipalRecord, QuestionRecord, ResourceRecord, ShadowRecord,
+    self, ClientRecord, DecisionLog, DecisionRecord, OutcomeRecord, PrincipalRecord, QuestionRecord, ResourceRecord,
+    ShadowRecord,
 };
 use crate::authn::Principal;
 use crate::authz::{self, Decision, PolicyEngine};
@@ -46,7 +47,7 @@ use crate::credential::Signer;
 use crate::grpc;
 use crate::layers::Decided;
 use crate::namespace_ids::NamespaceIds;
-use crate::proxy::{ForwardBody, ResponseBody, Upstream};
+use crate::proxy::{Ending, ForwardBody, ResponseBody, ResponseWatcher, Upstream};
 use crate::reload::PolicySets;
 use crate::session::{Session, Sessions};
 use crate::status::{Code, Refusal, trailers_only};
@@ -135,6 +136,58 @@ struct Forward {
     method: &'static str,
     /// Whom the task tokens of the response are sealed for, if it hands any out.
     seal: Option<SealContext>,
+    /// Writes the call's outcome record when its response ends.
+    outcome: Box<OutcomeWatcher>,
+}
+
+/// Writes a forwarded call's outcome record (`kind` `outcome`) when its response ends: the
+/// status Temporal returned, how long the call took, and the run a start made.
+struct OutcomeWatcher {
+    log: DecisionLog,
+    metrics: Arc<Metrics>,
+    decision_id: String,
+    method: &'static str,
+    started: Instant,
+}
+
+impl ResponseWatcher for OutcomeWatcher {
+    fn wants_body(&self) -> bool {
+        inspect::makes_runs(self.method)
+    }
+
+    fn ended(self: Box<Self>, ending: Ending<'_>) {
+        let (run_id, started) = match ending.body {
+            Some(body) => inspect::started_run(self.method, body),
+            None => (None, None),
+        };
+        let message = ending.message.filter(|_| ending.status != 0).map(|mut message| {
+            if message.len() > audit::MAX_OUTCOME_MESSAGE {
+                let mut end = audit::MAX_OUTCOME_MESSAGE;
+                while !message.is_char_boundary(end) {
+                    end -= 1;
+                }
+                message.truncate(end);
+            }
+            message
+        });
+        let record = OutcomeRecord {
+            ts: audit::timestamp(SystemTime::now()),
+            kind: "outcome",
+            decision_id: &self.decision_id,
+            method: self.method,
+            status: ending.status,
+            message,
+            duration_us: self.started.elapsed().as_micros() as u64,
+            run_id,
+            started,
+        };
+        // The call has happened: nothing waits on this record, and a failure to write it is
+        // counted and logged, not turned into an error the client would misread.
+        if let Err(error) = self.log.write_detached(&record) {
+            self.metrics.decision_log_failed();
+            tracing::error!(%error, decision_id = %self.decision_id, "cannot write an outcome record");
+        }
+    }
 }
 
 impl Outcome {
@@ -374,7 +427,7 @@ impl Gateway {
         }
 
         // The record is written: it is not held while the call is upstream.
-        drop(record);
+        let decision_id = record.decision_id;
         if let (Some(session), Some(call)) = (&outcome.session, &outcome.call) {
             self.set_upstream_credentials(&mut parts.headers, session, spec, call);
         } else if self.credentials != UpstreamCredentials::Forward {
@@ -398,7 +451,14 @@ impl Gateway {
             _ => None,
         };
         let body = forward_body.expect("allowed calls keep their body");
-        Ok(Forward { parts, body, method: spec.name, seal })
+        let outcome = Box::new(OutcomeWatcher {
+            log: self.log.clone(),
+            metrics: self.metrics.clone(),
+            decision_id,
+            method: spec.name,
+            started,
+        });
+        Ok(Forward { parts, body, method: spec.name, seal, outcome })
     }
 
     /// Phase 6: forward. The call is handed to the upstream connection now; the future waits
@@ -406,7 +466,7 @@ impl Gateway {
     /// (`layers::Deadline`).
     fn forward(
         &self,
-        Forward { parts, body, method, seal }: Forward,
+        Forward { parts, body, method, seal, outcome }: Forward,
     ) -> impl Future<Output = http::Response<ResponseBody>> + Send + use<> {
         let keys = seal.is_some().then(|| self.task_tokens.clone());
         self.upstream.send(parts, body).map(move |response| match response {
@@ -421,12 +481,15 @@ impl Gateway {
                     }
                     _ => ResponseBody::forwarded(body),
                 };
+                let body = body.watched(&parts.headers, outcome);
                 http::Response::from_parts(parts, body)
             }
             Err(error) => {
                 let refusal = Refusal::from(error);
                 tracing::warn!(error = %refusal, method, "forwarding failed");
-                trailers_only(refusal.code(), &refusal.to_string())
+                let message = refusal.to_string();
+                outcome.ended(Ending { status: refusal.code() as u16, message: Some(message.clone()), body: None });
+                trailers_only(refusal.code(), &message)
             }
         })
     }

@@ -217,6 +217,36 @@ pub fn decompress<'a>(
     }
 }
 
+/// Whether `method`'s response names a run it made (see [`started_run`]).
+pub fn makes_runs(method: &str) -> bool {
+    run_paths(method).is_some()
+}
+
+/// Where a response names the run its request made, and whether it made a new one.
+fn run_paths(method: &str) -> Option<(&'static [u32], Option<&'static [u32]>)> {
+    match method {
+        // `run_id = 1`, `started = 3`.
+        "StartWorkflowExecution" => Some((&[1], Some(&[3]))),
+        // `run_id = 1`, `started = 2`.
+        "SignalWithStartWorkflowExecution" => Some((&[1], Some(&[2]))),
+        // The new run of the reset.
+        "ResetWorkflowExecution" => Some((&[1], None)),
+        // `responses = 1` -> `start_workflow = 1` -> the start's response.
+        "ExecuteMultiOperation" => Some((&[1, 1, 1], Some(&[1, 1, 3]))),
+        _ => None,
+    }
+}
+
+/// The run a response of `method` names, and whether its request made it (a start that found
+/// a running workflow under `USE_EXISTING` did not). Unreadable fields are left out: this is for
+/// the record, after the fact.
+pub fn started_run(method: &str, response: &[u8]) -> (Option<String>, Option<bool>) {
+    let Some((run_id, started)) = run_paths(method) else { return (None, None) };
+    let run_id = wire::last_string(response, run_id).ok().flatten().map(str::to_owned);
+    let started = started.and_then(|path| wire::last_varint(response, path).ok()).map(|v| v.unwrap_or(0) != 0);
+    (run_id, started)
+}
+
 pub(crate) fn owned(value: Option<&str>) -> Option<String> {
     value.map(str::to_owned)
 }

@@ -406,8 +406,8 @@ class Gateway:
         except FileNotFoundError:
             return ""
 
-    def decisions(self) -> list[dict]:
-        """Every decision record written so far, parsed. A read that races a write may end inside
+    def audit_lines(self) -> list[dict]:
+        """Every line of the decision log so far, parsed. A read that races a write may end inside
         the line being written (a page at a time becomes visible): only lines ended by a newline
         count, and any of those that does not parse is an error."""
         try:
@@ -416,6 +416,14 @@ class Gateway:
             return []
         whole = text[: text.rfind("\n") + 1]
         return [json.loads(line) for line in whole.splitlines() if line.strip()]
+
+    def decisions(self) -> list[dict]:
+        """Every decision record written so far (outcome records left out)."""
+        return [r for r in self.audit_lines() if r.get("kind") != "outcome"]
+
+    def outcomes(self) -> list[dict]:
+        """Every outcome record written so far."""
+        return [r for r in self.audit_lines() if r.get("kind") == "outcome"]
 
     def wait_decisions(self, predicate, count: int, timeout: float = 5.0) -> list[dict]:
         """Waits until at least `count` records match `predicate`; returns the matches."""

@@ -602,12 +602,22 @@ impl Gateway {
         (status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
     }
 
-    /// The decision records written so far. Read while calls are still being decided, the file
+    /// Every line of the decision log so far. Read while calls are still being decided, the file
     /// may end inside a line the writer has not finished: only whole lines (ended by `\n`) count.
-    pub fn records(&self) -> Vec<serde_json::Value> {
+    pub fn audit_lines(&self) -> Vec<serde_json::Value> {
         let text = std::fs::read_to_string(&self.audit_path).unwrap_or_default();
         let whole = text.rfind('\n').map_or("", |end| &text[..end]);
         whole.lines().map(|line| serde_json::from_str(line).unwrap()).collect()
+    }
+
+    /// The decision records written so far (outcome records left out).
+    pub fn records(&self) -> Vec<serde_json::Value> {
+        self.audit_lines().into_iter().filter(|record| record["kind"] != "outcome").collect()
+    }
+
+    /// The outcome records written so far.
+    pub fn outcomes(&self) -> Vec<serde_json::Value> {
+        self.audit_lines().into_iter().filter(|record| record["kind"] == "outcome").collect()
     }
 
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
