@@ -11,7 +11,9 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::LazyLock;
 
-use flowgate::temporal::catalog::{self, Access, CATALOG, MethodSpec, ResourceSpec, TaskQueueRef, all_actions, lookup};
+use flowgate::temporal::catalog::{
+    self, Access, CATALOG, MethodSpec, ResourceSpec, Stamp, TaskQueueRef, all_actions, lookup,
+};
 use flowgate::temporal::inspect::{self, Call};
 use serde::Deserialize;
 
@@ -80,6 +82,7 @@ struct Field {
     #[serde(rename = "type")]
     ty: String,
     repeated: bool,
+    oneof: Option<String>,
 }
 
 impl Field {
@@ -640,4 +643,163 @@ fn inspect_reads_what_the_server_would() {
         }
     }
     assert!(errors.is_empty(), "{} vector(s) differ:\n{}", errors.len(), errors.join("\n"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stamps: where the verified principal and the initiator header are written
+// ---------------------------------------------------------------------------------------------
+
+const HEADER: &str = "message:temporal.api.common.v1.Header";
+/// A failure's own `identity` fields say who failed an activity, inside data a worker reports:
+/// not who sends the request.
+const FAILURE: &str = "temporal.api.failure.v1.Failure";
+
+/// Every field path (numbers, outermost first) a stamp writes to, checking each step against the
+/// descriptors: leaves must be `identity` strings (or `Header`s), oneof members exactly the
+/// oneof's, repeated steps really repeated.
+fn stamped_paths(message: &str, stamp: &Stamp, leaf: (&str, &str), errors: &mut Vec<String>) -> Vec<Vec<u32>> {
+    let check_leaf = |path: &[u32], errors: &mut Vec<String>| match DESCRIPTORS.resolve(message, path) {
+        Err(error) => errors.push(format!("{message} {path:?}: {error}")),
+        Ok(fields) => {
+            let last = fields[fields.len() - 1];
+            if (last.name.as_str(), last.ty.as_str()) != leaf {
+                errors.push(format!("{message} {path:?} is `{}` ({}), not `{}` ({})", last.name, last.ty, leaf.0, leaf.1));
+            }
+            if let Some(step) = fields.iter().find(|field| field.oneof.is_some()) {
+                errors.push(format!("{message} {path:?} passes through oneof member `{}`: use InOneof", step.name));
+            }
+        }
+    };
+    match *stamp {
+        Stamp::At(path) => {
+            check_leaf(path, errors);
+            vec![path.to_vec()]
+        }
+        Stamp::ReplaceAt(path) => {
+            if leaf.1 != HEADER {
+                errors.push(format!("{message} {path:?}: ReplaceAt is for headers"));
+            }
+            check_leaf(path, errors);
+            vec![path.to_vec()]
+        }
+        Stamp::InOneof { oneof, members } => {
+            let holder = if oneof.is_empty() {
+                message.to_owned()
+            } else {
+                match DESCRIPTORS.resolve(message, oneof) {
+                    Ok(fields) => match fields[fields.len() - 1].message_type() {
+                        Some(name) => name.to_owned(),
+                        None => {
+                            errors.push(format!("{message} {oneof:?} is not a message"));
+                            return Vec::new();
+                        }
+                    },
+                    Err(error) => {
+                        errors.push(format!("{message} {oneof:?}: {error}"));
+                        return Vec::new();
+                    }
+                }
+            };
+            let fields = &DESCRIPTORS.message(&holder).fields;
+            let first = members.first().and_then(|(n, _)| fields.iter().find(|f| f.number == *n));
+            let Some(oneof_name) = first.and_then(|f| f.oneof.clone()) else {
+                errors.push(format!("{holder}: the first member of {members:?} is not in a oneof"));
+                return Vec::new();
+            };
+            let mut expected: Vec<u32> =
+                fields.iter().filter(|f| f.oneof.as_deref() == Some(&oneof_name)).map(|f| f.number).collect();
+            let mut listed: Vec<u32> = members.iter().map(|(n, _)| *n).collect();
+            expected.sort();
+            listed.sort();
+            if expected != listed {
+                errors.push(format!("{holder}.{oneof_name}: members are {expected:?}, the stamp lists {listed:?}"));
+            }
+            let mut out = Vec::new();
+            for (member, inner) in members {
+                let Some(inner) = inner else { continue };
+                let Some(field) = fields.iter().find(|f| f.number == *member) else { continue };
+                let Some(member_type) = field.message_type() else {
+                    errors.push(format!("{holder}.{} is not a message", field.name));
+                    continue;
+                };
+                for path in stamped_paths(member_type, inner, leaf, errors) {
+                    out.push([oneof, &[*member], &path].concat());
+                }
+            }
+            out
+        }
+        Stamp::InEach { repeated, each } => {
+            let Some(field) = DESCRIPTORS.message(message).fields.iter().find(|f| f.number == repeated) else {
+                errors.push(format!("{message} has no field {repeated}"));
+                return Vec::new();
+            };
+            if !field.repeated || field.message_type().is_none() {
+                errors.push(format!("{message}.{} is not a repeated message", field.name));
+                return Vec::new();
+            }
+            stamped_paths(field.message_type().unwrap(), each, leaf, errors)
+                .into_iter()
+                .map(|path| [&[repeated][..], &path].concat())
+                .collect()
+        }
+    }
+}
+
+/// Every path from `message` to a field matching `leaf`, through messages (repeated or not),
+/// never through a `Failure` nor twice through one message type.
+fn reachable(message: &str, leaf: (&str, &str), seen: &mut Vec<String>, prefix: &mut Vec<u32>, out: &mut Vec<Vec<u32>>) {
+    if seen.iter().any(|name| name == message) || seen.len() > 8 {
+        return;
+    }
+    seen.push(message.to_owned());
+    for field in &DESCRIPTORS.message(message).fields {
+        prefix.push(field.number);
+        if (field.name.as_str(), field.ty.as_str()) == leaf && !field.repeated {
+            out.push(prefix.clone());
+        } else if let Some(inner) = field.message_type()
+            && inner != FAILURE
+            && DESCRIPTORS.messages.contains_key(inner)
+        {
+            reachable(inner, leaf, seen, prefix, out);
+        }
+        prefix.pop();
+    }
+    seen.pop();
+}
+
+/// Headers no stamp writes to, and why.
+const UNSTAMPED_HEADERS: &[(&str, &[u32], &str)] = &[];
+
+/// Every `identity` a request carries is replaced with the verified principal, and every Temporal
+/// header of a start or signal (and every one a forged entry could hide in) gets flowgate's entry:
+/// a field the catalog misses is a place where a client still speaks for itself.
+#[test]
+fn every_identity_and_header_is_stamped() {
+    let mut errors = Vec::new();
+    for spec in CATALOG {
+        let input = DESCRIPTORS.input_name(spec);
+        for (what, stamp, leaf) in [
+            ("identity", spec.identity, ("identity", "string")),
+            ("header", spec.header, ("header", HEADER)),
+        ] {
+            let mut expected = Vec::new();
+            reachable(input, leaf, &mut Vec::new(), &mut Vec::new(), &mut expected);
+            let mut stamped = match stamp {
+                Some(stamp) => stamped_paths(input, &stamp, leaf, &mut errors),
+                None => Vec::new(),
+            };
+            expected.retain(|path| {
+                !UNSTAMPED_HEADERS.iter().any(|(method, unstamped, _)| *method == spec.name && path == unstamped)
+            });
+            expected.sort();
+            stamped.sort();
+            for missing in expected.iter().filter(|path| !stamped.contains(path)) {
+                errors.push(format!("{}: {what} at {missing:?} is not stamped", spec.name));
+            }
+            for extra in stamped.iter().filter(|path| !expected.contains(path)) {
+                errors.push(format!("{}: {what} stamp at {extra:?} is not a reachable {what}", spec.name));
+            }
+        }
+    }
+    assert!(errors.is_empty(), "{} stamp problem(s):\n{}", errors.len(), errors.join("\n"));
 }

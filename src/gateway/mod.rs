@@ -451,6 +451,9 @@ impl Gateway {
             _ => None,
         };
         let body = forward_body.expect("allowed calls keep their body");
+        // The message may have been rewritten (stamped, its task token unsealed): its length is
+        // the body's, not what the client announced.
+        parts.headers.remove(http::header::CONTENT_LENGTH);
         let outcome = Box::new(OutcomeWatcher {
             log: self.log.clone(),
             metrics: self.metrics.clone(),
