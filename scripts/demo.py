@@ -226,7 +226,7 @@ required_claims = {{ organization_slug = "acme" }}
         asyncio.run(scenario(f"127.0.0.1:{listen}", issuers))
 
         lines = [json.loads(line) for line in (WORK / "decisions.jsonl").read_text().splitlines()]
-        records = [r for r in lines if r.get("kind") != "outcome"]
+        records = [r for r in lines if r.get("kind") not in ("outcome", "principal")]
         outcomes = {r["decision_id"]: r for r in lines if r.get("kind") == "outcome"}
         say(f"Decision records ({WORK / 'decisions.jsonl'}), one per decision, with what Temporal answered:")
         for r in records:

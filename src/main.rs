@@ -72,6 +72,42 @@ enum AuditCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// The decisions in FILEs (in order; rotated and gzipped ones too) that match every filter
+    /// given, each with what Temporal answered. Times are RFC 3339, a day (`2026-12-05`, from
+    /// midnight UTC) or a duration ago (`24h`, `7d`).
+    Query(QueryArgs),
+}
+
+#[derive(clap::Args)]
+struct QueryArgs {
+    /// A principal id (`okta:00u-alice`) or the identity flowgate stamps for it
+    /// (`github:acme/payments@prod`); `*` matches anything.
+    #[arg(long)]
+    principal: Option<String>,
+    /// Calls on this workflow id, or implying something about it.
+    #[arg(long)]
+    workflow_id: Option<String>,
+    /// The call that made this run (a start, a signal-with-start, a reset).
+    #[arg(long)]
+    run_id: Option<String>,
+    #[arg(long)]
+    namespace: Option<String>,
+    /// The action (the RPC's name, e.g. `StartWorkflowExecution`).
+    #[arg(long)]
+    action: Option<String>,
+    #[arg(long, value_parser = ["allow", "deny"])]
+    decision: Option<String>,
+    /// From this time on.
+    #[arg(long)]
+    since: Option<String>,
+    /// Before this time.
+    #[arg(long)]
+    until: Option<String>,
+    /// `text`: a line per decision; `json`: the records, each with its `outcome`, one per line.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    format: String,
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -304,6 +340,7 @@ fn main() -> ExitCode {
         }
         Command::Keys { command: KeysCommand::List { dir } } => list_keys(&dir),
         Command::Audit { command: AuditCommand::Verify { files } } => audit_verify(&files),
+        Command::Audit { command: AuditCommand::Query(args) } => audit_query(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -345,6 +382,30 @@ fn audit_verify(files: &[PathBuf]) -> anyhow::Result<()> {
             first.line
         )
     }
+}
+
+fn audit_query(args: QueryArgs) -> anyhow::Result<()> {
+    use flowgate::audit::query::{Filter, parse_time, query, text_line};
+    let now = std::time::SystemTime::now();
+    let time = |text: Option<String>| text.map(|t| parse_time(&t, now)).transpose().map_err(anyhow::Error::msg);
+    let filter = Filter {
+        principal: args.principal,
+        workflow_id: args.workflow_id,
+        run_id: args.run_id,
+        namespace: args.namespace,
+        action: args.action,
+        decision: args.decision,
+        since: time(args.since)?,
+        until: time(args.until)?,
+    };
+    for record in query(&args.files, &filter)? {
+        if args.format == "json" {
+            println!("{record}");
+        } else {
+            println!("{}", text_line(&record));
+        }
+    }
+    Ok(())
 }
 
 fn policy_test(

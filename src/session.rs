@@ -15,10 +15,12 @@
 //!
 //! **What a new token costs.** Verification (signature and claims, in `authn`), the principal
 //! with its Cedar entities (built once, reused by every decision), two empty decision caches,
-//! its identity stamp rendered (`identity`) and the cache insert. Everything after the verification is meant to cost less than it
+//! its identity stamp rendered (`identity`), the digest its decision records name it by, and the
+//! cache insert. Everything after the verification is meant to cost less than it
 //! (`benches/coldpath.rs` measures both).
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::SystemTime;
 
 use crate::authn::{Authenticator, AuthnError, Expires, Principal, TokenCache, bearer};
@@ -39,16 +41,35 @@ pub struct Session {
     pub upstream_credentials: CredentialCache,
     /// What its requests say in its name in Temporal's history (`identity`, the initiator header).
     pub stamp: PrincipalStamp,
+    /// How its decision records name the principal snapshot they can be decided again with
+    /// (`principal.ref`): a digest of everything policies see of the principal.
+    pub snapshot_ref: String,
+    /// The decision log's generation (it changes when the log is reopened) its snapshot was
+    /// last written in; 0 before the first.
+    pub snapshot_written: AtomicU64,
 }
 
 impl Session {
     pub fn new(principal: Principal, stamp: PrincipalStamp) -> Session {
+        let seen = (
+            principal.kind.entity_type(),
+            &principal.id,
+            &principal.issuer,
+            &principal.sub,
+            &principal.groups,
+            &principal.tags,
+        );
+        let digest = serde_json::to_vec(&seen).unwrap_or_default();
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &digest);
+        let snapshot_ref = digest.as_ref()[..8].iter().map(|byte| format!("{byte:02x}")).collect();
         Session {
             principal,
             decisions: DecisionCache::default(),
             shadow_decisions: DecisionCache::default(),
             upstream_credentials: CredentialCache::default(),
             stamp,
+            snapshot_ref,
+            snapshot_written: AtomicU64::new(0),
         }
     }
 }

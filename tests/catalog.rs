@@ -663,7 +663,10 @@ fn stamped_paths(message: &str, stamp: &Stamp, leaf: (&str, &str), errors: &mut 
         Ok(fields) => {
             let last = fields[fields.len() - 1];
             if (last.name.as_str(), last.ty.as_str()) != leaf {
-                errors.push(format!("{message} {path:?} is `{}` ({}), not `{}` ({})", last.name, last.ty, leaf.0, leaf.1));
+                errors.push(format!(
+                    "{message} {path:?} is `{}` ({}), not `{}` ({})",
+                    last.name, last.ty, leaf.0, leaf.1
+                ));
             }
             if let Some(step) = fields.iter().find(|field| field.oneof.is_some()) {
                 errors.push(format!("{message} {path:?} passes through oneof member `{}`: use InOneof", step.name));
@@ -747,7 +750,13 @@ fn stamped_paths(message: &str, stamp: &Stamp, leaf: (&str, &str), errors: &mut 
 
 /// Every path from `message` to a field matching `leaf`, through messages (repeated or not),
 /// never through a `Failure` nor twice through one message type.
-fn reachable(message: &str, leaf: (&str, &str), seen: &mut Vec<String>, prefix: &mut Vec<u32>, out: &mut Vec<Vec<u32>>) {
+fn reachable(
+    message: &str,
+    leaf: (&str, &str),
+    seen: &mut Vec<String>,
+    prefix: &mut Vec<u32>,
+    out: &mut Vec<Vec<u32>>,
+) {
     if seen.iter().any(|name| name == message) || seen.len() > 8 {
         return;
     }
@@ -778,10 +787,9 @@ fn every_identity_and_header_is_stamped() {
     let mut errors = Vec::new();
     for spec in CATALOG {
         let input = DESCRIPTORS.input_name(spec);
-        for (what, stamp, leaf) in [
-            ("identity", spec.identity, ("identity", "string")),
-            ("header", spec.header, ("header", HEADER)),
-        ] {
+        for (what, stamp, leaf) in
+            [("identity", spec.identity, ("identity", "string")), ("header", spec.header, ("header", HEADER))]
+        {
             let mut expected = Vec::new();
             reachable(input, leaf, &mut Vec::new(), &mut Vec::new(), &mut expected);
             let mut stamped = match stamp {

@@ -21,7 +21,7 @@ fn deploy() -> Vec<u8> {
 }
 
 #[tokio::test]
-async fn an_allowed_call_is_forwarded_intact_without_the_token() {
+async fn an_allowed_call_is_forwarded_intact_and_stamped_without_the_token() {
     let (key, jwks, upstream) = setup().await;
     let gateway = Gateway::start(&jwks, Setup::new(&upstream)).await;
     let mut client = Client::connect(gateway.addr).await;
@@ -36,7 +36,16 @@ async fn an_allowed_call_is_forwarded_intact_without_the_token() {
     let calls = upstream.calls();
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].path, format!("{WS}/StartWorkflowExecution"));
-    assert_eq!(calls[0].body.as_ref(), frame(&deploy(), false).as_slice(), "request body intact");
+    // The client's message goes on byte for byte, followed by what flowgate stamps: the verified
+    // principal as `identity` (field 9) and the initiator header (field 16).
+    let forwarded = &calls[0].body[5..];
+    assert_eq!(calls[0].body[0], 0, "sent uncompressed");
+    assert_eq!(u32::from_be_bytes(calls[0].body[1..5].try_into().unwrap()) as usize, forwarded.len());
+    assert!(forwarded.starts_with(&deploy()), "the client's bytes are intact");
+    let stamped = &forwarded[deploy().len()..];
+    assert_eq!(flowgate::temporal::wire::last_string(stamped, &[9]).unwrap(), Some("test:alice via flowgate"));
+    let entry = flowgate::temporal::wire::last_bytes(stamped, &[16, 1]).unwrap().unwrap();
+    assert_eq!(flowgate::temporal::wire::last_string(entry, &[1]).unwrap(), Some("flowgate-principal"));
     assert!(calls[0].headers.get("authorization").is_none(), "the token is not forwarded by default");
     assert_eq!(calls[0].headers["client-name"], "flowgate-tests");
 

@@ -108,10 +108,12 @@ impl State {
     /// Ends `record` (a JSON object without its closing brace) with the chain link, and writes
     /// it. On failure the head stays where it was: the next line links to the last one written.
     fn append(&mut self, record: &mut Vec<u8>) -> std::io::Result<()> {
+        let head = self.head;
         self.link(record);
         let result = self.sink.write_all(record);
-        if result.is_ok() {
-            self.unsynced = true;
+        match result {
+            Ok(()) => self.unsynced = true,
+            Err(_) => self.head = head,
         }
         result
     }
@@ -127,8 +129,8 @@ impl State {
 }
 
 struct Job {
-    /// The record, without its closing brace.
-    record: Vec<u8>,
+    /// The records, each without its closing brace, written in this order.
+    records: Vec<Vec<u8>>,
     /// Told when the line is written (and synced, with `always`); `None` when nobody waits.
     written: Option<oneshot::Sender<Result<(), String>>>,
 }
@@ -147,6 +149,8 @@ struct Shared {
     epoch: Instant,
     /// Wakes the interval syncer early when the log closes.
     closed: Arc<(Mutex<bool>, Condvar)>,
+    /// Counts the files the log has written to: 1, then one more at each reopen.
+    generation: AtomicU64,
 }
 
 /// A handle to the decision log. Cheap to clone; the writer stops when the last handle drops.
@@ -191,6 +195,7 @@ impl DecisionLog {
             inline_off_until_us: AtomicU64::new(0),
             epoch: Instant::now(),
             closed: Arc::new((Mutex::new(false), Condvar::new())),
+            generation: AtomicU64::new(1),
         });
         let (jobs, queue) = mpsc::channel::<Job>();
         let writer = shared.clone();
@@ -211,13 +216,27 @@ impl DecisionLog {
 
     /// Writes one record and waits until it is written (and on the disk, with `always`).
     pub async fn write<R: Serialize>(&self, record: &R) -> Result<(), AuditError> {
-        let record = open_object(record)?;
-        let record = match self.try_write_inline(record) {
+        self.write_after::<R, R>(None, record).await
+    }
+
+    /// Writes `first`, if any, then `record`, together (nothing comes between them), and waits
+    /// until both are written.
+    pub async fn write_after<F: Serialize, R: Serialize>(
+        &self,
+        first: Option<&F>,
+        record: &R,
+    ) -> Result<(), AuditError> {
+        let mut records = Vec::with_capacity(2);
+        if let Some(first) = first {
+            records.push(open_object(first)?);
+        }
+        records.push(open_object(record)?);
+        let records = match self.try_write_inline(records) {
             Ok(result) => return result,
-            Err(record) => record,
+            Err(records) => records,
         };
         let (written, done) = oneshot::channel();
-        self.jobs.send(Job { record, written: Some(written) }).map_err(|_| AuditError::Stopped)?;
+        self.jobs.send(Job { records, written: Some(written) }).map_err(|_| AuditError::Stopped)?;
         match done.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(reason)) => Err(AuditError::Write(reason)),
@@ -228,26 +247,42 @@ impl DecisionLog {
     /// Writes one record without waiting for it: for what has already happened (a call's
     /// outcome), where nothing waits on the record. Never blocks longer than one inline write.
     pub fn write_detached<R: Serialize>(&self, record: &R) -> Result<(), AuditError> {
-        let record = open_object(record)?;
-        match self.try_write_inline(record) {
+        let records = vec![open_object(record)?];
+        match self.try_write_inline(records) {
             Ok(result) => result,
-            Err(record) => self.jobs.send(Job { record, written: None }).map_err(|_| AuditError::Stopped),
+            Err(records) => self.jobs.send(Job { records, written: None }).map_err(|_| AuditError::Stopped),
         }
     }
 
-    /// Writes `record` on the caller's thread when that is cheap; gives it back to be queued.
-    fn try_write_inline(&self, mut record: Vec<u8>) -> Result<Result<(), AuditError>, Vec<u8>> {
+    /// Writes `records` on the caller's thread when that is cheap; gives them back to be queued.
+    fn try_write_inline(&self, mut records: Vec<Vec<u8>>) -> Result<Result<(), AuditError>, Vec<Vec<u8>>> {
         let shared = &self.shared;
         if !shared.inline {
-            return Err(record);
+            return Err(records);
         }
         let now_us = shared.epoch.elapsed().as_micros() as u64;
         if now_us < shared.inline_off_until_us.load(Ordering::Relaxed) {
-            return Err(record);
+            return Err(records);
         }
         let mut state = shared.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let started = Instant::now();
-        let result = state.append(&mut record);
+        let result = match records.as_mut_slice() {
+            [one] => state.append(one),
+            many => {
+                let head = state.head;
+                let mut buffer = Vec::with_capacity(many.iter().map(|r| r.len() + 80).sum());
+                for record in many.iter_mut() {
+                    state.link(record);
+                    buffer.extend_from_slice(record);
+                }
+                let result = state.sink.write_all(&buffer);
+                match result {
+                    Ok(()) => state.unsynced = true,
+                    Err(_) => state.head = head,
+                }
+                result
+            }
+        };
         drop(state);
         let took = started.elapsed();
         if took > SLOW_WRITE {
@@ -259,6 +294,12 @@ impl DecisionLog {
             tracing::error!(reason = %e, "decision log write failed; refusing the call");
             AuditError::Write(e.to_string())
         }))
+    }
+
+    /// Which file the log writes to: 1 at first, one more at each reopen. Whatever is written
+    /// once per file (a principal's snapshot) is written again when it changes.
+    pub fn generation(&self) -> u64 {
+        self.shared.generation.load(Ordering::Acquire)
     }
 
     /// Opens the log's path again (after logrotate renamed the file), flushing the old file to
@@ -276,6 +317,7 @@ impl DecisionLog {
         let file = OpenOptions::new().create(true).append(true).open(path).map_err(failed)?;
         state.sink = Sink::File(Arc::new(file));
         state.unsynced = false;
+        self.shared.generation.fetch_add(1, Ordering::AcqRel);
         if let Some(head_file) = &self.shared.head_file {
             write_head(head_file, &state.head);
         }
@@ -406,8 +448,10 @@ fn write_loop(shared: &Shared, queue: mpsc::Receiver<Job>) {
             let mut state = shared.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             let head = state.head;
             for job in &mut batch {
-                state.link(&mut job.record);
-                buffer.extend_from_slice(&job.record);
+                for record in &mut job.records {
+                    state.link(record);
+                    buffer.extend_from_slice(record);
+                }
             }
             let mut result = state.sink.write_all(&buffer);
             if result.is_ok()

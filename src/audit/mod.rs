@@ -12,10 +12,12 @@
 //! * every line ends with `prev`, the hash of the line before it: an edited, removed or
 //!   reordered line breaks the chain, and `flowgate audit verify` says where ([`chain`]).
 //!
-//! [`log`] writes the lines (order, durability, rotation); [`chain`] checks them.
+//! [`log`] writes the lines (order, durability, rotation); [`chain`] checks them; [`query`]
+//! finds decisions and their outcomes again.
 
 pub mod chain;
 pub mod log;
+pub mod query;
 
 use std::borrow::Cow;
 
@@ -33,6 +35,36 @@ pub struct PrincipalRecord<'a> {
     pub kind: &'a str,
     pub id: &'a str,
     pub issuer: &'a str,
+    /// The identity flowgate writes into Temporal's history for this principal
+    /// (`identity.template`), when it does not quote the client's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<&'a str>,
+    /// The principal snapshot (`kind` `principal`) that holds what policies saw of it.
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<&'a str>,
+}
+
+/// What policies see of a principal (`kind` `principal`), written before the first record that
+/// names it by `ref` in each log file: with the record's resource and context, enough to decide
+/// the call again under other policies (`flowgate audit replay`).
+#[derive(Debug, Clone, Serialize)]
+pub struct PrincipalSnapshot<'a> {
+    pub ts: String,
+    pub kind: &'static str,
+    #[serde(rename = "ref")]
+    pub reference: &'a str,
+    pub principal: SnapshotPrincipal<'a>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotPrincipal<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'a str,
+    pub id: &'a str,
+    pub issuer: &'a str,
+    pub sub: &'a str,
+    pub groups: &'a [String],
+    pub tags: &'a std::collections::BTreeMap<String, String>,
 }
 
 /// `resource` of a record.
@@ -73,6 +105,10 @@ pub struct ResourceRecord<'a> {
     /// normal queue, `task_queue`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sticky_queue: Option<&'a str>,
+    /// For a question a call implied: the action of the call (policies see it as
+    /// `context.implied_by`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub implied_by: Option<&'a str>,
 }
 
 impl<'a> ResourceRecord<'a> {
@@ -95,6 +131,7 @@ impl<'a> ResourceRecord<'a> {
             nexus_service: call.nexus_service.as_deref(),
             nexus_operation: call.nexus_operation.as_deref(),
             sticky_queue: call.sticky_queue.as_deref(),
+            implied_by: call.implied_by,
         }
     }
 }

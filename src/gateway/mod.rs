@@ -25,6 +25,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Instant, SystemTime};
@@ -36,8 +37,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::audit::{
-    self, ClientRecord, DecisionLog, DecisionRecord, OutcomeRecord, PrincipalRecord, QuestionRecord, ResourceRecord,
-    ShadowRecord,
+    self, ClientRecord, DecisionLog, DecisionRecord, OutcomeRecord, PrincipalRecord, PrincipalSnapshot, QuestionRecord,
+    ResourceRecord, ShadowRecord, SnapshotPrincipal,
 };
 use crate::authn::Principal;
 use crate::authz::{self, Decision, PolicyEngine};
@@ -383,7 +384,30 @@ impl Gateway {
             decision_id,
             started,
         );
-        if let Err(error) = self.log.write(&record).await {
+        // The principal's snapshot goes first, once per token and log file: what it takes to
+        // decide this call again offline (`flowgate audit replay`).
+        let generation = self.log.generation();
+        let snapshot = outcome
+            .session
+            .as_ref()
+            .filter(|session| session.snapshot_written.swap(generation, Ordering::AcqRel) != generation)
+            .map(|session| PrincipalSnapshot {
+                ts: record.ts.clone(),
+                kind: "principal",
+                reference: &session.snapshot_ref,
+                principal: SnapshotPrincipal {
+                    kind: session.principal.kind.entity_type(),
+                    id: &session.principal.id,
+                    issuer: &session.principal.issuer,
+                    sub: &session.principal.sub,
+                    groups: &session.principal.groups,
+                    tags: &session.principal.tags,
+                },
+            });
+        if let Err(error) = self.log.write_after(snapshot.as_ref(), &record).await {
+            if let (Some(_), Some(session)) = (&snapshot, &outcome.session) {
+                session.snapshot_written.store(0, Ordering::Release);
+            }
             self.metrics.decision_log_failed();
             let refusal = Refusal::Audit(error);
             return Err(trailers_only(refusal.code(), &refusal.to_string()));
@@ -1005,10 +1029,12 @@ impl Gateway {
             decision: if refusal.is_none() { "allow" } else { "deny" },
             reasons,
             errors,
-            principal: outcome.session.as_ref().map(|s| &s.principal).map(|p| PrincipalRecord {
-                kind: p.kind.entity_type(),
-                id: &p.id,
-                issuer: &p.issuer,
+            principal: outcome.session.as_ref().map(|s| PrincipalRecord {
+                kind: s.principal.kind.entity_type(),
+                id: &s.principal.id,
+                issuer: &s.principal.issuer,
+                identity: s.stamp.fixed_identity(),
+                snapshot: Some(&s.snapshot_ref),
             }),
             action: spec.name,
             method: path,

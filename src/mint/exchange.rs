@@ -128,6 +128,8 @@ async fn exchange(
             kind: p.kind.entity_type(),
             id: &p.id,
             issuer: &p.issuer,
+            identity: None,
+            snapshot: None,
         }),
         action: ISSUE_CREDENTIAL,
         method: TOKEN_ENDPOINT,

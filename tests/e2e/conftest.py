@@ -418,8 +418,8 @@ class Gateway:
         return [json.loads(line) for line in whole.splitlines() if line.strip()]
 
     def decisions(self) -> list[dict]:
-        """Every decision record written so far (outcome records left out)."""
-        return [r for r in self.audit_lines() if r.get("kind") != "outcome"]
+        """Every decision record written so far (outcome records and principal snapshots left out)."""
+        return [r for r in self.audit_lines() if r.get("kind") not in ("outcome", "principal")]
 
     def outcomes(self) -> list[dict]:
         """Every outcome record written so far."""

@@ -610,9 +610,12 @@ impl Gateway {
         whole.lines().map(|line| serde_json::from_str(line).unwrap()).collect()
     }
 
-    /// The decision records written so far (outcome records left out).
+    /// The decision records written so far (outcome records and principal snapshots left out).
     pub fn records(&self) -> Vec<serde_json::Value> {
-        self.audit_lines().into_iter().filter(|record| record["kind"] != "outcome").collect()
+        self.audit_lines()
+            .into_iter()
+            .filter(|record| record["kind"] != "outcome" && record["kind"] != "principal")
+            .collect()
     }
 
     /// The outcome records written so far.
