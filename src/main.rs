@@ -75,7 +75,7 @@ enum AuditCommand {
     /// The decisions in FILEs (in order; rotated and gzipped ones too) that match every filter
     /// given, each with what Temporal answered. Times are RFC 3339, a day (`2026-12-05`, from
     /// midnight UTC) or a duration ago (`24h`, `7d`).
-    Query(QueryArgs),
+    Query(Box<QueryArgs>),
 }
 
 #[derive(clap::Args)]
@@ -340,7 +340,7 @@ fn main() -> ExitCode {
         }
         Command::Keys { command: KeysCommand::List { dir } } => list_keys(&dir),
         Command::Audit { command: AuditCommand::Verify { files } } => audit_verify(&files),
-        Command::Audit { command: AuditCommand::Query(args) } => audit_query(args),
+        Command::Audit { command: AuditCommand::Query(args) } => audit_query(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
