@@ -76,6 +76,18 @@ enum AuditCommand {
     /// given, each with what Temporal answered. Times are RFC 3339, a day (`2026-12-05`, from
     /// midnight UTC) or a duration ago (`24h`, `7d`).
     Query(Box<QueryArgs>),
+    /// Decide the calls recorded in FILEs again under the policies of DIR, and report those
+    /// whose decision would change (the same filters as `query` narrow them down). Exits
+    /// non-zero if any would, with `--fail-on-change`.
+    Replay {
+        /// The proposed policy set.
+        #[arg(long, value_name = "DIR")]
+        policies: PathBuf,
+        #[arg(long)]
+        fail_on_change: bool,
+        #[command(flatten)]
+        query: Box<QueryArgs>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -341,6 +353,9 @@ fn main() -> ExitCode {
         Command::Keys { command: KeysCommand::List { dir } } => list_keys(&dir),
         Command::Audit { command: AuditCommand::Verify { files } } => audit_verify(&files),
         Command::Audit { command: AuditCommand::Query(args) } => audit_query(*args),
+        Command::Audit { command: AuditCommand::Replay { policies, fail_on_change, query } } => {
+            audit_replay(&policies, fail_on_change, *query)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -384,20 +399,65 @@ fn audit_verify(files: &[PathBuf]) -> anyhow::Result<()> {
     }
 }
 
-fn audit_query(args: QueryArgs) -> anyhow::Result<()> {
-    use flowgate::audit::query::{Filter, parse_time, query, text_line};
+fn query_filter(args: &QueryArgs) -> anyhow::Result<flowgate::audit::query::Filter> {
+    use flowgate::audit::query::{Filter, parse_time};
     let now = std::time::SystemTime::now();
-    let time = |text: Option<String>| text.map(|t| parse_time(&t, now)).transpose().map_err(anyhow::Error::msg);
-    let filter = Filter {
-        principal: args.principal,
-        workflow_id: args.workflow_id,
-        run_id: args.run_id,
-        namespace: args.namespace,
-        action: args.action,
-        decision: args.decision,
-        since: time(args.since)?,
-        until: time(args.until)?,
-    };
+    let time =
+        |text: &Option<String>| text.as_ref().map(|t| parse_time(t, now)).transpose().map_err(anyhow::Error::msg);
+    Ok(Filter {
+        principal: args.principal.clone(),
+        workflow_id: args.workflow_id.clone(),
+        run_id: args.run_id.clone(),
+        namespace: args.namespace.clone(),
+        action: args.action.clone(),
+        decision: args.decision.clone(),
+        since: time(&args.since)?,
+        until: time(&args.until)?,
+    })
+}
+
+fn audit_replay(policies: &std::path::Path, fail_on_change: bool, args: QueryArgs) -> anyhow::Result<()> {
+    let engine = PolicyEngine::load(policies)?;
+    let replayed = flowgate::audit::replay::replay(&args.files, &query_filter(&args)?, &engine)?;
+    if args.format == "json" {
+        for changed in &replayed.changed {
+            let mut record = changed.record.clone();
+            record["replayed"] = serde_json::json!({"decision": changed.now, "reasons": changed.reasons});
+            println!("{record}");
+        }
+    } else {
+        for changed in &replayed.changed {
+            println!(
+                "{}  => now {} [{}]",
+                flowgate::audit::query::text_line(&changed.record),
+                changed.now,
+                changed.reasons.join(", ")
+            );
+        }
+        for ((principal, action, change), count) in replayed.summary() {
+            println!("{count} calls of {principal}: {action} {change}");
+        }
+        let skipped: usize = replayed.skipped.values().sum();
+        println!(
+            "{} calls replayed under {} ({}): {} would change; {skipped} not replayable",
+            replayed.replayed,
+            policies.display(),
+            engine.version(),
+            replayed.changed.len()
+        );
+        for (why, count) in &replayed.skipped {
+            println!("  {count} not replayable: {why}");
+        }
+    }
+    if fail_on_change && !replayed.changed.is_empty() {
+        anyhow::bail!("{} decisions would change", replayed.changed.len());
+    }
+    Ok(())
+}
+
+fn audit_query(args: QueryArgs) -> anyhow::Result<()> {
+    use flowgate::audit::query::{query, text_line};
+    let filter = query_filter(&args)?;
     for record in query(&args.files, &filter)? {
         if args.format == "json" {
             println!("{record}");

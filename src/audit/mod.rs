@@ -13,11 +13,12 @@
 //!   reordered line breaks the chain, and `flowgate audit verify` says where ([`chain`]).
 //!
 //! [`log`] writes the lines (order, durability, rotation); [`chain`] checks them; [`query`]
-//! finds decisions and their outcomes again.
+//! finds decisions and their outcomes again; [`replay`] decides them again under other policies.
 
 pub mod chain;
 pub mod log;
 pub mod query;
+pub mod replay;
 
 use std::borrow::Cow;
 
