@@ -149,8 +149,8 @@ impl Settings {
             .context("TEMPORAL_ADDR must be ip:port")?;
         let targets = list(&env_or("BENCH_TARGETS", "direct,bare,flowgate"));
         for t in &targets {
-            if !["direct", "bare", "flowgate"].contains(&t.as_str()) {
-                bail!("unknown target {t} (direct, bare, flowgate)");
+            if !["direct", "bare"].contains(&t.as_str()) && flowgate_variant(t).is_none() {
+                bail!("unknown target {t} (direct, bare, flowgate, {})", FLOWGATE_VARIANTS.map(|(n, ..)| n).join(", "));
             }
         }
         let workloads = list(&env_or("BENCH_WORKLOADS", "describe,start"))
@@ -344,11 +344,32 @@ fn write_policies(dir: &Path, set: &str, flowgate_bin: &Path) -> anyhow::Result<
     Ok(())
 }
 
+/// flowgate with one setting changed, to measure what it costs: (target name, `[audit]` keys,
+/// extra tables).
+const FLOWGATE_VARIANTS: [(&str, &str, &str); 4] = [
+    // Nothing stamped into requests: the cost of identity stamping is `flowgate` less this.
+    ("flowgate-nostamp", "", "[identity]\ntemplate = \"\"\nheader = \"\"\n"),
+    ("flowgate-fsync-always", "fsync = \"always\"\n", ""),
+    ("flowgate-fsync-never", "fsync = \"never\"\n", ""),
+    // The default (`interval`, 1 s) is `flowgate` itself.
+    ("flowgate-fsync-interval", "fsync = \"interval\"\n", ""),
+];
+
+/// The `[audit]` keys and extra tables of a flowgate target; `None` for other targets.
+fn flowgate_variant(name: &str) -> Option<(&'static str, &'static str)> {
+    if name == "flowgate" {
+        return Some(("", ""));
+    }
+    FLOWGATE_VARIANTS.iter().find(|(n, ..)| *n == name).map(|&(_, audit, tables)| (audit, tables))
+}
+
 async fn start_flowgate(
     s: &Settings,
     work: &Path,
     issuer: &Issuer,
+    name: &str,
 ) -> anyhow::Result<(ChildGuard, SocketAddr, SocketAddr)> {
+    let (audit_extra, tables) = flowgate_variant(name).context("not a flowgate target")?;
     let listen = free_port()?;
     let admin = free_port()?;
     let policies = work.join("policies");
@@ -364,15 +385,16 @@ address = "http://{temporal}"
 dir = "{policies}"
 [audit]
 path = "{audit}"
+{audit_extra}{tables}
 {issuers}"#,
         temporal = s.temporal,
         policies = policies.display(),
-        audit = work.join("decisions.jsonl").display(),
+        audit = work.join(format!("decisions-{name}.jsonl")).display(),
         issuers = issuer.config_table(),
     );
-    let config_path = work.join("flowgate.toml");
+    let config_path = work.join(format!("{name}.toml"));
     std::fs::write(&config_path, config)?;
-    let log_path = work.join("flowgate.log");
+    let log_path = work.join(format!("{name}.log"));
     let log = std::fs::File::create(&log_path)?;
     let child = Command::new(&s.flowgate_bin)
         .arg("serve")
@@ -864,7 +886,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
                 targets.push(Target { name: name.clone(), addr, token: None, pid: Some(guard.pid()) });
                 _guards.push(guard);
             }
-            "flowgate" => {
+            name if flowgate_variant(name).is_some() => {
                 if !s.flowgate_bin.is_file() {
                     bail!(
                         "{} not found: build it (cargo build --release) or set BENCH_TARGETS=direct,bare",
@@ -873,9 +895,9 @@ async fn run(s: Settings) -> anyhow::Result<()> {
                 }
                 let issuer = Issuer::start().await?;
                 let token = issuer.token()?;
-                let (guard, addr, admin) = start_flowgate(&s, &work_path, &issuer).await?;
-                eprintln!("flowgate ready on {addr} (admin {admin}, pid {})", guard.pid());
-                targets.push(Target { name: name.clone(), addr, token: Some(token), pid: Some(guard.pid()) });
+                let (guard, addr, admin) = start_flowgate(&s, &work_path, &issuer, name).await?;
+                eprintln!("{name} ready on {addr} (admin {admin}, pid {})", guard.pid());
+                targets.push(Target { name: name.to_owned(), addr, token: Some(token), pid: Some(guard.pid()) });
                 _guards.push(guard);
             }
             _ => unreachable!(),

@@ -285,4 +285,72 @@ fn main() {
     time("DecisionLog::write, one at a time (serialize, write, ack)", 20_000, || {
         runtime.block_on(async { log.write(&record).await.unwrap() });
     });
+    // Each `audit.fsync` mode, one record at a time and 8 at once (what a busy gateway does).
+    for (mode, fsync, iterations) in [
+        ("never", flowgate::config::AuditFsync::Never, 20_000),
+        ("interval", flowgate::config::AuditFsync::Interval, 20_000),
+        ("always", flowgate::config::AuditFsync::Always, 500),
+    ] {
+        let config = flowgate::config::AuditConfig {
+            path: dir.path().join(format!("decisions-{mode}.jsonl")),
+            fsync,
+            fsync_interval: Duration::from_secs(1),
+        };
+        let log = flowgate::audit::DecisionLog::open_with(&config).unwrap();
+        time(&format!("DecisionLog::write, fsync = {mode}, one at a time"), iterations, || {
+            runtime.block_on(async { log.write(&record).await.unwrap() });
+        });
+        time(&format!("DecisionLog::write, fsync = {mode}, 8 at once (per record)"), iterations / 8, || {
+            runtime.block_on(async {
+                let writes: Vec<_> = (0..8)
+                    .map(|_| {
+                        let log = log.clone();
+                        let record = record.clone();
+                        tokio::spawn(async move { log.write(&record).await.unwrap() })
+                    })
+                    .collect();
+                for write in writes {
+                    write.await.unwrap();
+                }
+            })
+        });
+    }
+
+    // Identity stamping: a StartWorkflowExecution of a GitHub job, the way the SDKs send one.
+    let config = flowgate::Config::parse(
+        "[listen]\naddress = \"127.0.0.1:0\"\n[upstream]\naddress = \"http://127.0.0.1:1\"\n\
+         [policy]\ndir = \"policies\"\n[audit]\npath = \"-\"\n",
+    )
+    .unwrap();
+    let stamper = flowgate::identity::Stamper::new(&config);
+    time("identity stamp rendered for a new token (GitHub job)", 20_000, || {
+        black_box(stamper.for_principal(&github));
+    });
+    let stamp = stamper.for_principal(&github);
+    let mut message = Vec::new();
+    for (number, value) in [
+        (1, &b"payments"[..]),
+        (2, b"deploy-checkout-20261206-1"),
+        (3, &wire_message(1, b"DeployWorkflow")),
+        (4, &wire_message(1, b"deploys")),
+        (5, &[b'x'; 120][..]),
+        (9, b"12345@runner-7f9c"),
+        (10, b"6c1f0f1e-2b44-4d6a-9a53-0d5d6f8b7b1a"),
+    ] {
+        wire::put_bytes_field(&mut message, number, value);
+    }
+    let decision = flowgate::audit::decision_id();
+    time("stamp a StartWorkflowExecution (identity + header)", 200_000, || {
+        black_box(stamp.apply(start, black_box(&message), &decision).unwrap());
+    });
+    let poll = catalog::lookup("/temporal.api.workflowservice.v1.WorkflowService/PollActivityTaskQueue");
+    time("stamp a PollActivityTaskQueue (identity)", 200_000, || {
+        black_box(stamp.apply(poll, black_box(&message), &decision).unwrap());
+    });
+}
+
+fn wire_message(number: u32, value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    wire::put_bytes_field(&mut out, number, value);
+    out
 }

@@ -250,8 +250,9 @@ mod tests {
     }
 
     fn decision(id: &str, ts: &str, principal: &str, workflow: &str, decision: &str) -> Value {
+        let identity = if principal.starts_with("github:") { "github:acme/payments@prod" } else { "x via flowgate" };
         json!({"ts": ts, "decision_id": id, "kind": "grpc", "decision": decision, "reasons": ["p"],
-               "principal": {"type": "CiJob", "id": principal, "issuer": "github", "identity": "github:acme/payments@prod"},
+               "principal": {"type": "CiJob", "id": principal, "issuer": "github", "identity": identity},
                "action": "StartWorkflowExecution",
                "resource": {"type": "Workflow", "namespace": "payments", "workflow_id": workflow}})
     }
