@@ -100,13 +100,23 @@ fn edit(message: &[u8], place: &Stamp, value: &[u8], header_name: &str) -> Resul
                 return Ok(Edit::Unchanged);
             };
             let prefix = [oneof, &[member]].concat();
-            // Into the member the request sets: appended, it merges and switches nothing.
+            // Into the member the request sets, inside it: appending another occurrence of the
+            // member would merge too, but a request keeps the shape it was inspected in (one
+            // occurrence per member: inspection refuses an `ExecuteMultiOperation` with more).
             match inner {
-                Stamp::At(path) => Ok(Edit::Append([prefix.as_slice(), path].concat())),
-                Stamp::ReplaceAt(path) => {
-                    // Every occurrence of the member counts: the server merges them.
-                    let path = [prefix.as_slice(), path].concat();
-                    Ok(if has_entry(message, &path, header_name)? { Edit::Append(path) } else { Edit::Unchanged })
+                Stamp::At(path) | Stamp::ReplaceAt(path) => {
+                    if matches!(inner, Stamp::ReplaceAt(_))
+                        && !has_entry(message, &[prefix.as_slice(), path].concat(), header_name)?
+                    {
+                        return Ok(Edit::Unchanged);
+                    }
+                    let rewritten = rewrite_at(message, &prefix, &mut |member| {
+                        let mut out = Vec::with_capacity(member.len() + nested_len(path, value.len()));
+                        out.extend_from_slice(member);
+                        put_nested(&mut out, path, value);
+                        Ok(Some(out))
+                    })?;
+                    Ok(rewritten.map_or(Edit::Unchanged, Edit::Rewritten))
                 }
                 Stamp::InOneof { .. } | Stamp::InEach { .. } => {
                     let rewritten = rewrite_at(message, &prefix, &mut |member| {

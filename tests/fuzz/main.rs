@@ -20,6 +20,7 @@ mod gzip;
 mod inspection;
 mod jwt;
 mod proto;
+mod stamp;
 
 #[path = "../support/mod.rs"]
 mod support;
