@@ -91,3 +91,38 @@ async fn the_log_chains_decisions_outcomes_and_snapshots_and_replays_under_other
 
     gateway.stop().await.unwrap();
 }
+
+/// A call the client or its deadline gives up on while Temporal has not answered yet still gets
+/// its outcome: it was forwarded, and Temporal may have acted on it.
+#[tokio::test]
+async fn a_call_cut_before_the_upstream_answers_has_an_outcome_too() {
+    let key = SigningKey::es256("key-1");
+    let jwks = Jwks::start(&[&key]).await;
+    // The fake upstream holds a poll for 2 s; the call's deadline is 100 ms (plus flowgate's
+    // second of grace).
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&jwks, Setup::new(&upstream)).await;
+    let mut client = Client::connect(gateway.addr).await;
+    let token = key.sign(&claims("worker-1", &["workers"]));
+    let auth = format!("Bearer {token}");
+    let poll = [field(1, b"payments"), field(2, &field(1, b"deploys"))].concat();
+    let headers = [("authorization", auth.as_str()), ("grpc-timeout", "100m")];
+    let reply = client.call(&format!("{WS}/PollActivityTaskQueue"), &headers, frame(&poll, false)).await;
+    assert_eq!(reply.code(), "4", "{reply:?}");
+    let records = gateway.records();
+    let decision = records.iter().find(|r| r["action"] == "PollActivityTaskQueue").expect("a decision");
+    assert_eq!(decision["decision"], "allow");
+    let mut outcomes = Vec::new();
+    for _ in 0..50 {
+        outcomes = gateway.outcomes();
+        if !outcomes.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(outcomes.len(), 1, "{outcomes:#?}");
+    assert_eq!(outcomes[0]["decision_id"], decision["decision_id"]);
+    assert_eq!(outcomes[0]["status"], 1, "{:#}", outcomes[0]);
+    assert!(outcomes[0]["message"].as_str().unwrap().contains("before Temporal answered"));
+    gateway.stop().await.unwrap();
+}

@@ -19,7 +19,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use super::log::{GENESIS, hex, line_hash};
+use super::log::{GENESIS, hex, line_hash, parse_hash};
 
 /// The lines of a log file, plain or gzipped (by its magic bytes), without their newlines.
 pub fn read_lines(path: &Path) -> std::io::Result<Box<dyn Iterator<Item = std::io::Result<Vec<u8>>>>> {
@@ -76,14 +76,7 @@ impl Verified {
 fn prev_of(line: &[u8]) -> Result<[u8; 32], String> {
     let value: serde_json::Value = serde_json::from_slice(line).map_err(|e| format!("not a JSON record ({e})"))?;
     let prev = value.get("prev").and_then(serde_json::Value::as_str).ok_or("a record without `prev`")?;
-    let mut out = [0u8; 32];
-    if prev.len() != 64 {
-        return Err(format!("`prev` `{prev}` is not a SHA-256"));
-    }
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&prev[2 * i..2 * i + 2], 16).map_err(|_| format!("`prev` `{prev}` is not hex"))?;
-    }
-    Ok(out)
+    parse_hash(prev).ok_or_else(|| format!("`prev` `{prev}` is not a SHA-256 in hex"))
 }
 
 /// Walks `files` in order and reports every break of the chain.
@@ -243,6 +236,17 @@ mod tests {
         let verified = verify(&[gz]).unwrap();
         assert!(verified.intact());
         assert_eq!(verified.lines, 5);
+    }
+
+    #[test]
+    fn a_prev_that_is_not_hex_is_a_break_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.jsonl");
+        let sneaky = format!("{}a", "€".repeat(21)); // 64 bytes, not on char boundaries
+        std::fs::write(&path, format!("{{\"prev\":\"{sneaky}\"}}\n{{\"prev\":\"+{}\"}}\n", "0".repeat(63))).unwrap();
+        let verified = verify(&[path]).unwrap();
+        assert_eq!(verified.breaks.len(), 2, "{:?}", verified.breaks);
+        assert!(verified.breaks.iter().all(|b| b.problem.contains("is not a SHA-256")));
     }
 
     #[test]

@@ -17,10 +17,11 @@
 //! * **inline**, on the caller's thread, when the sink is a regular file and `fsync` is not
 //!   `always`: an appending `write(2)` into the page cache takes a few microseconds, less than
 //!   handing the line to another thread and being woken back (two context switches and two
-//!   futex calls). Callers that meet on the lock wait for it rather than queueing: the holder is
-//!   one `write(2)` away from releasing it. A write slower than [`SLOW_WRITE`] (a stalling disk)
-//!   turns the inline path off for [`SLOW_BACKOFF`], so a disk never holds the async runtime's
-//!   threads twice;
+//!   futex calls). Callers that meet on the lock spin for it up to [`INLINE_WAIT`] rather than
+//!   queueing at once: the holder is one `write(2)` away from releasing it; past that, the line
+//!   goes to the writer thread, so a hung write holds one runtime thread, not all of them. A
+//!   write slower than [`SLOW_WRITE`] (a stalling disk) turns the inline path off for
+//!   [`SLOW_BACKOFF`];
 //! * **through the writer thread** otherwise (standard output, which may be a pipe; `fsync =
 //!   "always"`; a slow disk): it writes everything queued with one system call and, for
 //!   `always`, one `fdatasync` (group commit), then wakes each waiting call.
@@ -102,18 +103,55 @@ struct State {
     head: [u8; 32],
     /// Lines written since the last `fdatasync` (for `fsync = "interval"`).
     unsynced: bool,
+    /// The file's length after the last whole write, for a regular file: what a failed write is
+    /// cut back to.
+    len: Option<u64>,
+    /// A failed write could not be cut back out: the next line starts with a newline, so that
+    /// only the broken one is lost.
+    needs_newline: bool,
 }
 
 impl State {
     /// Ends `record` (a JSON object without its closing brace) with the chain link, and writes
-    /// it. On failure the head stays where it was: the next line links to the last one written.
+    /// it (see [`State::write_linked`]).
     fn append(&mut self, record: &mut Vec<u8>) -> std::io::Result<()> {
         let head = self.head;
         self.link(record);
-        let result = self.sink.write_all(record);
-        match result {
-            Ok(()) => self.unsynced = true,
-            Err(_) => self.head = head,
+        self.write_linked(record, head, false)
+    }
+
+    /// Writes `lines`, linked from `head` on, and syncs them to the disk if `sync`. All or
+    /// nothing: when the write or the sync fails, the file is cut back to where it was (a
+    /// partial line would run into the next record; lines not on the disk belong to calls that
+    /// are refused) and the head goes back to `head`, so the chain goes on from the last line
+    /// that stays.
+    fn write_linked(&mut self, lines: &[u8], head: [u8; 32], sync: bool) -> std::io::Result<()> {
+        if self.needs_newline && self.sink.write_all(b"\n").is_ok() {
+            self.needs_newline = false;
+        }
+        let mut result = self.sink.write_all(lines);
+        if result.is_ok()
+            && sync
+            && let Sink::File(file) = &self.sink
+        {
+            result = file.sync_data();
+        }
+        match &result {
+            Ok(()) => {
+                self.unsynced = !sync;
+                self.len = self.len.map(|len| len + lines.len() as u64);
+            }
+            Err(_) => {
+                self.head = head;
+                if let (Sink::File(file), Some(len)) = (&self.sink, self.len)
+                    && let Err(error) = file.set_len(len)
+                {
+                    // The file's end is unknown now: the next line starts on a line of its own.
+                    tracing::error!(%error, "cannot cut a failed write out of the decision log");
+                    self.len = None;
+                    self.needs_newline = true;
+                }
+            }
         }
         result
     }
@@ -179,17 +217,17 @@ impl DecisionLog {
     pub fn open_with(config: &AuditConfig) -> Result<DecisionLog, AuditError> {
         let path = &config.path;
         let failed = |reason: String| AuditError::Open { path: path.display().to_string(), reason };
-        let (sink, head, regular, file_path) = if path.as_os_str() == "-" {
-            (Sink::Stdout(std::io::stdout()), GENESIS, false, None)
+        let (sink, head, len, file_path) = if path.as_os_str() == "-" {
+            (Sink::Stdout(std::io::stdout()), GENESIS, None, None)
         } else {
-            let (file, head) = open_file(path).map_err(|e| failed(e.to_string()))?;
-            let regular = file.metadata().map(|m| m.file_type().is_file()).unwrap_or(false);
-            (Sink::File(Arc::new(file)), head, regular, Some(path.clone()))
+            let (file, head, len) = open_file(path).map_err(|e| failed(e.to_string()))?;
+            (Sink::File(Arc::new(file)), head, len, Some(path.clone()))
         };
+        let regular = len.is_some();
         let shared = Arc::new(Shared {
             head_file: file_path.as_deref().filter(|_| regular).map(head_path),
             path: file_path,
-            state: Mutex::new(State { sink, head, unsynced: false }),
+            state: Mutex::new(State { sink, head, unsynced: false, len, needs_newline: false }),
             fsync: config.fsync,
             inline: regular && config.fsync != AuditFsync::Always,
             inline_off_until_us: AtomicU64::new(0),
@@ -264,7 +302,7 @@ impl DecisionLog {
         if now_us < shared.inline_off_until_us.load(Ordering::Relaxed) {
             return Err(records);
         }
-        let mut state = shared.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(mut state) = lock_soon(&shared.state) else { return Err(records) };
         let started = Instant::now();
         let result = match records.as_mut_slice() {
             [one] => state.append(one),
@@ -275,12 +313,7 @@ impl DecisionLog {
                     state.link(record);
                     buffer.extend_from_slice(record);
                 }
-                let result = state.sink.write_all(&buffer);
-                match result {
-                    Ok(()) => state.unsynced = true,
-                    Err(_) => state.head = head,
-                }
-                result
+                state.write_linked(&buffer, head, false)
             }
         };
         drop(state);
@@ -308,18 +341,26 @@ impl DecisionLog {
     pub fn reopen(&self) -> Result<(), AuditError> {
         let Some(path) = &self.shared.path else { return Ok(()) };
         let failed = |e: std::io::Error| AuditError::Open { path: path.display().to_string(), reason: e.to_string() };
-        let mut state = self.shared.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Sink::File(old) = &state.sink
-            && self.shared.fsync != AuditFsync::Never
-        {
-            old.sync_data().map_err(failed)?;
-        }
+        // Opened, and the old file flushed, outside the lock: calls go on being recorded meanwhile.
         let file = OpenOptions::new().create(true).append(true).open(path).map_err(failed)?;
-        state.sink = Sink::File(Arc::new(file));
-        state.unsynced = false;
-        self.shared.generation.fetch_add(1, Ordering::AcqRel);
+        let metadata = file.metadata().map_err(failed)?;
+        let (old, head) = {
+            let mut state = self.shared.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let old = std::mem::replace(&mut state.sink, Sink::File(Arc::new(file)));
+            state.len = metadata.file_type().is_file().then_some(metadata.len());
+            state.unsynced = false;
+            state.needs_newline = false;
+            self.shared.generation.fetch_add(1, Ordering::AcqRel);
+            (old, state.head)
+        };
+        if let Sink::File(old) = old
+            && self.shared.fsync != AuditFsync::Never
+            && let Err(error) = old.sync_data()
+        {
+            tracing::error!(%error, "cannot flush the rotated decision log to the disk");
+        }
         if let Some(head_file) = &self.shared.head_file {
-            write_head(head_file, &state.head);
+            write_head(head_file, &head);
         }
         Ok(())
     }
@@ -360,6 +401,31 @@ impl Drop for Shared {
     }
 }
 
+/// How long a caller on the async runtime waits for another's inline write to finish before it
+/// hands its record to the writer thread instead: a write takes a few microseconds, and waiting
+/// that long is cheaper than the two thread wake-ups of the queue; a write that takes longer
+/// (a stalling disk) must not hold the runtime's other threads too.
+const INLINE_WAIT: Duration = Duration::from_micros(50);
+
+/// The lock, if it can be had within [`INLINE_WAIT`] (spinning, not sleeping).
+fn lock_soon(state: &Mutex<State>) -> Option<std::sync::MutexGuard<'_, State>> {
+    let mut since: Option<Instant> = None;
+    loop {
+        match state.try_lock() {
+            Ok(guard) => return Some(guard),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => return Some(poisoned.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => {}
+        }
+        let since = *since.get_or_insert_with(Instant::now);
+        if since.elapsed() > INLINE_WAIT {
+            return None;
+        }
+        for _ in 0..32 {
+            std::hint::spin_loop();
+        }
+    }
+}
+
 /// A record serialized as a JSON object without its closing brace, for [`State::link`].
 fn open_object<R: Serialize>(record: &R) -> Result<Vec<u8>, AuditError> {
     let mut bytes = serde_json::to_vec(record).map_err(|e| AuditError::Write(e.to_string()))?;
@@ -389,35 +455,46 @@ fn write_head(head_file: &Path, head: &[u8; 32]) {
 }
 
 fn read_head(path: &Path) -> Option<[u8; 32]> {
-    let text = std::fs::read_to_string(head_path(path)).ok()?;
-    let text = text.trim();
-    if text.len() != 64 {
+    parse_hash(std::fs::read_to_string(head_path(path)).ok()?.trim())
+}
+
+/// A SHA-256 written as 64 hex digits (either case), as `prev` and `<path>.head` hold it.
+pub fn parse_hash(text: &str) -> Option<[u8; 32]> {
+    let digits = text.as_bytes();
+    if digits.len() != 64 || !digits.iter().all(u8::is_ascii_hexdigit) {
         return None;
     }
-    let mut head = [0; 32];
-    for (i, byte) in head.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    let value = |digit: u8| (digit as char).to_digit(16).expect("checked: a hex digit") as u8;
+    let mut hash = [0; 32];
+    for (i, byte) in hash.iter_mut().enumerate() {
+        *byte = value(digits[2 * i]) << 4 | value(digits[2 * i + 1]);
     }
-    Some(head)
+    Some(hash)
 }
 
 /// Opens `path` for appending and finds the head of its chain: the hash of its last line; for
 /// an empty file, the head kept at the last reopen or close; else [`GENESIS`]. A last line cut
 /// short (a crash mid-write) is ended with a newline first, so the next record does not run
 /// into it: `audit verify` then reports that one line, and the chain goes on from it.
-fn open_file(path: &Path) -> std::io::Result<(File, [u8; 32])> {
+fn open_file(path: &Path) -> std::io::Result<(File, [u8; 32], Option<u64>)> {
     let mut file = OpenOptions::new().create(true).append(true).read(true).open(path)?;
-    let len = file.metadata()?.len();
-    if len == 0 || !file.metadata()?.file_type().is_file() {
-        return Ok((file, read_head(path).unwrap_or(GENESIS)));
+    let metadata = file.metadata()?;
+    if !metadata.file_type().is_file() {
+        return Ok((file, read_head(path).unwrap_or(GENESIS), None));
+    }
+    let len = metadata.len();
+    if len == 0 {
+        return Ok((file, read_head(path).unwrap_or(GENESIS), Some(0)));
     }
     let start = len.saturating_sub(MAX_LAST_LINE);
     file.seek(SeekFrom::Start(start))?;
     let mut tail = Vec::with_capacity((len - start).min(1 << 20) as usize);
     (&mut file).take(len - start).read_to_end(&mut tail)?;
+    let mut len = len;
     if tail.last() != Some(&b'\n') {
         file.write_all(b"\n")?;
         tail.push(b'\n');
+        len += 1;
     }
     let body = &tail[..tail.len() - 1];
     let last = match body.iter().rposition(|&b| b == b'\n') {
@@ -429,7 +506,7 @@ fn open_file(path: &Path) -> std::io::Result<(File, [u8; 32])> {
             )));
         }
     };
-    Ok((file, line_hash(last)))
+    Ok((file, line_hash(last), Some(len)))
 }
 
 fn write_loop(shared: &Shared, queue: mpsc::Receiver<Job>) {
@@ -453,19 +530,7 @@ fn write_loop(shared: &Shared, queue: mpsc::Receiver<Job>) {
                     buffer.extend_from_slice(record);
                 }
             }
-            let mut result = state.sink.write_all(&buffer);
-            if result.is_ok()
-                && shared.fsync == AuditFsync::Always
-                && let Sink::File(file) = &state.sink
-            {
-                result = file.sync_data();
-            }
-            match &result {
-                Ok(()) => state.unsynced = shared.fsync != AuditFsync::Always,
-                // Nothing of the batch is known to be written: the chain goes on from before it.
-                Err(_) => state.head = head,
-            }
-            result.map_err(|e| e.to_string())
+            state.write_linked(&buffer, head, shared.fsync == AuditFsync::Always).map_err(|e| e.to_string())
         };
         if let Err(reason) = &result {
             tracing::error!(%reason, records = batch.len(), "decision log write failed; refusing those calls");

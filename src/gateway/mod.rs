@@ -142,21 +142,21 @@ struct Forward {
 }
 
 /// Writes a forwarded call's outcome record (`kind` `outcome`) when its response ends: the
-/// status Temporal returned, how long the call took, and the run a start made.
+/// status Temporal returned, how long the call took, and the run a start made. Dropped before
+/// that (the client went away, or the call's deadline passed, while it waited for the upstream's
+/// answer), it records the call as `CANCELLED`: every forwarded call has an outcome.
 struct OutcomeWatcher {
     log: DecisionLog,
     metrics: Arc<Metrics>,
     decision_id: String,
     method: &'static str,
     started: Instant,
+    written: bool,
 }
 
-impl ResponseWatcher for OutcomeWatcher {
-    fn wants_body(&self) -> bool {
-        inspect::makes_runs(self.method)
-    }
-
-    fn ended(self: Box<Self>, ending: Ending<'_>) {
+impl OutcomeWatcher {
+    fn write(&mut self, ending: Ending<'_>) {
+        self.written = true;
         let (run_id, started) = match ending.body {
             Some(body) => inspect::started_run(self.method, body),
             None => (None, None),
@@ -187,6 +187,25 @@ impl ResponseWatcher for OutcomeWatcher {
         if let Err(error) = self.log.write_detached(&record) {
             self.metrics.decision_log_failed();
             tracing::error!(%error, decision_id = %self.decision_id, "cannot write an outcome record");
+        }
+    }
+}
+
+impl ResponseWatcher for OutcomeWatcher {
+    fn wants_body(&self) -> bool {
+        inspect::makes_runs(self.method)
+    }
+
+    fn ended(mut self: Box<Self>, ending: Ending<'_>) {
+        self.write(ending);
+    }
+}
+
+impl Drop for OutcomeWatcher {
+    fn drop(&mut self) {
+        if !self.written {
+            let message = "the call ended before Temporal answered (the client went away, or its deadline passed)";
+            self.write(Ending { status: Code::Cancelled as u16, message: Some(message.into()), body: None });
         }
     }
 }
@@ -484,6 +503,7 @@ impl Gateway {
             decision_id,
             method: spec.name,
             started,
+            written: false,
         });
         Ok(Forward { parts, body, method: spec.name, seal, outcome })
     }
@@ -825,13 +845,25 @@ impl Gateway {
         // The message's bytes stay counted against the budgets until they have gone upstream.
         // Rewritten (its task token unsealed, or stamped) it goes as a new, uncompressed message
         // (a per-message flag of 0 is valid under any `grpc-encoding`), held in the budgets too.
+        // Whatever the client sent after its first message follows it as it came: the server
+        // sees the same stream, with only the first message rewritten.
         let body = match stamped.or(forwarded) {
             Some(rewritten) => {
-                if let Err(refusal) = self.hold(&mut reservation, rewritten.len() + 5) {
+                let first = buffered.get(1..5).map_or(buffered.len(), |prefix| {
+                    5 + u32::from_be_bytes(prefix.try_into().expect("four bytes")) as usize
+                });
+                let after = buffered.get(first..).unwrap_or_default();
+                let framed_len = 5 + rewritten.len() + after.len();
+                if let Err(refusal) = self.hold(&mut reservation, framed_len) {
                     outcome.decision = Err(refusal);
                     return (outcome, None);
                 }
-                grpc::frame(&rewritten)
+                let mut framed = Vec::with_capacity(framed_len);
+                framed.push(0);
+                framed.extend_from_slice(&(rewritten.len() as u32).to_be_bytes());
+                framed.extend_from_slice(&rewritten);
+                framed.extend_from_slice(after);
+                Bytes::from(framed)
             }
             None => buffered,
         };
