@@ -422,13 +422,19 @@ fn audit_replay(policies: &std::path::Path, fail_on_change: bool, args: QueryArg
     if args.format == "json" {
         for changed in &replayed.changed {
             let mut record = changed.record.clone();
-            record["replayed"] = serde_json::json!({"decision": changed.now, "reasons": changed.reasons});
+            record["replayed"] = serde_json::json!({
+                "decision": changed.now, "reasons": changed.reasons, "unasked_questions": changed.unasked,
+            });
             println!("{record}");
         }
     } else {
         for changed in &replayed.changed {
+            let partial = match changed.unasked {
+                0 => String::new(),
+                n => format!(" (the RPC alone: the {n} questions its request implied were not asked)"),
+            };
             println!(
-                "{}  => now {} [{}]",
+                "{}  => now {} [{}]{partial}",
                 flowgate::audit::query::text_line(&changed.record),
                 changed.now,
                 changed.reasons.join(", ")

@@ -77,6 +77,12 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Whether a policy refused the call (an explicit denial, or no policy that could permit
+    /// the action), as opposed to one of flowgate's own checks.
+    pub fn by_policy(&self) -> bool {
+        matches!(self, Refusal::Denied(_) | Refusal::NeverPermitted { .. })
+    }
+
     pub fn code(&self) -> Code {
         match self {
             Refusal::Unauthenticated(_) => Code::Unauthenticated,

@@ -42,7 +42,16 @@ async fn the_log_chains_decisions_outcomes_and_snapshots_and_replays_under_other
         let request = start_request("payments", id, "DeployWorkflow", "deploys");
         client.unary("StartWorkflowExecution", Some(token), &request).await;
     }
-    let lines = gateway.audit_lines();
+    // Refused by flowgate itself (a task token it did not seal), not by a policy.
+    let worker = key.sign(&claims("worker-1", &["workers"]));
+    let forged = [field(1, b"not-a-sealed-token"), field(4, b"payments")].concat();
+    let refused = client.unary("RespondActivityTaskCompleted", Some(&worker), &forged).await;
+    assert_ne!(refused.code(), "0");
+    let lines: Vec<serde_json::Value> = gateway
+        .audit_lines()
+        .into_iter()
+        .filter(|l| l["principal"]["id"] != "test:worker-1" && l["action"] != "RespondActivityTaskCompleted")
+        .collect();
     let kinds: Vec<&str> = lines.iter().map(|l| l["kind"].as_str().unwrap()).collect();
     // Each token's snapshot comes before its first decision; each forwarded call has an outcome.
     assert_eq!(
@@ -63,13 +72,17 @@ async fn the_log_chains_decisions_outcomes_and_snapshots_and_replays_under_other
     let files = [gateway.audit_path.clone()];
     let verified = flowgate::audit::chain::verify(&files).unwrap();
     assert!(verified.intact(), "{:?}", verified.breaks);
-    assert_eq!(verified.lines, 10);
+    assert_eq!(verified.lines, 12);
+    let own = gateway.records().into_iter().find(|r| r["action"] == "RespondActivityTaskCompleted").unwrap();
+    assert_eq!(own["refused_by"], "flowgate", "{own:#}");
+    assert_eq!(lines[9]["refused_by"], "policy");
 
     // The same policies decide the same.
     let dir = tempfile::tempdir().unwrap();
     let same = flowgate::authz::PolicyEngine::load(&policy_dir(dir.path(), "")).unwrap();
     let replayed = flowgate::audit::replay::replay(&files, &Filter::default(), &same).unwrap();
     assert_eq!((replayed.replayed, replayed.changed.len()), (4, 0), "{replayed:?}");
+    assert_eq!(replayed.skipped.get("refused by flowgate's own checks, not by a policy"), Some(&1), "{replayed:?}");
 
     // A freeze on alice's starts would have denied her two calls, and only those.
     let frozen_dir = tempfile::tempdir().unwrap();

@@ -181,6 +181,14 @@ pub struct DecisionRecord<'a> {
     pub latency_us: u64,
     /// The gRPC status of a refused call; for a token exchange, the HTTP status of a refusal.
     pub status: Option<u16>,
+    /// For a refusal: `policy` when policies refused the call, `flowgate` when one of
+    /// flowgate's own checks did (a credential's grant, a sticky queue, a task token, a budget).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused_by: Option<&'static str>,
+    /// For a refused RPC: how many questions its request implied that were not asked (a
+    /// refused RPC asks nothing more), so a replay that allows the RPC knows it is partial.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub unasked_questions: usize,
     /// For a token exchange: the scope asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scope: Option<&'a str>,
@@ -191,6 +199,10 @@ pub struct DecisionRecord<'a> {
     /// the top-level fields are then the only question).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub questions: Vec<QuestionRecord<'a>>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// The shadow set's decision (`policy.shadow_dir`), recorded when it disagrees.

@@ -7,10 +7,12 @@
 //! again of a proposed policy set: "this change would have denied 37 calls of
 //! `github:acme/payments@prod` last week".
 //!
-//! What is replayed: calls decided by policies (allowed, or refused with `PERMISSION_DENIED` by a
-//! policy). Calls refused before any policy was asked (unauthenticated, over a budget, outside a
-//! minted credential's grant) are counted as not replayable, as are records whose snapshot is
-//! not among the files (rotated away: pass the older files too).
+//! What is replayed: calls decided by policies (allowed, or refused by a policy: `refused_by`
+//! `policy`). Calls refused by flowgate's own checks (unauthenticated, over a budget, outside a
+//! minted credential's grant, a sticky queue or task token not the caller's) are counted as not
+//! replayable, as are records whose snapshot is not among the files (rotated away: pass the
+//! older files too). A refused RPC asked nothing more: when a replay allows it, the questions
+//! its request implied (`unasked_questions`) are still unanswered, and the change says so.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -35,6 +37,9 @@ pub struct Changed {
     pub now: &'static str,
     /// The policies that determined it now.
     pub reasons: Vec<String>,
+    /// For a refused RPC now allowed: the questions its request implied, which were not asked
+    /// then (so not now either): the RPC alone would be allowed.
+    pub unasked: usize,
 }
 
 /// What replaying found.
@@ -193,8 +198,15 @@ pub fn replay(files: &[PathBuf], filter: &Filter, engine: &PolicyEngine) -> std:
             continue;
         }
         let denied = record.get("decision").and_then(Value::as_str) == Some("deny");
-        if denied && record.get("status").and_then(Value::as_u64) != Some(7) {
-            skip("refused before any policy was asked");
+        if denied && record.get("refused_by").and_then(Value::as_str) != Some("policy") {
+            skip("refused by flowgate's own checks, not by a policy");
+            continue;
+        }
+        let has_questions = record.get("questions").and_then(Value::as_array).is_some_and(|q| !q.is_empty());
+        let method = record.get("method").and_then(Value::as_str).unwrap_or_default();
+        if !has_questions && catalog::lookup(method).task_token.is_some() && denied {
+            // Its record names the task the token was for; the gateway asked about the RPC alone.
+            skip("a task-token call refused before its token's questions were asked");
             continue;
         }
         let Some(reference) = record.pointer("/principal/ref").and_then(Value::as_str) else {
@@ -211,7 +223,8 @@ pub fn replay(files: &[PathBuf], filter: &Filter, engine: &PolicyEngine) -> std:
         };
         replayed += 1;
         if allowed == denied {
-            changed.push(Changed { record, now: if allowed { "allow" } else { "deny" }, reasons });
+            let unasked = record.get("unasked_questions").and_then(Value::as_u64).unwrap_or(0) as usize;
+            changed.push(Changed { record, now: if allowed { "allow" } else { "deny" }, reasons, unasked });
         }
     }
     out.replayed = replayed;

@@ -120,6 +120,8 @@ struct Outcome {
     task_token: Option<Bytes>,
     /// What the call's (sealed) task token was handed out for.
     binding: Option<Binding>,
+    /// Questions the request implied that were not asked, because the RPC was refused.
+    unasked: usize,
 }
 
 /// How long a call may take to send the next part of its first message before it counts as
@@ -220,6 +222,7 @@ impl Outcome {
             implied: Vec::new(),
             task_token: None,
             binding: None,
+            unasked: 0,
         }
     }
 
@@ -656,6 +659,7 @@ impl Gateway {
                     implied: Vec::new(),
                     task_token: None,
                     binding: None,
+                    unasked: 0,
                 },
                 Some(ForwardBody::new(Bytes::new(), Some(body), None)),
             );
@@ -764,6 +768,7 @@ impl Gateway {
         // policy permits must not make the gateway evaluate (and record) a thousand questions
         // per call, nor fail someone's workflow task upstream for a command it was never
         // allowed to send.
+        let unasked = if decision.allowed { 0 } else { questions.len() };
         let questions = if decision.allowed { questions } else { Vec::new() };
         let implied: Vec<Asked> = questions
             .into_iter()
@@ -806,6 +811,7 @@ impl Gateway {
             implied,
             task_token,
             binding,
+            unasked,
         };
         if !allowed {
             return (outcome, None);
@@ -1089,6 +1095,8 @@ impl Gateway {
             policy_version: policies.version(),
             latency_us: started.elapsed().as_micros() as u64,
             status: refusal.map(|r| r.code() as u16),
+            refused_by: refusal.map(|r| if r.by_policy() { "policy" } else { "flowgate" }),
+            unasked_questions: outcome.unasked,
             scope: None,
             shadow: match (decided, &outcome.shadow, shadow) {
                 (Ok(enforced), Some(decision), Some(engine)) => ShadowRecord::of(enforced, decision, engine),

@@ -142,6 +142,8 @@ async fn exchange(
         policy_version: policies.version(),
         latency_us: started.elapsed().as_micros() as u64,
         status,
+        refused_by: None,
+        unasked_questions: 0,
         scope: found.scope.as_deref(),
         shadow: match (&found.decision, &found.shadow) {
             (Some(enforced), Some((engine, shadow))) => ShadowRecord::of(enforced, shadow, engine),
