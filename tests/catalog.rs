@@ -731,6 +731,22 @@ fn stamped_paths(message: &str, stamp: &Stamp, leaf: (&str, &str), errors: &mut 
             }
             out
         }
+        Stamp::All(places) => places.iter().flat_map(|place| stamped_paths(message, place, leaf, errors)).collect(),
+        Stamp::InAny { any, type_name, inner } => {
+            match DESCRIPTORS.resolve(message, any) {
+                Ok(fields) if fields[fields.len() - 1].ty == ANY => {}
+                Ok(_) => errors.push(format!("{message} {any:?} is not a google.protobuf.Any")),
+                Err(error) => errors.push(format!("{message} {any:?}: {error}")),
+            }
+            if !DESCRIPTORS.messages.contains_key(type_name) {
+                errors.push(format!("{type_name} (packed in {message} {any:?}) is not in the descriptors"));
+                return Vec::new();
+            }
+            stamped_paths(type_name, inner, leaf, errors)
+                .into_iter()
+                .map(|path| [any, &[ANY_VALUE], &path].concat())
+                .collect()
+        }
         Stamp::InEach { repeated, each } => {
             let Some(field) = DESCRIPTORS.message(message).fields.iter().find(|f| f.number == repeated) else {
                 errors.push(format!("{message} has no field {repeated}"));
@@ -748,14 +764,38 @@ fn stamped_paths(message: &str, stamp: &Stamp, leaf: (&str, &str), errors: &mut 
     }
 }
 
-/// Every path from `message` to a field matching `leaf`, through messages (repeated or not),
-/// never through a `Failure` nor twice through one message type.
+const ANY: &str = "message:google.protobuf.Any";
+/// `google.protobuf.Any.value`: the packed message.
+const ANY_VALUE: u32 = 2;
+
+/// What a request's `Any` fields may hold that Temporal acts on: (method, path of the `Any`,
+/// the message types Temporal unpacks there). Every `Any` a request can carry must be listed,
+/// so that a new one is looked into.
+const KNOWN_ANY: &[(&str, &[u32], &[&str])] = &[
+    // A worker's protocol messages: update acceptances, rejections and responses.
+    (
+        "RespondWorkflowTaskCompleted",
+        &[11, 5],
+        &["temporal.api.update.v1.Acceptance", "temporal.api.update.v1.Rejection", "temporal.api.update.v1.Response"],
+    ),
+    // The same, with a failed workflow task (rejections, mostly).
+    (
+        "RespondWorkflowTaskFailed",
+        &[7, 5],
+        &["temporal.api.update.v1.Acceptance", "temporal.api.update.v1.Rejection", "temporal.api.update.v1.Response"],
+    ),
+];
+
+/// Every path from `message` to a field matching `leaf`, through messages (repeated or not) and
+/// the `Any`s of [`KNOWN_ANY`], never through a `Failure` nor twice through one message type. An
+/// `Any` not listed there is reported in `unknown_any`.
 fn reachable(
+    method: &str,
     message: &str,
     leaf: (&str, &str),
     seen: &mut Vec<String>,
     prefix: &mut Vec<u32>,
-    out: &mut Vec<Vec<u32>>,
+    found: &mut (Vec<Vec<u32>>, Vec<Vec<u32>>),
 ) {
     if seen.iter().any(|name| name == message) || seen.len() > 8 {
         return;
@@ -764,20 +804,39 @@ fn reachable(
     for field in &DESCRIPTORS.message(message).fields {
         prefix.push(field.number);
         if (field.name.as_str(), field.ty.as_str()) == leaf && !field.repeated {
-            out.push(prefix.clone());
+            found.0.push(prefix.clone());
+        } else if field.ty == ANY {
+            match KNOWN_ANY.iter().find(|(m, path, _)| *m == method && *path == prefix.as_slice()) {
+                Some((_, _, types)) => {
+                    prefix.push(ANY_VALUE);
+                    for packed in *types {
+                        reachable(method, packed, leaf, seen, prefix, found);
+                    }
+                    prefix.pop();
+                }
+                None => found.1.push(prefix.clone()),
+            }
         } else if let Some(inner) = field.message_type()
             && inner != FAILURE
             && DESCRIPTORS.messages.contains_key(inner)
         {
-            reachable(inner, leaf, seen, prefix, out);
+            reachable(method, inner, leaf, seen, prefix, found);
         }
         prefix.pop();
     }
     seen.pop();
 }
 
-/// Headers no stamp writes to, and why.
-const UNSTAMPED_HEADERS: &[(&str, &[u32], &str)] = &[];
+/// Places no stamp writes to, and why: an acceptance's or a rejection's copy of the update
+/// request (`Acceptance.accepted_request = 3`, `Rejection.rejected_request = 3`: its
+/// `meta.identity` and `input.header`). Temporal records its own copy of the request, never the
+/// worker's, and records no rejection at all.
+const UNSTAMPED: &[(&str, &[u32])] = &[
+    ("RespondWorkflowTaskCompleted", &[11, 5, 2, 3, 1, 2]),
+    ("RespondWorkflowTaskCompleted", &[11, 5, 2, 3, 2, 1]),
+    ("RespondWorkflowTaskFailed", &[7, 5, 2, 3, 1, 2]),
+    ("RespondWorkflowTaskFailed", &[7, 5, 2, 3, 2, 1]),
+];
 
 /// Every `identity` a request carries is replaced with the verified principal, and every Temporal
 /// header of a start or signal (and every one a forged entry could hide in) gets flowgate's entry:
@@ -790,15 +849,19 @@ fn every_identity_and_header_is_stamped() {
         for (what, stamp, leaf) in
             [("identity", spec.identity, ("identity", "string")), ("header", spec.header, ("header", HEADER))]
         {
-            let mut expected = Vec::new();
-            reachable(input, leaf, &mut Vec::new(), &mut Vec::new(), &mut expected);
+            let mut found = (Vec::new(), Vec::new());
+            reachable(spec.name, input, leaf, &mut Vec::new(), &mut Vec::new(), &mut found);
+            let (mut expected, unknown_any) = found;
+            for path in unknown_any {
+                errors.push(format!("{}: a google.protobuf.Any at {path:?} is not in KNOWN_ANY", spec.name));
+            }
             let mut stamped = match stamp {
                 Some(stamp) => stamped_paths(input, &stamp, leaf, &mut errors),
                 None => Vec::new(),
             };
-            expected.retain(|path| {
-                !UNSTAMPED_HEADERS.iter().any(|(method, unstamped, _)| *method == spec.name && path == unstamped)
-            });
+            expected
+                .retain(|path| !UNSTAMPED.iter().any(|(method, unstamped)| *method == spec.name && path == unstamped));
+            expected.dedup();
             expected.sort();
             stamped.sort();
             for missing in expected.iter().filter(|path| !stamped.contains(path)) {

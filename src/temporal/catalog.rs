@@ -144,6 +144,11 @@ pub enum Stamp {
     /// In each element of the repeated message field `repeated` of this message: appending to a
     /// repeated field adds an element, so the elements are rewritten one by one instead.
     InEach { repeated: u32, each: &'static Stamp },
+    /// Inside the `google.protobuf.Any` at `any` when it holds a `type_name` message (its
+    /// `type_url` ends in `/<type_name>`): the packed message (`value = 2`) is rewritten.
+    InAny { any: Path, type_name: &'static str, inner: &'static Stamp },
+    /// Every one of these, in order.
+    All(&'static [Stamp]),
 }
 
 /// Everything flowgate knows about one RPC.
@@ -382,6 +387,29 @@ const BATCH_HEADER: Stamp = Stamp::InOneof {
 /// `start_workflow = 1` has `header = 13`.
 const SCHEDULE_HEADER: Stamp = Stamp::InOneof { oneof: &[3, 2], members: &[(1, Some(Stamp::At(&[13])))] };
 
+/// `RespondWorkflowTaskCompleted`: its own `identity = 3`, and the identity of every update a
+/// worker completes through a protocol message (`messages = 11` -> `Message.body = 5`, an `Any`
+/// holding a `temporal.api.update.v1.Response`, whose `meta = 1` -> `Meta.identity = 2` Temporal
+/// records in `WorkflowExecutionUpdateCompleted`). Acceptances and rejections carry the
+/// client's request, which Temporal takes from its own copy, not from the worker's.
+const COMPLETION_IDENTITY: Stamp = Stamp::All(&[
+    Stamp::At(&[3]),
+    Stamp::InEach {
+        repeated: 11,
+        each: &Stamp::InAny { any: &[5], type_name: "temporal.api.update.v1.Response", inner: &Stamp::At(&[1, 2]) },
+    },
+]);
+
+/// `RespondWorkflowTaskFailed`: its own `identity = 4`, and an update response among its
+/// protocol messages (`messages = 7`), as for a completion.
+const FAILURE_IDENTITY: Stamp = Stamp::All(&[
+    Stamp::At(&[4]),
+    Stamp::InEach {
+        repeated: 7,
+        each: &Stamp::InAny { any: &[5], type_name: "temporal.api.update.v1.Response", inner: &Stamp::At(&[1, 2]) },
+    },
+]);
+
 /// `RespondWorkflowTaskCompleted.commands = 2`, each the oneof `attributes`: the starts and
 /// signals a workflow sends (child workflows, continue-as-new, external signals) name the worker
 /// that sent them; the header of an activity or a marker is only replaced when the worker put
@@ -429,8 +457,8 @@ pub static CATALOG: &[MethodSpec] = &[
     ws("GetWorkflowExecutionHistory", Read, workflow(&[1], &[2, 1])).long_poll(),
     ws("GetWorkflowExecutionHistoryReverse", Read, workflow(&[1], &[2, 1])),
     ws("PollWorkflowTaskQueue", Worker, task_queue(&[1], TaskQueueRef::Message(&[2]))).long_poll().identity(&[3]),
-    ws("RespondWorkflowTaskCompleted", Worker, ns(&[9])).task_token(&[1]).identity(&[3]).header(COMMAND_HEADER),
-    ws("RespondWorkflowTaskFailed", Worker, ns(&[6])).task_token(&[1]).identity(&[4]),
+    ws("RespondWorkflowTaskCompleted", Worker, ns(&[9])).task_token(&[1]).identity_in(COMPLETION_IDENTITY).header(COMMAND_HEADER),
+    ws("RespondWorkflowTaskFailed", Worker, ns(&[6])).task_token(&[1]).identity_in(FAILURE_IDENTITY),
     ws("PollActivityTaskQueue", Worker, task_queue(&[1], TaskQueueRef::Message(&[2]))).long_poll().identity(&[3]),
     ws("RecordActivityTaskHeartbeat", Worker, ns(&[4])).task_token(&[1]).identity(&[3]),
     ws("RecordActivityTaskHeartbeatById", Worker, workflow(&[1], &[2])).identity(&[6]),

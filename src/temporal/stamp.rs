@@ -118,7 +118,7 @@ fn edit(message: &[u8], place: &Stamp, value: &[u8], header_name: &str) -> Resul
                     })?;
                     Ok(rewritten.map_or(Edit::Unchanged, Edit::Rewritten))
                 }
-                Stamp::InOneof { .. } | Stamp::InEach { .. } => {
+                Stamp::InOneof { .. } | Stamp::InEach { .. } | Stamp::InAny { .. } | Stamp::All(_) => {
                     let rewritten = rewrite_at(message, &prefix, &mut |member| {
                         Ok(match edit(member, &inner, value, header_name)? {
                             Edit::Unchanged => None,
@@ -133,6 +133,41 @@ fn edit(message: &[u8], place: &Stamp, value: &[u8], header_name: &str) -> Resul
                     Ok(rewritten.map_or(Edit::Unchanged, Edit::Rewritten))
                 }
             }
+        }
+        Stamp::InAny { any, type_name, inner } => {
+            // The type of the merged `Any` (its last `type_url = 1`), as Temporal unpacks it.
+            let url = wire::last_string(message, &[any, &[1]].concat())?;
+            if url.and_then(|url| url.rsplit('/').next()) != Some(type_name) {
+                return Ok(Edit::Unchanged);
+            }
+            // `value = 2` is bytes, not a message: the server takes its last occurrence whole,
+            // so each is rewritten rather than merged into.
+            let rewritten = rewrite_at(message, &[any, &[2]].concat(), &mut |packed| {
+                Ok(match edit(packed, inner, value, header_name)? {
+                    Edit::Unchanged => None,
+                    Edit::Append(path) => {
+                        let mut out = Vec::with_capacity(packed.len() + nested_len(&path, value.len()));
+                        out.extend_from_slice(packed);
+                        put_nested(&mut out, &path, value);
+                        Some(out)
+                    }
+                    Edit::Rewritten(out) => Some(out),
+                })
+            })?;
+            Ok(rewritten.map_or(Edit::Unchanged, Edit::Rewritten))
+        }
+        Stamp::All(places) => {
+            let mut current = std::borrow::Cow::Borrowed(message);
+            let mut changed = false;
+            for place in places {
+                match edit(&current, place, value, header_name)? {
+                    Edit::Unchanged => continue,
+                    Edit::Append(path) => put_nested(current.to_mut(), &path, value),
+                    Edit::Rewritten(out) => current = std::borrow::Cow::Owned(out),
+                }
+                changed = true;
+            }
+            Ok(if changed { Edit::Rewritten(current.into_owned()) } else { Edit::Unchanged })
         }
         Stamp::InEach { repeated, each } => {
             let rewritten = rewrite_at(message, &[repeated], &mut |element| {
@@ -193,10 +228,15 @@ fn has_entry(message: &[u8], path: &[u32], name: &str) -> Result<bool, WireError
 /// The `identity` the client sent, where it is a plain field of the request (not inside a oneof
 /// or a repeated field). Empty when absent.
 pub fn client_identity<'a>(spec: &MethodSpec, message: &'a [u8]) -> Result<&'a str, WireError> {
-    match spec.identity {
-        Some(Stamp::At(path)) => Ok(wire::last_string(message, path)?.unwrap_or("")),
-        _ => Ok(""),
-    }
+    let path = match spec.identity {
+        Some(Stamp::At(path)) => path,
+        Some(Stamp::All(places)) => match places.first() {
+            Some(Stamp::At(path)) => path,
+            _ => return Ok(""),
+        },
+        _ => return Ok(""),
+    };
+    Ok(wire::last_string(message, path)?.unwrap_or(""))
 }
 
 /// An encoded `temporal.api.common.v1.Header` holding one entry, `name`, a payload of JSON
@@ -425,6 +465,40 @@ mod tests {
         assert_eq!(commands[4], timer);
         assert_eq!(wire::last_string(&stamped, &[3]).unwrap(), Some("w"));
         assert_eq!(wire::last_string(&stamped, &[9]).unwrap(), Some("payments"));
+    }
+
+    #[test]
+    fn an_update_a_worker_completes_names_the_worker() {
+        let spec = rpc("RespondWorkflowTaskCompleted");
+        let response =
+            [field(1, &[field(1, b"update-1"), field(2, b"okta:ceo via flowgate")].concat()), field(2, b"ok")].concat();
+        let any = |type_url: &[u8], value: &[u8]| [field(1, type_url), field(2, value)].concat();
+        let updated = field(5, &any(b"type.googleapis.com/temporal.api.update.v1.Response", &response));
+        let accepted = field(5, &any(b"type.googleapis.com/temporal.api.update.v1.Acceptance", b"\x0a\x01x"));
+        let message = [
+            field(1, b"token"),
+            field(3, b"12@host"),
+            field(11, &accepted),
+            field(11, &updated),
+            field(9, b"payments"),
+        ]
+        .concat();
+        let stamped = stamp(spec, &message, Stamps { identity: Some("w"), header: None }).unwrap().unwrap();
+        assert_eq!(wire::last_string(&stamped, &[3]).unwrap(), Some("w"));
+        let messages: Vec<Vec<u8>> = wire::raw_fields(&stamped)
+            .map(Result::unwrap)
+            .filter(|f| f.number == 11)
+            .map(|f| match f.value {
+                Value::Bytes(bytes) => bytes.to_vec(),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(messages[0], accepted, "an acceptance is left as it is");
+        let packed = wire::last_bytes(&messages[1], &[5, 2]).unwrap().unwrap();
+        assert_eq!(wire::last_string(packed, &[1, 2]).unwrap(), Some("w"), "the worker's forged identity is replaced");
+        assert_eq!(wire::last_string(packed, &[1, 1]).unwrap(), Some("update-1"));
+        assert_eq!(wire::last_string(packed, &[2]).unwrap(), Some("ok"));
+        assert_eq!(client_identity(spec, &message).unwrap(), "12@host");
     }
 
     #[test]

@@ -11,7 +11,8 @@ Output:
      "messages": {<full message name>: {"fields": [{"number", "name", "type", "repeated", "oneof"}]}}}
 
 `type` is `string`, `bytes`, `bool`, `int32`, ..., `enum:<full name>` or `message:<full name>`;
-`messages` holds every message reachable from a request message.
+`messages` holds every message reachable from a request message, and from the messages
+Temporal unpacks from a request's `google.protobuf.Any` fields (PACKED).
 """
 
 import json
@@ -23,6 +24,14 @@ try:
     from temporalio.api.workflowservice.v1 import service_pb2 as workflow_service
 except ImportError as error:
     sys.exit(f"cannot import the Temporal API descriptors ({error}): the Python package `temporalio` is needed")
+
+# What a worker packs into `google.protobuf.Any` (its protocol messages): not reachable by
+# field types, so named here.
+PACKED = [
+    "temporal.api.update.v1.Acceptance",
+    "temporal.api.update.v1.Rejection",
+    "temporal.api.update.v1.Response",
+]
 
 SERVICES = [
     (workflow_service, "WorkflowService"),
@@ -89,6 +98,10 @@ def main():
             methods.append({"name": method.name, "input": method.input_type.full_name})
             pending.append(method.input_type)
         services.append({"name": service.full_name, "methods": methods})
+    from google.protobuf import descriptor_pool
+    from temporalio.api.update.v1 import message_pb2  # noqa: F401 - registers the packed types
+
+    pending.extend(descriptor_pool.Default().FindMessageTypeByName(name) for name in PACKED)
     while pending:
         descriptor = pending.pop()
         if descriptor.full_name in messages:
