@@ -300,7 +300,7 @@ fn main() {
         time(&format!("DecisionLog::write, fsync = {mode}, one at a time"), iterations, || {
             runtime.block_on(async { log.write(&record).await.unwrap() });
         });
-        time(&format!("DecisionLog::write, fsync = {mode}, 8 at once (per record)"), iterations / 8, || {
+        time(&format!("DecisionLog::write, fsync = {mode}, 8 at once (per batch of 8)"), iterations / 8, || {
             runtime.block_on(async {
                 let writes: Vec<_> = (0..8)
                     .map(|_| {
