@@ -99,40 +99,10 @@ fn edit(message: &[u8], place: &Stamp, value: &[u8], header_name: &str) -> Resul
             let Some((member, inner)) = set_member(message, oneof, members)? else {
                 return Ok(Edit::Unchanged);
             };
-            let prefix = [oneof, &[member]].concat();
             // Into the member the request sets, inside it: appending another occurrence of the
             // member would merge too, but a request keeps the shape it was inspected in (one
             // occurrence per member: inspection refuses an `ExecuteMultiOperation` with more).
-            match inner {
-                Stamp::At(path) | Stamp::ReplaceAt(path) => {
-                    if matches!(inner, Stamp::ReplaceAt(_))
-                        && !has_entry(message, &[prefix.as_slice(), path].concat(), header_name)?
-                    {
-                        return Ok(Edit::Unchanged);
-                    }
-                    let rewritten = rewrite_at(message, &prefix, &mut |member| {
-                        let mut out = Vec::with_capacity(member.len() + nested_len(path, value.len()));
-                        out.extend_from_slice(member);
-                        put_nested(&mut out, path, value);
-                        Ok(Some(out))
-                    })?;
-                    Ok(rewritten.map_or(Edit::Unchanged, Edit::Rewritten))
-                }
-                Stamp::InOneof { .. } | Stamp::InEach { .. } | Stamp::InAny { .. } | Stamp::All(_) => {
-                    let rewritten = rewrite_at(message, &prefix, &mut |member| {
-                        Ok(match edit(member, &inner, value, header_name)? {
-                            Edit::Unchanged => None,
-                            Edit::Append(path) => {
-                                let mut out = member.to_vec();
-                                put_nested(&mut out, &path, value);
-                                Some(out)
-                            }
-                            Edit::Rewritten(out) => Some(out),
-                        })
-                    })?;
-                    Ok(rewritten.map_or(Edit::Unchanged, Edit::Rewritten))
-                }
-            }
+            edit_within(message, &[oneof, &[member]].concat(), &inner, value, header_name)
         }
         Stamp::InAny { any, type_name, inner } => {
             // The type of the merged `Any` (its last `type_url = 1`), as Temporal unpacks it.
@@ -142,19 +112,7 @@ fn edit(message: &[u8], place: &Stamp, value: &[u8], header_name: &str) -> Resul
             }
             // `value = 2` is bytes, not a message: the server takes its last occurrence whole,
             // so each is rewritten rather than merged into.
-            let rewritten = rewrite_at(message, &[any, &[2]].concat(), &mut |packed| {
-                Ok(match edit(packed, inner, value, header_name)? {
-                    Edit::Unchanged => None,
-                    Edit::Append(path) => {
-                        let mut out = Vec::with_capacity(packed.len() + nested_len(&path, value.len()));
-                        out.extend_from_slice(packed);
-                        put_nested(&mut out, &path, value);
-                        Some(out)
-                    }
-                    Edit::Rewritten(out) => Some(out),
-                })
-            })?;
-            Ok(rewritten.map_or(Edit::Unchanged, Edit::Rewritten))
+            edit_within(message, &[any, &[2]].concat(), inner, value, header_name)
         }
         Stamp::All(places) => {
             let mut current = std::borrow::Cow::Borrowed(message);
@@ -169,22 +127,33 @@ fn edit(message: &[u8], place: &Stamp, value: &[u8], header_name: &str) -> Resul
             }
             Ok(if changed { Edit::Rewritten(current.into_owned()) } else { Edit::Unchanged })
         }
-        Stamp::InEach { repeated, each } => {
-            let rewritten = rewrite_at(message, &[repeated], &mut |element| {
-                Ok(match edit(element, each, value, header_name)? {
-                    Edit::Unchanged => None,
-                    Edit::Append(path) => {
-                        let mut out = Vec::with_capacity(element.len() + nested_len(&path, value.len()));
-                        out.extend_from_slice(element);
-                        put_nested(&mut out, &path, value);
-                        Some(out)
-                    }
-                    Edit::Rewritten(out) => Some(out),
-                })
-            })?;
-            Ok(rewritten.map_or(Edit::Unchanged, Edit::Rewritten))
-        }
+        Stamp::InEach { repeated, each } => edit_within(message, &[repeated], each, value, header_name),
     }
+}
+
+/// `inner` done inside every occurrence of the embedded message at `path` (each on its own: a
+/// header whose forged entry is in an earlier occurrence gets flowgate's entry after it there,
+/// and merged, flowgate's is the last).
+fn edit_within(
+    message: &[u8],
+    path: &[u32],
+    inner: &Stamp,
+    value: &[u8],
+    header_name: &str,
+) -> Result<Edit, WireError> {
+    let rewritten = rewrite_at(message, path, &mut |within| {
+        Ok(match edit(within, inner, value, header_name)? {
+            Edit::Unchanged => None,
+            Edit::Append(path) => {
+                let mut out = Vec::with_capacity(within.len() + nested_len(&path, value.len()));
+                out.extend_from_slice(within);
+                put_nested(&mut out, &path, value);
+                Some(out)
+            }
+            Edit::Rewritten(out) => Some(out),
+        })
+    })?;
+    Ok(rewritten.map_or(Edit::Unchanged, Edit::Rewritten))
 }
 
 /// `message` with every occurrence of the embedded message at `path` replaced by what `rewrite`
