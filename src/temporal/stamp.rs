@@ -278,6 +278,18 @@ mod tests {
         out
     }
 
+    /// The bytes of every occurrence of the top-level field `number`, in order.
+    fn occurrences(message: &[u8], number: u32) -> Vec<Vec<u8>> {
+        wire::raw_fields(message)
+            .map(Result::unwrap)
+            .filter(|f| f.number == number)
+            .map(|f| match f.value {
+                Value::Bytes(bytes) => bytes.to_vec(),
+                _ => unreachable!("a length-delimited field"),
+            })
+            .collect()
+    }
+
     #[test]
     fn a_top_level_identity_is_appended_and_read_last() {
         let spec = rpc("StartWorkflowExecution");
@@ -359,14 +371,7 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        let operations: Vec<_> = wire::raw_fields(&stamped)
-            .map(Result::unwrap)
-            .filter(|f| f.number == 2)
-            .map(|f| match f.value {
-                Value::Bytes(bytes) => bytes.to_vec(),
-                _ => unreachable!(),
-            })
-            .collect();
+        let operations = occurrences(&stamped, 2);
         assert_eq!(operations.len(), 2, "still exactly two operations");
         assert_eq!(wire::last_string(&operations[0], &[1, 9]).unwrap(), Some("okta:alice"));
         assert_eq!(wire::last_string(&operations[0], &[1, 2]).unwrap(), Some("wf"));
@@ -415,14 +420,7 @@ mod tests {
             stamp(spec, &message, Stamps { identity: Some("w"), header: Some(("flowgate-principal", &ours)) })
                 .unwrap()
                 .unwrap();
-        let commands: Vec<Vec<u8>> = wire::raw_fields(&stamped)
-            .map(Result::unwrap)
-            .filter(|f| f.number == 2)
-            .map(|f| match f.value {
-                Value::Bytes(bytes) => bytes.to_vec(),
-                _ => unreachable!(),
-            })
-            .collect();
+        let commands = occurrences(&stamped, 2);
         assert_eq!(commands.len(), 5, "no command added or lost");
         let last =
             |entries: Vec<(String, String)>, key: &str| entries.into_iter().rfind(|(k, _)| k == key).map(|(_, v)| v);
@@ -454,14 +452,7 @@ mod tests {
         .concat();
         let stamped = stamp(spec, &message, Stamps { identity: Some("w"), header: None }).unwrap().unwrap();
         assert_eq!(wire::last_string(&stamped, &[3]).unwrap(), Some("w"));
-        let messages: Vec<Vec<u8>> = wire::raw_fields(&stamped)
-            .map(Result::unwrap)
-            .filter(|f| f.number == 11)
-            .map(|f| match f.value {
-                Value::Bytes(bytes) => bytes.to_vec(),
-                _ => unreachable!(),
-            })
-            .collect();
+        let messages = occurrences(&stamped, 11);
         assert_eq!(messages[0], accepted, "an acceptance is left as it is");
         let packed = wire::last_bytes(&messages[1], &[5, 2]).unwrap().unwrap();
         assert_eq!(wire::last_string(packed, &[1, 2]).unwrap(), Some("w"), "the worker's forged identity is replaced");
@@ -478,17 +469,10 @@ mod tests {
         let options = field(2, &field(1, b"opts"));
         let reset = [field(1, b"payments"), field(8, &signal), field(8, &options), field(9, b"mallory")].concat();
         let stamped = stamp(rpc("ResetWorkflowExecution"), &reset, stamps).unwrap().unwrap();
-        let posts: Vec<&[u8]> = wire::raw_fields(&stamped)
-            .map(Result::unwrap)
-            .filter(|f| f.number == 8)
-            .map(|f| match f.value {
-                Value::Bytes(bytes) => bytes,
-                _ => unreachable!(),
-            })
-            .collect();
+        let posts = occurrences(&stamped, 8);
         assert_eq!(posts.len(), 2);
-        assert_eq!(entries(posts[0], &[1, 3]).last().unwrap().1, "alice");
-        assert_eq!(posts[1], options.as_slice());
+        assert_eq!(entries(&posts[0], &[1, 3]).last().unwrap().1, "alice");
+        assert_eq!(posts[1], options);
         assert_eq!(wire::last_string(&stamped, &[9]).unwrap(), Some("alice"));
 
         let batch = [field(1, b"payments"), field(14, &[field(3, b"mallory"), field(5, &signal)].concat())].concat();
