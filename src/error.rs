@@ -4,6 +4,19 @@
 //! fetch, a connection to the upstream), the whole chain goes into it, because hyper's and
 //! rustls's top-level errors alone ("client error (Connect)") tell an operator nothing.
 
+/// `text` cut to at most `max` bytes, on a character boundary (for text a client or an upstream
+/// chose, kept in a bounded place).
+pub fn truncated(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// An error and its sources, `outer: inner: root`, for messages that must say why.
 pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();

@@ -28,6 +28,7 @@ use serde_json::{Map, Value};
 
 use crate::authn::Principal;
 use crate::config::{Config, IdentityConfig, IdentityTemplate, TemplatePart};
+use crate::error::truncated;
 use crate::temporal::MethodSpec;
 use crate::temporal::stamp::{self, Stamps};
 use crate::temporal::wire::WireError;
@@ -125,7 +126,7 @@ impl PrincipalStamp {
         let identity = match (&self.identity, spec.identity) {
             (Some(Rendered::Fixed(text)), Some(_)) => Some(std::borrow::Cow::Borrowed(text.as_str())),
             (Some(Rendered::AroundClient { before, after }), Some(_)) => {
-                let client = truncate(stamp::client_identity(spec, message)?, MAX_CLIENT_IDENTITY);
+                let client = truncated(stamp::client_identity(spec, message)?, MAX_CLIENT_IDENTITY);
                 Some(std::borrow::Cow::Owned(format!("{before}{client}{after}")))
             }
             _ => None,
@@ -177,18 +178,6 @@ fn render(template: &IdentityTemplate, principal: &Principal) -> Rendered {
         Some(after) => Rendered::AroundClient { before, after },
         None => Rendered::Fixed(before),
     }
-}
-
-/// `text` cut to at most `max` bytes, on a character boundary.
-fn truncate(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 #[cfg(test)]

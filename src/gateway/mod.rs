@@ -45,6 +45,7 @@ use crate::authz::{self, Decision, PolicyEngine};
 use crate::budget::{ByteBudget, Reservation, SMALL_MESSAGE, WaitingCalls};
 use crate::config::{Config, LimitsConfig, UpstreamCredentials};
 use crate::credential::Signer;
+use crate::error::truncated;
 use crate::grpc;
 use crate::layers::Decided;
 use crate::namespace_ids::NamespaceIds;
@@ -163,16 +164,10 @@ impl OutcomeWatcher {
             Some(body) => inspect::started_run(self.method, body),
             None => (None, None),
         };
-        let message = ending.message.filter(|_| ending.status != 0).map(|mut message| {
-            if message.len() > audit::MAX_OUTCOME_MESSAGE {
-                let mut end = audit::MAX_OUTCOME_MESSAGE;
-                while !message.is_char_boundary(end) {
-                    end -= 1;
-                }
-                message.truncate(end);
-            }
-            message
-        });
+        let message = ending
+            .message
+            .filter(|_| ending.status != 0)
+            .map(|message| truncated(&message, audit::MAX_OUTCOME_MESSAGE).to_owned());
         let record = OutcomeRecord {
             ts: audit::timestamp(SystemTime::now()),
             kind: "outcome",

@@ -278,6 +278,13 @@ mod tests {
         out
     }
 
+    /// `message` stamped with `okta:alice` as identity and a header whose payload is `json`.
+    fn stamped_as_alice(spec: &MethodSpec, message: &[u8], json: &[u8]) -> Vec<u8> {
+        let header = header("flowgate-principal", json);
+        let stamps = Stamps { identity: Some("okta:alice"), header: Some(("flowgate-principal", &header)) };
+        stamp(spec, message, stamps).unwrap().expect("a method with places to stamp")
+    }
+
     /// The bytes of every occurrence of the top-level field `number`, in order.
     fn occurrences(message: &[u8], number: u32) -> Vec<Vec<u8>> {
         wire::raw_fields(message)
@@ -308,14 +315,7 @@ mod tests {
         let input = field(2, b"my-update");
         let request = [field(1, &meta), field(2, &input)].concat();
         let message = [field(1, b"payments"), field(5, &request)].concat();
-        let header = header("flowgate-principal", br#"{"principal":"okta:alice"}"#);
-        let stamped = stamp(
-            spec,
-            &message,
-            Stamps { identity: Some("okta:alice"), header: Some(("flowgate-principal", &header)) },
-        )
-        .unwrap()
-        .unwrap();
+        let stamped = stamped_as_alice(spec, &message, br#"{"principal":"okta:alice"}"#);
         assert_eq!(wire::last_string(&stamped, &[5, 1, 2]).unwrap(), Some("okta:alice"));
         // The update's id and name survive the merge.
         assert_eq!(wire::last_string(&stamped, &[5, 1, 1]).unwrap(), Some("update-1"));
@@ -332,14 +332,7 @@ mod tests {
         let signal = [field(1, b"sig"), field(4, b"mallory")].concat();
         let termination = field(2, b"mallory");
         let message = [field(1, b"payments"), field(11, &signal), field(10, &termination)].concat();
-        let header = header("flowgate-principal", b"{}");
-        let stamped = stamp(
-            spec,
-            &message,
-            Stamps { identity: Some("okta:alice"), header: Some(("flowgate-principal", &header)) },
-        )
-        .unwrap()
-        .unwrap();
+        let stamped = stamped_as_alice(spec, &message, b"{}");
         assert_eq!(wire::last_string(&stamped, &[10, 2]).unwrap(), Some("okta:alice"));
         // No header: a termination has none, and a signal member appended would switch the oneof.
         let last = wire::raw_fields(&stamped).last().unwrap().unwrap();
@@ -363,14 +356,7 @@ mod tests {
         let message =
             [field(1, b"payments"), field(2, &field(1, &start)), field(2, &field(2, &update)), field(3, b"tail")]
                 .concat();
-        let header = header("flowgate-principal", b"{}");
-        let stamped = stamp(
-            spec,
-            &message,
-            Stamps { identity: Some("okta:alice"), header: Some(("flowgate-principal", &header)) },
-        )
-        .unwrap()
-        .unwrap();
+        let stamped = stamped_as_alice(spec, &message, b"{}");
         let operations = occurrences(&stamped, 2);
         assert_eq!(operations.len(), 2, "still exactly two operations");
         assert_eq!(wire::last_string(&operations[0], &[1, 9]).unwrap(), Some("okta:alice"));
