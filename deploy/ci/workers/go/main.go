@@ -1,5 +1,8 @@
 // A Temporal worker (Go SDK go.temporal.io/sdk) that polls through flowgate with a credential
-// that flowgate minted, and keeps it fresh.
+// that flowgate minted, and keeps it fresh. It serves DeployWorkflow (workflow.go) and its
+// activity RunDeploy (activities.go), which the pipelines in deploy/ci start.
+//
+//	go build -o worker . && ./worker
 //
 // Two ways to run it:
 //
@@ -14,263 +17,179 @@
 //     token from $CI_OIDC_TOKEN, or a Kubernetes projected service-account token from
 //     $FLOWGATE_SUBJECT_TOKEN_FILE) and then re-exchanges its own credential at about 2/3 of
 //     its lifetime. client.NewAPIKeyDynamicCredentials calls back on every request, so each
-//     call carries whatever credential is current ("authorization: Bearer <credential>").
+//     call carries whatever credential is current ("authorization: Bearer <credential>"):
+//
+//     CI_OIDC_TOKEN=... FLOWGATE_URL=https://flowgate.example.com \
+//     TEMPORAL_ADDRESS=flowgate.example.com:7233 ./worker
 //
 // The same can be done with client.Options.HeadersProvider: a type whose
 // GetHeaders(ctx) (map[string]string, error) returns {"authorization": "Bearer " + current}.
 //
-// The credential's scope (namespace:payments role:worker task_queue:deploys) must be permitted
-// by a Cedar policy on Temporal::Action::"IssueCredential" (see deploy/ci/README.md).
+// Other settings: TEMPORAL_NAMESPACE (payments) and TEMPORAL_TASK_QUEUE (deploys) say what it
+// serves; FLOWGATE_SCOPE (namespace:<ns> role:worker task_queue:<queue>) is what it asks for,
+// and a Cedar policy on Temporal::Action::"IssueCredential" must permit it (see
+// deploy/ci/README.md); FLOWGATE_CA_FILE is a PEM bundle for a gateway whose certificate a
+// private CA signed (the system roots otherwise).
 package main
 
 import (
 	"context"
 	"crypto/tls"
-	"encoding/json"
-	"errors"
+	"crypto/x509"
 	"fmt"
 	"log"
-	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"os"
 	"strings"
-	"sync"
 	"time"
 
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/worker"
-
-	// Your workflows and activities.
-	"acme.example/payments/deploys"
 )
 
-const (
-	namespace    = "payments"
-	taskQueue    = "deploys"
-	scope        = "namespace:payments role:worker task_queue:deploys"
-	grantType    = "urn:ietf:params:oauth:grant-type:token-exchange"
-	jwtTokenType = "urn:ietf:params:oauth:token-type:jwt"
-)
+// settings is the worker's configuration, all of it from the environment.
+type settings struct {
+	sidecar   string // FLOWGATE_SIDECAR: a local sidecar's plaintext address
+	gateway   string // FLOWGATE_URL: where the token endpoint is discovered
+	address   string // TEMPORAL_ADDRESS: the gateway's gRPC address
+	namespace string
+	taskQueue string
+	scope     string
+	caFile    string
+	ciToken   string // CI_OIDC_TOKEN, taken out of the environment
+	tokenFile string // FLOWGATE_SUBJECT_TOKEN_FILE
+}
 
 func getenv(name, fallback string) string {
-	if v := os.Getenv(name); v != "" {
+	if v := strings.TrimSpace(os.Getenv(name)); v != "" {
 		return v
 	}
 	return fallback
 }
 
-// exchangeError is a refusal from the token endpoint (an OAuth error) or a transport failure.
-type exchangeError struct {
-	oauthError string // "invalid_grant", ...; empty for transport failures
-	msg        string
+// loadSettings reads the environment and says in one line what is missing, before anything
+// goes over the network.
+func loadSettings() (settings, error) {
+	s := settings{
+		sidecar:   getenv("FLOWGATE_SIDECAR", ""),
+		gateway:   strings.TrimRight(getenv("FLOWGATE_URL", ""), "/"),
+		address:   getenv("TEMPORAL_ADDRESS", ""),
+		namespace: getenv("TEMPORAL_NAMESPACE", "payments"),
+		taskQueue: getenv("TEMPORAL_TASK_QUEUE", "deploys"),
+		caFile:    getenv("FLOWGATE_CA_FILE", ""),
+		ciToken:   strings.TrimSpace(os.Getenv("CI_OIDC_TOKEN")),
+		tokenFile: getenv("FLOWGATE_SUBJECT_TOKEN_FILE", ""),
+	}
+	// Single-use: keep the CI token out of child processes.
+	os.Unsetenv("CI_OIDC_TOKEN")
+	s.scope = getenv("FLOWGATE_SCOPE", fmt.Sprintf("namespace:%s role:worker task_queue:%s", s.namespace, s.taskQueue))
+	if s.sidecar != "" {
+		return s, nil
+	}
+	if s.ciToken == "" && s.tokenFile == "" {
+		return s, fmt.Errorf("no credential source: set FLOWGATE_SIDECAR (a local flowgate sidecar, e.g. 127.0.0.1:7233), "+
+			"or CI_OIDC_TOKEN or FLOWGATE_SUBJECT_TOKEN_FILE (a token to exchange) with FLOWGATE_URL "+
+			"(the gateway, e.g. https://flowgate.example.com) and TEMPORAL_ADDRESS (its gRPC address, "+
+			"e.g. flowgate.example.com:7233); the credential asked for is `%s` (FLOWGATE_SCOPE)", s.scope)
+	}
+	var missing []string
+	if s.gateway == "" {
+		missing = append(missing, "FLOWGATE_URL (the gateway, e.g. https://flowgate.example.com)")
+	}
+	if s.address == "" {
+		missing = append(missing, "TEMPORAL_ADDRESS (the gateway's gRPC address, e.g. flowgate.example.com:7233)")
+	}
+	if len(missing) > 0 {
+		return s, fmt.Errorf("set %s to exchange the subject token for `%s`", strings.Join(missing, " and "), s.scope)
+	}
+	// The subject token and the credential are bearer tokens: never send them in the clear.
+	if u, err := url.Parse(s.gateway); err != nil || u.Scheme != "https" || u.Host == "" {
+		return s, fmt.Errorf("FLOWGATE_URL must be an https:// URL, not %q", s.gateway)
+	}
+	return s, nil
 }
 
-func (e *exchangeError) Error() string { return e.msg }
-
-// credentials holds the current flowgate credential and renews it.
-type credentials struct {
-	endpoint string
-	http     *http.Client
-
-	mu        sync.RWMutex
-	token     string
-	expiresAt time.Time
-}
-
-// discover reads the token endpoint from flowgate's OIDC discovery document.
-func discover(ctx context.Context, hc *http.Client, gateway string) (string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, gateway+"/.well-known/openid-configuration", nil)
+// tlsConfig trusts FLOWGATE_CA_FILE when it is set, the system roots otherwise.
+func tlsConfig(caFile string) (*tls.Config, error) {
+	config := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile == "" {
+		return config, nil
+	}
+	pem, err := os.ReadFile(caFile)
 	if err != nil {
-		return "", err
+		return nil, fmt.Errorf("cannot read FLOWGATE_CA_FILE: %w", err)
 	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return "", err
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("FLOWGATE_CA_FILE %s holds no PEM certificate", caFile)
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("discovery: HTTP %d", resp.StatusCode)
-	}
-	var doc struct {
-		TokenEndpoint string `json:"token_endpoint"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&doc); err != nil {
-		return "", fmt.Errorf("discovery: %w", err)
-	}
-	return doc.TokenEndpoint, nil
+	config.RootCAs = pool
+	return config, nil
 }
 
-// exchange trades a subject token (a CI/workload OIDC token, or a still-valid flowgate
-// credential) for a fresh credential with the worker's scope (RFC 8693).
-func (c *credentials) exchange(ctx context.Context, subjectToken string) error {
-	form := url.Values{
-		"grant_type":         {grantType},
-		"subject_token":      {subjectToken},
-		"subject_token_type": {jwtTokenType},
-		"scope":              {scope},
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.endpoint, strings.NewReader(form.Encode()))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	req.Header.Set("Accept", "application/json")
-	sent := time.Now()
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return &exchangeError{msg: "token endpoint unreachable: " + err.Error()}
-	}
-	defer resp.Body.Close()
-	var body struct {
-		AccessToken      string `json:"access_token"`
-		ExpiresIn        int64  `json:"expires_in"`
-		TokenType        string `json:"token_type"`
-		Error            string `json:"error"`
-		ErrorDescription string `json:"error_description"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
-		return &exchangeError{msg: fmt.Sprintf("token endpoint: HTTP %d, unreadable body: %v", resp.StatusCode, err)}
-	}
-	if resp.StatusCode != http.StatusOK {
-		return &exchangeError{oauthError: body.Error, msg: fmt.Sprintf(
-			"token exchange refused (HTTP %d): %s: %s", resp.StatusCode, body.Error, body.ErrorDescription)}
-	}
-	if !strings.EqualFold(body.TokenType, "bearer") || body.AccessToken == "" || body.ExpiresIn <= 0 {
-		return &exchangeError{msg: "token endpoint: unexpected response"}
-	}
-	c.mu.Lock()
-	c.token = body.AccessToken
-	// Counted from when the request was sent: never later than the server's clock.
-	c.expiresAt = sent.Add(time.Duration(body.ExpiresIn) * time.Second)
-	c.mu.Unlock()
-	return nil
-}
-
-// current is the callback for client.NewAPIKeyDynamicCredentials: called on every request.
-func (c *credentials) current(context.Context) (string, error) {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	if time.Now().After(c.expiresAt) {
-		return "", errors.New("flowgate credential expired")
-	}
-	return c.token, nil
-}
-
-func (c *credentials) snapshot() (string, time.Time) {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	return c.token, c.expiresAt
-}
-
-// initialSubjectToken is the token the worker starts from.
-func initialSubjectToken() (string, error) {
-	if path := os.Getenv("FLOWGATE_SUBJECT_TOKEN_FILE"); path != "" {
-		b, err := os.ReadFile(path)
-		return strings.TrimSpace(string(b)), err
-	}
-	token := os.Getenv("CI_OIDC_TOKEN")
-	if token == "" {
-		return "", errors.New("set CI_OIDC_TOKEN, FLOWGATE_SUBJECT_TOKEN_FILE or FLOWGATE_SIDECAR")
-	}
-	os.Unsetenv("CI_OIDC_TOKEN") // single-use: keep it out of child processes
-	return token, nil
-}
-
-// keepFresh re-exchanges the credential at about 2/3 of its remaining lifetime (with jitter),
-// retries with backoff while it is still valid, and returns an error once it has expired.
-// A chain of refreshes ends after the gateway's mint.max_session (default 12 h) with
-// invalid_grant: then only a new subject token helps.
-func (c *credentials) keepFresh(ctx context.Context) error {
-	for {
-		token, expiresAt := c.snapshot()
-		remaining := time.Until(expiresAt)
-		delay := time.Duration(float64(remaining) * (0.6 + 0.1*rand.Float64()))
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(max(delay, time.Second)):
-		}
-
-		backoff := time.Second
-		for {
-			err := c.exchange(ctx, token)
-			var refused *exchangeError
-			if err != nil && errors.As(err, &refused) && refused.oauthError == "invalid_grant" &&
-				os.Getenv("FLOWGATE_SUBJECT_TOKEN_FILE") != "" {
-				// Start over from the projected token file (the kubelet rotates it).
-				if fresh, ferr := initialSubjectToken(); ferr == nil {
-					err = c.exchange(ctx, fresh)
-				}
-			}
-			if err == nil {
-				_, exp := c.snapshot()
-				log.Printf("credential refreshed; valid for %s", time.Until(exp).Round(time.Second))
-				break
-			}
-			if ctx.Err() != nil {
-				return nil
-			}
-			left := time.Until(expiresAt)
-			if left <= 0 {
-				return fmt.Errorf("flowgate credential expired: %w", err)
-			}
-			log.Printf("credential refresh failed (%v); %s of validity left", err, left.Round(time.Second))
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(min(backoff, left)):
-			}
-			backoff = min(2*backoff, 30*time.Second)
-		}
-	}
+// fail prints one line and exits: a supervisor's log shows what to fix, not a stack.
+func fail(code int, err error) {
+	fmt.Fprintln(os.Stderr, "worker:", err)
+	os.Exit(code)
 }
 
 func main() {
+	s, err := loadSettings()
+	if err != nil {
+		fail(2, err)
+	}
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 
-	options := client.Options{Namespace: namespace}
+	options := client.Options{Namespace: s.namespace}
 	refreshFailed := make(chan error, 1)
 
-	if sidecar := os.Getenv("FLOWGATE_SIDECAR"); sidecar != "" {
+	if s.sidecar != "" {
 		// The sidecar adds the credential and talks TLS to the gateway; the local hop is
 		// plaintext h2c on loopback.
-		options.HostPort = sidecar
+		options.HostPort = s.sidecar
 	} else {
-		hc := &http.Client{Timeout: 10 * time.Second}
-		endpoint, err := discover(ctx, hc, getenv("FLOWGATE_URL", "https://flowgate.example.com"))
+		tc, err := tlsConfig(s.caFile)
 		if err != nil {
-			log.Fatalln(err)
+			fail(2, err)
 		}
-		creds := &credentials{endpoint: endpoint, http: hc}
-		subject, err := initialSubjectToken()
+		subject, err := subjectToken(s)
 		if err != nil {
-			log.Fatalln(err)
+			fail(2, err)
 		}
+		hc := &http.Client{
+			Timeout:   10 * time.Second,
+			Transport: &http.Transport{Proxy: http.ProxyFromEnvironment, TLSClientConfig: tc.Clone()},
+		}
+		endpoint, err := discover(ctx, hc, s.gateway)
+		if err != nil {
+			fail(1, err)
+		}
+		creds := &credentials{endpoint: endpoint, scope: s.scope, http: hc}
 		if err := creds.exchange(ctx, subject); err != nil {
-			log.Fatalln(err)
+			fail(1, err)
 		}
 		go func() {
-			if err := creds.keepFresh(ctx); err != nil {
+			if err := creds.keepFresh(ctx, s); err != nil {
 				refreshFailed <- err
 			}
 		}()
 
-		options.HostPort = getenv("TEMPORAL_ADDRESS", "flowgate.example.com:7233")
+		options.HostPort = s.address
 		options.Credentials = client.NewAPIKeyDynamicCredentials(creds.current)
-		options.ConnectionOptions = client.ConnectionOptions{TLS: &tls.Config{MinVersion: tls.VersionTLS12}}
+		options.ConnectionOptions = client.ConnectionOptions{TLS: tc}
 	}
 
 	c, err := client.Dial(options)
 	if err != nil {
-		log.Fatalln("unable to connect:", err)
+		fail(1, fmt.Errorf("cannot connect to %s: %w", options.HostPort, err))
 	}
 	defer c.Close()
 
-	w := worker.New(c, taskQueue, worker.Options{})
-	w.RegisterWorkflow(deploys.DeployWorkflow)
-	w.RegisterActivity(deploys.RunDeploy)
+	w := worker.New(c, s.taskQueue, worker.Options{})
+	w.RegisterWorkflow(DeployWorkflow)
+	w.RegisterActivity(RunDeploy)
 
 	// Stop on SIGINT/SIGTERM, or when the credential can no longer be refreshed (then exit
 	// non-zero, so that a supervisor restarts the worker with a new subject token).
@@ -286,10 +205,11 @@ func main() {
 		close(interrupt)
 	}()
 	if err := w.Run(interrupt); err != nil {
-		log.Fatalln("worker:", err)
+		c.Close()
+		fail(1, err)
 	}
 	if fatal != nil {
 		c.Close()
-		os.Exit(1)
+		fail(1, fatal)
 	}
 }

@@ -1,5 +1,8 @@
 """A Temporal worker (Python SDK `temporalio`) that polls through flowgate with a credential
-that flowgate minted, and keeps it fresh.
+that flowgate minted, and keeps it fresh. It serves DeployWorkflow (workflows.py) and its
+activity RunDeploy (activities.py), which the pipelines in deploy/ci start.
+
+    python3 -m pip install -r requirements.txt
 
 Two ways to run it:
 
@@ -16,10 +19,18 @@ Two ways to run it:
   lifetime, setting `client.rpc_metadata` to the new value. The worker shares the client's
   connection, so its polls carry the new credential from the next call on:
 
-      CI_OIDC_TOKEN=... python3 worker.py
+      CI_OIDC_TOKEN=... FLOWGATE_URL=https://flowgate.example.com \\
+        TEMPORAL_ADDRESS=flowgate.example.com:7233 python3 worker.py
 
-The credential's scope (`namespace:payments role:worker task_queue:deploys`) must be permitted
-by a Cedar policy on `Temporal::Action::"IssueCredential"` (see deploy/ci/README.md).
+Other settings: TEMPORAL_NAMESPACE (payments) and TEMPORAL_TASK_QUEUE (deploys) say what it
+serves; FLOWGATE_SCOPE (`namespace:<ns> role:worker task_queue:<queue>`) is what it asks for,
+and a Cedar policy on `Temporal::Action::"IssueCredential"` must permit it (see
+deploy/ci/README.md); FLOWGATE_CA_FILE is a PEM bundle for a gateway whose certificate a
+private CA signed (the system roots otherwise).
+
+Whatever stops it (a missing setting, a gateway it cannot reach, a refused exchange, a
+credential it could not refresh) is one line on stderr and a non-zero exit status: 2 for a
+setting, 1 for the rest.
 """
 
 from __future__ import annotations
@@ -29,6 +40,8 @@ import json
 import logging
 import os
 import random
+import ssl
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -36,21 +49,96 @@ import urllib.request
 from dataclasses import dataclass
 
 from temporalio.client import Client
+from temporalio.service import TLSConfig
 from temporalio.worker import Worker
-
-# Your workflows and activities.
-from deploys import DeployWorkflow, run_deploy  # type: ignore[import-not-found]
-
-GATEWAY_URL = os.environ.get("FLOWGATE_URL", "https://flowgate.example.com")
-TEMPORAL_ADDRESS = os.environ.get("TEMPORAL_ADDRESS", "flowgate.example.com:7233")
-NAMESPACE = "payments"
-TASK_QUEUE = "deploys"
-SCOPE = f"namespace:{NAMESPACE} role:worker task_queue:{TASK_QUEUE}"
+from activities import run_deploy
+from workflows import DeployWorkflow
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 
 log = logging.getLogger("worker")
+
+
+class ConfigError(Exception):
+    """A setting is missing or wrong; the message says what to set."""
+
+
+def _env(name: str) -> str:
+    return os.environ.get(name, "").strip()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The worker's configuration, all of it from the environment."""
+
+    sidecar: str  # FLOWGATE_SIDECAR: a local sidecar's plaintext address
+    gateway: str  # FLOWGATE_URL: where the token endpoint is discovered
+    address: str  # TEMPORAL_ADDRESS: the gateway's gRPC address
+    namespace: str
+    task_queue: str
+    scope: str
+    ca_file: str
+    ci_token: str  # CI_OIDC_TOKEN, taken out of the environment
+    token_file: str  # FLOWGATE_SUBJECT_TOKEN_FILE
+
+    @staticmethod
+    def from_env() -> Settings:
+        """Reads the environment and says in one line what is missing, before anything goes over
+        the network."""
+        namespace = _env("TEMPORAL_NAMESPACE") or "payments"
+        task_queue = _env("TEMPORAL_TASK_QUEUE") or "deploys"
+        settings = Settings(
+            sidecar=_env("FLOWGATE_SIDECAR"),
+            gateway=_env("FLOWGATE_URL").rstrip("/"),
+            address=_env("TEMPORAL_ADDRESS"),
+            namespace=namespace,
+            task_queue=task_queue,
+            scope=_env("FLOWGATE_SCOPE") or f"namespace:{namespace} role:worker task_queue:{task_queue}",
+            ca_file=_env("FLOWGATE_CA_FILE"),
+            ci_token=os.environ.pop("CI_OIDC_TOKEN", "").strip(),  # single-use: keep it out of child processes
+            token_file=_env("FLOWGATE_SUBJECT_TOKEN_FILE"),
+        )
+        if settings.sidecar:
+            return settings
+        if not settings.ci_token and not settings.token_file:
+            raise ConfigError(
+                "no credential source: set FLOWGATE_SIDECAR (a local flowgate sidecar, e.g. 127.0.0.1:7233), "
+                "or CI_OIDC_TOKEN or FLOWGATE_SUBJECT_TOKEN_FILE (a token to exchange) with FLOWGATE_URL "
+                "(the gateway, e.g. https://flowgate.example.com) and TEMPORAL_ADDRESS (its gRPC address, "
+                f"e.g. flowgate.example.com:7233); the credential asked for is `{settings.scope}` (FLOWGATE_SCOPE)"
+            )
+        missing = []
+        if not settings.gateway:
+            missing.append("FLOWGATE_URL (the gateway, e.g. https://flowgate.example.com)")
+        if not settings.address:
+            missing.append("TEMPORAL_ADDRESS (the gateway's gRPC address, e.g. flowgate.example.com:7233)")
+        if missing:
+            raise ConfigError(f"set {' and '.join(missing)} to exchange the subject token for `{settings.scope}`")
+        # The subject token and the credential are bearer tokens: never send them in the clear.
+        url = urllib.parse.urlsplit(settings.gateway)
+        if url.scheme != "https" or not url.netloc:
+            raise ConfigError(f"FLOWGATE_URL must be an https:// URL, not {settings.gateway!r}")
+        return settings
+
+    def read(self, name: str, path: str) -> bytes:
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as err:
+            raise ConfigError(f"cannot read {name}: {err}") from None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """For the token exchange: FLOWGATE_CA_FILE when set, the system roots otherwise."""
+        if not self.ca_file:
+            return ssl.create_default_context()
+        return ssl.create_default_context(cadata=self.read("FLOWGATE_CA_FILE", self.ca_file).decode("ascii"))
+
+    def tls(self) -> TLSConfig | bool:
+        """For the gRPC connection: the same roots."""
+        if not self.ca_file:
+            return True
+        return TLSConfig(server_root_ca_cert=self.read("FLOWGATE_CA_FILE", self.ca_file))
 
 
 @dataclass
@@ -67,23 +155,36 @@ class ExchangeError(Exception):
         self.oauth_error = oauth_error
 
 
-def token_endpoint() -> str:
-    """flowgate's token endpoint, from its OIDC discovery document."""
-    url = f"{GATEWAY_URL}/.well-known/openid-configuration"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.load(response)["token_endpoint"]
+def token_endpoint(settings: Settings) -> str:
+    """flowgate's token endpoint, from its OIDC discovery document. Blocking; run it in a thread."""
+    url = f"{settings.gateway}/.well-known/openid-configuration"
+    try:
+        with urllib.request.urlopen(url, timeout=10, context=settings.ssl_context()) as response:
+            document = json.load(response)
+    except urllib.error.HTTPError as err:
+        raise ExchangeError(
+            f"discovery at {settings.gateway}: HTTP {err.code} (is [mint] configured on the gateway?)"
+        ) from None
+    except (urllib.error.URLError, TimeoutError, OSError) as err:
+        raise ExchangeError(f"gateway unreachable: {settings.gateway}: {getattr(err, 'reason', err)}") from None
+    except ValueError:
+        raise ExchangeError(f"discovery at {settings.gateway}: not a JSON document") from None
+    endpoint = document.get("token_endpoint") if isinstance(document, dict) else None
+    if not endpoint:
+        raise ExchangeError(f"discovery at {settings.gateway}: no token_endpoint")
+    return endpoint
 
 
-def exchange(endpoint: str, subject_token: str) -> Credential:
+def exchange(settings: Settings, endpoint: str, subject_token: str) -> Credential:
     """RFC 8693 token exchange: a subject token (CI/workload OIDC token, or a still-valid
-    flowgate credential) for a fresh flowgate credential with SCOPE. Blocking; run it in a
-    thread."""
+    flowgate credential) for a fresh flowgate credential with the worker's scope. Blocking; run
+    it in a thread."""
     body = urllib.parse.urlencode(
         {
             "grant_type": GRANT_TYPE,
             "subject_token": subject_token,
             "subject_token_type": JWT_TOKEN_TYPE,
-            "scope": SCOPE,
+            "scope": settings.scope,
         }
     ).encode()
     request = urllib.request.Request(
@@ -93,7 +194,7 @@ def exchange(endpoint: str, subject_token: str) -> Credential:
     )
     started = time.monotonic()
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=10, context=settings.ssl_context()) as response:
             document = json.load(response)
     except urllib.error.HTTPError as err:
         try:
@@ -106,23 +207,24 @@ def exchange(endpoint: str, subject_token: str) -> Credential:
             problem.get("error"),
         ) from None
     except (urllib.error.URLError, TimeoutError, OSError) as err:
-        raise ExchangeError(f"token endpoint unreachable: {err}") from None
-    if document.get("token_type", "").lower() != "bearer":
-        raise ExchangeError(f"unexpected token_type {document.get('token_type')!r}")
+        raise ExchangeError(f"token endpoint unreachable: {getattr(err, 'reason', err)}") from None
+    except ValueError:
+        raise ExchangeError("token endpoint: not a JSON response") from None
+    if not isinstance(document, dict) or str(document.get("token_type", "")).lower() != "bearer":
+        raise ExchangeError("token endpoint: unexpected response")
     # Count the lifetime from when the request was sent: never later than the server's clock.
     return Credential(document["access_token"], started + int(document["expires_in"]))
 
 
-def initial_subject_token() -> str:
-    """The token the worker starts from: a CI OIDC token or a projected SA token (file)."""
-    path = os.environ.get("FLOWGATE_SUBJECT_TOKEN_FILE")
-    if path:
-        with open(path, encoding="ascii") as f:
-            return f.read().strip()
-    token = os.environ.pop("CI_OIDC_TOKEN", "")  # single-use: keep it out of child processes
-    if not token:
-        raise SystemExit("set CI_OIDC_TOKEN, FLOWGATE_SUBJECT_TOKEN_FILE or FLOWGATE_SIDECAR")
-    return token
+def subject_token(settings: Settings) -> str:
+    """The token the worker starts from: a projected SA token (re-read from its file, which the
+    kubelet rotates) or a CI OIDC token."""
+    if settings.token_file:
+        token = settings.read("FLOWGATE_SUBJECT_TOKEN_FILE", settings.token_file).decode("ascii").strip()
+        if not token:
+            raise ConfigError(f"FLOWGATE_SUBJECT_TOKEN_FILE {settings.token_file} is empty")
+        return token
+    return settings.ci_token
 
 
 def refresh_delay(credential: Credential) -> float:
@@ -132,7 +234,7 @@ def refresh_delay(credential: Credential) -> float:
     return max(1.0, remaining * random.uniform(0.6, 0.7))
 
 
-async def keep_fresh(client: Client, endpoint: str, credential: Credential) -> None:
+async def keep_fresh(client: Client, settings: Settings, endpoint: str, credential: Credential) -> None:
     """Re-exchange the current credential before it expires and put the new one on the
     client. Transient failures are retried with backoff while the credential is still valid;
     if it expires, the worker stops (a supervisor restarts it with a new subject token).
@@ -143,20 +245,20 @@ async def keep_fresh(client: Client, endpoint: str, credential: Credential) -> N
         backoff = 1.0
         while True:
             try:
-                credential = await asyncio.to_thread(exchange, endpoint, credential.token)
+                credential = await asyncio.to_thread(exchange, settings, endpoint, credential.token)
                 break
             except ExchangeError as err:
                 remaining = credential.expires_at - time.monotonic()
                 # With a projected token file, a refused refresh can start over from the
                 # file (the kubelet rotates it; a token already exchanged stays refused).
-                if err.oauth_error == "invalid_grant" and os.environ.get("FLOWGATE_SUBJECT_TOKEN_FILE"):
+                if err.oauth_error == "invalid_grant" and settings.token_file:
                     try:
-                        credential = await asyncio.to_thread(exchange, endpoint, initial_subject_token())
+                        credential = await asyncio.to_thread(exchange, settings, endpoint, subject_token(settings))
                         break
-                    except ExchangeError as again:
+                    except (ExchangeError, ConfigError) as again:
                         err = again
                 if remaining <= 0:
-                    raise RuntimeError(f"flowgate credential expired: {err}") from None
+                    raise ExchangeError(f"flowgate credential expired: {err}") from None
                 log.warning("credential refresh failed (%s); %.0f s of validity left", err, remaining)
                 await asyncio.sleep(min(backoff, remaining))
                 backoff = min(backoff * 2, 30.0)
@@ -166,30 +268,37 @@ async def keep_fresh(client: Client, endpoint: str, credential: Credential) -> N
         log.info("credential refreshed; valid for %.0f s", credential.expires_at - time.monotonic())
 
 
-async def main() -> None:
-    logging.basicConfig(level=logging.INFO)
-    sidecar = os.environ.get("FLOWGATE_SIDECAR")
+async def connect(address: str, **kwargs) -> Client:
+    """Client.connect, with an error that names the address."""
+    try:
+        return await Client.connect(address, **kwargs)
+    except RuntimeError as err:  # the SDK's "Failed client connect: ..."
+        raise ExchangeError(f"cannot connect to {address}: {err}") from None
 
+
+async def main(settings: Settings) -> None:
     refresher: asyncio.Task[None] | None = None
-    if sidecar:
+    if settings.sidecar:
         # The sidecar adds the credential and talks TLS to the gateway; the local hop is
         # plaintext h2c on loopback.
-        client = await Client.connect(sidecar, namespace=NAMESPACE)
+        client = await connect(settings.sidecar, namespace=settings.namespace)
     else:
-        endpoint = await asyncio.to_thread(token_endpoint)
-        credential = await asyncio.to_thread(exchange, endpoint, initial_subject_token())
-        client = await Client.connect(
-            TEMPORAL_ADDRESS,
-            namespace=NAMESPACE,
-            tls=True,
+        tls = settings.tls()
+        subject = subject_token(settings)
+        endpoint = await asyncio.to_thread(token_endpoint, settings)
+        credential = await asyncio.to_thread(exchange, settings, endpoint, subject)
+        client = await connect(
+            settings.address,
+            namespace=settings.namespace,
+            tls=tls,
             rpc_metadata={"authorization": f"Bearer {credential.token}"},
             # Equivalent: api_key=credential.token, and `client.api_key = ...` on refresh.
         )
-        refresher = asyncio.create_task(keep_fresh(client, endpoint, credential))
+        refresher = asyncio.create_task(keep_fresh(client, settings, endpoint, credential))
 
     worker = Worker(
         client,
-        task_queue=TASK_QUEUE,
+        task_queue=settings.task_queue,
         workflows=[DeployWorkflow],
         activities=[run_deploy],
     )
@@ -211,4 +320,15 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # One line on stderr and a non-zero exit, not a traceback: a supervisor's log shows what to fix.
+    try:
+        asyncio.run(main(Settings.from_env()))
+    except ConfigError as err:
+        print(f"worker: {err}", file=sys.stderr)
+        sys.exit(2)
+    except ExchangeError as err:
+        print(f"worker: {err}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)

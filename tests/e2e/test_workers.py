@@ -1,0 +1,404 @@
+"""The worker examples in deploy/ci/workers are projects that build and run, not snippets.
+
+- Go: `go build` and `go vet` with the committed go.mod/go.sum (read-only: a missing go.sum
+  entry fails), gofmt-clean; the binary says in one line what to set when it has no settings.
+- TypeScript: `npm ci` from the committed lockfile into a copy, `tsc --noEmit`; the built worker
+  says in one line what to set. The lockfile names no registry (no `resolved` URLs).
+- Python: END TO END. A flowgate with `[mint]` and a TLS listener (a test CA the worker is given
+  as FLOWGATE_CA_FILE) in front of the dev server; the worker starts with nothing but a GitHub
+  Actions-shaped job token in CI_OIDC_TOKEN, exchanges it, polls through flowgate with the
+  credential and refreshes it; an Okta deployer starts DeployWorkflow through flowgate and it
+  completes with the activity's result; the decision log shows the exchange, the refresh and
+  every worker call allowed under the minted credential. Without its settings, or with a gateway
+  it cannot reach, the worker prints one line and exits non-zero.
+
+The Go toolchain and npm are required: a missing one FAILS these tests (CI installs them), and
+`go build`/`npm ci` need the Go module proxy and the npm registry.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO, Gateway, copy_policies, free_port
+from e2e_exchange import MINT_NAME, ts
+from e2e_util import deployer, github_claims, run, uid, wait_until
+from temporalio.client import Client
+from temporalio.service import TLSConfig
+
+WORKERS = REPO / "deploy" / "ci" / "workers"
+LIFETIME = 10  # seconds: mint.credential_lifetime (the minimum), so the worker refreshes within the test
+WORKER_SUB = "repo:acme/payments:ref:refs/heads/main"
+WORKER_POLICY = "e2e-github-payments-worker-credentials"
+WITHIN_GRANT = "e2e-minted-credentials-within-grant"
+# What the worker reads from its environment; none may leak in from the test's own.
+WORKER_SETTINGS = ("FLOWGATE_SIDECAR", "FLOWGATE_URL", "TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE", "TEMPORAL_TASK_QUEUE",
+                   "FLOWGATE_SCOPE", "FLOWGATE_CA_FILE", "CI_OIDC_TOKEN", "FLOWGATE_SUBJECT_TOKEN_FILE")  # fmt: skip
+# What the no-settings message must name.
+NAMED = ("FLOWGATE_SIDECAR", "CI_OIDC_TOKEN", "FLOWGATE_SUBJECT_TOKEN_FILE", "FLOWGATE_URL", "TEMPORAL_ADDRESS",
+         "namespace:payments role:worker task_queue:deploys")  # fmt: skip
+
+
+def tool(name: str) -> str:
+    """A toolchain program. Missing, the test fails: a skip would let CI pass without the check."""
+    found = shutil.which(name)
+    if found is None and name in ("go", "gofmt"):
+        # Where Go's installer puts it (scripts/setup.sh looks there too).
+        found = next((str(p) for p in (Path("/usr/local/go/bin") / name, Path.home() / "go" / "bin" / name)
+                      if p.exists()), None)  # fmt: skip
+    if found is None:
+        pytest.fail(f"`{name}` is not installed: the worker examples need it (scripts/setup.sh test checks for it)",
+                    pytrace=False)  # fmt: skip
+    return found
+
+
+def sh(cmd: list, cwd: Path, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    done = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, (
+        f"`{' '.join(map(str, cmd))}` in {cwd} exited {done.returncode}:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    )
+    return done
+
+
+def bare_env(**settings: str) -> dict:
+    """The test's environment without any worker setting, plus `settings`."""
+    env = {k: v for k, v in os.environ.items() if k not in WORKER_SETTINGS}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # no __pycache__ in the repository
+    env.update(settings)
+    return env
+
+
+def assert_one_line(done: subprocess.CompletedProcess, status: int, *needles: str) -> str:
+    """The worker stopped with `status` and exactly one line on stderr, naming `needles`."""
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == status, f"exit {done.returncode}, not {status}; stderr:\n{done.stderr}"
+    assert "Traceback" not in done.stderr and len(lines) == 1, f"not one line:\n{done.stderr}"
+    assert lines[0].startswith("worker: "), lines[0]
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} is not in {lines[0]!r}"
+    return lines[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Go
+
+
+def test_go_worker_builds_vets_and_is_formatted(tmp_path):
+    go, gofmt = tool("go"), tool("gofmt")
+    project = WORKERS / "go"
+    # -mod=readonly: the build uses go.mod and go.sum as committed, and fails if they are short.
+    env = {**os.environ, "GOFLAGS": "-mod=readonly -buildvcs=false", "CGO_ENABLED": "0"}
+    sh([go, "build", "-o", tmp_path / "worker", "."], project, env)
+    sh([go, "vet", "./..."], project, env)
+    unformatted = sh([gofmt, "-l", "."], project).stdout.strip()
+    assert not unformatted, f"not gofmt-formatted: {unformatted}"
+    assert re.search(r"^require go\.temporal\.io/sdk v", (project / "go.mod").read_text(), re.M)
+
+    done = subprocess.run([tmp_path / "worker"], env=bare_env(), capture_output=True, text=True, timeout=30)
+    assert_one_line(done, 2, *NAMED)
+
+
+# --------------------------------------------------------------------------------------------
+# TypeScript
+
+
+def test_typescript_lockfile_names_no_registry_and_one_sdk_version():
+    project = WORKERS / "typescript"
+    text = (project / "package-lock.json").read_text()
+    assert '"resolved"' not in text, "the lockfile records download URLs (npm --omit-lockfile-registry-resolved)"
+    hosts = sorted(set(re.findall(r"[a-z+]+://([^/\"\s]+)", text)))
+    assert not hosts, f"the lockfile names hosts: {hosts}"
+    lock = json.loads(text)
+    sdk = {name: meta["version"] for name, meta in lock["packages"].items()
+           if re.fullmatch(r"node_modules/@temporalio/[^/]+", name)}  # fmt: skip
+    assert len(set(sdk.values())) == 1, f"@temporalio packages at different versions: {sdk}"
+    wanted = json.loads((project / "package.json").read_text())["dependencies"]
+    for name in ("@temporalio/worker", "@temporalio/client", "@temporalio/workflow", "@temporalio/activity"):
+        assert wanted.get(name) == next(iter(sdk.values())), (name, wanted)
+    ignored = (project / ".gitignore").read_text().split()
+    assert "node_modules/" in ignored and "lib/" in ignored, ignored
+
+
+def test_typescript_worker_type_checks_and_builds(tmp_path):
+    node, npm = tool("node"), tool("npm")
+    version = sh([node, "--version"], tmp_path).stdout.strip()
+    major, minor = (int(x) for x in version.lstrip("v").split(".")[:2])
+    assert (major, minor) >= (20, 3), f"node {version}: the SDK needs 20.3 or later"
+
+    # A copy, so that node_modules and lib/ never land in the repository; npm's own cache makes
+    # the next run fast. Install scripts are not needed to type-check.
+    work = tmp_path / "typescript"
+    shutil.copytree(WORKERS / "typescript", work, ignore=shutil.ignore_patterns("node_modules", "lib"))
+    sh([npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts", "--prefer-offline"], work)
+    tsc = work / "node_modules" / "typescript" / "bin" / "tsc"
+    sh([node, tsc, "--noEmit", "-p", "."], work)
+    sh([node, tsc, "-p", "."], work)
+
+    done = subprocess.run([node, work / "lib" / "worker.js"], cwd=work, env=bare_env(), capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert_one_line(done, 2, *NAMED)
+
+
+# --------------------------------------------------------------------------------------------
+# Python
+
+
+def requirement(path: Path, name: str):
+    from packaging.requirements import Requirement
+
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line and Requirement(line).name == name:
+            return Requirement(line)
+    raise AssertionError(f"{path} does not require {name}")
+
+
+def test_python_worker_requirements_match_the_suite():
+    """The worker runs in the suite's environment here, so its requirements must be the suite's."""
+    import importlib.metadata
+
+    ours = requirement(WORKERS / "python" / "requirements.txt", "temporalio")
+    suite = requirement(REPO / "requirements.txt", "temporalio")
+    assert ours.specifier == suite.specifier, f"{ours} (worker) != {suite} (requirements.txt)"
+    installed = importlib.metadata.version("temporalio")
+    assert ours.specifier.contains(installed), f"temporalio {installed} is installed; the worker wants {ours}"
+
+
+def python_worker(env: dict, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "worker.py"], cwd=WORKERS / "python", env=env, capture_output=True,
+                          text=True, timeout=timeout)  # fmt: skip
+
+
+def test_python_worker_without_its_settings_says_what_to_set():
+    assert_one_line(python_worker(bare_env()), 2, *NAMED)
+    # A token, but nowhere to exchange it.
+    assert_one_line(python_worker(bare_env(CI_OIDC_TOKEN="x")), 2, "FLOWGATE_URL", "TEMPORAL_ADDRESS")
+    # Never a bearer token in the clear.
+    line = assert_one_line(
+        python_worker(bare_env(CI_OIDC_TOKEN="x", FLOWGATE_URL="http://127.0.0.1:1", TEMPORAL_ADDRESS="127.0.0.1:1")),
+        2,
+        "https://",
+    )
+    assert "FLOWGATE_URL" in line, line
+
+
+def test_python_worker_with_a_gateway_it_cannot_reach_says_so():
+    port = free_port()  # nothing listens there
+    done = python_worker(bare_env(CI_OIDC_TOKEN="x", FLOWGATE_URL=f"https://127.0.0.1:{port}",
+                                  TEMPORAL_ADDRESS=f"127.0.0.1:{port}"))  # fmt: skip
+    assert_one_line(done, 1, "gateway unreachable", f"127.0.0.1:{port}")
+
+
+def test_python_worker_with_an_empty_token_file_says_so(tmp_path):
+    (tmp_path / "token").write_text("\n")
+    done = python_worker(bare_env(FLOWGATE_SUBJECT_TOKEN_FILE=str(tmp_path / "token"),
+                                  FLOWGATE_URL="https://127.0.0.1:1", TEMPORAL_ADDRESS="127.0.0.1:1"))  # fmt: skip
+    assert_one_line(done, 2, "FLOWGATE_SUBJECT_TOKEN_FILE", "empty")
+
+
+def make_ca(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for 127.0.0.1 it signed: (ca.pem, server.pem, server.key)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    valid = {"not_valid_before": now - datetime.timedelta(minutes=5), "not_valid_after": now + datetime.timedelta(days=1)}
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder().subject_name(name("e2e worker CA")).issuer_name(name("e2e worker CA"))
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(valid["not_valid_before"]).not_valid_after(valid["not_valid_after"])
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                                     key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    key = ec.generate_private_key(ec.SECP256R1())
+    import ipaddress
+
+    server = (
+        x509.CertificateBuilder().subject_name(name("127.0.0.1")).issuer_name(ca.subject)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(valid["not_valid_before"]).not_valid_after(valid["not_valid_after"])
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                    x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = directory / "ca.pem", directory / "server.pem", directory / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))  # fmt: skip
+    return paths
+
+
+
+def tls_gateway(work: Path, temporal: str, okta, github, cert: Path, key: Path) -> Gateway:
+    """flowgate with a TLS listener (what the worker talks to in production) and `[mint]`, its
+    issuer being that listener: the token endpoint and gRPC share it. Issuers and policies as the
+    `gateway` fixture's (tests/e2e/policies: exchange.cedar permits acme/payments jobs worker
+    credentials, deployers.cedar lets Okta deployers start DeployWorkflow)."""
+    work.mkdir(parents=True)
+    policies = copy_policies(work / "policies")
+    listen, admin = free_port(), free_port()
+    audit = work / "decisions.jsonl"
+    text = f"""
+[listen]
+address = "127.0.0.1:{listen}"
+tls = {{ cert = {json.dumps(str(cert))}, key = {json.dumps(str(key))} }}
+
+[admin]
+address = "127.0.0.1:{admin}"
+
+[upstream]
+address = "http://{temporal}"
+forward_authorization = false
+
+[policy]
+dir = {json.dumps(str(policies))}
+
+[audit]
+path = {json.dumps(str(audit))}
+
+[mint]
+issuer = "https://127.0.0.1:{listen}"
+key_dir = {json.dumps(str(work / "keys"))}
+credential_lifetime = "{LIFETIME}s"
+
+[[issuers]]
+name = "okta"
+issuer = {json.dumps(okta.url)}
+audiences = ["api://temporal"]
+groups_claim = "groups"
+principal = "User"
+
+[[issuers]]
+name = "github"
+preset = "github-actions"
+issuer = {json.dumps(github.url)}
+jwks_uri = {json.dumps(github.url + "/jwks")}
+audiences = ["https://temporal.example.com"]
+required_claims = {{ repository_owner = "acme" }}
+"""
+    gw = Gateway(work, text, f"127.0.0.1:{listen}", f"http://127.0.0.1:{admin}", audit)
+    gw.url = f"https://127.0.0.1:{listen}"
+    return gw.start()
+
+
+def test_python_worker_end_to_end_with_only_a_ci_token(temporal, okta, github, tmp_path):
+    """The Python worker example, started as a CI step would start it, serves DeployWorkflow
+    through flowgate with a minted credential that it refreshes."""
+    ca, cert, key = make_ca(tmp_path / "tls")
+    gw = tls_gateway(tmp_path / "gateway", temporal, okta, github, cert, key)
+    queue = uid("worker-example-q")
+    scope = f"namespace:payments role:worker task_queue:{queue}"
+    ci_token = github.mint(github_claims(environment=None, sub=WORKER_SUB))
+    log_path = tmp_path / "worker.log"
+    env = bare_env(CI_OIDC_TOKEN=ci_token, FLOWGATE_URL=gw.url, TEMPORAL_ADDRESS=gw.address,
+                   TEMPORAL_TASK_QUEUE=queue, FLOWGATE_CA_FILE=str(ca), PYTHONUNBUFFERED="1")  # fmt: skip
+    worker_id = f"{MINT_NAME}:github:{WORKER_SUB}"
+
+    def exchanges(principal: str) -> list[dict]:
+        return [r for r in gw.decisions()
+                if r["kind"] == "token_exchange" and (r["principal"] or {}).get("id") == principal]  # fmt: skip
+
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "worker.py"], cwd=WORKERS / "python", env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+
+    def worker_log() -> str:
+        return log_path.read_text(errors="replace")[-6000:]
+
+    try:
+        # It exchanged its job token, then (at ~2/3 of the lifetime) the credential it held.
+        initial = wait_until(lambda: exchanges(f"github:{WORKER_SUB}") or proc.poll() is not None, timeout=60)
+        assert proc.poll() is None, f"the worker exited ({proc.returncode}):\n{worker_log()}"
+        assert isinstance(initial, list) and initial, f"no exchange of the job token:\n{worker_log()}"
+        refreshed = wait_until(lambda: exchanges(worker_id) or proc.poll() is not None, timeout=3 * LIFETIME)
+        assert proc.poll() is None, f"the worker exited ({proc.returncode}):\n{worker_log()}"
+        assert isinstance(refreshed, list) and refreshed, f"no refresh within {3 * LIFETIME} s:\n{worker_log()}"
+        # Start once the first credential has expired: every call the worker makes for this
+        # workflow carries a refreshed one.
+        first_expiry = ts(initial[0]) + LIFETIME
+        time.sleep(max(0.0, first_expiry + 1 - time.time()))
+
+        wf_id = uid("worker-example")
+        commit = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+        request = {"service": "payments", "commit": commit, "ci_run": "1234"}
+
+        async def deploy():
+            client = await Client.connect(gw.address, namespace="payments", tls=TLSConfig(server_root_ca_cert=ca.read_bytes()),
+                                          rpc_metadata={"authorization": f"Bearer {deployer(okta, 'alice')}"})  # fmt: skip
+            handle = await client.start_workflow("DeployWorkflow", request, id=wf_id, task_queue=queue,
+                                                 execution_timeout=datetime.timedelta(seconds=60))  # fmt: skip
+            return await handle.result()
+
+        try:
+            result = run(deploy(), timeout=60)
+        except Exception as e:  # noqa: BLE001 - the worker's log says why
+            raise AssertionError(f"DeployWorkflow did not complete ({e!r}); worker log:\n{worker_log()}") from e
+        assert proc.poll() is None, f"the worker exited ({proc.returncode}):\n{worker_log()}"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        gw.stop()
+
+    assert result == f"deployed payments at {commit} (ci run 1234)", result
+    assert "Traceback" not in worker_log(), worker_log()
+
+    records = gw.decisions()
+    denied = [r for r in records if r["decision"] == "deny"]
+    assert not denied, f"denied calls or exchanges: {denied}\nworker log:\n{worker_log()}"
+    # The job token was exchanged once, by the policy for acme/payments' jobs, for the worker's scope.
+    [first] = exchanges(f"github:{WORKER_SUB}")
+    assert first["principal"]["type"] == "CiJob" and first["reasons"] == [WORKER_POLICY], first
+    assert first["action"] == "IssueCredential" and first["scope"] == scope, first
+    # Refreshes are the credential's own exchanges, within its grant.
+    refreshes = exchanges(worker_id)
+    assert refreshes and all(r["principal"]["type"] == "Worker" and r["reasons"] == [WITHIN_GRANT]
+                             and r["scope"] == scope for r in refreshes), refreshes  # fmt: skip
+    # Every call the worker made was the minted credential's, allowed within its grant.
+    calls = [r for r in records if r["kind"] == "grpc" and (r["principal"] or {}).get("id") == worker_id]
+    assert calls and all(r["decision"] == "allow" and r["reasons"] == [WITHIN_GRANT]
+                         and r["principal"]["type"] == "Worker" for r in calls), calls  # fmt: skip
+    actions = {r["action"] for r in calls}
+    for needed in ("PollWorkflowTaskQueue", "RespondWorkflowTaskCompleted", "PollActivityTaskQueue",
+                   "RespondActivityTaskCompleted"):  # fmt: skip
+        assert needed in actions, f"no {needed} by the worker: {sorted(actions)}"
+    # A record is written when a call starts, and a long poll may have started under the first
+    # credential; the workflow's task completions all came after it expired.
+    late = {r["action"] for r in calls if ts(r) > first_expiry}
+    for needed in ("RespondWorkflowTaskCompleted", "RespondActivityTaskCompleted"):
+        assert needed in late, f"no {needed} by the worker after its first credential expired: {sorted(late)}"
+    polled = {(r["resource"] or {}).get("task_queue") for r in calls if r["action"].startswith("Poll")}
+    assert polled == {queue}, polled
+    # The start came from the Okta deployer, through flowgate too.
+    starts = [r for r in records if r["action"] == "StartWorkflowExecution"]
+    assert [(r["principal"]["id"], r["decision"]) for r in starts] == [("okta:alice", "allow")], starts
