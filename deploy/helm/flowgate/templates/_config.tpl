@@ -1,0 +1,103 @@
+{{/*
+flowgate.toml, from `config` (flowgate's own keys, as in README's configuration reference)
+plus the keys the chart owns: the listen and admin addresses, the shutdown grace, and every
+path to something the chart mounts.
+*/}}
+
+{{/* Where the chart mounts things inside the gateway container. */}}
+{{- define "flowgate.paths" -}}
+config: /etc/flowgate/config
+policies: /etc/flowgate/policies
+shadowPolicies: /etc/flowgate/shadow-policies
+mintKeys: /etc/flowgate/keys
+taskTokens: /etc/flowgate/task-tokens
+listenTls: /etc/flowgate/tls
+upstreamTls: /etc/flowgate/upstream-tls
+{{- end }}
+
+{{- define "flowgate.config" -}}
+{{- $paths := include "flowgate.paths" . | fromYaml }}
+{{- $c := .Values.config }}
+{{- $listen := deepCopy ($c.listen | default dict) }}
+{{- $_ := set $listen "address" (printf "%s:%d" .Values.bindAddress (int .Values.ports.grpc)) }}
+{{- $_ := set $listen "shutdown_grace" (printf "%ds" (int .Values.shutdown.graceSeconds)) }}
+{{- if .Values.listenTls.existingSecret }}
+{{- $tls := dict "cert" (printf "%s/tls.crt" $paths.listenTls) "key" (printf "%s/tls.key" $paths.listenTls) }}
+{{- if .Values.listenTls.clientCa }}
+{{- $_ := set $tls "client_ca" (printf "%s/ca.crt" $paths.listenTls) }}
+{{- end }}
+{{- $_ := set $listen "tls" $tls }}
+{{- end }}
+{{- $upstream := deepCopy ($c.upstream | default dict) }}
+{{- with .Values.upstreamTls }}
+{{- if .existingSecret }}
+{{- if .ca }}{{ $_ := set $upstream "ca" (printf "%s/%s" $paths.upstreamTls .ca) }}{{ end }}
+{{- if .cert }}{{ $_ := set $upstream "cert" (printf "%s/%s" $paths.upstreamTls .cert) }}{{ end }}
+{{- if .key }}{{ $_ := set $upstream "key" (printf "%s/%s" $paths.upstreamTls .key) }}{{ end }}
+{{- end }}
+{{- end }}
+{{- $policy := deepCopy ($c.policy | default dict) }}
+{{- $_ := set $policy "dir" $paths.policies }}
+{{- if .Values.shadowPolicies.enabled }}
+{{- $_ := set $policy "shadow_dir" $paths.shadowPolicies }}
+{{- end -}}
+# Rendered by the flowgate Helm chart from its values (`config` and the chart's own settings).
+# `flowgate check --config flowgate.toml` validates a copy with the same directories.
+{{ include "flowgate.toml.table" (dict "name" "listen" "values" $listen) }}
+
+{{ include "flowgate.toml.table" (dict "name" "admin" "values" (dict "address" (printf "%s:%d" .Values.bindAddress (int .Values.ports.admin)))) }}
+
+{{ include "flowgate.toml.table" (dict "name" "upstream" "values" $upstream) }}
+
+{{ include "flowgate.toml.table" (dict "name" "policy" "values" $policy) }}
+
+{{ include "flowgate.toml.table" (dict "name" "audit" "values" ($c.audit | default dict)) }}
+{{- range $section := list "identity" "limits" "token_cache" "replay" }}
+{{- with (index $c $section) }}
+
+{{ include "flowgate.toml.table" (dict "name" $section "values" .) }}
+{{- end }}
+{{- end }}
+{{- if include "flowgate.mintEnabled" . }}
+{{- $mint := deepCopy $c.mint }}
+{{- $_ := set $mint "key_dir" $paths.mintKeys }}
+
+{{ include "flowgate.toml.table" (dict "name" "mint" "values" $mint) }}
+{{- end }}
+{{- if include "flowgate.taskTokenSecret" . }}
+
+{{ include "flowgate.toml.table" (dict "name" "task_tokens" "values" (dict "key_file" (printf "%s/%s" $paths.taskTokens .Values.taskTokens.key))) }}
+{{- end }}
+{{- range $issuer := $c.issuers }}
+
+[[issuers]]
+{{- /* The name first, so the file reads like the configuration reference's examples. */}}
+{{- if hasKey $issuer "name" }}
+name = {{ include "flowgate.toml.value" $issuer.name }}
+{{- end }}
+{{- include "flowgate.toml.pairs" (dict "values" (omit $issuer "name")) }}
+{{- end }}
+{{- end }}
+
+{{/* sidecar.toml, from sidecar.config plus the listen address and the projected token file. */}}
+{{- define "flowgate.sidecarConfig" -}}
+{{- $c := .Values.sidecar.config }}
+{{- $listen := deepCopy ($c.listen | default dict) }}
+{{- $_ := set $listen "address" (printf "127.0.0.1:%d" (int .Values.sidecar.port)) }}
+{{- $upstream := deepCopy ($c.upstream | default dict) }}
+{{- $credential := deepCopy ($c.credential | default dict) }}
+{{- if .Values.sidecar.ca.existingSecret }}
+{{- $ca := printf "%s/%s" .Values.sidecar.ca.mountPath .Values.sidecar.ca.key }}
+{{- $_ := set $upstream "ca" $ca }}
+{{- end -}}
+# Rendered by the flowgate Helm chart (sidecar mode). The worker beside this sidecar connects
+# to 127.0.0.1:{{ .Values.sidecar.port }} without TLS and without a token.
+{{ include "flowgate.toml.table" (dict "name" "listen" "values" $listen) }}
+
+{{ include "flowgate.toml.table" (dict "name" "upstream" "values" $upstream) }}
+
+{{ include "flowgate.toml.table" (dict "name" "credential" "values" $credential) }}
+
+# The kubelet's projected service-account token: re-read, and exchanged again, when it rotates.
+{{ include "flowgate.toml.table" (dict "name" "credential.source" "values" (dict "kind" "file" "path" (printf "%s/%s" .Values.sidecar.token.mountPath .Values.sidecar.token.path))) }}
+{{- end }}
