@@ -370,7 +370,7 @@ fn micro(runtime: &tokio::runtime::Runtime, issuer: &Issuer, policies: &Path) ->
     let work = tempfile::tempdir()?;
     let config = flowgate::Config::parse(&config_text(work.path(), policies, "127.0.0.1:9".parse()?, issuer))?;
     let metrics = Arc::new(flowgate::telemetry::Metrics::new());
-    let authn = flowgate::authn::Authenticator::new(&config, flowgate::authn::HttpFetcher::new(), metrics.clone())?;
+    let authn = flowgate::authn::Authenticator::new(&config, flowgate::authn::HttpFetcher::new()?, metrics.clone())?;
     let sessions = flowgate::session::Sessions::new(
         Arc::new(authn),
         config.token_cache.max_entries,

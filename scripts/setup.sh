@@ -18,7 +18,9 @@
 #   test only: rustfmt and clippy (scripts/test.sh checks formatting and lints); Go >= 1.21 and
 #     its module proxy, to build Temporal's full server (scripts/install-temporal-server.sh, the
 #     defense-in-depth tests; ~11 min the first time, then cached) unless TEMPORAL_SERVER_BIN
-#     names one; redis-server (scripts/install-redis.sh: the shared replay cache test in
+#     names one, helm and actionlint (scripts/install-go-tool.sh, into the cache's bin/) and the
+#     Go worker example; Node.js with npm (the TypeScript worker example); buildah and podman
+#     (the container image), installed with apt-get when missing; redis-server (scripts/install-redis.sh: the shared replay cache test in
 #     tests/exchange.rs) and kill (procps: tests/sidecar.rs signals the sidecar), installed with
 #     apt-get when missing.
 #
@@ -96,20 +98,24 @@ if [[ "$MODE" == test ]] && command -v cargo >/dev/null 2>&1; then
   done
 fi
 
-if [[ "$MODE" == test && -z "${TEMPORAL_SERVER_BIN:-}" ]]; then
-  # Where scripts/install-temporal-server.sh also looks.
+if [[ "$MODE" == test ]]; then
+  # Where scripts/install-temporal-server.sh and scripts/install-go-tool.sh also look.
   if ! command -v go >/dev/null 2>&1; then
     for d in /usr/local/go/bin "$HOME/go/bin"; do
       [[ -x "$d/go" ]] && PATH="$d:$PATH"
     done
   fi
   if ! have="$(go env GOVERSION 2>/dev/null)"; then
-    problem "\`go\` is missing: Go >= 1.21 builds Temporal's full server (or set TEMPORAL_SERVER_BIN)"
+    problem "\`go\` is missing: Go >= 1.21 builds Temporal's full server, helm, actionlint and the Go worker example"
   elif ! version_at_least "${have#go}" 1.21; then
-    problem "\`go\` is $have; Go >= 1.21 is needed (it fetches the toolchain the server asks for)"
+    problem "\`go\` is $have; Go >= 1.21 is needed (it fetches the toolchain a module asks for)"
   fi
-elif [[ "$MODE" == test && ! -x "$TEMPORAL_SERVER_BIN" ]]; then
-  problem "TEMPORAL_SERVER_BIN=$TEMPORAL_SERVER_BIN is not an executable file"
+  for tool in node npm; do
+    command -v "$tool" >/dev/null 2>&1 || problem "\`$tool\` is missing: Node.js >= 18 type-checks the TypeScript worker example"
+  done
+  if [[ -n "${TEMPORAL_SERVER_BIN:-}" && ! -x "$TEMPORAL_SERVER_BIN" ]]; then
+    problem "TEMPORAL_SERVER_BIN=$TEMPORAL_SERVER_BIN is not an executable file"
+  fi
 fi
 
 # One start of the interpreter (a pyenv shim alone can take most of a second): its real
@@ -205,6 +211,21 @@ fi
 # ---------------------------------------------------------------------------------------------
 # Temporal's full server (test only; the defense-in-depth tests use TEMPORAL_SERVER_BIN instead
 # when it is set)
+
+# ---------------------------------------------------------------------------------------------
+# Deployment tooling (test only): helm and actionlint built with Go into $CACHE/bin (the chart and
+# the pipelines are linted and rendered in tests/e2e/test_deploy.py); buildah and podman from
+# Debian, to build and start the container image (tests/e2e/test_image.py).
+
+if [[ "$MODE" == test ]]; then
+  if ! command -v buildah >/dev/null 2>&1 || ! command -v podman >/dev/null 2>&1; then
+    bash "$SCRIPTS/apt-install.sh" buildah podman
+  fi
+  [[ -x "$CACHE/bin/helm" ]] || log "building helm with Go (~5 min the first time; cached at $CACHE/bin/helm)"
+  quiet "scripts/install-go-tool.sh helm" bash "$SCRIPTS/install-go-tool.sh" helm helm.sh/helm/v4 cmd/helm v4.3.2
+  quiet "scripts/install-go-tool.sh actionlint" \
+    bash "$SCRIPTS/install-go-tool.sh" actionlint github.com/rhysd/actionlint cmd/actionlint v1.7.12
+fi
 
 if [[ "$MODE" == test && -z "${TEMPORAL_SERVER_BIN:-}" ]]; then
   if [[ ! -x "$CACHE/bin/temporal-server" ]]; then

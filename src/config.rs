@@ -599,6 +599,15 @@ pub struct IssuerConfig {
     /// The identity template for this issuer's principals, instead of `identity.template`.
     #[serde(default)]
     pub identity: Option<IdentityTemplate>,
+    /// A PEM bundle trusted for this issuer's discovery and JWKS fetches, besides the system
+    /// roots (a cluster CA, a corporate CA).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// A bearer token sent with this issuer's discovery and JWKS fetches, read from this file at
+    /// each fetch (a Kubernetes API server serves its keys only to authenticated callers: the
+    /// pod's own service-account token).
+    #[serde(default)]
+    pub fetch_token_file: Option<PathBuf>,
 }
 
 /// What to do with a high-s ECDSA signature (`s > n/2`, the twin of a low-s one).
@@ -708,6 +717,11 @@ impl Config {
         }
         for p in [&mut self.upstream.ca, &mut self.upstream.cert, &mut self.upstream.key].into_iter().flatten() {
             resolve(p);
+        }
+        for issuer in &mut self.issuers {
+            for p in [&mut issuer.ca, &mut issuer.fetch_token_file].into_iter().flatten() {
+                resolve(p);
+            }
         }
     }
 

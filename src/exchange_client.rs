@@ -15,25 +15,20 @@
 //! form post with `client_secret_basic`, a dozen lines; an OIDC library would bring a JOSE
 //! stack and a JWKS fetch this grant never uses.
 //!
-//! One client (one connection pool) serves every request; `http://` and `https://` both work,
-//! with the web PKI roots or a CA file of the caller's choosing. Errors carry the server's own
+//! One client (one connection pool, `outbound::HttpClient`) serves every request; `http://` and
+//! `https://` both work, with the system roots plus a CA file of the caller's choosing, through
+//! `HTTPS_PROXY` when the environment names one. Errors carry the server's own
 //! `error` code and `error_description`, because "why was I refused" is the only useful answer.
 
 use std::fmt;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 
-use crate::error::error_chain;
-use crate::proxy::read_certs;
+use crate::outbound::{HttpClient, SendError};
 
 pub const GRANT_TYPE_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 /// The subject token type flowgate sends, and the token type of the credentials it gets back.
@@ -49,7 +44,8 @@ const MAX_RESPONSE_BYTES: usize = 256 * 1024;
 pub enum ExchangeError {
     #[error("`{url}` is not an http:// or https:// URL")]
     BadUrl { url: String },
-    #[error("cannot read CA file: {0}")]
+    /// The CA file cannot be used; the message names it.
+    #[error("{0}")]
     Ca(String),
     #[error("cannot reach `{url}`: {reason}")]
     Unreachable { url: String, reason: String },
@@ -133,57 +129,28 @@ impl Credential {
     }
 }
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
-
 /// An HTTP client for discovery documents and token endpoints. Cheap to clone; clones share
 /// the connection pool.
 #[derive(Clone)]
 pub struct ExchangeClient {
-    client: Client<Connector, Full<Bytes>>,
+    client: HttpClient,
 }
 
 impl ExchangeClient {
-    /// A client that trusts `ca` (a PEM bundle) for `https://` URLs, or the web PKI roots.
+    /// A client that trusts the system roots and, when given, `ca` (a PEM bundle) besides them;
+    /// `HTTPS_PROXY` and `NO_PROXY` apply (see `outbound`).
     pub fn new(ca: Option<&Path>) -> Result<ExchangeClient, ExchangeError> {
-        let mut roots = rustls::RootCertStore::empty();
-        match ca {
-            Some(ca) => {
-                for cert in read_certs(ca).map_err(|e| ExchangeError::Ca(e.to_string()))? {
-                    roots
-                        .add(cert)
-                        .map_err(|e| ExchangeError::Ca(format!("bad certificate in `{}`: {e}", ca.display())))?;
-                }
-            }
-            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("aws-lc-rs supports the default protocol versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(REQUEST_TIMEOUT));
-        // HTTP/1.1 for http:// (every token endpoint speaks it); ALPN picks h2 or HTTP/1.1 for https://.
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        Ok(ExchangeClient { client: Client::builder(TokioExecutor::new()).build(https) })
+        let client =
+            HttpClient::new(ca, REQUEST_TIMEOUT, MAX_RESPONSE_BYTES).map_err(|e| ExchangeError::Ca(e.to_string()))?;
+        Ok(ExchangeClient { client })
     }
 
     /// Reads `{base}/.well-known/openid-configuration`. `base` is a gateway address or an
     /// issuer URL; a trailing `/` is ignored.
     pub async fn discover(&self, base: &str) -> Result<Discovery, ExchangeError> {
         let url = format!("{}/.well-known/openid-configuration", base.trim_end_matches('/'));
-        let request = http::Request::get(parse_url(&url)?)
-            .header(http::header::ACCEPT, "application/json")
-            .body(Full::default())
-            .expect("a GET with a parsed URI is valid");
-        let (status, body) = self.send(&url, request).await?;
+        let (status, body) =
+            self.send(http::Method::GET, &url, headers(&[(http::header::ACCEPT, "application/json")]), None).await?;
         if !status.is_success() {
             return Err(ExchangeError::Status { url, status: status.as_u16(), body: snippet(&body) });
         }
@@ -272,16 +239,15 @@ impl ExchangeClient {
         requested_scope: &str,
     ) -> Result<Credential, ExchangeError> {
         let url = token_endpoint.to_owned();
-        let mut request = http::Request::post(parse_url(&url)?)
-            .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .header(http::header::ACCEPT, "application/json")
-            .body(Full::new(Bytes::from(form)))
-            .expect("a POST with a parsed URI is valid");
+        let mut headers = headers(&[
+            (http::header::CONTENT_TYPE, "application/x-www-form-urlencoded"),
+            (http::header::ACCEPT, "application/json"),
+        ]);
         if let Some(authorization) = authorization {
-            request.headers_mut().insert(http::header::AUTHORIZATION, authorization);
+            headers.insert(http::header::AUTHORIZATION, authorization);
         }
         let sent_at = (SystemTime::now(), Instant::now());
-        let (status, body) = self.send(&url, request).await?;
+        let (status, body) = self.send(http::Method::POST, &url, headers, Some(form.into_bytes())).await?;
         let bad = |reason: String| ExchangeError::BadResponse { url: url.clone(), reason };
         let json: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
         if !status.is_success() {
@@ -333,35 +299,23 @@ impl ExchangeClient {
         url: &str,
         body: String,
     ) -> Result<(http::StatusCode, String), ExchangeError> {
-        let request = http::Request::builder()
-            .method(method)
-            .uri(parse_url(url)?)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|_| ExchangeError::BadUrl { url: url.to_owned() })?;
-        let (status, body) = self.send(url, request).await?;
+        let headers = headers(&[(http::header::CONTENT_TYPE, "application/json")]);
+        let (status, body) = self.send(method, url, headers, Some(body.into_bytes())).await?;
         Ok((status, String::from_utf8_lossy(&body).into_owned()))
     }
 
     async fn send(
         &self,
+        method: http::Method,
         url: &str,
-        request: http::Request<Full<Bytes>>,
+        headers: http::HeaderMap,
+        body: Option<Vec<u8>>,
     ) -> Result<(http::StatusCode, Bytes), ExchangeError> {
-        let unreachable = |reason: String| ExchangeError::Unreachable { url: url.to_owned(), reason };
-        let exchange = async {
-            let response = self.client.request(request).await.map_err(|e| unreachable(error_chain(&e)))?;
-            let status = response.status();
-            let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
-                .collect()
-                .await
-                .map_err(|e| unreachable(format!("reading the answer: {e}")))?
-                .to_bytes();
-            Ok((status, body))
-        };
-        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-            .await
-            .map_err(|_| unreachable(format!("no answer within {}s", REQUEST_TIMEOUT.as_secs())))?
+        let answer = self.client.send(method, url, headers, body).await.map_err(|e| match e {
+            SendError::BadUrl { url } => ExchangeError::BadUrl { url },
+            other => ExchangeError::Unreachable { url: url.to_owned(), reason: other.reason() },
+        })?;
+        Ok((answer.status, answer.body))
     }
 }
 
@@ -371,6 +325,10 @@ fn parse_url(url: &str) -> Result<http::Uri, ExchangeError> {
         (Some("http" | "https"), Some(_)) => Ok(uri),
         _ => Err(ExchangeError::BadUrl { url: url.to_owned() }),
     }
+}
+
+fn headers(pairs: &[(http::HeaderName, &'static str)]) -> http::HeaderMap {
+    pairs.iter().map(|(name, value)| (name.clone(), http::HeaderValue::from_static(value))).collect()
 }
 
 /// The start of a body, printable, for an error message.

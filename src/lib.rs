@@ -28,12 +28,18 @@
 //!   credential it keeps fresh through [`exchange_client`].
 #![forbid(unsafe_code)]
 
+/// The version `flowgate --version` prints: the package version and the commit it was built
+/// from (`build.rs`).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("FLOWGATE_COMMIT"), ")");
+
 // The order of these declarations is the architecture: each module imports only modules
 // declared before it (`tests/layers.rs`; `rustfmt.toml` keeps rustfmt from sorting them).
 //
 // Bottom: what every layer may use.
 pub mod config;
 pub mod error;
+pub mod pem;
+pub mod outbound;
 pub mod grpc;
 pub mod shutdown;
 pub mod telemetry;

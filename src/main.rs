@@ -14,7 +14,7 @@ use flowgate::sidecar::{SidecarConfig, run_sidecar};
 use flowgate::{Config, Listeners};
 
 #[derive(Parser)]
-#[command(name = "flowgate", version, about = "Identity-aware access gateway for Temporal")]
+#[command(name = "flowgate", version = flowgate::VERSION, about = "Identity-aware access gateway for Temporal")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -367,7 +367,7 @@ fn main() -> ExitCode {
                     }
                     eprintln!("error: policy set is invalid ({} problems)", problems.len());
                 }
-                _ => eprintln!("error: {error:#}"),
+                _ => eprintln!("error: {}", flowgate::error::error_chain(error.as_ref())),
             }
             ExitCode::FAILURE
         }

@@ -38,6 +38,7 @@ use crate::budget::Reservation;
 use crate::config::UpstreamConfig;
 use crate::error::error_chain;
 use crate::grpc::{Code, encode_message};
+use crate::pem::{PemError, read_certs, read_key};
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
@@ -156,22 +157,10 @@ impl Channel {
 #[error("upstream TLS: {0}")]
 pub struct UpstreamTlsError(String);
 
-pub fn read_certs(path: &std::path::Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, UpstreamTlsError> {
-    let data = std::fs::read(path).map_err(|e| UpstreamTlsError(format!("cannot read `{}`: {e}", path.display())))?;
-    let certs = rustls_pemfile::certs(&mut &data[..])
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| UpstreamTlsError(format!("`{}` is not PEM: {e}", path.display())))?;
-    if certs.is_empty() {
-        return Err(UpstreamTlsError(format!("`{}` holds no certificate", path.display())));
+impl From<PemError> for UpstreamTlsError {
+    fn from(error: PemError) -> Self {
+        UpstreamTlsError(error.to_string())
     }
-    Ok(certs)
-}
-
-pub fn read_pem_key(path: &std::path::Path) -> Result<rustls::pki_types::PrivateKeyDer<'static>, UpstreamTlsError> {
-    let data = std::fs::read(path).map_err(|e| UpstreamTlsError(format!("cannot read `{}`: {e}", path.display())))?;
-    rustls_pemfile::private_key(&mut &data[..])
-        .map_err(|e| UpstreamTlsError(format!("`{}` is not PEM: {e}", path.display())))?
-        .ok_or_else(|| UpstreamTlsError(format!("`{}` holds no private key", path.display())))
 }
 
 impl Upstream {
@@ -184,22 +173,28 @@ impl Upstream {
         http.set_connect_timeout(Some(config.connect_timeout));
         http.set_keepalive(Some(Duration::from_secs(60)));
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        match &config.ca {
+        let versions = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| UpstreamTlsError(e.to_string()))?;
+        // `upstream.ca` alone when set (a private Temporal's CA, as Temporal's own clients take
+        // it); otherwise the system's roots, which include the public CAs Temporal Cloud uses.
+        let builder = match &config.ca {
             Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
                 for cert in read_certs(ca)? {
                     roots.add(cert).map_err(|e| UpstreamTlsError(format!("bad CA certificate: {e}")))?;
                 }
+                versions.with_root_certificates(roots)
             }
-            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-        }
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| UpstreamTlsError(e.to_string()))?
-            .with_root_certificates(roots);
+            None => {
+                let verifier = rustls_platform_verifier::Verifier::new(provider)
+                    .map_err(|e| UpstreamTlsError(format!("system roots: {e}")))?;
+                versions.dangerous().with_custom_certificate_verifier(Arc::new(verifier))
+            }
+        };
         let tls = match (&config.cert, &config.key) {
             (Some(cert), Some(key)) => builder
-                .with_client_auth_cert(read_certs(cert)?, read_pem_key(key)?)
+                .with_client_auth_cert(read_certs(cert)?, read_key(key)?)
                 .map_err(|e| UpstreamTlsError(format!("client certificate: {e}")))?,
             _ => builder.with_no_client_auth(),
         };

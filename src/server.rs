@@ -38,7 +38,8 @@ use crate::identity::Stamper;
 use crate::layers::{DeadlineLayer, MeteredBody, MetricsLayer};
 use crate::mint::replay::ReplayCache;
 use crate::mint::{Minter, TokenEndpoint, exchange};
-use crate::proxy::{HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW, ResponseBody, Upstream, read_certs, read_pem_key};
+use crate::pem::{read_certs, read_key};
+use crate::proxy::{HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW, ResponseBody, Upstream};
 use crate::reload::PolicySets;
 use crate::session::Sessions;
 use crate::shutdown;
@@ -93,7 +94,7 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
     for warning in &enforced.warnings {
         tracing::warn!(%warning, "policy warning");
     }
-    let mut authn = Authenticator::new(config, HttpFetcher::new(), metrics.clone())?;
+    let mut authn = Authenticator::new(config, HttpFetcher::new()?, metrics.clone())?;
     let signer = config.mint.as_ref().map(Signer::new).transpose()?.map(Arc::new);
     if let Some(signer) = &signer {
         authn = authn.with_own_credentials(signer.clone());
@@ -140,6 +141,7 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         denials,
         upstream,
         metrics: metrics.clone(),
+        draining: std::sync::atomic::AtomicBool::new(false),
     });
     let token_endpoint = minter.map(|minter| {
         Arc::new(TokenEndpoint {
@@ -154,20 +156,23 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
 }
 
 fn tls_acceptor(tls: &ServerTlsConfig) -> anyhow::Result<TlsAcceptor> {
+    use anyhow::Context;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?;
     let builder = match &tls.client_ca {
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
-            for cert in read_certs(ca)? {
-                roots.add(cert)?;
+            for cert in read_certs(ca).context("listen.tls.client_ca")? {
+                roots.add(cert).context("listen.tls.client_ca")?;
             }
             let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots)).build()?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
     };
-    let mut server = builder.with_single_cert(read_certs(&tls.cert)?, read_pem_key(&tls.key)?)?;
+    let cert = read_certs(&tls.cert).context("listen.tls.cert")?;
+    let key = read_key(&tls.key).context("listen.tls.key")?;
+    let mut server = builder.with_single_cert(cert, key).context("listen.tls")?;
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(server)))
 }

@@ -18,6 +18,7 @@
 //! [`MAX_KID_WAITERS`]; known kids and cached tokens are never held.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -26,17 +27,12 @@ use arc_swap::ArcSwap;
 use aws_lc_rs::signature::{self, ParsedPublicKey};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::Algorithm;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use sha2::{Digest, Sha256};
 
 use super::presets::KeySource;
-use crate::error::error_chain;
+use crate::outbound::{BuildError, HttpClient};
 use crate::telemetry::Metrics;
 
 const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
@@ -57,59 +53,51 @@ pub enum FetchError {
     NoKeys { url: String },
 }
 
-/// An HTTPS (or loopback HTTP) client for discovery documents and JWKS.
+/// The client for one issuer's discovery document and JWKS: the system roots plus the
+/// issuer's `ca`, and its `fetch_token_file` as a bearer token (re-read at every fetch, since
+/// projected service-account tokens rotate). Cheap to clone.
 #[derive(Clone)]
 pub struct HttpFetcher {
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    client: HttpClient,
+    bearer_token_file: Option<Arc<Path>>,
 }
 
 impl HttpFetcher {
-    pub fn new() -> HttpFetcher {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(FETCH_TIMEOUT));
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("aws-lc-rs supports the default protocol versions")
-            .with_root_certificates(rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() })
-            .with_no_client_auth();
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        HttpFetcher { client: Client::builder(TokioExecutor::new()).build(https) }
+    /// A fetcher that trusts the system roots and sends no token.
+    pub fn new() -> Result<HttpFetcher, BuildError> {
+        HttpFetcher::for_issuer(None, None)
+    }
+
+    /// A fetcher that also trusts `ca` and authenticates with the token in `bearer_token_file`.
+    pub fn for_issuer(ca: Option<&Path>, bearer_token_file: Option<&Path>) -> Result<HttpFetcher, BuildError> {
+        Ok(HttpFetcher {
+            client: HttpClient::new(ca, FETCH_TIMEOUT, MAX_DOCUMENT_BYTES)?,
+            bearer_token_file: bearer_token_file.map(Arc::from),
+        })
     }
 
     pub async fn get_json(&self, url: &str) -> Result<serde_json::Value, FetchError> {
         let unreachable = |reason: String| FetchError::Unreachable { url: url.to_owned(), reason };
-        let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| unreachable(e.to_string()))?;
-        let request = http::Request::get(uri)
-            .header(http::header::ACCEPT, "application/json")
-            .header(http::header::USER_AGENT, concat!("flowgate/", env!("CARGO_PKG_VERSION")))
-            .body(Empty::new())
-            .map_err(|e| unreachable(e.to_string()))?;
-        let response = tokio::time::timeout(FETCH_TIMEOUT, self.client.request(request))
-            .await
-            .map_err(|_| unreachable("timed out".into()))?
-            .map_err(|e| unreachable(error_chain(&e)))?;
-        if !response.status().is_success() {
-            return Err(FetchError::Status { url: url.to_owned(), status: response.status().as_u16() });
-        }
-        let body =
-            tokio::time::timeout(FETCH_TIMEOUT, Limited::new(response.into_body(), MAX_DOCUMENT_BYTES).collect())
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::ACCEPT, http::HeaderValue::from_static("application/json"));
+        if let Some(path) = &self.bearer_token_file {
+            // Read off the runtime: a file read can block (a network volume).
+            let path = path.clone();
+            let token = tokio::task::spawn_blocking(move || std::fs::read_to_string(&path))
                 .await
-                .map_err(|_| unreachable("timed out reading the body".into()))?
                 .map_err(|e| unreachable(e.to_string()))?
-                .to_bytes();
-        serde_json::from_slice(&body).map_err(|e| FetchError::BadJson { url: url.to_owned(), reason: e.to_string() })
-    }
-}
-
-impl Default for HttpFetcher {
-    fn default() -> Self {
-        HttpFetcher::new()
+                .map_err(|e| unreachable(format!("cannot read `fetch_token_file`: {e}")))?;
+            let mut value = http::HeaderValue::try_from(format!("Bearer {}", token.trim()))
+                .map_err(|_| unreachable("`fetch_token_file` does not hold a token".into()))?;
+            value.set_sensitive(true);
+            headers.insert(http::header::AUTHORIZATION, value);
+        }
+        let answer = self.client.get(url, headers).await.map_err(|e| unreachable(e.reason()))?;
+        if !answer.status.is_success() {
+            return Err(FetchError::Status { url: url.to_owned(), status: answer.status.as_u16() });
+        }
+        serde_json::from_slice(&answer.body)
+            .map_err(|e| FetchError::BadJson { url: url.to_owned(), reason: e.to_string() })
     }
 }
 

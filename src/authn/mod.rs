@@ -227,13 +227,21 @@ impl Authenticator {
             .into_iter()
             .zip(&config.issuers)
             .map(|(settings, raw)| {
+                // Issuers with their own CA or fetch token get a client of their own; the rest
+                // share `fetcher`'s pool.
+                let fetcher = match (&raw.ca, &raw.fetch_token_file) {
+                    (None, None) => fetcher.clone(),
+                    (ca, token) => HttpFetcher::for_issuer(ca.as_deref(), token.as_deref()).map_err(|e| {
+                        ConfigError::Invalid { key: format!("issuers.{}.ca", settings.name), message: e.to_string() }
+                    })?,
+                };
                 let keys = KeyStore::new(
                     &settings.name,
                     &settings.issuer,
                     settings.keys.clone(),
                     raw.jwks_min_refresh,
                     raw.jwks_max_stale,
-                    fetcher.clone(),
+                    fetcher,
                     metrics.clone(),
                 );
                 let issuer = Issuer {
@@ -243,9 +251,9 @@ impl Authenticator {
                     max_lifetime: raw.max_token_lifetime,
                     refresh_every: raw.jwks_refresh,
                 };
-                (issuer.settings.issuer.clone(), Arc::new(issuer))
+                Ok((issuer.settings.issuer.clone(), Arc::new(issuer)))
             })
-            .collect();
+            .collect::<Result<_, ConfigError>>()?;
         Ok(Authenticator { by_iss, own: None })
     }
 

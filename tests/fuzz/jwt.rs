@@ -221,8 +221,8 @@ static HARNESS: LazyLock<Harness> = LazyLock::new(|| {
         jwks = jwks.url
     ))
     .expect("the fuzz config is valid");
-    let authenticator =
-        Authenticator::new(&config, HttpFetcher::new(), Arc::new(Metrics::new())).expect("issuers resolve");
+    let authenticator = Authenticator::new(&config, HttpFetcher::new().expect("a client"), Arc::new(Metrics::new()))
+        .expect("issuers resolve");
     Harness { runtime, authenticator, key }
 });
 

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Builds a Go program the test suite uses (helm, actionlint) from the Go module proxy into the
+# cache, once per version: `helm lint`/`helm template` for the chart in deploy/helm, actionlint
+# for the GitHub Actions workflows in deploy/.
+#
+#   bash scripts/install-go-tool.sh helm helm.sh/helm/v4 cmd/helm v4.3.2
+#
+# Idempotent: does nothing when $FLOWGATE_CACHE/bin/<name> was built from that module version
+# (checked with `go version -m`, not by trusting the file name). Builds into a private directory
+# and moves the binary into place, so an interrupted build never leaves half a binary.
+# Progress goes to stderr; the last line on stdout is the binary's absolute path.
+set -euo pipefail
+
+if (($# != 4)); then
+  echo "usage: bash scripts/install-go-tool.sh NAME MODULE PACKAGE VERSION" >&2
+  exit 2
+fi
+NAME="$1" MODULE="$2" PACKAGE="$3" VERSION="$4"
+CACHE="${FLOWGATE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/flowgate}"
+BIN_DIR="$CACHE/bin"
+BIN="$BIN_DIR/$NAME"
+
+if ! command -v go >/dev/null 2>&1; then
+  for d in /usr/local/go/bin "$HOME/go/bin"; do
+    [[ -x "$d/go" ]] && PATH="$d:$PATH"
+  done
+fi
+command -v go >/dev/null 2>&1 || { echo "install-go-tool.sh: no Go toolchain (go) on PATH" >&2; exit 1; }
+
+have_version() {
+  [[ -x "$1" ]] || return 1
+  go version -m "$1" 2>/dev/null | awk -v m="$MODULE" -v v="$VERSION" '
+    ($1 == "mod" || $1 == "path") && $2 == m && $3 == v { ok = 1 } END { exit ok ? 0 : 1 }'
+}
+
+if have_version "$BIN"; then
+  echo "$BIN"
+  exit 0
+fi
+mkdir -p "$BIN_DIR"
+tmp="$(mktemp -d "$BIN_DIR/.build.XXXXXX")"
+trap 'rm -rf "$tmp"' EXIT
+echo "install-go-tool.sh: building $MODULE/$PACKAGE@$VERSION" >&2
+start=$(date +%s)
+if ! CGO_ENABLED=0 GOFLAGS=-buildvcs=false GOBIN="$tmp" \
+    go install "$MODULE/$PACKAGE@$VERSION" >"$tmp/build.log" 2>&1; then
+  echo "install-go-tool.sh: go install $MODULE/$PACKAGE@$VERSION failed:" >&2
+  cat "$tmp/build.log" >&2
+  exit 1
+fi
+mv -f "$tmp/$(basename "$PACKAGE")" "$BIN"
+if ! have_version "$BIN"; then
+  echo "install-go-tool.sh: $BIN was built but does not report $MODULE $VERSION" >&2
+  exit 1
+fi
+echo "install-go-tool.sh: built $BIN in $(($(date +%s) - start))s" >&2
+echo "$BIN"
