@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, Gateway, copy_policies, free_port
+from conftest import REPO, Gateway, copy_policies, flowgate_bin, free_port, wait_port
 from e2e_exchange import MINT_NAME, ts
 from e2e_util import deployer, github_claims, run, uid, wait_until
 from temporalio.client import Client
@@ -307,84 +307,75 @@ required_claims = {{ repository_owner = "acme" }}
     return gw.start()
 
 
-def test_python_worker_end_to_end_with_only_a_ci_token(temporal, okta, github, tmp_path):
-    """The Python worker example, started as a CI step would start it, serves DeployWorkflow
-    through flowgate with a minted credential that it refreshes."""
-    ca, cert, key = make_ca(tmp_path / "tls")
-    gw = tls_gateway(tmp_path / "gateway", temporal, okta, github, cert, key)
-    queue = uid("worker-example-q")
-    scope = f"namespace:payments role:worker task_queue:{queue}"
-    ci_token = github.mint(github_claims(environment=None, sub=WORKER_SUB))
-    log_path = tmp_path / "worker.log"
-    env = bare_env(CI_OIDC_TOKEN=ci_token, FLOWGATE_URL=gw.url, TEMPORAL_ADDRESS=gw.address,
-                   TEMPORAL_TASK_QUEUE=queue, FLOWGATE_CA_FILE=str(ca), PYTHONUNBUFFERED="1")  # fmt: skip
-    worker_id = f"{MINT_NAME}:github:{WORKER_SUB}"
+class Process:
+    """A program started in its own session, its output in `log`; stopped with SIGINT (then
+    SIGKILL) by `stop()`."""
 
-    def exchanges(principal: str) -> list[dict]:
-        return [r for r in gw.decisions()
-                if r["kind"] == "token_exchange" and (r["principal"] or {}).get("id") == principal]  # fmt: skip
+    def __init__(self, cmd: list, log: Path, **kwargs):
+        self.log_path = log
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen([str(c) for c in cmd], stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True, **kwargs)  # fmt: skip
 
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "worker.py"], cwd=WORKERS / "python", env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
 
-    def worker_log() -> str:
-        return log_path.read_text(errors="replace")[-6000:]
+    def check_alive(self, what: str) -> None:
+        assert self.proc.poll() is None, f"the {what} exited ({self.proc.returncode}):\n{self.log()}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+
+COMMIT = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+
+
+def deploy_through(gw: Gateway, ca: Path, okta, queue: str, worker: Process) -> str:
+    """Starts DeployWorkflow through flowgate as an Okta deployer (the e2e policies let
+    deployers start it and read its result) and waits for its result."""
+    request = {"service": "payments", "commit": COMMIT, "ci_run": "1234"}
+
+    async def deploy():
+        client = await Client.connect(gw.address, namespace="payments", tls=TLSConfig(server_root_ca_cert=ca.read_bytes()),
+                                      rpc_metadata={"authorization": f"Bearer {deployer(okta, 'alice')}"})  # fmt: skip
+        handle = await client.start_workflow("DeployWorkflow", request, id=uid("worker-example"), task_queue=queue,
+                                             execution_timeout=datetime.timedelta(seconds=60))  # fmt: skip
+        return await handle.result()
 
     try:
-        # It exchanged its job token, then (at ~2/3 of the lifetime) the credential it held.
-        initial = wait_until(lambda: exchanges(f"github:{WORKER_SUB}") or proc.poll() is not None, timeout=60)
-        assert proc.poll() is None, f"the worker exited ({proc.returncode}):\n{worker_log()}"
-        assert isinstance(initial, list) and initial, f"no exchange of the job token:\n{worker_log()}"
-        refreshed = wait_until(lambda: exchanges(worker_id) or proc.poll() is not None, timeout=3 * LIFETIME)
-        assert proc.poll() is None, f"the worker exited ({proc.returncode}):\n{worker_log()}"
-        assert isinstance(refreshed, list) and refreshed, f"no refresh within {3 * LIFETIME} s:\n{worker_log()}"
-        # Start once the first credential has expired: every call the worker makes for this
-        # workflow carries a refreshed one.
-        first_expiry = ts(initial[0]) + LIFETIME
-        time.sleep(max(0.0, first_expiry + 1 - time.time()))
+        result = run(deploy(), timeout=60)
+    except Exception as e:  # noqa: BLE001 - the worker's log says why
+        raise AssertionError(f"DeployWorkflow did not complete ({e!r}); worker log:\n{worker.log()}") from e
+    worker.check_alive("worker")
+    return result
 
-        wf_id = uid("worker-example")
-        commit = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
-        request = {"service": "payments", "commit": commit, "ci_run": "1234"}
 
-        async def deploy():
-            client = await Client.connect(gw.address, namespace="payments", tls=TLSConfig(server_root_ca_cert=ca.read_bytes()),
-                                          rpc_metadata={"authorization": f"Bearer {deployer(okta, 'alice')}"})  # fmt: skip
-            handle = await client.start_workflow("DeployWorkflow", request, id=wf_id, task_queue=queue,
-                                                 execution_timeout=datetime.timedelta(seconds=60))  # fmt: skip
-            return await handle.result()
+def worker_exchanges(gw: Gateway, principal: str) -> list[dict]:
+    return [r for r in gw.decisions()
+            if r["kind"] == "token_exchange" and (r["principal"] or {}).get("id") == principal]  # fmt: skip
 
-        try:
-            result = run(deploy(), timeout=60)
-        except Exception as e:  # noqa: BLE001 - the worker's log says why
-            raise AssertionError(f"DeployWorkflow did not complete ({e!r}); worker log:\n{worker_log()}") from e
-        assert proc.poll() is None, f"the worker exited ({proc.returncode}):\n{worker_log()}"
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-        gw.stop()
 
-    assert result == f"deployed payments at {commit} (ci run 1234)", result
-    assert "Traceback" not in worker_log(), worker_log()
-
+def check_worker_records(gw: Gateway, scope: str, queue: str, log: str) -> list[dict]:
+    """The decision log of a worker run: nothing denied; the job token exchanged once, by the
+    policy for acme/payments' jobs, for the worker's scope; refreshes by the credential itself,
+    within its grant; every worker call the minted credential's, allowed within its grant; the
+    start by the Okta deployer. Returns the worker's calls."""
     records = gw.decisions()
     denied = [r for r in records if r["decision"] == "deny"]
-    assert not denied, f"denied calls or exchanges: {denied}\nworker log:\n{worker_log()}"
-    # The job token was exchanged once, by the policy for acme/payments' jobs, for the worker's scope.
-    [first] = exchanges(f"github:{WORKER_SUB}")
+    assert not denied, f"denied calls or exchanges: {denied}\nworker log:\n{log}"
+    worker_id = f"{MINT_NAME}:github:{WORKER_SUB}"
+    [first] = worker_exchanges(gw, f"github:{WORKER_SUB}")
     assert first["principal"]["type"] == "CiJob" and first["reasons"] == [WORKER_POLICY], first
     assert first["action"] == "IssueCredential" and first["scope"] == scope, first
-    # Refreshes are the credential's own exchanges, within its grant.
-    refreshes = exchanges(worker_id)
+    refreshes = worker_exchanges(gw, worker_id)
     assert refreshes and all(r["principal"]["type"] == "Worker" and r["reasons"] == [WITHIN_GRANT]
                              and r["scope"] == scope for r in refreshes), refreshes  # fmt: skip
-    # Every call the worker made was the minted credential's, allowed within its grant.
     calls = [r for r in records if r["kind"] == "grpc" and (r["principal"] or {}).get("id") == worker_id]
     assert calls and all(r["decision"] == "allow" and r["reasons"] == [WITHIN_GRANT]
                          and r["principal"]["type"] == "Worker" for r in calls), calls  # fmt: skip
@@ -392,13 +383,102 @@ def test_python_worker_end_to_end_with_only_a_ci_token(temporal, okta, github, t
     for needed in ("PollWorkflowTaskQueue", "RespondWorkflowTaskCompleted", "PollActivityTaskQueue",
                    "RespondActivityTaskCompleted"):  # fmt: skip
         assert needed in actions, f"no {needed} by the worker: {sorted(actions)}"
+    polled = {(r["resource"] or {}).get("task_queue") for r in calls if r["action"].startswith("Poll")}
+    assert polled == {queue}, polled
+    starts = [r for r in records if r["action"] == "StartWorkflowExecution"]
+    assert [(r["principal"]["id"], r["decision"]) for r in starts] == [("okta:alice", "allow")], starts
+    return calls
+
+
+def wait_refreshed(gw: Gateway, process: Process, what: str) -> float:
+    """Waits for the job token's exchange and the first refresh (at ~2/3 of the lifetime), then
+    until the first credential has expired; returns when it expired."""
+    worker_id = f"{MINT_NAME}:github:{WORKER_SUB}"
+    initial = wait_until(lambda: worker_exchanges(gw, f"github:{WORKER_SUB}") or process.proc.poll() is not None,
+                         timeout=60)  # fmt: skip
+    process.check_alive(what)
+    assert isinstance(initial, list) and initial, f"no exchange of the job token:\n{process.log()}"
+    refreshed = wait_until(lambda: worker_exchanges(gw, worker_id) or process.proc.poll() is not None,
+                           timeout=3 * LIFETIME)  # fmt: skip
+    process.check_alive(what)
+    assert isinstance(refreshed, list) and refreshed, f"no refresh within {3 * LIFETIME} s:\n{process.log()}"
+    first_expiry = ts(initial[0]) + LIFETIME
+    time.sleep(max(0.0, first_expiry + 1 - time.time()))
+    return first_expiry
+
+
+def test_python_worker_end_to_end_with_only_a_ci_token(temporal, okta, github, tmp_path):
+    """The Python worker example, started as a CI step would start it, serves DeployWorkflow
+    through flowgate with a minted credential that it refreshes itself."""
+    ca, cert, key = make_ca(tmp_path / "tls")
+    gw = tls_gateway(tmp_path / "gateway", temporal, okta, github, cert, key)
+    queue = uid("worker-example-q")
+    scope = f"namespace:payments role:worker task_queue:{queue}"
+    ci_token = github.mint(github_claims(environment=None, sub=WORKER_SUB))
+    env = bare_env(CI_OIDC_TOKEN=ci_token, FLOWGATE_URL=gw.url, TEMPORAL_ADDRESS=gw.address,
+                   TEMPORAL_TASK_QUEUE=queue, FLOWGATE_CA_FILE=str(ca), PYTHONUNBUFFERED="1")  # fmt: skip
+    worker = Process([sys.executable, "worker.py"], tmp_path / "worker.log", cwd=WORKERS / "python", env=env)
+    try:
+        # Start once the first credential has expired: every call the worker makes for this
+        # workflow carries a refreshed one.
+        first_expiry = wait_refreshed(gw, worker, "worker")
+        result = deploy_through(gw, ca, okta, queue, worker)
+    finally:
+        worker.stop()
+        gw.stop()
+
+    assert result == f"deployed payments at {COMMIT} (ci run 1234)", result
+    assert "Traceback" not in worker.log(), worker.log()
+    calls = check_worker_records(gw, scope, queue, worker.log())
     # A record is written when a call starts, and a long poll may have started under the first
     # credential; the workflow's task completions all came after it expired.
     late = {r["action"] for r in calls if ts(r) > first_expiry}
     for needed in ("RespondWorkflowTaskCompleted", "RespondActivityTaskCompleted"):
         assert needed in late, f"no {needed} by the worker after its first credential expired: {sorted(late)}"
-    polled = {(r["resource"] or {}).get("task_queue") for r in calls if r["action"].startswith("Poll")}
-    assert polled == {queue}, polled
-    # The start came from the Okta deployer, through flowgate too.
-    starts = [r for r in records if r["action"] == "StartWorkflowExecution"]
-    assert [(r["principal"]["id"], r["decision"]) for r in starts] == [("okta:alice", "allow")], starts
+
+
+def test_python_worker_end_to_end_through_the_sidecar(temporal, okta, github, tmp_path):
+    """The Buildkite shape (deploy/ci/buildkite/pipeline.yml): `flowgate sidecar` holds the job
+    token, exchanges and refreshes; the worker, with only FLOWGATE_SIDECAR, never sees a token."""
+    ca, cert, key = make_ca(tmp_path / "tls")
+    gw = tls_gateway(tmp_path / "gateway", temporal, okta, github, cert, key)
+    queue = uid("worker-sidecar-q")
+    scope = f"namespace:payments role:worker task_queue:{queue}"
+    port = free_port()
+    config = tmp_path / "sidecar.toml"
+    config.write_text(f"""
+[listen]
+address = "127.0.0.1:{port}"
+
+[upstream]
+address = "{gw.url}"
+ca = {json.dumps(str(ca))}
+
+[credential]
+scope = "{scope}"
+
+[credential.source]
+kind = "env"
+env = "CI_OIDC_TOKEN"
+""")
+    ci_token = github.mint(github_claims(environment=None, sub=WORKER_SUB))
+    sidecar = Process([flowgate_bin(), "sidecar", "--config", config], tmp_path / "sidecar.log",
+                      env={**bare_env(CI_OIDC_TOKEN=ci_token), "RUST_LOG": "info"})  # fmt: skip
+    worker = None
+    try:
+        assert wait_port(port, 30), f"the sidecar does not listen:\n{sidecar.log()}"
+        worker = Process([sys.executable, "worker.py"], tmp_path / "worker.log", cwd=WORKERS / "python",
+                         env=bare_env(FLOWGATE_SIDECAR=f"127.0.0.1:{port}", TEMPORAL_TASK_QUEUE=queue,
+                                      PYTHONUNBUFFERED="1"))  # fmt: skip
+        wait_refreshed(gw, sidecar, "sidecar")
+        worker.check_alive("worker")
+        result = deploy_through(gw, ca, okta, queue, worker)
+    finally:
+        if worker is not None:
+            worker.stop()
+        sidecar.stop()
+        gw.stop()
+
+    assert result == f"deployed payments at {COMMIT} (ci run 1234)", result
+    assert "Traceback" not in worker.log(), worker.log()
+    check_worker_records(gw, scope, queue, worker.log())
