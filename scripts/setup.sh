@@ -111,8 +111,11 @@ if [[ "$MODE" == test ]]; then
     problem "\`go\` is $have; Go >= 1.21 is needed (it fetches the toolchain a module asks for)"
   fi
   for tool in node npm; do
-    command -v "$tool" >/dev/null 2>&1 || problem "\`$tool\` is missing: Node.js >= 18 type-checks the TypeScript worker example"
+    command -v "$tool" >/dev/null 2>&1 || problem "\`$tool\` is missing: Node.js >= 20.3 type-checks the TypeScript worker example"
   done
+  if have="$(node --version 2>/dev/null)" && ! version_at_least "${have#v}" 20.3; then
+    problem "\`node\` is $have; the TypeScript worker example (@temporalio 1.24) needs Node.js >= 20.3"
+  fi
   if [[ -n "${TEMPORAL_SERVER_BIN:-}" && ! -x "$TEMPORAL_SERVER_BIN" ]]; then
     problem "TEMPORAL_SERVER_BIN=$TEMPORAL_SERVER_BIN is not an executable file"
   fi
@@ -221,7 +224,8 @@ if [[ "$MODE" == test ]]; then
   # runc beside podman's default crun: crun 1.8 refuses hosts with cgroup v1 and a v2 mount side
   # by side; strip (binutils) drops a debug build's line tables before it goes into the image.
   missing=()
-  for pair in buildah:buildah podman:podman runc:runc strip:binutils; do
+  # shellcheck: actionlint checks the `run:` scripts of the GitHub workflows with it when present.
+  for pair in buildah:buildah podman:podman runc:runc strip:binutils shellcheck:shellcheck; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
   done
   if ((${#missing[@]})); then

@@ -32,6 +32,11 @@ echo "== cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== cargo test"
 cargo build --quiet
+# `cargo install --path .` works (into a throw-away root; the debug build above is reused).
+install_root="$(mktemp -d)"
+CARGO_TARGET_DIR="$TARGET" cargo install --quiet --locked --debug --path . --root "$install_root"
+"$install_root/bin/flowgate" --version
+rm -rf "$install_root"
 cargo test --quiet 2>&1 | tee "$TARGET/cargo-test.log"
 echo "== end-to-end tests (real Temporal dev and full servers, Python SDK, temporal CLI)"
 FLOWGATE_BIN="$TARGET/debug/flowgate" FLOWGATE_REQUIRE_FULL_SERVER=1 \
