@@ -11,7 +11,9 @@
 //!   not put in their place, so a private CA never breaks the public IdPs beside it.
 //! * **Proxies:** `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY` (either case), read
 //!   when the client is built, as curl reads them. A cluster whose egress goes through a proxy
-//!   reaches its IdPs with no flowgate setting at all.
+//!   reaches its IdPs with no flowgate setting at all. Loopback never goes through a proxy
+//!   (curl would send `http://127.0.0.1` to one): a local gateway or IdP is spoken to in plain
+//!   http, and a proxy would see its tokens.
 //! * **Bounds:** one deadline for the whole request, body included, and a cap on the bytes of
 //!   an answer: a slow or hostile endpoint can neither hold a task forever nor make flowgate
 //!   buffer an endless body. Redirects are not followed: discovery and token endpoints do not
@@ -72,11 +74,41 @@ pub struct Answer {
     pub body: Bytes,
 }
 
+/// Whether `host` (a URL's host, IPv6 in brackets or not) is this machine.
+pub fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Whether flowgate may fetch keys from `url`: https, or http to loopback (tests, a local IdP).
+pub fn is_https_or_loopback(url: &str) -> bool {
+    match reqwest::Url::parse(url) {
+        Ok(url) => match url.scheme() {
+            "https" => url.has_host(),
+            "http" => url.host_str().is_some_and(is_loopback_host),
+            _ => false,
+        },
+        Err(_) => false,
+    }
+}
+
+/// `scheme://host:port` of an absolute URL, the port spelled out: what a credential meant for
+/// one server is compared against before it is sent.
+pub fn origin(url: &str) -> Option<String> {
+    let url = reqwest::Url::parse(url).ok()?;
+    let host = url.host_str()?.to_ascii_lowercase();
+    Some(format!("{}://{}:{}", url.scheme(), host, url.port_or_known_default()?))
+}
+
 /// A connection pool with its trust, deadline and size cap. Cheap to clone; clones share the
 /// pool.
 #[derive(Clone, Debug)]
 pub struct HttpClient {
+    /// Through the proxy the environment names, if any.
     client: reqwest::Client,
+    /// Never through a proxy: for loopback URLs, which a proxy elsewhere cannot reach (and
+    /// should not see: a local gateway or IdP gets tokens over plain http).
+    direct: reqwest::Client,
     max_answer_bytes: usize,
 }
 
@@ -85,23 +117,29 @@ impl HttpClient {
     /// bundle). Each request, body included, must be done within `timeout`; an answer longer
     /// than `max_answer_bytes` is an error.
     pub fn new(ca: Option<&Path>, timeout: Duration, max_answer_bytes: usize) -> Result<HttpClient, BuildError> {
-        let mut builder = reqwest::Client::builder()
-            .user_agent(USER_AGENT)
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(60));
+        let mut extra_roots = Vec::new();
         if let Some(ca) = ca {
             let bad = |reason: String| BuildError::BadCa { path: ca.display().to_string(), reason };
-            let certs = read_certs(ca)?
-                .iter()
-                .map(|der| reqwest::Certificate::from_der(der).map_err(|e| bad(error_chain(&e))))
-                .collect::<Result<Vec<_>, _>>()?;
-            builder = builder.tls_certs_merge(certs);
+            for der in read_certs(ca)? {
+                extra_roots.push(reqwest::Certificate::from_der(&der).map_err(|e| bad(error_chain(&e)))?);
+            }
         }
-        let client = builder.build().map_err(|e| BuildError::Client(error_chain(&e)))?;
-        Ok(HttpClient { client, max_answer_bytes })
+        let build = |through_proxy: bool| {
+            let mut builder = reqwest::Client::builder()
+                .user_agent(USER_AGENT)
+                .timeout(timeout)
+                .connect_timeout(timeout)
+                .redirect(reqwest::redirect::Policy::none())
+                .tcp_nodelay(true)
+                .pool_idle_timeout(Duration::from_secs(60))
+                .tls_certs_merge(extra_roots.iter().cloned());
+            if !through_proxy {
+                builder = builder.no_proxy();
+            }
+            builder.build().map_err(|e| BuildError::Client(error_chain(&e)))
+        };
+        let (client, direct) = (build(true)?, build(false)?);
+        Ok(HttpClient { client, direct, max_answer_bytes })
     }
 
     /// `GET url` with `headers`.
@@ -125,7 +163,8 @@ impl HttpClient {
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
             .ok_or_else(|| SendError::BadUrl { url: url.to_owned() })?;
-        let mut request = self.client.request(method, parsed).headers(headers);
+        let client = if parsed.host_str().is_some_and(is_loopback_host) { &self.direct } else { &self.client };
+        let mut request = client.request(method, parsed).headers(headers);
         if let Some(body) = body {
             request = request.body(body);
         }

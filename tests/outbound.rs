@@ -1,6 +1,7 @@
 //! Outbound HTTP in a cluster: an issuer served over TLS by a private CA (as the Kubernetes API
 //! server is, at `https://kubernetes.default.svc`), which serves its keys only to callers with a
-//! bearer token; and the proxy variables (`HTTPS_PROXY`, `NO_PROXY`) for the token exchange.
+//! bearer token, which goes nowhere else; and the proxy variables (`HTTPS_PROXY`, `NO_PROXY`)
+//! for the token exchange, which loopback never goes through.
 
 mod support;
 
@@ -31,7 +32,10 @@ fn private_ca() -> PrivateCa {
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
     let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap().signed_by(&key, &issuer).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into(), "idp.test".into()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
     PrivateCa { ca_pem: ca.pem(), cert_pem: cert.pem(), key_pem: key.serialize_pem() }
 }
 
@@ -79,7 +83,8 @@ impl TlsIdp {
                         let served = served.clone();
                         async move { Ok::<_, std::convert::Infallible>(served.answer(&request)) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
+                    let _ =
+                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
                 });
             }
         });
@@ -142,11 +147,11 @@ async fn keys_behind_a_private_ca_are_fetched_with_that_ca_and_the_rotating_toke
     assert_eq!(error.matches(&url).count(), 1, "the URL is said once: {error}");
 
     // With the CA but no token: the server's 401, as a status.
-    let no_token = HttpFetcher::for_issuer(Some(&ca_file), None).unwrap();
+    let no_token = HttpFetcher::for_issuer(Some(&ca_file), None, &[]).unwrap();
     assert_eq!(no_token.get_json(&url).await.unwrap_err().to_string(), format!("`{url}` answered HTTP 401"));
 
     // With both: fetched, with the token the file holds now, trimmed.
-    let fetcher = HttpFetcher::for_issuer(Some(&ca_file), Some(&token_file)).unwrap();
+    let fetcher = HttpFetcher::for_issuer(Some(&ca_file), Some(&token_file), &[&idp.base]).unwrap();
     assert_eq!(fetcher.get_json(&url).await.unwrap(), serde_json::json!({"keys": []}));
     assert_eq!(idp.last_authorization(), "Bearer first-token");
 
@@ -162,6 +167,58 @@ async fn keys_behind_a_private_ca_are_fetched_with_that_ca_and_the_rotating_toke
     let error = fetcher.get_json(&url).await.unwrap_err().to_string();
     assert!(error.contains("cannot read `fetch_token_file`"), "{error}");
     assert_eq!(idp.fetches.load(Ordering::SeqCst), before, "nothing was sent");
+}
+
+#[tokio::test]
+async fn the_fetch_token_goes_to_the_issuers_own_https_origin_only() {
+    let ca = private_ca();
+    let (issuer, elsewhere) = (TlsIdp::start(&ca).await, TlsIdp::start(&ca).await);
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = write(dir.path(), "ca.crt", &ca.ca_pem);
+    let token_file = write(dir.path(), "token", "pod-token");
+    // The issuer's discovery names keys on another server (a bucket, a CDN, an attacker).
+    issuer.serve(
+        "/.well-known/openid-configuration",
+        serde_json::json!({"issuer": issuer.base, "jwks_uri": format!("{}/keys", elsewhere.base)}),
+    );
+    elsewhere.serve("/keys", serde_json::json!({"keys": [SigningKey::es256("k").jwk]}));
+    let fetcher = HttpFetcher::for_issuer(Some(&ca_file), Some(&token_file), &[&issuer.base]).unwrap();
+    let store = flowgate::authn::KeyStore::new(
+        "k8s",
+        &issuer.base,
+        flowgate::authn::presets::KeySource::Discovery,
+        std::time::Duration::from_millis(10),
+        std::time::Duration::from_secs(60),
+        fetcher,
+        Arc::new(flowgate::telemetry::Metrics::new()),
+    );
+    assert!(!store.refresh().await, "the keys elsewhere are not fetched with the token");
+    assert_eq!(issuer.last_authorization(), "Bearer pod-token", "the issuer itself got it");
+    assert_eq!(elsewhere.fetches.load(Ordering::SeqCst), 0, "the other server saw no request at all");
+    let error = store.key("k").await.err().expect("no key").to_string();
+    assert!(error.contains("is sent only to the issuer's own origin"), "{error}");
+
+    // A discovered `jwks_uri` over plain http is refused, token or not.
+    issuer.serve(
+        "/.well-known/openid-configuration",
+        serde_json::json!({"issuer": issuer.base, "jwks_uri": "http://keys.example/jwks"}),
+    );
+    let store = flowgate::authn::KeyStore::new(
+        "plain",
+        &issuer.base,
+        flowgate::authn::presets::KeySource::Discovery,
+        std::time::Duration::from_millis(10),
+        std::time::Duration::from_secs(60),
+        HttpFetcher::for_issuer(Some(&ca_file), None, &[]).unwrap(),
+        Arc::new(flowgate::telemetry::Metrics::new()),
+    );
+    assert!(!store.refresh().await);
+    let error = store.key("k").await.err().expect("no key").to_string();
+    assert!(error.contains("`jwks_uri` `http://keys.example/jwks` is not https://"), "{error}");
+
+    // Nor is a token ever configured for a plain-http issuer.
+    let refused = HttpFetcher::for_issuer(None, Some(&token_file), &["http://127.0.0.1:8080"]).err().unwrap();
+    assert_eq!(refused.to_string(), "`fetch_token_file` needs https://, and `http://127.0.0.1:8080` is not");
 }
 
 #[tokio::test]
@@ -184,8 +241,7 @@ async fn an_issuer_with_its_own_ca_and_fetch_token_authenticates_callers() {
     };
     let upstream = Upstream::start().await;
     let mut setup = Setup::new(&upstream);
-    setup.issuer_extra =
-        format!("ca = \"{}\"\nfetch_token_file = \"{}\"", ca_file.display(), token_file.display());
+    setup.issuer_extra = format!("ca = \"{}\"\nfetch_token_file = \"{}\"", ca_file.display(), token_file.display());
     let gateway = Gateway::start(&jwks, setup).await;
     let mut client = Client::connect(gateway.addr).await;
     let token = key.sign(&claims("alice", &["deployers"]));
@@ -264,8 +320,10 @@ async fn connect_proxy() -> (String, Arc<AtomicUsize>) {
                         break;
                     }
                 }
-                // The test's host is `localhost`: resolve it as the proxy would.
-                let mut server = tokio::net::TcpStream::connect(target.replace("localhost", "127.0.0.1")).await.unwrap();
+                // The test's hosts live on 127.0.0.1: resolve them as the proxy would.
+                let (_, port) = target.rsplit_once(':').unwrap();
+                let mut server =
+                    tokio::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).await.unwrap();
                 counted.fetch_add(1, Ordering::SeqCst);
                 client.get_mut().write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await.unwrap();
                 let _ = tokio::io::copy_bidirectional(client.get_mut(), &mut server).await;
@@ -276,21 +334,25 @@ async fn connect_proxy() -> (String, Arc<AtomicUsize>) {
 }
 
 #[tokio::test]
-async fn the_token_exchange_goes_through_https_proxy_unless_no_proxy_names_the_host() {
+async fn the_token_exchange_goes_through_https_proxy_except_to_no_proxy_hosts_and_loopback() {
     let ca = private_ca();
     let idp = TlsIdp::start(&ca).await;
-    idp.serve(
-        "/.well-known/openid-configuration",
-        serde_json::json!({"issuer": idp.base, "token_endpoint": format!("{}/oauth2/token", idp.base)}),
-    );
+    // `idp.test` resolves nowhere but at the proxy (which sends it to 127.0.0.1): a request that
+    // skips the proxy cannot reach it. `localhost` is loopback, which never goes through one.
+    let remote = idp.base.replace("localhost", "idp.test");
+    for base in [&remote, &idp.base] {
+        idp.serve(
+            "/.well-known/openid-configuration",
+            serde_json::json!({"issuer": base, "token_endpoint": format!("{base}/oauth2/token")}),
+        );
+    }
     let dir = tempfile::tempdir().unwrap();
     let ca_file = write(dir.path(), "ca.crt", &ca.ca_pem);
     let (proxy, tunnels) = connect_proxy().await;
-    // The discovery step is enough to show the route; the token endpoint is not served (404).
-    let exchange = |no_proxy: &str| {
+    let exchange = |gateway: &str, no_proxy: &str| {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_flowgate"));
         command
-            .args(["token", "exchange", "--gateway", &idp.base, "--ca"])
+            .args(["token", "exchange", "--gateway", gateway, "--ca"])
             .arg(&ca_file)
             .args(["--subject-token-env", "SUBJECT", "--scope", "namespace:payments role:read"])
             .env("SUBJECT", "a.b.c")
@@ -303,17 +365,25 @@ async fn the_token_exchange_goes_through_https_proxy_unless_no_proxy_names_the_h
         command.output()
     };
 
-    let output = exchange("").await.unwrap();
+    // Through the proxy: discovery, then the token request (not served: 404).
+    let output = exchange(&remote, "").await.unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("oauth2/token` answered HTTP 404"), "discovery worked through the proxy: {stderr}");
-    let through_proxy = tunnels.load(Ordering::SeqCst);
-    assert!(through_proxy >= 1, "the proxy opened the tunnel");
-    let fetched = idp.fetches.load(Ordering::SeqCst);
-    assert_eq!(fetched, 2, "discovery and the token request both reached the server");
+    assert!(stderr.contains("oauth2/token` answered HTTP 404"), "both requests through the proxy: {stderr}");
+    assert!(tunnels.load(Ordering::SeqCst) >= 1, "the proxy opened the tunnel");
+    assert_eq!(idp.fetches.load(Ordering::SeqCst), 2);
+    let (tunnels_before, fetched) = (tunnels.load(Ordering::SeqCst), idp.fetches.load(Ordering::SeqCst));
 
-    let output = exchange("localhost").await.unwrap();
+    // NO_PROXY names the host: straight there, which cannot resolve it.
+    let output = exchange(&remote, "idp.test").await.unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("cannot reach `{remote}/.well-known/openid-configuration`")), "{stderr}");
+    assert_eq!(tunnels.load(Ordering::SeqCst), tunnels_before, "NO_PROXY: not through the proxy");
+    assert_eq!(idp.fetches.load(Ordering::SeqCst), fetched);
+
+    // Loopback, with the proxy set and no NO_PROXY: straight to the server.
+    let output = exchange(&idp.base, "").await.unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("oauth2/token` answered HTTP 404"), "{stderr}");
-    assert_eq!(tunnels.load(Ordering::SeqCst), through_proxy, "NO_PROXY: straight to the server");
+    assert_eq!(tunnels.load(Ordering::SeqCst), tunnels_before, "loopback never goes through a proxy");
     assert_eq!(idp.fetches.load(Ordering::SeqCst), fetched + 2);
 }

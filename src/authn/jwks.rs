@@ -32,11 +32,20 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use sha2::{Digest, Sha256};
 
 use super::presets::KeySource;
-use crate::outbound::{BuildError, HttpClient};
+use crate::outbound::{BuildError, HttpClient, is_https_or_loopback, origin};
 use crate::telemetry::Metrics;
 
 const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why an issuer's fetcher cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum FetcherError {
+    #[error(transparent)]
+    Client(#[from] BuildError),
+    #[error("`fetch_token_file` needs https://, and `{url}` is not")]
+    TokenOverPlainHttp { url: String },
+}
 
 /// Why keys could not be fetched.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -59,32 +68,69 @@ pub enum FetchError {
 #[derive(Clone)]
 pub struct HttpFetcher {
     client: HttpClient,
-    bearer_token_file: Option<Arc<Path>>,
+    bearer: Option<BearerToken>,
+}
+
+/// A token file, and the only origins (`https://host:port`) it may be sent to: the issuer's
+/// own and its configured `jwks_uri`'s. A discovery document naming keys elsewhere (a bucket, a
+/// CDN) gets no token: a pod's service-account token is a credential to the cluster.
+#[derive(Clone)]
+struct BearerToken {
+    file: Arc<Path>,
+    origins: Arc<[String]>,
 }
 
 impl HttpFetcher {
     /// A fetcher that trusts the system roots and sends no token.
     pub fn new() -> Result<HttpFetcher, BuildError> {
-        HttpFetcher::for_issuer(None, None)
+        Ok(HttpFetcher { client: HttpClient::new(None, FETCH_TIMEOUT, MAX_DOCUMENT_BYTES)?, bearer: None })
     }
 
-    /// A fetcher that also trusts `ca` and authenticates with the token in `bearer_token_file`.
-    pub fn for_issuer(ca: Option<&Path>, bearer_token_file: Option<&Path>) -> Result<HttpFetcher, BuildError> {
-        Ok(HttpFetcher {
-            client: HttpClient::new(ca, FETCH_TIMEOUT, MAX_DOCUMENT_BYTES)?,
-            bearer_token_file: bearer_token_file.map(Arc::from),
-        })
+    /// A fetcher that also trusts `ca` and, when given, authenticates with the token in
+    /// `token_file` to the https origins of `token_for` (the issuer URL, a configured
+    /// `jwks_uri`). An origin that is not https is refused: the token would travel in clear.
+    pub fn for_issuer(
+        ca: Option<&Path>,
+        token_file: Option<&Path>,
+        token_for: &[&str],
+    ) -> Result<HttpFetcher, FetcherError> {
+        let client = HttpClient::new(ca, FETCH_TIMEOUT, MAX_DOCUMENT_BYTES)?;
+        let bearer = match token_file {
+            None => None,
+            Some(file) => {
+                let origins = token_for
+                    .iter()
+                    .map(|url| {
+                        origin(url)
+                            .filter(|o| o.starts_with("https://"))
+                            .ok_or_else(|| FetcherError::TokenOverPlainHttp { url: (*url).to_owned() })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Some(BearerToken { file: Arc::from(file), origins: origins.into() })
+            }
+        };
+        Ok(HttpFetcher { client, bearer })
     }
 
     pub async fn get_json(&self, url: &str) -> Result<serde_json::Value, FetchError> {
         let unreachable = |reason: String| FetchError::Unreachable { url: url.to_owned(), reason };
         let mut headers = http::HeaderMap::new();
         headers.insert(http::header::ACCEPT, http::HeaderValue::from_static("application/json"));
-        if let Some(path) = &self.bearer_token_file {
-            // Read off the runtime: a file read can block (a network volume).
-            let path = path.clone();
-            let token = tokio::task::spawn_blocking(move || std::fs::read_to_string(&path))
+        if let Some(bearer) = &self.bearer {
+            let here = origin(url).unwrap_or_default();
+            if !bearer.origins.contains(&here) {
+                return Err(unreachable(format!(
+                    "`fetch_token_file` is sent only to the issuer's own origin ({}), not to `{here}`",
+                    bearer.origins.join(", ")
+                )));
+            }
+            // Read off the runtime, within the fetch's deadline: a file read can block (a
+            // network volume).
+            let path = bearer.file.clone();
+            let read = tokio::task::spawn_blocking(move || std::fs::read_to_string(&path));
+            let token = tokio::time::timeout(FETCH_TIMEOUT, read)
                 .await
+                .map_err(|_| unreachable("timed out reading `fetch_token_file`".into()))?
                 .map_err(|e| unreachable(e.to_string()))?
                 .map_err(|e| unreachable(format!("cannot read `fetch_token_file`: {e}")))?;
             let mut value = http::HeaderValue::try_from(format!("Bearer {}", token.trim()))
@@ -525,11 +571,19 @@ impl KeyStore {
                         found: found.to_owned(),
                     });
                 }
-                document
+                let jwks_uri = document
                     .get("jwks_uri")
                     .and_then(|v| v.as_str())
-                    .ok_or_else(|| FetchError::BadJson { url, reason: "no `jwks_uri`".into() })?
-                    .to_owned()
+                    .ok_or_else(|| FetchError::BadJson { url: url.clone(), reason: "no `jwks_uri`".into() })?;
+                // The configured URLs are checked at load; this one arrives at run time. Keys
+                // over plain http could be anyone's.
+                if !is_https_or_loopback(jwks_uri) {
+                    return Err(FetchError::BadJson {
+                        url,
+                        reason: format!("`jwks_uri` `{jwks_uri}` is not https:// (http:// only on loopback)"),
+                    });
+                }
+                jwks_uri.to_owned()
             }
         };
         let document = self.fetcher.get_json(&jwks_uri).await?;

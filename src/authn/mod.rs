@@ -31,7 +31,8 @@ use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
 pub use self::cache::{Expires, TokenCache};
-pub use self::jwks::{HttpFetcher, KeyStore};
+pub use self::jwks::{FetcherError, HttpFetcher, KeyStore};
+use self::presets::KeySource;
 pub use self::presets::ResolvedIssuer;
 pub use self::principal::Principal;
 use crate::config::{Config, ConfigError, EcdsaHighS, IssuerConfig};
@@ -231,9 +232,22 @@ impl Authenticator {
                 // share `fetcher`'s pool.
                 let fetcher = match (&raw.ca, &raw.fetch_token_file) {
                     (None, None) => fetcher.clone(),
-                    (ca, token) => HttpFetcher::for_issuer(ca.as_deref(), token.as_deref()).map_err(|e| {
-                        ConfigError::Invalid { key: format!("issuers.{}.ca", settings.name), message: e.to_string() }
-                    })?,
+                    (ca, token) => {
+                        let mut token_for = vec![settings.issuer.as_str()];
+                        if let KeySource::Jwks(uri) = &settings.keys {
+                            token_for.push(uri);
+                        }
+                        HttpFetcher::for_issuer(ca.as_deref(), token.as_deref(), &token_for).map_err(|e| {
+                            let key = match e {
+                                FetcherError::Client(_) => "ca",
+                                FetcherError::TokenOverPlainHttp { .. } => "fetch_token_file",
+                            };
+                            ConfigError::Invalid {
+                                key: format!("issuers.{}.{key}", settings.name),
+                                message: e.to_string(),
+                            }
+                        })?
+                    }
                 };
                 let keys = KeyStore::new(
                     &settings.name,

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use crate::authn::principal::ClaimMapping;
 use crate::config::{ConfigError, EcdsaHighS, IssuerConfig, PrincipalKind};
+use crate::outbound::is_https_or_loopback;
 
 /// Where an issuer's JWKS is found.
 #[derive(Debug, Clone, Copy)]
@@ -159,15 +160,13 @@ fn parse_algorithm(index: usize, name: &str) -> Result<jsonwebtoken::Algorithm, 
 
 /// A URL flowgate fetches keys from must be https, except on loopback (tests, sidecars).
 fn check_fetch_url(index: usize, field: &str, url: &str) -> Result<(), ConfigError> {
-    let uri: http::Uri = url.parse().map_err(|e| invalid(index, field, format!("`{url}` is not a URL: {e}")))?;
-    let host = uri.host().unwrap_or_default();
-    let loopback = host == "localhost"
-        || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
-    match uri.scheme_str() {
-        Some("https") => Ok(()),
-        Some("http") if loopback => Ok(()),
-        _ => Err(invalid(index, field, format!("`{url}` must be an https:// URL (http:// only on loopback)"))),
+    if let Err(e) = url.parse::<http::Uri>() {
+        return Err(invalid(index, field, format!("`{url}` is not a URL: {e}")));
     }
+    if !is_https_or_loopback(url) {
+        return Err(invalid(index, field, format!("`{url}` must be an https:// URL (http:// only on loopback)")));
+    }
+    Ok(())
 }
 
 /// Combines an `[[issuers]]` entry with its preset and checks the result.
