@@ -11,7 +11,10 @@ For the default values and every values file in the chart's ci/ directory:
   rendered sidecar.toml is accepted by `flowgate sidecar` (which has no check mode: it is
   started until it says it is serving, then stopped);
 - the properties the chart promises hold: replicas, PDB, HPA, probes, the shutdown timing,
-  the security context, and the rendering failures for unsafe values.
+  the security context, the NetworkPolicy (on by default, the admin port for the monitoring
+  peer only), a config checksum without the Redis password, and the rendering failures for
+  unsafe values (a Redis password in a ConfigMap, a plaintext NodePort or LoadBalancer) with
+  their opt-outs.
 
 helm comes from PATH (scripts/test.sh puts ~/.cache/flowgate/bin there) and kubernetes_validate
 from this interpreter's environment; both are installed by scripts/setup.sh test, so a missing
@@ -55,11 +58,6 @@ VARIANTS = {
     "sidecar": ["sidecar-values.yaml"],
     "options": ["options-values.yaml"],
 }
-
-# Issuer keys another change adds to flowgate (an extra CA and a bearer token for discovery and
-# JWKS fetches). The chart passes issuer keys through; a binary built before that change refuses
-# them, and then the config is checked without them (see test_flowgate_accepts_the_rendered_config).
-NEW_ISSUER_KEYS = ("ca", "fetch_token_file")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -267,6 +265,15 @@ def test_the_service_monitor_check_refuses_what_the_crd_does_not_have():
     assert len(check_shape(bad, SERVICE_MONITOR)) == 2
 
 
+def assert_valid_kubernetes(kubernetes_validate, kube_versions, doc):
+    where = f"{doc.get('kind')} {doc.get('metadata', {}).get('name')}"
+    for version in kube_versions:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            pytest.fail(f"{where} is not valid Kubernetes {version}: {'.'.join(map(str, e.path))}: {e.message}")
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_rendered_objects_are_valid_kubernetes(helm, kubernetes_validate, kube_versions, variant):
     docs = render(helm, VARIANTS[variant])
@@ -282,11 +289,7 @@ def test_rendered_objects_are_valid_kubernetes(helm, kubernetes_validate, kube_v
                     assert key in node, f"{where}: {'.'.join(path)} is required"
                     node = node[key]
             continue
-        for version in kube_versions:
-            try:
-                kubernetes_validate.validate(doc, version, strict=True)
-            except kubernetes_validate.ValidationError as e:
-                pytest.fail(f"{where} is not valid Kubernetes {version}: {'.'.join(map(str, e.path))}: {e.message}")
+        assert_valid_kubernetes(kubernetes_validate, kube_versions, doc)
         labels = doc["metadata"]["labels"]
         for label in ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
                       "app.kubernetes.io/managed-by", "helm.sh/chart"):  # fmt: skip
@@ -295,7 +298,7 @@ def test_rendered_objects_are_valid_kubernetes(helm, kubernetes_validate, kube_v
     if VARIANTS[variant] and "sidecar" in VARIANTS[variant][0]:
         assert kinds == {"ConfigMap", "Deployment", "ServiceAccount"}, kinds
     else:
-        assert {"Deployment", "Service", "ConfigMap", "PodDisruptionBudget"} <= kinds, kinds
+        assert {"Deployment", "Service", "ConfigMap", "PodDisruptionBudget", "NetworkPolicy"} <= kinds, kinds
 
 
 def write_certificate(cert: Path, key: Path | None = None):
@@ -354,32 +357,10 @@ def flowgate_check(flowgate, config: Path) -> subprocess.CompletedProcess:
     return subprocess.run([str(flowgate), "check", "--config", str(config)], capture_output=True, text=True, timeout=60)
 
 
-@pytest.fixture(scope="session")
-def knows_new_issuer_keys(flowgate, tmp_path_factory) -> bool:
-    """Whether this flowgate binary knows NEW_ISSUER_KEYS (it refuses unknown keys by name)."""
-    d = tmp_path_factory.mktemp("probe")
-    (d / "p").mkdir()
-    (d / "p" / "none.cedar").write_text("// none\n")
-    (d / "p" / "schema.cedarschema").write_text((CHART / "files" / "schema.cedarschema").read_text())
-    write_certificate(d / "ca.crt")
-    (d / "token").write_text("token\n")
-    (d / "c.toml").write_text(
-        '[listen]\naddress = "127.0.0.1:7233"\n[upstream]\naddress = "http://127.0.0.1:7234"\n'
-        '[policy]\ndir = "p"\n[audit]\npath = "-"\n[[issuers]]\nname = "k"\npreset = "kubernetes"\n'
-        'issuer = "https://kubernetes.default.svc.cluster.local"\naudiences = ["flowgate"]\n'
-        f'ca = "{d}/ca.crt"\nfetch_token_file = "{d}/token"\n'
-    )
-    done = flowgate_check(flowgate, d / "c.toml")
-    if done.returncode == 0:
-        return True
-    assert "unknown field `ca`" in done.stderr or "unknown field `fetch_token_file`" in done.stderr, done.stderr
-    return False
-
-
-def stage(docs, root: Path, flowgate: Path, knows_new_issuer_keys: bool) -> tuple[Path, str, list[str]]:
+def stage(docs, root: Path, flowgate: Path) -> tuple[Path, str]:
     """Lays out under `root` what the gateway pod would see (config, policy directories, keys,
-    TLS files, the service-account files an issuer names) and returns the config file, its
-    text and the lines left out for an older binary."""
+    TLS files, the service-account files an issuer names) and returns the config file and its
+    text."""
     deployment = one(docs, "Deployment")
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
     text = in_root(root, config_text(docs))
@@ -418,37 +399,33 @@ def stage(docs, root: Path, flowgate: Path, knows_new_issuer_keys: bool) -> tupl
         Path(audit).parent.mkdir(parents=True, exist_ok=True)
     for value in re.findall(r'"(/[^"]*)"', text):
         assert value.startswith(str(root)), f"{value}: an in-container path the test does not stage"
-    removed = []
-    if not knows_new_issuer_keys:
-        # A binary from before the issuer keys `ca` and `fetch_token_file`: the rest of the
-        # config must still be accepted (the keys themselves are asserted by the caller).
-        removed = [line for line in text.splitlines() if re.match(rf"^({'|'.join(NEW_ISSUER_KEYS)}) = ", line)]
-        text = "\n".join(line for line in text.splitlines() if line not in removed) + "\n"
     config = root / "etc" / "flowgate" / "config" / "flowgate.toml"
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(text)
-    return config, text, removed
+    return config, text
 
 
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "sidecar"])
-def test_flowgate_accepts_the_rendered_config(helm, flowgate, knows_new_issuer_keys, tmp_path, variant):
+def test_flowgate_accepts_the_rendered_config(helm, flowgate, tmp_path, variant):
     docs = render(helm, VARIANTS[variant])
-    config, text, removed = stage(docs, tmp_path / "root", flowgate, knows_new_issuer_keys)
+    config, text = stage(docs, tmp_path / "root", flowgate)
     done = flowgate_check(flowgate, config)
     assert done.returncode == 0, f"flowgate check refused the rendered config:\n{done.stderr}\n{text}"
     assert "config ok" in done.stdout, done.stdout
     if variant == "kubernetes-issuer":
-        (issuer,) = toml_tables(config_text(docs))["issuers"]
-        assert toml_string(issuer["ca"]) == "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
-        assert toml_string(issuer["fetch_token_file"]) == "/var/run/secrets/kubernetes.io/serviceaccount/token"
-        if not knows_new_issuer_keys:
-            assert len(removed) == 2, removed
-            print(f"this flowgate binary predates issuer keys {NEW_ISSUER_KEYS}: checked without {removed}")
-    else:
-        assert removed == []
+        # The issuer's `ca` and `fetch_token_file` are in the file flowgate checked (staged
+        # under the test's root), not left out.
+        (issuer,) = toml_tables(text)["issuers"]
+        assert toml_string(issuer["ca"]) == f"{tmp_path}/root/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+        token = f"{tmp_path}/root/var/run/secrets/kubernetes.io/serviceaccount/token"
+        assert toml_string(issuer["fetch_token_file"]) == token
+        # And flowgate checks them: a CA file without a certificate is refused.
+        Path(toml_string(issuer["ca"])).write_text("not a certificate\n")
+        refused = flowgate_check(flowgate, config)
+        assert refused.returncode != 0 and "issuers.k8s-prod.ca" in refused.stderr, refused.stderr
 
 
-def test_the_toml_writer_keeps_every_value(helm, flowgate, knows_new_issuer_keys, tmp_path):
+def test_the_toml_writer_keeps_every_value(helm, flowgate, tmp_path):
     """Quotes, backslashes, non-ASCII text, HTML characters (Go's JSON escapes them), dotted
     claim names, large integers and fractions reach flowgate exactly as given."""
     tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
@@ -468,7 +445,7 @@ def test_the_toml_writer_keeps_every_value(helm, flowgate, knows_new_issuer_keys
     assert parsed["identity"] == identity
     assert parsed["issuers"] == [issuer]
     assert parsed["limits"] == limits
-    config, text, _ = stage(docs, tmp_path / "root", flowgate, knows_new_issuer_keys)
+    config, text = stage(docs, tmp_path / "root", flowgate)
     checked = flowgate_check(flowgate, config)
     assert checked.returncode == 0, f"{checked.stderr}\n{text}"
 
@@ -627,7 +604,97 @@ def test_default_edge_gateway(helm):
     annotations = pod["metadata"]["annotations"]
     assert annotations["checksum/config"] == hashlib.sha256(config_text(docs).rstrip("\n").encode()).hexdigest()
     assert [k for k in annotations if k.startswith("checksum/")] == ["checksum/config"]
-    assert not objects(docs, "NetworkPolicy") and not objects(docs, "ServiceMonitor")
+    assert not objects(docs, "ServiceMonitor")
+
+    # A NetworkPolicy by default: the admin port for the monitoring namespace only, the gRPC
+    # port for anyone, outbound traffic unrestricted.
+    policy = one(docs, "NetworkPolicy")["spec"]
+    assert policy["podSelector"]["matchLabels"] == selector
+    assert policy["policyTypes"] == ["Ingress"] and "egress" not in policy
+    assert peers_of(policy, "admin", 9233) == [[MONITORING_PEER]]
+    assert peers_of(policy, "grpc", 7233) == [ANY]
+
+
+# ------------------------------------------------------------------------------------------------
+# the NetworkPolicy
+
+MONITORING_PEER = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+ANY = "any source"
+
+
+def peers_of(policy: dict, name: str, number: int) -> list:
+    """The `from` of every ingress rule that admits the container port `name` (`number`): a rule
+    without ports admits every port, and a rule without `from` (ANY) every source."""
+    found = []
+    for rule in policy.get("ingress", []):
+        ports = rule.get("ports")
+        if ports is None or any(p.get("port") in (name, number) for p in ports):
+            found.append(rule.get("from") or ANY)
+    return found
+
+
+def test_the_admin_port_takes_extra_peers_and_can_be_closed_to_every_pod(helm, kubernetes_validate, kube_versions):
+    # A CNI that applies NetworkPolicy to the kubelet's probes: the nodes' CIDR as another peer.
+    node_cidr = 'networkPolicy.ingress.admin.extraFrom=[{"ipBlock": {"cidr": "10.0.0.0/16"}}]'
+    docs = render(helm, set_json=[node_cidr])
+    assert_valid_kubernetes(kubernetes_validate, kube_versions, one(docs, "NetworkPolicy"))
+    policy = one(docs, "NetworkPolicy")["spec"]
+    assert peers_of(policy, "admin", 9233) == [[MONITORING_PEER, {"ipBlock": {"cidr": "10.0.0.0/16"}}]]
+    assert peers_of(policy, "grpc", 7233) == [ANY]
+
+    # No monitoring peer and no extra one: no rule names the admin port (a rule with no `from`
+    # would admit every source), so no pod reaches it.
+    docs = render(helm, set_json=["networkPolicy.ingress.admin.namespaceSelector=null"])
+    assert_valid_kubernetes(kubernetes_validate, kube_versions, one(docs, "NetworkPolicy"))
+    policy = one(docs, "NetworkPolicy")["spec"]
+    assert peers_of(policy, "admin", 9233) == []
+    assert peers_of(policy, "grpc", 7233) == [ANY]
+
+    # namespaceSelector null with a podSelector: those pods of the release's namespace.
+    pods = 'networkPolicy.ingress.admin.podSelector={"matchLabels": {"app": "prom"}}'
+    docs = render(helm, set_json=["networkPolicy.ingress.admin.namespaceSelector=null", pods])
+    policy = one(docs, "NetworkPolicy")["spec"]
+    assert peers_of(policy, "admin", 9233) == [[{"podSelector": {"matchLabels": {"app": "prom"}}}]]
+
+
+def test_the_networkpolicy_opt_out(helm):
+    docs = render(helm, sets=["networkPolicy.enabled=false"])
+    assert not objects(docs, "NetworkPolicy")
+
+
+@pytest.mark.parametrize(
+    ("sets", "temporal", "redis"),
+    [
+        ([], [7233], None),
+        (["config.upstream.address=https://temporal.example.com", "config.replay.redis_url=redis://redis.svc/0"],
+         [443], [6379]),
+        (["config.upstream.address=http://temporal.example.com", "config.replay.redis_url=rediss://redis.svc:6380"],
+         [80], [6380]),
+        (["networkPolicy.egress.temporal.ports={7233,7234}", "config.replay.redis_url=unix:///run/redis.sock"],
+         [7233, 7234], None),
+        (["networkPolicy.egress.redis.ports={16379}", "config.replay.redis_url=redis://redis.svc:6379/0"],
+         [7233], [16379]),
+    ],
+    ids=["default", "https-and-redis", "http-and-rediss-port", "ports-given-unix-socket", "redis-ports-given"],
+)  # fmt: skip
+def test_egress_rules_follow_the_upstream_and_redis(helm, kubernetes_validate, kube_versions, sets, temporal, redis):
+    """Egress is opt-in; when on, the Temporal and Redis rules take their ports from the URLs."""
+    docs = render(helm, sets=["networkPolicy.egress.enabled=true", *sets])
+    assert_valid_kubernetes(kubernetes_validate, kube_versions, one(docs, "NetworkPolicy"))
+    policy = one(docs, "NetworkPolicy")["spec"]
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    rules = dict(zip(("dns", "temporal", "issuers", "redis"), policy["egress"]))
+    assert sorted((p["port"], p["protocol"]) for p in rules["dns"]["ports"]) == [(53, "TCP"), (53, "UDP")]
+    assert [p["port"] for p in rules["temporal"]["ports"]] == temporal
+    temporal_namespace = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "temporal"}}}
+    assert rules["temporal"]["to"] == [temporal_namespace]
+    assert [p["port"] for p in rules["issuers"]["ports"]] == [443]
+    assert rules["issuers"]["to"] == [{"ipBlock": {"cidr": "0.0.0.0/0"}}, {"ipBlock": {"cidr": "::/0"}}]
+    if redis is None:
+        assert len(policy["egress"]) == 3, policy["egress"]
+    else:
+        assert [p["port"] for p in rules["redis"]["ports"]] == redis
+        assert "to" not in rules["redis"], "any destination on the Redis port by default"
 
 
 def test_a_config_change_rolls_the_pods_and_a_policy_change_does_not(helm):
@@ -642,6 +709,35 @@ def test_a_config_change_rolls_the_pods_and_a_policy_change_does_not(helm):
     assert checksum(policy) == checksum(base)
     assert "extra.cedar" in one(policy, "ConfigMap", f"{RELEASE}-policies")["data"]
     assert 'template = "flowgate:{sub}"' in config_text(config)
+
+
+def test_the_config_checksum_hides_the_redis_password(helm):
+    """checksum/config is on the pod, which more people read than the config's Secret: it is
+    the hash of the config with the URL's credentials redacted, never of the real file."""
+    docs = render(helm, VARIANTS["edge-mint-redis"])
+    text = config_text(docs)
+    url = "redis://:s3cret@redis-master.redis.svc:6379/0"
+    assert f'redis_url = "{url}"' in text, "flowgate needs the real URL"
+    redacted = text.replace(url, "redis://REDACTED@redis-master.redis.svc:6379/0")
+    checksum = gateway_pod(docs)["metadata"]["annotations"]["checksum/config"]
+    assert checksum == hashlib.sha256(redacted.rstrip("\n").encode()).hexdigest()
+    assert checksum != hashlib.sha256(text.rstrip("\n").encode()).hexdigest()
+    assert "s3cret" not in json.dumps(gateway_pod(docs)) and "s3cret" not in json.dumps(one(docs, "NetworkPolicy"))
+
+    def checksum_with(url):
+        docs = render(helm, VARIANTS["edge-mint-redis"], [f"config.replay.redis_url={url}"])
+        assert toml_string(toml_tables(config_text(docs))["replay"][0]["redis_url"]) == url
+        return gateway_pod(docs)["metadata"]["annotations"]["checksum/config"]
+
+    # The password alone does not change it (README: restart the pods then); anything else does.
+    assert checksum_with("redis://:another-password@redis-master.redis.svc:6379/0") == checksum
+    assert checksum_with("redis://user:pw@with@redis-master.redis.svc:6379/0") == checksum_with(
+        "redis://REDACTED@redis-master.redis.svc:6379/0"
+    )
+    assert checksum_with("redis://:s3cret@redis-replica.redis.svc:6379/0") != checksum
+    assert checksum_with("redis://:s3cret@redis-master.redis.svc:6379/1") != checksum
+    socket = "unix:///run/redis.sock?db=1&pass="
+    assert checksum_with(socket + "one") == checksum_with(socket + "two")
 
 
 def test_edge_with_mint_redis_and_keys(helm):
@@ -724,7 +820,7 @@ def test_networkpolicy_and_servicemonitor(helm):
 
 def test_networkpolicy_lets_the_gateway_reach_redis_when_it_uses_one(helm):
     redis_peer = "networkPolicy.egress.redis.to[0].podSelector.matchLabels.app=redis"
-    docs = render(helm, VARIANTS["edge-mint-redis"], ["networkPolicy.enabled=true", redis_peer])
+    docs = render(helm, VARIANTS["edge-mint-redis"], ["networkPolicy.egress.enabled=true", redis_peer])
     egress = one(docs, "NetworkPolicy")["spec"]["egress"]
     redis = [rule for rule in egress if rule["ports"] == [{"port": 6379, "protocol": "TCP"}]]
     assert [rule["to"] for rule in redis] == [[{"podSelector": {"matchLabels": {"app": "redis"}}}]]
@@ -869,6 +965,36 @@ def test_sidecar_mode(helm):
             "config.mint needs `issuer`", id="mint-without-issuer",
         ),
         pytest.param(
+            [], ["config.replay.redis_url=redis://:s3cret@redis.redis.svc:6379/0"],
+            "config.replay.redis_url carries credentials", id="redis-password-in-a-configmap",
+        ),
+        pytest.param(
+            [], ["config.replay.redis_url=rediss://flowgate:s3cret@redis.redis.svc"],
+            "set configInSecret=true", id="redis-user-and-password-in-a-configmap",
+        ),
+        pytest.param(
+            [], ["config.replay.redis_url=unix:///run/redis/redis.sock?db=0&pass=s3cret"],
+            "config.replay.redis_url carries credentials", id="redis-pass-parameter-in-a-configmap",
+        ),
+        pytest.param(
+            ["edge-mint-redis-values.yaml"], ["configInSecret=false"],
+            "config.replay.redis_url carries credentials", id="ci-redis-without-config-in-secret",
+        ),
+        pytest.param(
+            [], ["service.type=LoadBalancer"],
+            "service.type LoadBalancer exposes the gRPC listener beyond the cluster, and it has no TLS",
+            id="load-balancer-without-tls",
+        ),
+        pytest.param(
+            [], ["service.type=NodePort"],
+            "service.type NodePort exposes the gRPC listener beyond the cluster, and it has no TLS",
+            id="node-port-without-tls",
+        ),
+        pytest.param(
+            ["options-values.yaml"], ["listenTls.existingSecret=", "listenTls.clientCa=false"],
+            "or service.allowPlaintext=true", id="ci-load-balancer-without-tls",
+        ),
+        pytest.param(
             ["sidecar-values.yaml"], ["worker.image.repository="],
             "worker.image.repository and worker.image.tag are required in sidecar mode", id="sidecar-without-worker",
         ),
@@ -893,6 +1019,7 @@ def test_sidecar_mode(helm):
 )  # fmt: skip
 def test_unsafe_values_fail_rendering(helm, files, sets, message):
     error = render_error(helm, files, sets)
+    assert "s3cret" not in error, "the message repeats a password"
     # A template's own message, or what the values schema reports (every word of the tuple:
     # Helm versions word schema errors differently).
     for part in (message,) if isinstance(message, str) else message:
@@ -920,6 +1047,33 @@ def test_the_opt_outs_render(helm, sets):
         assert "task-tokens" not in {v["name"] for v in gateway_pod(docs)["spec"]["volumes"]}
     if any(s.startswith("config.mint.") for s in sets):
         assert "mint" in tables and "replay" not in tables
+
+
+@pytest.mark.parametrize(
+    ("sets", "tls"),
+    [
+        (["service.type=LoadBalancer", "service.allowPlaintext=true"], False),
+        (["service.type=NodePort", "service.allowPlaintext=true"], False),
+        (["service.type=NodePort", "listenTls.existingSecret=flowgate-tls"], True),
+        (["service.type=LoadBalancer", "listenTls.existingSecret=flowgate-tls"], True),
+    ],
+    ids=["load-balancer-opted-out", "node-port-opted-out", "node-port-with-tls", "load-balancer-with-tls"],
+)  # fmt: skip
+def test_an_external_service_renders_with_tls_or_the_plaintext_opt_out(helm, sets, tls):
+    docs = render(helm, sets=sets)
+    assert one(docs, "Service", RELEASE)["spec"]["type"] == sets[0].split("=")[1]
+    assert ("tls" in toml_tables(config_text(docs))["listen"][0]) is tls
+
+
+def test_a_redis_password_renders_with_the_config_in_a_secret(helm):
+    url = "redis://:s3cret@redis.redis.svc:6379/0"
+    docs = render(helm, sets=[f"config.replay.redis_url={url}", "configInSecret=true"])
+    assert toml_string(toml_tables(config_text(docs))["replay"][0]["redis_url"]) == url
+    assert not [d for d in objects(docs, "ConfigMap") if "s3cret" in json.dumps(d)]
+    assert one(docs, "Secret", f"{RELEASE}-config")
+    # Without credentials, the URL may stay in the ConfigMap.
+    docs = render(helm, sets=["config.replay.redis_url=redis://redis.redis.svc:6379/0"])
+    assert "flowgate.toml" in one(docs, "ConfigMap", f"{RELEASE}-config")["data"]
 
 
 # ------------------------------------------------------------------------------------------------

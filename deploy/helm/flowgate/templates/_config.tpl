@@ -16,20 +16,41 @@ upstreamTls: /etc/flowgate/upstream-tls
 {{- end }}
 
 {{- define "flowgate.config" -}}
-{{- $paths := include "flowgate.paths" . | fromYaml }}
-{{- $c := .Values.config }}
+{{- include "flowgate.configFrom" (dict "root" . "config" .Values.config) }}
+{{- end }}
+
+{{/*
+What `checksum/config` hashes: flowgate.toml with the credentials of config.replay.redis_url
+replaced by REDACTED. The annotation is on the pod, which more people may read than the Secret
+holding the config, and a hash of a config whose every other line is known would let them test
+password guesses offline. So a change of the Redis password alone does not roll the pods
+(README.md, "Redis and secrets in the config"); any other change does.
+*/}}
+{{- define "flowgate.configChecksum" -}}
+{{- $c := deepCopy .Values.config }}
+{{- if and $c.replay $c.replay.redis_url }}
+{{- $_ := set $c.replay "redis_url" (include "flowgate.redactUrl" $c.replay.redis_url) }}
+{{- end }}
+{{- include "flowgate.configFrom" (dict "root" . "config" $c) | sha256sum }}
+{{- end }}
+
+{{/* flowgate.toml from a `config` map: (dict "root" . "config" MAP). */}}
+{{- define "flowgate.configFrom" -}}
+{{- $root := .root }}
+{{- $paths := include "flowgate.paths" $root | fromYaml }}
+{{- $c := .config }}
 {{- $listen := deepCopy ($c.listen | default dict) }}
-{{- $_ := set $listen "address" (printf "%s:%d" .Values.bindAddress (int .Values.ports.grpc)) }}
-{{- $_ := set $listen "shutdown_grace" (printf "%ds" (int .Values.shutdown.graceSeconds)) }}
-{{- if .Values.listenTls.existingSecret }}
+{{- $_ := set $listen "address" (printf "%s:%d" $root.Values.bindAddress (int $root.Values.ports.grpc)) }}
+{{- $_ := set $listen "shutdown_grace" (printf "%ds" (int $root.Values.shutdown.graceSeconds)) }}
+{{- if $root.Values.listenTls.existingSecret }}
 {{- $tls := dict "cert" (printf "%s/tls.crt" $paths.listenTls) "key" (printf "%s/tls.key" $paths.listenTls) }}
-{{- if .Values.listenTls.clientCa }}
+{{- if $root.Values.listenTls.clientCa }}
 {{- $_ := set $tls "client_ca" (printf "%s/ca.crt" $paths.listenTls) }}
 {{- end }}
 {{- $_ := set $listen "tls" $tls }}
 {{- end }}
 {{- $upstream := deepCopy ($c.upstream | default dict) }}
-{{- with .Values.upstreamTls }}
+{{- with $root.Values.upstreamTls }}
 {{- if .existingSecret }}
 {{- if .ca }}{{ $_ := set $upstream "ca" (printf "%s/%s" $paths.upstreamTls .ca) }}{{ end }}
 {{- if .cert }}{{ $_ := set $upstream "cert" (printf "%s/%s" $paths.upstreamTls .cert) }}{{ end }}
@@ -38,14 +59,14 @@ upstreamTls: /etc/flowgate/upstream-tls
 {{- end }}
 {{- $policy := deepCopy ($c.policy | default dict) }}
 {{- $_ := set $policy "dir" $paths.policies }}
-{{- if .Values.shadowPolicies.enabled }}
+{{- if $root.Values.shadowPolicies.enabled }}
 {{- $_ := set $policy "shadow_dir" $paths.shadowPolicies }}
 {{- end -}}
 # Rendered by the flowgate Helm chart from its values (`config` and the chart's own settings).
 # `flowgate check --config flowgate.toml` validates a copy with the same directories.
 {{ include "flowgate.toml.table" (dict "name" "listen" "values" $listen) }}
 
-{{ include "flowgate.toml.table" (dict "name" "admin" "values" (dict "address" (printf "%s:%d" .Values.bindAddress (int .Values.ports.admin)))) }}
+{{ include "flowgate.toml.table" (dict "name" "admin" "values" (dict "address" (printf "%s:%d" $root.Values.bindAddress (int $root.Values.ports.admin)))) }}
 
 {{ include "flowgate.toml.table" (dict "name" "upstream" "values" $upstream) }}
 
@@ -58,15 +79,15 @@ upstreamTls: /etc/flowgate/upstream-tls
 {{ include "flowgate.toml.table" (dict "name" $section "values" .) }}
 {{- end }}
 {{- end }}
-{{- if include "flowgate.mintEnabled" . }}
+{{- if include "flowgate.mintEnabled" $root }}
 {{- $mint := deepCopy $c.mint }}
 {{- $_ := set $mint "key_dir" $paths.mintKeys }}
 
 {{ include "flowgate.toml.table" (dict "name" "mint" "values" $mint) }}
 {{- end }}
-{{- if include "flowgate.taskTokenSecret" . }}
+{{- if include "flowgate.taskTokenSecret" $root }}
 
-{{ include "flowgate.toml.table" (dict "name" "task_tokens" "values" (dict "key_file" (printf "%s/%s" $paths.taskTokens .Values.taskTokens.key))) }}
+{{ include "flowgate.toml.table" (dict "name" "task_tokens" "values" (dict "key_file" (printf "%s/%s" $paths.taskTokens $root.Values.taskTokens.key))) }}
 {{- end }}
 {{- range $issuer := $c.issuers }}
 

@@ -139,6 +139,44 @@ gateway that misbehaves once a second replica or a restart comes along.
 {{- if and .Values.listenTls.clientCa (not .Values.listenTls.existingSecret) }}
 {{- fail "listenTls.clientCa needs listenTls.existingSecret (the Secret holding ca.crt)" }}
 {{- end }}
+{{- /* The message never repeats the URL: it holds the password. */}}
+{{- if and $redis (include "flowgate.urlHasCredentials" $redis) (not .Values.configInSecret) }}
+{{- fail "config.replay.redis_url carries credentials (a user:password@ part, or a pass= parameter), and flowgate.toml would be a ConfigMap, readable by anyone who may read ConfigMaps in the namespace: set configInSecret=true (and pass the URL at install time, e.g. --set config.replay.redis_url=..., rather than from a values file you commit)" }}
+{{- end }}
+{{- if and (ne .Values.service.type "ClusterIP") (not .Values.listenTls.existingSecret) (not .Values.service.allowPlaintext) }}
+{{- fail (printf "service.type %s exposes the gRPC listener beyond the cluster, and it has no TLS: bearer tokens, minted credentials and workflow payloads would cross the network in plaintext. set listenTls.existingSecret (a kubernetes.io/tls Secret), or service.allowPlaintext=true when TLS ends in front of flowgate (a mesh's sidecar, a load balancer that terminates TLS)" .Values.service.type) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Credentials in a URL (config.replay.redis_url): userinfo (`user:password@host`; any `@` after
+the scheme counts, since a Redis URL has no other use for one) or the `pass=` query parameter
+of a unix:// URL. "true" when there are.
+*/}}
+{{- define "flowgate.urlHasCredentials" -}}
+{{- if or (regexMatch "^[A-Za-z][A-Za-z0-9+.-]*://(?s:.*)@" .) (regexMatch "(?i)[?&]pass(word)?=" .) }}true{{ end }}
+{{- end }}
+
+{{/* The URL with its credentials (as flowgate.urlHasCredentials finds them) replaced by REDACTED. */}}
+{{- define "flowgate.redactUrl" -}}
+{{- $url := regexReplaceAll "^([A-Za-z][A-Za-z0-9+.-]*://)(?s:.*)@" . "${1}REDACTED@" }}
+{{- regexReplaceAll "(?i)([?&]pass(word)?=)[^&#]*" $url "${1}REDACTED" }}
+{{- end }}
+
+{{/*
+The TCP port a URL connects to: its explicit port, else the scheme's (http 80, https 443,
+redis and rediss 6379); nothing for a unix:// URL. Parsed with regular expressions rather than
+urlParse, whose error message would print a password.
+*/}}
+{{- define "flowgate.urlPort" -}}
+{{- $scheme := lower (regexFind "^[A-Za-z][A-Za-z0-9+.-]*" .) }}
+{{- $authority := regexFind "^[^/?#]*" (regexReplaceAll "^[A-Za-z][A-Za-z0-9+.-]*://((?s:.*)@)?" . "") }}
+{{- $port := regexFind "[0-9]+$" (regexFind ":[0-9]+$" $authority) }}
+{{- if $port }}{{ $port }}
+{{- else if eq $scheme "http" }}80
+{{- else if eq $scheme "https" }}443
+{{- else if has $scheme (list "redis" "rediss") }}6379
+{{- end }}
 {{- end }}
 
 {{- define "flowgate.hasCedarFile" -}}
