@@ -225,7 +225,8 @@ if [[ "$MODE" == test ]]; then
   # by side; strip (binutils) drops a debug build's line tables before it goes into the image.
   missing=()
   # shellcheck: actionlint checks the `run:` scripts of the GitHub workflows with it when present.
-  for pair in buildah:buildah podman:podman runc:runc strip:binutils shellcheck:shellcheck; do
+  # promtool (Debian: prometheus): /metrics, the alert rules and their unit tests are checked with it.
+  for pair in buildah:buildah podman:podman runc:runc strip:binutils shellcheck:shellcheck promtool:prometheus; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
   done
   if ((${#missing[@]})); then

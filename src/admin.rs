@@ -26,6 +26,7 @@ use crate::explain::{Ask, CallSpec, Issuers, explain};
 use crate::gateway::{RECENT_DENIALS, RecentDenials};
 use crate::proxy::Upstream;
 use crate::reload::PolicySets;
+use crate::session::Sessions;
 use crate::shutdown::{self, Signal};
 pub use crate::telemetry::{Metrics, PolicySet};
 
@@ -40,6 +41,8 @@ pub struct Admin {
     /// `/readyz` asks it for a health check.
     pub upstream: Upstream,
     pub metrics: Arc<Metrics>,
+    /// Verified tokens, for the size of their cache in `/metrics`.
+    pub sessions: Arc<Sessions>,
     /// Set when shutdown begins: `/readyz` answers 503 from then on, so that a load balancer
     /// (a Kubernetes Service) stops sending new calls while in-flight ones drain.
     pub draining: std::sync::atomic::AtomicBool,
@@ -193,7 +196,19 @@ async fn route(admin: Arc<Admin>, request: Request<Incoming>) -> Result<Response
             Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n"), PLAIN),
         },
         "/metrics" => {
-            text(StatusCode::OK, admin.metrics.encode(), "application/openmetrics-text; version=1.0.0; charset=utf-8")
+            admin.metrics.observe_state(admin.sessions.len(), admin.upstream.check_health().await.is_ok());
+            // OpenMetrics for a scraper that asks for it (Prometheus does); the classic text
+            // format otherwise (promtool, curl, older scrapers).
+            let accept = request.headers().get(http::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+            if accept.contains("application/openmetrics-text") {
+                text(
+                    StatusCode::OK,
+                    admin.metrics.encode(),
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )
+            } else {
+                text(StatusCode::OK, admin.metrics.encode_classic(), "text/plain; version=0.0.4; charset=utf-8")
+            }
         }
         _ => text(
             StatusCode::NOT_FOUND,

@@ -52,6 +52,19 @@ pub struct Config {
     pub task_tokens: TaskTokensConfig,
     #[serde(default)]
     pub identity: IdentityConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: what `/metrics` labels.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Namespaces that get a `namespace` label of their own on `flowgate_calls_total`; calls in
+    /// any other namespace (or none) are labelled `other`. A fixed list, because namespace names
+    /// come from requests: a label per name would let any caller grow the series without bound.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
 }
 
 /// `[identity]`: what Temporal's own history says about who acted.

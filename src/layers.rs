@@ -28,7 +28,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -37,7 +37,7 @@ use http_body::{Body, Frame, SizeHint};
 use tower::{BoxError, Layer, Service};
 
 use crate::grpc::grpc_timeout;
-use crate::telemetry::Metrics;
+use crate::telemetry::{InFlight, Metrics};
 use crate::temporal::catalog;
 
 /// Extra time a call gets beyond its `grpc-timeout`: the upstream enforces the same deadline
@@ -115,17 +115,29 @@ where
 /// `flowgate_calls_total`. The metrics layer puts one in each request's extensions; a call
 /// nobody marks was refused, by a phase or a layer. A slot rather than a response extension,
 /// so that a call allowed and then cut by its deadline still counts as allowed.
+///
+/// It also carries the call's namespace label (an index into `metrics.namespaces`, 0 for
+/// `other`), set by the gateway once it has read the request.
 #[derive(Debug, Clone, Default)]
-pub struct Decided(Arc<AtomicBool>);
+pub struct Decided(Arc<(AtomicBool, AtomicUsize)>);
 
 impl Decided {
     /// Marks the call allowed.
     pub fn allow(&self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.0.0.store(true, Ordering::Relaxed);
     }
 
     fn allowed(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.0.0.load(Ordering::Relaxed)
+    }
+
+    /// The call's namespace, as [`Metrics::namespace_label`] numbers it.
+    pub fn set_namespace(&self, label: usize) {
+        self.0.1.store(label, Ordering::Relaxed);
+    }
+
+    fn namespace(&self) -> usize {
+        self.0.1.load(Ordering::Relaxed)
     }
 }
 
@@ -170,9 +182,11 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let method = catalog::lookup(request.uri().path()).name;
+        let spec = catalog::lookup(request.uri().path());
+        let method = spec.name;
         let started = Instant::now();
         let metrics = self.metrics.clone();
+        let in_flight = metrics.call_started(spec.long_poll);
         let decided = Decided::default();
         request.extensions_mut().insert(decided.clone());
         let response = self.inner.call(request);
@@ -182,8 +196,10 @@ where
                 metrics,
                 method,
                 allowed: decided.allowed(),
+                namespace: decided.namespace(),
                 started,
                 status: response.headers().get("grpc-status").map(static_status),
+                _in_flight: Some(in_flight),
             };
             Ok(response.map(|body| MeteredBody { inner: body, observer: Some(observer) }))
         })
@@ -195,16 +211,20 @@ pub struct CallObserver {
     pub metrics: Arc<Metrics>,
     pub method: &'static str,
     pub allowed: bool,
+    /// The namespace label ([`Metrics::namespace_label`]).
+    pub namespace: usize,
     pub started: Instant,
     /// From the response headers (trailers-only) or, once they arrive, the trailers.
     pub status: Option<&'static str>,
+    /// The call counted in flight until its response ends.
+    pub _in_flight: Option<InFlight>,
 }
 
 impl Drop for CallObserver {
     fn drop(&mut self) {
         // A response that ended without a grpc-status was cut off: count it as CANCELLED (1).
         let status = self.status.unwrap_or("1");
-        self.metrics.call_finished(self.method, self.allowed, status, self.started.elapsed());
+        self.metrics.call_finished(self.method, self.allowed, self.namespace, status, self.started.elapsed());
     }
 }
 

@@ -43,6 +43,7 @@ pub mod outbound;
 pub mod grpc;
 pub mod shutdown;
 pub mod telemetry;
+pub mod traceparent;
 pub mod budget;
 pub mod conn;
 pub mod ecdsa;

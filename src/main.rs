@@ -280,13 +280,28 @@ enum PolicyCommand {
     },
 }
 
-fn init_tracing() {
+/// Logs go to stderr: stdout may be the decision log (`audit.path = "-"`).
+///
+/// `FLOWGATE_LOG` filters them (`info` by default; `debug`, or `info,flowgate::access=debug` for
+/// one line per call). `FLOWGATE_LOG_FORMAT` chooses their form: `text` (the default) for
+/// people, with colour codes only when stderr is a terminal, so that a log file or a pipeline
+/// gets plain text; `json` for log pipelines, one object per line with the event's fields at the
+/// top level (`decision_id`, `trace_id` on a call's lines).
+fn init_tracing() -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FLOWGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Logs go to stderr: stdout may be the decision log (`audit.path = "-"`). Colour codes only
-    // for a terminal: a log file or pipeline gets plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match std::env::var("FLOWGATE_LOG_FORMAT").as_deref() {
+        Ok("json") => builder.json().flatten_event(true).with_current_span(false).with_span_list(false).init(),
+        Ok("text") | Ok("") | Err(std::env::VarError::NotPresent) => {
+            builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init()
+        }
+        Ok(other) => anyhow::bail!("`FLOWGATE_LOG_FORMAT` is `{other}`; use `text` or `json`"),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            anyhow::bail!("`FLOWGATE_LOG_FORMAT` is not text; use `text` or `json`")
+        }
+    }
+    Ok(())
 }
 
 fn print_policy_report(engine: &PolicyEngine) {
@@ -640,7 +655,7 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
 }
 
 fn serve(path: PathBuf) -> anyhow::Result<()> {
-    init_tracing();
+    init_tracing()?;
     let config = Config::load(&path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
@@ -679,7 +694,7 @@ fn token_exchange(args: ExchangeArgs) -> anyhow::Result<()> {
 }
 
 fn sidecar(path: PathBuf) -> anyhow::Result<()> {
-    init_tracing();
+    init_tracing()?;
     let config = SidecarConfig::load(&path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {

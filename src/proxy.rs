@@ -837,8 +837,10 @@ mod tests {
             metrics: metrics.clone(),
             method: "PollActivityTaskQueue",
             allowed: true,
+            namespace: 0,
             started: Instant::now(),
             status: map.get("grpc-status").map(static_status),
+            _in_flight: None,
         };
         let upstream = http_body_util::StreamBody::new(futures_util::stream::iter(
             frames.into_iter().map(Ok::<_, hyper::Error>).collect::<Vec<_>>(),

@@ -89,7 +89,7 @@ pub struct Prepared {
 
 /// Loads and checks everything in the config; no sockets, no background tasks.
 pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::with_namespaces(&config.metrics.namespaces));
     let enforced = PolicyEngine::load(&config.policy.dir)?;
     for warning in &enforced.warnings {
         tracing::warn!(%warning, "policy warning");
@@ -142,6 +142,7 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         upstream,
         metrics: metrics.clone(),
         draining: std::sync::atomic::AtomicBool::new(false),
+        sessions: sessions.clone(),
     });
     let token_endpoint = minter.map(|minter| {
         Arc::new(TokenEndpoint {

@@ -93,6 +93,15 @@ impl Sessions {
         Sessions { authn, cache: TokenCache::new(max_entries), stamper, metrics }
     }
 
+    /// How many verified tokens are cached.
+    pub fn len(&self) -> usize {
+        self.cache.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cache.is_empty()
+    }
+
     /// The session of the token in an `authorization` header: cached, or verified now.
     pub async fn authenticate(&self, header: Option<&http::HeaderValue>) -> Result<Arc<Session>, AuthnError> {
         let token = bearer(header)?;

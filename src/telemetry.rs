@@ -19,6 +19,18 @@ struct CallLabels {
     method: &'static str,
     decision: &'static str,
     grpc_status: &'static str,
+    namespace: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    commit: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -85,6 +97,13 @@ struct VersionLabels {
 /// Everything flowgate counts. Cheap to update from the request path.
 pub struct Metrics {
     registry: Registry,
+    /// The namespaces that are labels of their own (`metrics.namespaces`); the rest are `other`.
+    namespaces: std::collections::HashMap<String, usize>,
+    namespace_labels: Vec<&'static str>,
+    calls_in_flight: Family<KindLabels, Gauge>,
+    token_cache_entries: Gauge,
+    upstream_connected: Gauge,
+    process: process::ProcessMetrics,
     calls: Family<CallLabels, Counter>,
     call_duration: Family<MethodLabels, Histogram>,
     authorization_duration: Histogram,
@@ -135,7 +154,42 @@ fn latency_buckets() -> impl Iterator<Item = f64> {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("flowgate");
+        Metrics::with_namespaces(&[])
+    }
+
+    /// Metrics whose `namespace` labels are `namespaces` and `other` (a bounded set, whatever
+    /// namespaces requests name).
+    pub fn with_namespaces(namespaces: &[String]) -> Metrics {
+        let mut root = Registry::default();
+        let process = process::ProcessMetrics::register(&mut root);
+        let registry = root.sub_registry_with_prefix("flowgate");
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        registry.register("build_info", "The running build: its version and commit", build_info.clone());
+        build_info
+            .get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION"), commit: env!("FLOWGATE_COMMIT") })
+            .set(1);
+        let calls_in_flight = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "calls_in_flight",
+            "Calls between their request and the end of their response, by kind (long_poll, other)",
+            calls_in_flight.clone(),
+        );
+        // Both kinds exist from the start, at zero: a dashboard shows 0, not "no data".
+        for kind in ["long_poll", "other"] {
+            calls_in_flight.get_or_create(&KindLabels { kind }).set(0);
+        }
+        let token_cache_entries = Gauge::default();
+        registry.register("token_cache_entries", "Verified tokens held in the cache", token_cache_entries.clone());
+        let upstream_connected = Gauge::default();
+        registry.register(
+            "upstream_connected",
+            "Whether the upstream Temporal frontend answered its last health check (1) or not (0)",
+            upstream_connected.clone(),
+        );
+        // Labels live as long as the process: a handful of configured names, leaked once.
+        let mut namespace_labels: Vec<&'static str> = vec!["other"];
+        namespace_labels.extend(namespaces.iter().map(|n| &*Box::leak(n.clone().into_boxed_str())));
+        let namespaces = namespaces.iter().enumerate().map(|(i, n)| (n.clone(), i + 1)).collect();
         let calls = Family::<CallLabels, Counter>::default();
         registry.register("calls", "Calls by method, decision and gRPC status", calls.clone());
         let call_duration =
@@ -240,7 +294,13 @@ impl Metrics {
             buffered_request_bytes.clone(),
         );
         Metrics {
-            registry,
+            registry: root,
+            namespaces,
+            namespace_labels,
+            calls_in_flight,
+            token_cache_entries,
+            upstream_connected,
+            process,
             connections_open,
             connections_refused,
             connection_timeouts,
@@ -265,10 +325,41 @@ impl Metrics {
         }
     }
 
-    pub fn call_finished(&self, method: &'static str, allowed: bool, grpc_status: &'static str, elapsed: Duration) {
+    pub fn call_finished(
+        &self,
+        method: &'static str,
+        allowed: bool,
+        namespace: usize,
+        grpc_status: &'static str,
+        elapsed: Duration,
+    ) {
         let decision = if allowed { "allow" } else { "deny" };
-        self.calls.get_or_create(&CallLabels { method, decision, grpc_status }).inc();
+        let namespace = self.namespace_labels.get(namespace).copied().unwrap_or("other");
+        self.calls.get_or_create(&CallLabels { method, decision, grpc_status, namespace }).inc();
         self.call_duration.get_or_create(&MethodLabels { method }).observe(elapsed.as_secs_f64());
+    }
+
+    /// The label number of `namespace`: its own when `metrics.namespaces` lists it, else 0
+    /// (`other`).
+    pub fn namespace_label(&self, namespace: &str) -> usize {
+        if self.namespaces.is_empty() {
+            return 0;
+        }
+        self.namespaces.get(namespace).copied().unwrap_or(0)
+    }
+
+    /// A call begins; it is counted in flight until the guard is dropped.
+    pub fn call_started(&self, long_poll: bool) -> InFlight {
+        let gauge =
+            self.calls_in_flight.get_or_create(&KindLabels { kind: if long_poll { "long_poll" } else { "other" } });
+        gauge.inc();
+        InFlight(gauge.clone())
+    }
+
+    /// State read when metrics are scraped, not kept up to date on the request path.
+    pub fn observe_state(&self, token_cache_entries: usize, upstream_connected: bool) {
+        self.token_cache_entries.set(i64::try_from(token_cache_entries).unwrap_or(i64::MAX));
+        self.upstream_connected.set(i64::from(upstream_connected));
     }
 
     pub fn authorized_in(&self, elapsed: Duration) {
@@ -361,15 +452,223 @@ impl Metrics {
         self.buffered_request_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
+    /// Every metric in the OpenMetrics text format (`application/openmetrics-text`).
     pub fn encode(&self) -> String {
+        self.process.refresh();
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
         text
+    }
+
+    /// Every metric in Prometheus' classic text format (`text/plain; version=0.0.4`), for
+    /// scrapers and tools that do not speak OpenMetrics (`promtool check metrics`).
+    pub fn encode_classic(&self) -> String {
+        openmetrics_to_classic(&self.encode())
+    }
+}
+
+/// A call counted in `flowgate_calls_in_flight` until dropped.
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The classic Prometheus text format of an OpenMetrics exposition. The two differ, for what
+/// flowgate exposes, in three ways: a counter's family is named with its `_total` suffix in
+/// `# HELP` and `# TYPE` (OpenMetrics names the family without it), `# UNIT` lines and the
+/// closing `# EOF` do not exist, and neither do `_created` samples.
+pub fn openmetrics_to_classic(openmetrics: &str) -> String {
+    let mut counters = std::collections::HashSet::new();
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some((name, "counter")) = rest.split_once(' ')
+        {
+            counters.insert(name);
+        }
+    }
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = line
+            .strip_prefix("# HELP ")
+            .map(|r| ("# HELP ", r))
+            .or(line.strip_prefix("# TYPE ").map(|r| ("# TYPE ", r)));
+        if let Some((prefix, rest)) = meta {
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            if counters.contains(name) {
+                out.push_str(&format!("{prefix}{name}_total {tail}\n"));
+                continue;
+            }
+        } else if !line.starts_with('#') {
+            let name = line.split(['{', ' ']).next().unwrap_or_default();
+            if name.strip_suffix("_created").is_some_and(|family| counters.contains(family)) {
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// The standard `process_*` metrics, read from `/proc/self` when metrics are scraped (Linux;
+/// elsewhere they stay at zero).
+mod process {
+    use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::gauge::Gauge;
+    use prometheus_client::registry::Registry;
+    use std::sync::atomic::AtomicU64;
+
+    pub struct ProcessMetrics {
+        cpu_seconds: Counter<f64, AtomicU64>,
+        cpu_seen: std::sync::Mutex<f64>,
+        resident_bytes: Gauge,
+        virtual_bytes: Gauge,
+        open_fds: Gauge,
+        max_fds: Gauge,
+        threads: Gauge,
+        start_time: Gauge<f64, AtomicU64>,
+    }
+
+    impl ProcessMetrics {
+        pub fn register(registry: &mut Registry) -> ProcessMetrics {
+            let metrics = ProcessMetrics {
+                cpu_seconds: Counter::default(),
+                cpu_seen: std::sync::Mutex::new(0.0),
+                resident_bytes: Gauge::default(),
+                virtual_bytes: Gauge::default(),
+                open_fds: Gauge::default(),
+                max_fds: Gauge::default(),
+                threads: Gauge::default(),
+                start_time: Gauge::default(),
+            };
+            registry.register(
+                "process_cpu_seconds",
+                "User and system CPU time spent, in seconds",
+                metrics.cpu_seconds.clone(),
+            );
+            registry.register(
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                metrics.resident_bytes.clone(),
+            );
+            registry.register(
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes",
+                metrics.virtual_bytes.clone(),
+            );
+            registry.register("process_open_fds", "Open file descriptors", metrics.open_fds.clone());
+            registry.register("process_max_fds", "The open-file limit (soft)", metrics.max_fds.clone());
+            registry.register("process_threads", "OS threads", metrics.threads.clone());
+            registry.register(
+                "process_start_time_seconds",
+                "Start time of the process since the Unix epoch, in seconds",
+                metrics.start_time.clone(),
+            );
+            metrics.refresh();
+            metrics
+        }
+
+        pub fn refresh(&self) {
+            let Some(stat) = Stat::read() else { return };
+            let mut seen = self.cpu_seen.lock().expect("cpu_seen lock");
+            if stat.cpu_seconds > *seen {
+                self.cpu_seconds.inc_by(stat.cpu_seconds - *seen);
+                *seen = stat.cpu_seconds;
+            }
+            drop(seen);
+            self.resident_bytes.set(stat.resident_bytes);
+            self.virtual_bytes.set(stat.virtual_bytes);
+            self.threads.set(stat.threads);
+            self.start_time.set(stat.start_time);
+            if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+                self.open_fds.set(i64::try_from(dir.count()).unwrap_or(i64::MAX));
+            }
+            if let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
+                self.max_fds.set(i64::try_from(soft).unwrap_or(i64::MAX));
+            }
+        }
+    }
+
+    /// What `/proc/self/stat` says (proc(5)), in the units Prometheus names.
+    struct Stat {
+        cpu_seconds: f64,
+        virtual_bytes: i64,
+        resident_bytes: i64,
+        threads: i64,
+        start_time: f64,
+    }
+
+    impl Stat {
+        fn read() -> Option<Stat> {
+            let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+            // The command name (field 2) is in parentheses and may hold spaces: fields after it
+            // are counted from its closing parenthesis.
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<f64>().ok());
+            // Clock ticks and pages: 100 Hz and 4 KiB on every Linux flowgate runs on
+            // (sysconf would need libc); boot time from /proc/stat.
+            let (ticks, page) = (100.0, 4096.0);
+            let boot_time = std::fs::read_to_string("/proc/stat")
+                .ok()?
+                .lines()
+                .find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse::<f64>().ok()))?;
+            Some(Stat {
+                cpu_seconds: (field(14)? + field(15)?) / ticks,
+                threads: field(20)? as i64,
+                start_time: boot_time + field(22)? / ticks,
+                virtual_bytes: field(23)? as i64,
+                resident_bytes: (field(24)? * page) as i64,
+            })
+        }
     }
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_classic_format_names_counters_with_total_and_has_no_eof() {
+        let metrics = Metrics::with_namespaces(&["payments".to_owned()]);
+        metrics.call_finished("StartWorkflowExecution", true, metrics.namespace_label("payments"), "0", Duration::ZERO);
+        metrics.call_finished(
+            "StartWorkflowExecution",
+            false,
+            metrics.namespace_label("anything"),
+            "7",
+            Duration::ZERO,
+        );
+        let classic = metrics.encode_classic();
+        assert!(classic.contains("# TYPE flowgate_calls_total counter\n"), "{classic}");
+        assert!(classic.contains("# HELP flowgate_calls_total "), "{classic}");
+        assert!(classic.contains(r#"namespace="payments""#) && classic.contains(r#"namespace="other""#));
+        assert!(!classic.contains("# EOF") && !classic.contains("# UNIT"), "{classic}");
+        assert!(classic.contains("\nprocess_resident_memory_bytes "), "{classic}");
+        assert!(classic.contains("flowgate_build_info{version="), "{classic}");
+        // OpenMetrics is what it was: families without `_total`, and the closing EOF.
+        let openmetrics = metrics.encode();
+        assert!(openmetrics.contains("# TYPE flowgate_calls counter\n") && openmetrics.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn calls_are_in_flight_until_their_guard_drops() {
+        let metrics = Metrics::new();
+        let poll = metrics.call_started(true);
+        let gauge = |text: &str, kind: &str| text.contains(&format!("flowgate_calls_in_flight{{kind=\"{kind}\"}} 1\n"));
+        assert!(gauge(&metrics.encode_classic(), "long_poll"));
+        drop(poll);
+        assert!(!gauge(&metrics.encode_classic(), "long_poll"));
     }
 }

@@ -26,6 +26,7 @@ use serde::Serialize;
 
 use crate::authz::{Decision, PolicyEngine};
 use crate::temporal::Call;
+use crate::traceparent::TraceId;
 
 pub use self::log::{AuditError, DecisionLog};
 
@@ -199,6 +200,9 @@ pub struct DecisionRecord<'a> {
     /// the top-level fields are then the only question).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub questions: Vec<QuestionRecord<'a>>,
+    /// The W3C trace the call belongs to, when its client sent a valid `traceparent`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<TraceId>,
 }
 
 fn is_zero(n: &usize) -> bool {

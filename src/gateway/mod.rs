@@ -59,6 +59,7 @@ use crate::temporal::catalog::{self, Access, MethodSpec};
 use crate::temporal::implied::{self, Origin, Question, TaskWorkflow};
 use crate::temporal::task_token::{self, Binding, SealContext, TaskKind, TaskTokenKeys};
 use crate::temporal::{Call, Resource, ResourceKind, inspect, wire};
+use crate::traceparent::{TraceId, TraceParent};
 
 /// Everything a call needs, shared by all connections. Each field belongs to one phase.
 pub struct Gateway {
@@ -152,9 +153,26 @@ struct OutcomeWatcher {
     log: DecisionLog,
     metrics: Arc<Metrics>,
     decision_id: String,
+    trace_id: Option<TraceId>,
     method: &'static str,
     started: Instant,
     written: bool,
+}
+
+/// One line per call on the `flowgate::access` log target, at debug level (off unless
+/// `FLOWGATE_LOG` turns it on, e.g. `info,flowgate::access=debug`): the decision id and trace
+/// id that join a log line to its decision record and its trace, the method, the gRPC status
+/// the client got, and how long the call took. Whom and why are in the decision record.
+fn access_log(decision_id: &str, trace_id: Option<TraceId>, method: &str, status: u16, started: Instant) {
+    tracing::debug!(
+        target: "flowgate::access",
+        decision_id,
+        trace_id = %trace_id.map(|t| t.to_string()).unwrap_or_default(),
+        method,
+        grpc_status = status,
+        duration_us = started.elapsed().as_micros() as u64,
+        "call ended"
+    );
 }
 
 impl OutcomeWatcher {
@@ -179,6 +197,7 @@ impl OutcomeWatcher {
             run_id,
             started,
         };
+        access_log(&self.decision_id, self.trace_id, self.method, ending.status, self.started);
         // The call has happened: nothing waits on this record, and a failure to write it is
         // counted and logged, not turned into an error the client would misread.
         if let Err(error) = self.log.write_detached(&record) {
@@ -383,6 +402,11 @@ impl Gateway {
         let (outcome, forward_body) =
             self.decide(spec, &parts, body, reservation, path, &policies, shadow.as_deref(), &decision_id).await;
         self.metrics.authorized_in(started.elapsed());
+        if let (Some(decided), Some(namespace)) =
+            (parts.extensions.get::<Decided>(), outcome.call.as_ref().and_then(|c| c.resource.namespace.as_deref()))
+        {
+            decided.set_namespace(self.metrics.namespace_label(namespace));
+        }
 
         // Phase 5: record, before anything goes upstream.
         let refusal = match &outcome.decision {
@@ -427,6 +451,7 @@ impl Gateway {
             }
             self.metrics.decision_log_failed();
             let refusal = Refusal::Audit(error);
+            access_log(&record.decision_id, record.trace_id, spec.name, refusal.code() as u16, started);
             return Err(trailers_only(refusal.code(), &refusal.to_string()));
         }
         if let Some(refusal) = refusal {
@@ -464,10 +489,12 @@ impl Gateway {
                     Box::pin(self.fail_workflow_task(&parts, session, call, token, asked, &failure)).await;
                 }
             }
+            access_log(&record.decision_id, record.trace_id, spec.name, refusal.code() as u16, started);
             return Err(trailers_only(refusal.code(), &message));
         }
 
         // The record is written: it is not held while the call is upstream.
+        let trace_id = record.trace_id;
         let decision_id = record.decision_id;
         if let (Some(session), Some(call)) = (&outcome.session, &outcome.call) {
             self.set_upstream_credentials(&mut parts.headers, session, spec, call);
@@ -499,6 +526,7 @@ impl Gateway {
             log: self.log.clone(),
             metrics: self.metrics.clone(),
             decision_id,
+            trace_id,
             method: spec.name,
             started,
             written: false,
@@ -1098,6 +1126,11 @@ impl Gateway {
                 _ => None,
             },
             questions,
+            trace_id: parts
+                .headers
+                .get("traceparent")
+                .and_then(|v| TraceParent::parse(v.as_bytes()))
+                .map(|t| t.trace_id),
         }
     }
 }

@@ -21,6 +21,7 @@ use crate::audit::{self, ClientRecord, DecisionRecord, PrincipalRecord, Resource
 use crate::authn::Principal;
 use crate::authz::{Decision, ISSUE_CREDENTIAL, PolicyEngine};
 use crate::proxy::ResponseBody;
+use crate::traceparent::TraceParent;
 
 pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
@@ -105,6 +106,8 @@ async fn exchange(
     let started = Instant::now();
     let policies = endpoint.policies.enforced();
     let client_name = request.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let trace_id =
+        request.headers().get("traceparent").and_then(|v| TraceParent::parse(v.as_bytes())).map(|t| t.trace_id);
     let mut found = Exchange::default();
     let outcome = decide(endpoint, &policies, request, &mut found).await;
 
@@ -150,6 +153,7 @@ async fn exchange(
             _ => None,
         },
         questions: Vec::new(),
+        trace_id,
     };
     if let Err(error) = endpoint.log.write(&record).await {
         endpoint.metrics.decision_log_failed();
