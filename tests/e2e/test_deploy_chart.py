@@ -77,7 +77,7 @@ def kubernetes_validate():
     try:
         import kubernetes_validate
     except ImportError:
-        pytest.fail(f"kubernetes_validate is not installed for {sys.executable} (requirements.txt lists it)")
+        pytest.fail(f"kubernetes_validate is not installed for {sys.executable} (requirements-test.txt lists it)")
     return kubernetes_validate
 
 
