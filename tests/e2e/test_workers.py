@@ -11,6 +11,11 @@
   completes with the activity's result; the decision log shows the exchange, the refresh and
   every worker call allowed under the minted credential. Without its settings, or with a gateway
   it cannot reach, the worker prints one line and exits non-zero.
+- All three, against a local HTTPS stand-in for the gateway that counts what each server sees:
+  the subject token goes to a token endpoint on FLOWGATE_URL's https origin only (not another
+  port, host or plaintext; exit 2, before any POST), no redirect is followed (discovery's 302,
+  the token endpoint's 307/308), and a token response without a credential, over 256 KiB or
+  dripping past the request's deadline stops the worker with one line.
 
 The Go toolchain and npm are required: a missing one FAILS these tests (CI installs them), and
 `go build`/`npm ci` need the Go module proxy and the npm registry.
@@ -93,18 +98,28 @@ def assert_one_line(done: subprocess.CompletedProcess, status: int, *needles: st
 # Go
 
 
-def test_go_worker_builds_vets_and_is_formatted(tmp_path):
+def go_env() -> dict:
+    # -mod=readonly: the build uses go.mod and go.sum as committed, and fails if they are short.
+    return {**os.environ, "GOFLAGS": "-mod=readonly -buildvcs=false", "CGO_ENABLED": "0"}
+
+
+@pytest.fixture(scope="module")
+def go_worker(tmp_path_factory) -> Path:
+    """The Go worker, built once for this module's tests."""
+    binary = tmp_path_factory.mktemp("go-worker") / "worker"
+    sh([tool("go"), "build", "-o", binary, "."], WORKERS / "go", go_env())
+    return binary
+
+
+def test_go_worker_builds_vets_and_is_formatted(go_worker):
     go, gofmt = tool("go"), tool("gofmt")
     project = WORKERS / "go"
-    # -mod=readonly: the build uses go.mod and go.sum as committed, and fails if they are short.
-    env = {**os.environ, "GOFLAGS": "-mod=readonly -buildvcs=false", "CGO_ENABLED": "0"}
-    sh([go, "build", "-o", tmp_path / "worker", "."], project, env)
-    sh([go, "vet", "./..."], project, env)
+    sh([go, "vet", "./..."], project, go_env())
     unformatted = sh([gofmt, "-l", "."], project).stdout.strip()
     assert not unformatted, f"not gofmt-formatted: {unformatted}"
     assert re.search(r"^require go\.temporal\.io/sdk v", (project / "go.mod").read_text(), re.M)
 
-    done = subprocess.run([tmp_path / "worker"], env=bare_env(), capture_output=True, text=True, timeout=30)
+    done = subprocess.run([go_worker], env=bare_env(), capture_output=True, text=True, timeout=30)
     assert_one_line(done, 2, *NAMED)
 
 
@@ -143,20 +158,26 @@ def test_typescript_lockfile_names_no_registry_and_one_sdk_version():
     assert "node_modules/" in ignored and "lib/" in ignored, ignored
 
 
-def test_typescript_worker_type_checks_and_builds(tmp_path):
+@pytest.fixture(scope="module")
+def ts_worker(tmp_path_factory) -> tuple[str, Path]:
+    """The TypeScript worker, installed and built once for this module's tests: (node, project)."""
     node, npm = tool("node"), tool("npm")
-    version = sh([node, "--version"], tmp_path).stdout.strip()
+    work = tmp_path_factory.mktemp("ts-worker") / "typescript"
+    version = sh([node, "--version"], work.parent).stdout.strip()
     major, minor = (int(x) for x in version.lstrip("v").split(".")[:2])
     assert (major, minor) >= (20, 3), f"node {version}: the SDK needs 20.3 or later"
 
     # A copy, so that node_modules and lib/ never land in the repository; npm's own cache makes
     # the next run fast. Install scripts are not needed to type-check.
-    work = tmp_path / "typescript"
     shutil.copytree(WORKERS / "typescript", work, ignore=shutil.ignore_patterns("node_modules", "lib"))
     sh([npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts", "--prefer-offline"], work)
-    tsc = work / "node_modules" / "typescript" / "bin" / "tsc"
-    sh([node, tsc, "--noEmit", "-p", "."], work)
-    sh([node, tsc, "-p", "."], work)
+    sh([node, work / "node_modules" / "typescript" / "bin" / "tsc", "-p", "."], work)
+    return node, work
+
+
+def test_typescript_worker_type_checks_and_builds(ts_worker):
+    node, work = ts_worker
+    sh([node, work / "node_modules" / "typescript" / "bin" / "tsc", "--noEmit", "-p", "."], work)
 
     done = subprocess.run([node, work / "lib" / "worker.js"], cwd=work, env=bare_env(), capture_output=True,
                           text=True, timeout=60)  # fmt: skip
@@ -496,3 +517,229 @@ env = "CI_OIDC_TOKEN"
     assert result == f"deployed payments at {COMMIT} (ci run 1234)", result
     assert "Traceback" not in worker.log(), worker.log()
     check_worker_records(gw, scope, queue, worker.log())
+
+
+# --------------------------------------------------------------------------------------------
+# Every worker, against a stand-in gateway: where the subject token may go
+#
+# The discovery document names the token endpoint, and the workers POST the subject token there.
+# A document (or whoever answers in the gateway's place) must not send it anywhere but the
+# gateway's own https origin, a redirect must not carry it elsewhere, and an answer that is too
+# large, too slow or without a credential must stop the worker with one line.
+
+CI_TOKEN = "ci-job-token-for-the-gateway-only"
+DISCOVERY = "/.well-known/openid-configuration"
+TOKEN = "/oauth2/token"
+PROXY_SETTINGS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
+def reply(handler, status: int, body: object = b"", headers: dict | None = None) -> None:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    for name, value in (headers or {}).items():
+        handler.send_header(name, value)
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
+class StandIn:
+    """A server on 127.0.0.1, HTTPS with a certificate the test CA signed (or plaintext), that
+    records every request it gets (method, path, body) and answers from `routes`: (method,
+    path) → a function of the request handler. Its discovery document names its own token
+    endpoint, which answers with a credential, so that a request that reached it would have
+    succeeded."""
+
+    def __init__(self, tls: tuple[Path, Path] | None):
+        import http.server
+        import ssl
+        import threading
+
+        self.requests: list[tuple[str, str, bytes]] = []
+        self.stopping = threading.Event()
+        stand_in = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def answer(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                stand_in.requests.append((self.command, self.path, self.rfile.read(length)))
+                route = stand_in.routes.get((self.command, self.path))
+                if route is None:
+                    reply(self, 404, {"error": "not_found"})
+                else:
+                    route(self)
+
+            do_GET = do_POST = answer
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*map(str, tls))
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        self.origin = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        self.routes = {
+            ("GET", DISCOVERY): lambda h: reply(h, 200, {"issuer": self.origin, "token_endpoint": self.origin + TOKEN}),
+            ("POST", TOKEN): lambda h: reply(h, 200, {"access_token": "minted", "token_type": "Bearer",
+                                                      "expires_in": 600}),
+        }  # fmt: skip
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def seen(self) -> list[tuple[str, str]]:
+        return [(method, path) for method, path, _ in self.requests]
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def stand_ins(tmp_path):
+    """(ca.pem, the gateway the worker is pointed at, another HTTPS server, a plaintext one)."""
+    ca, cert, key = make_ca(tmp_path / "tls")
+    servers = StandIn((cert, key)), StandIn((cert, key)), StandIn(None)
+    try:
+        yield ca, *servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@pytest.fixture(params=["python", "go", "typescript"])
+def worker_command(request) -> tuple[list, Path | None]:
+    """How to start each worker: (command, cwd)."""
+    if request.param == "python":
+        return [sys.executable, "worker.py"], WORKERS / "python"
+    if request.param == "go":
+        return [request.getfixturevalue("go_worker")], None
+    node, work = request.getfixturevalue("ts_worker")
+    return [node, work / "lib" / "worker.js"], work
+
+
+def run_against(worker_command, ca: Path, gateway: StandIn, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Runs a worker with a CI token and FLOWGATE_URL pointing at `gateway`; TEMPORAL_ADDRESS is
+    a port nothing listens on (none of these runs should get that far)."""
+    command, cwd = worker_command
+    env = bare_env(CI_OIDC_TOKEN=CI_TOKEN, FLOWGATE_URL=gateway.origin, TEMPORAL_ADDRESS=f"127.0.0.1:{free_port()}",
+                   FLOWGATE_CA_FILE=str(ca), NODE_EXTRA_CA_CERTS=str(ca))  # fmt: skip
+    for name in list(env):
+        if name.lower() in PROXY_SETTINGS:
+            del env[name]
+    return subprocess.run([str(c) for c in command], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+
+
+@pytest.mark.parametrize("where", ["another port", "another host", "plaintext"])
+def test_worker_sends_the_token_to_no_token_endpoint_off_the_gateways_origin(worker_command, stand_ins, where):
+    ca, gateway, elsewhere, plaintext = stand_ins
+    endpoint = {
+        "another port": elsewhere.origin + TOKEN,
+        # The same server under another name (its certificate is valid for `localhost` too).
+        "another host": f"https://localhost:{gateway.port}{TOKEN}",
+        "plaintext": plaintext.origin + TOKEN,
+    }[where]
+    gateway.routes[("GET", DISCOVERY)] = lambda h: reply(h, 200, {"issuer": gateway.origin, "token_endpoint": endpoint})
+
+    done = run_against(worker_command, ca, gateway)
+    assert_one_line(done, 2, "token_endpoint", endpoint, "FLOWGATE_URL")
+    assert gateway.seen() == [("GET", DISCOVERY)], gateway.requests
+    assert elsewhere.requests == [] and plaintext.requests == [], (elsewhere.requests, plaintext.requests)
+
+
+def test_worker_follows_no_redirect_from_discovery(worker_command, stand_ins):
+    ca, gateway, elsewhere, _ = stand_ins
+    gateway.routes[("GET", DISCOVERY)] = lambda h: reply(h, 302, headers={"Location": elsewhere.origin + DISCOVERY})
+
+    done = run_against(worker_command, ca, gateway)
+    assert "redirect" in assert_one_line(done, 1, "discovery").lower()
+    assert gateway.seen() == [("GET", DISCOVERY)], gateway.requests
+    assert elsewhere.requests == [], elsewhere.requests
+
+
+@pytest.mark.parametrize("status", [307, 308])
+def test_worker_follows_no_redirect_from_the_token_endpoint(worker_command, stand_ins, status):
+    """A 307 or 308 asks for the same POST, subject token and all, at the Location."""
+    ca, gateway, elsewhere, _ = stand_ins
+    gateway.routes[("POST", TOKEN)] = lambda h: reply(h, status, headers={"Location": elsewhere.origin + TOKEN})
+
+    done = run_against(worker_command, ca, gateway)
+    assert "redirect" in assert_one_line(done, 1, "token endpoint").lower()
+    assert gateway.seen() == [("GET", DISCOVERY), ("POST", TOKEN)], gateway.requests
+    assert CI_TOKEN in gateway.requests[1][2].decode(), gateway.requests[1]
+    assert elsewhere.requests == [], elsewhere.requests
+
+
+@pytest.mark.parametrize("missing", ["access_token", "expires_in"])
+def test_worker_refuses_a_token_response_without_a_credential(worker_command, stand_ins, missing):
+    ca, gateway, _, _ = stand_ins
+    answer = {key: value for key, value in {"access_token": "minted", "token_type": "Bearer", "expires_in": 600}.items()
+              if key != missing}  # fmt: skip
+    gateway.routes[("POST", TOKEN)] = lambda h: reply(h, 200, answer)
+
+    assert_one_line(run_against(worker_command, ca, gateway), 1, "token endpoint", "unexpected response")
+
+
+def test_worker_refuses_an_oversized_token_response(worker_command, stand_ins):
+    """A well-formed credential, padded past 256 KiB and sent without a length (read to the end
+    of the connection): refused, not buffered."""
+    ca, gateway, _, _ = stand_ins
+
+    def oversized(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Connection", "close")
+        handler.end_headers()
+        handler.close_connection = True
+        try:
+            handler.wfile.write(json.dumps({"access_token": "x" * (300 * 1024), "token_type": "Bearer",
+                                            "expires_in": 600}).encode())  # fmt: skip
+        except OSError:
+            pass  # the worker stopped reading
+
+    gateway.routes[("POST", TOKEN)] = oversized
+    assert_one_line(run_against(worker_command, ca, gateway), 1, "token endpoint", "256 KiB")
+
+
+def test_worker_gives_up_on_a_token_endpoint_that_drips(worker_command, stand_ins):
+    """Headers at once, then a byte of body every half second, each well within any per-read
+    timeout: only a deadline on the whole request ends it."""
+    ca, gateway, _, _ = stand_ins
+
+    def drip(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", "100000")
+        handler.end_headers()
+        handler.close_connection = True
+        try:
+            while not gateway.stopping.wait(0.5):
+                handler.wfile.write(b" ")
+                handler.wfile.flush()
+        except OSError:
+            pass  # the worker gave up
+
+    gateway.routes[("POST", TOKEN)] = drip
+    started = time.monotonic()
+    done = run_against(worker_command, ca, gateway, timeout=90)
+    assert_one_line(done, 1, "token endpoint")
+    assert time.monotonic() - started < 45, f"the worker took {time.monotonic() - started:.0f} s to give up"
+
+
+def test_worker_exchanges_at_a_token_endpoint_on_the_gateways_origin(worker_command, stand_ins):
+    """The check lets the gateway's own endpoint through: the token is POSTed there, and the
+    worker goes on to connect to TEMPORAL_ADDRESS (where nothing listens)."""
+    ca, gateway, elsewhere, plaintext = stand_ins
+    done = run_against(worker_command, ca, gateway, timeout=120)
+    assert_one_line(done, 1, "cannot connect")
+    assert gateway.seen() == [("GET", DISCOVERY), ("POST", TOKEN)], gateway.requests
+    assert CI_TOKEN in gateway.requests[1][2].decode(), gateway.requests[1]
+    assert elsewhere.requests == [] and plaintext.requests == [], (elsewhere.requests, plaintext.requests)

@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log"
 	"math/rand/v2"
 	"net/http"
@@ -18,7 +20,71 @@ import (
 const (
 	grantType    = "urn:ietf:params:oauth:grant-type:token-exchange"
 	jwtTokenType = "urn:ietf:params:oauth:token-type:jwt"
+	// maxResponse bounds what is read of a discovery document or a token response (a few
+	// hundred bytes each): a larger answer is refused, not buffered.
+	maxResponse = 256 << 10
 )
+
+// configError is a setting that is wrong (exit status 2), such as a gateway whose discovery
+// document names a token endpoint somewhere else.
+type configError struct{ msg string }
+
+func (e *configError) Error() string { return e.msg }
+
+// newHTTPClient is the client for discovery and the exchange. It never follows a redirect (the
+// default client would re-send the POST, subject token and all, wherever a Location header
+// points): a 3xx comes back as the response, and is refused. Timeout bounds each request as a
+// whole, the body included.
+func newHTTPClient(tc *tls.Config) *http.Client {
+	return &http.Client{
+		Timeout:   10 * time.Second,
+		Transport: &http.Transport{Proxy: http.ProxyFromEnvironment, TLSClientConfig: tc},
+		CheckRedirect: func(*http.Request, []*http.Request) error {
+			return http.ErrUseLastResponse
+		},
+	}
+}
+
+// readBody reads at most maxResponse bytes of a response; redirects and larger bodies are errors.
+func readBody(what string, resp *http.Response) ([]byte, error) {
+	if resp.StatusCode >= 300 && resp.StatusCode < 400 {
+		return nil, fmt.Errorf("%s: HTTP %d, a redirect to %q: redirects are not followed", what, resp.StatusCode,
+			resp.Header.Get("Location"))
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxResponse+1))
+	if err != nil {
+		return nil, fmt.Errorf("%s: HTTP %d, unreadable body: %w", what, resp.StatusCode, err)
+	}
+	if len(body) > maxResponse {
+		return nil, fmt.Errorf("%s: HTTP %d, a response larger than %d KiB", what, resp.StatusCode, maxResponse>>10)
+	}
+	return body, nil
+}
+
+// checkTokenEndpoint accepts a discovered token endpoint only on the gateway's own origin
+// (https, same host and port as FLOWGATE_URL): the subject token goes nowhere else.
+func checkTokenEndpoint(gateway, endpoint string) error {
+	g, err := url.Parse(gateway)
+	if err != nil {
+		return &configError{fmt.Sprintf("FLOWGATE_URL %q: %v", gateway, err)}
+	}
+	e, err := url.Parse(endpoint)
+	if err != nil || e.Scheme != "https" || e.User != nil || e.Host == "" ||
+		!strings.EqualFold(e.Hostname(), g.Hostname()) || port(e) != port(g) {
+		return &configError{fmt.Sprintf("the discovery document at %s names token_endpoint %q, which is not on "+
+			"FLOWGATE_URL's https origin (scheme, host and port): the subject token is sent to the gateway only",
+			gateway, endpoint)}
+	}
+	return nil
+}
+
+// port is a URL's port, 443 when it has none (both URLs are https).
+func port(u *url.URL) string {
+	if p := u.Port(); p != "" {
+		return p
+	}
+	return "443"
+}
 
 // exchangeError is a refusal from the token endpoint (an OAuth error) or a transport failure.
 type exchangeError struct {
@@ -39,7 +105,8 @@ type credentials struct {
 	expiresAt time.Time
 }
 
-// discover reads the token endpoint from flowgate's OIDC discovery document.
+// discover reads the token endpoint from flowgate's OIDC discovery document, and accepts it only
+// on the gateway's own origin.
 func discover(ctx context.Context, hc *http.Client, gateway string) (string, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, gateway+"/.well-known/openid-configuration", nil)
 	if err != nil {
@@ -50,17 +117,25 @@ func discover(ctx context.Context, hc *http.Client, gateway string) (string, err
 		return "", fmt.Errorf("gateway unreachable: %w", err)
 	}
 	defer resp.Body.Close()
+	what := "discovery at " + gateway
+	body, err := readBody(what, resp)
+	if err != nil {
+		return "", err
+	}
 	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("discovery at %s: HTTP %d (is [mint] configured on the gateway?)", gateway, resp.StatusCode)
+		return "", fmt.Errorf("%s: HTTP %d (is [mint] configured on the gateway?)", what, resp.StatusCode)
 	}
 	var doc struct {
 		TokenEndpoint string `json:"token_endpoint"`
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&doc); err != nil {
-		return "", fmt.Errorf("discovery at %s: %w", gateway, err)
+	if err := json.Unmarshal(body, &doc); err != nil {
+		return "", fmt.Errorf("%s: %w", what, err)
 	}
 	if doc.TokenEndpoint == "" {
-		return "", fmt.Errorf("discovery at %s: no token_endpoint", gateway)
+		return "", fmt.Errorf("%s: no token_endpoint", what)
+	}
+	if err := checkTokenEndpoint(gateway, doc.TokenEndpoint); err != nil {
+		return "", err
 	}
 	return doc.TokenEndpoint, nil
 }
@@ -86,6 +161,10 @@ func (c *credentials) exchange(ctx context.Context, subjectToken string) error {
 		return &exchangeError{msg: "token endpoint unreachable: " + err.Error()}
 	}
 	defer resp.Body.Close()
+	raw, err := readBody("token endpoint", resp)
+	if err != nil {
+		return &exchangeError{msg: err.Error()}
+	}
 	var body struct {
 		AccessToken      string `json:"access_token"`
 		ExpiresIn        int64  `json:"expires_in"`
@@ -93,7 +172,7 @@ func (c *credentials) exchange(ctx context.Context, subjectToken string) error {
 		Error            string `json:"error"`
 		ErrorDescription string `json:"error_description"`
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+	if err := json.Unmarshal(raw, &body); err != nil {
 		return &exchangeError{msg: fmt.Sprintf("token endpoint: HTTP %d, unreadable body: %v", resp.StatusCode, err)}
 	}
 	if resp.StatusCode != http.StatusOK {
@@ -101,7 +180,7 @@ func (c *credentials) exchange(ctx context.Context, subjectToken string) error {
 			"token exchange refused (HTTP %d): %s: %s", resp.StatusCode, body.Error, body.ErrorDescription)}
 	}
 	if !strings.EqualFold(body.TokenType, "bearer") || body.AccessToken == "" || body.ExpiresIn <= 0 {
-		return &exchangeError{msg: "token endpoint: unexpected response"}
+		return &exchangeError{msg: "token endpoint: unexpected response (no Bearer access_token with a positive expires_in)"}
 	}
 	c.mu.Lock()
 	c.token = body.AccessToken

@@ -30,19 +30,23 @@
 // and a Cedar policy on Temporal::Action::"IssueCredential" must permit it (see
 // deploy/ci/README.md); FLOWGATE_CA_FILE is a PEM bundle for a gateway whose certificate a
 // private CA signed (the system roots otherwise).
+//
+// The subject token goes to the gateway only. The token endpoint comes from the discovery
+// document at FLOWGATE_URL and must be on FLOWGATE_URL's https origin (scheme, host and port):
+// anything else stops the worker (exit 2). No redirect is followed, and a request to the
+// gateway is given up after 10 s or 256 KiB of response.
 package main
 
 import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"log"
-	"net/http"
 	"net/url"
 	"os"
 	"strings"
-	"time"
 
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/worker"
@@ -158,12 +162,12 @@ func main() {
 		if err != nil {
 			fail(2, err)
 		}
-		hc := &http.Client{
-			Timeout:   10 * time.Second,
-			Transport: &http.Transport{Proxy: http.ProxyFromEnvironment, TLSClientConfig: tc.Clone()},
-		}
+		hc := newHTTPClient(tc.Clone())
 		endpoint, err := discover(ctx, hc, s.gateway)
-		if err != nil {
+		var wrong *configError
+		if errors.As(err, &wrong) {
+			fail(2, err)
+		} else if err != nil {
 			fail(1, err)
 		}
 		creds := &credentials{endpoint: endpoint, scope: s.scope, http: hc}

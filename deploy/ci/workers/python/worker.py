@@ -28,6 +28,11 @@ and a Cedar policy on `Temporal::Action::"IssueCredential"` must permit it (see
 deploy/ci/README.md); FLOWGATE_CA_FILE is a PEM bundle for a gateway whose certificate a
 private CA signed (the system roots otherwise).
 
+The subject token goes to the gateway only. The token endpoint comes from the discovery document
+at FLOWGATE_URL and must be on FLOWGATE_URL's https origin (scheme, host and port): anything
+else stops the worker (exit 2). No redirect is followed, and a request to the gateway is given
+up after 15 s or 256 KiB of response.
+
 Whatever stops it (a missing setting, a gateway it cannot reach, a refused exchange, a
 credential it could not refresh) is one line on stderr and a non-zero exit status: 2 for a
 setting, 1 for the rest.
@@ -36,12 +41,14 @@ setting, 1 for the rest.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import logging
 import os
 import random
 import ssl
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -155,30 +162,131 @@ class ExchangeError(Exception):
         self.oauth_error = oauth_error
 
 
-def token_endpoint(settings: Settings) -> str:
-    """flowgate's token endpoint, from its OIDC discovery document. Blocking; run it in a thread."""
-    url = f"{settings.gateway}/.well-known/openid-configuration"
+# One request to the gateway, whole: connect, TLS, headers and body. A discovery document or a
+# token response is a few hundred bytes; a larger one is refused, not buffered.
+DEADLINE = 15.0  # seconds
+MAX_RESPONSE = 256 * 1024  # bytes
+
+
+def redirect_refused(what: str, status: int, location: object) -> ExchangeError:
+    return ExchangeError(f"{what}: HTTP {status}, a redirect to {location!r}: redirects are not followed")
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """urllib follows redirects by default, and would take the request (for a 307 or 308, the
+    POST with the subject token in it) wherever a Location header points. Never follow one."""
+
+    def __init__(self, what: str):
+        self.what = what
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        raise redirect_refused(self.what, code, newurl)
+
+
+def _request(settings: Settings, what: str, request: urllib.request.Request | str,
+             unreachable: str = "") -> tuple[int, object]:  # fmt: skip
+    """Sends `request` and returns the status and the JSON body (None when the body is not JSON),
+    for an error status too. No redirect is followed, at most MAX_RESPONSE bytes are read, and
+    reading stops at DEADLINE. Blocking: call it through `off_loop`, which bounds it as a whole.
+    `unreachable` begins the message when there is no response at all."""
+    deadline = time.monotonic() + DEADLINE
+    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=settings.ssl_context()),
+                                         _RefuseRedirects(what))  # fmt: skip
     try:
-        with urllib.request.urlopen(url, timeout=10, context=settings.ssl_context()) as response:
-            document = json.load(response)
+        response = opener.open(request, timeout=DEADLINE)
     except urllib.error.HTTPError as err:
-        raise ExchangeError(
-            f"discovery at {settings.gateway}: HTTP {err.code} (is [mint] configured on the gateway?)"
-        ) from None
+        response = err  # an error status, with its body
     except (urllib.error.URLError, TimeoutError, OSError) as err:
-        raise ExchangeError(f"gateway unreachable: {settings.gateway}: {getattr(err, 'reason', err)}") from None
+        raise ExchangeError(f"{unreachable or what + ' unreachable'}: {getattr(err, 'reason', err)}") from None
+    with response:
+        status = response.status
+        if 300 <= status < 400:
+            raise redirect_refused(what, status, response.headers.get("Location"))
+        body = bytearray()
+        try:
+            while chunk := response.read1(min(65536, MAX_RESPONSE + 1 - len(body))):
+                body += chunk
+                if len(body) > MAX_RESPONSE:
+                    raise ExchangeError(f"{what}: HTTP {status}, a response larger than {MAX_RESPONSE // 1024} KiB")
+                if time.monotonic() > deadline:
+                    raise ExchangeError(f"{what}: HTTP {status}, no complete response within {DEADLINE:.0f} s")
+        except (TimeoutError, OSError, http.client.HTTPException) as err:
+            raise ExchangeError(f"{what}: HTTP {status}, unreadable body: {err}") from None
+    try:
+        return status, json.loads(body)
     except ValueError:
-        raise ExchangeError(f"discovery at {settings.gateway}: not a JSON document") from None
-    endpoint = document.get("token_endpoint") if isinstance(document, dict) else None
-    if not endpoint:
+        return status, None
+
+
+async def off_loop(what: str, call, *args):
+    """Runs a blocking request in a daemon thread and gives up on it after DEADLINE. Not
+    asyncio.to_thread: its threads are joined at exit, and one stuck in a read of a server that
+    stopped answering would keep the worker from exiting."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def settle(result, error):
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def run():
+        try:
+            result, error = call(*args), None
+        except Exception as err:  # noqa: BLE001 - handed to the awaiting task
+            result, error = None, err
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:
+            pass  # the loop has closed: nobody waits for this any more
+
+    threading.Thread(target=run, name=what, daemon=True).start()
+    try:
+        return await asyncio.wait_for(future, DEADLINE)
+    except TimeoutError:
+        raise ExchangeError(f"{what}: no complete response within {DEADLINE:.0f} s") from None
+
+
+def same_origin(gateway: str, endpoint: str) -> bool:
+    """Whether `endpoint` is an https URL on the gateway's origin: same host and port."""
+    try:
+        g, e = urllib.parse.urlsplit(gateway), urllib.parse.urlsplit(endpoint)
+        return (e.scheme == "https" and not e.username and bool(e.hostname) and e.hostname == g.hostname
+                and (e.port or 443) == (g.port or 443))  # fmt: skip
+    except ValueError:  # a port that is not a number
+        return False
+
+
+def token_endpoint(settings: Settings) -> str:
+    """flowgate's token endpoint, from its OIDC discovery document, and only on the gateway's own
+    origin. Blocking; run it through `off_loop`."""
+    url = f"{settings.gateway}/.well-known/openid-configuration"
+    status, document = _request(settings, f"discovery at {settings.gateway}", url,
+                                unreachable=f"gateway unreachable: {settings.gateway}")  # fmt: skip
+    if status != 200:
+        raise ExchangeError(f"discovery at {settings.gateway}: HTTP {status} (is [mint] configured on the gateway?)")
+    if not isinstance(document, dict):
+        raise ExchangeError(f"discovery at {settings.gateway}: not a JSON document")
+    endpoint = document.get("token_endpoint")
+    if not endpoint or not isinstance(endpoint, str):
         raise ExchangeError(f"discovery at {settings.gateway}: no token_endpoint")
+    # The subject token is for the gateway: a discovery document (or whoever answered in the
+    # gateway's place) must not send it anywhere else, nor in the clear.
+    if not same_origin(settings.gateway, endpoint):
+        raise ConfigError(
+            f"the discovery document at {settings.gateway} names token_endpoint {endpoint!r}, which is not on "
+            "FLOWGATE_URL's https origin (scheme, host and port): the subject token is sent to the gateway only"
+        )
     return endpoint
 
 
 def exchange(settings: Settings, endpoint: str, subject_token: str) -> Credential:
     """RFC 8693 token exchange: a subject token (CI/workload OIDC token, or a still-valid
     flowgate credential) for a fresh flowgate credential with the worker's scope. Blocking; run
-    it in a thread."""
+    it through `off_loop`."""
     body = urllib.parse.urlencode(
         {
             "grant_type": GRANT_TYPE,
@@ -193,27 +301,23 @@ def exchange(settings: Settings, endpoint: str, subject_token: str) -> Credentia
         headers={"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"},
     )
     started = time.monotonic()
-    try:
-        with urllib.request.urlopen(request, timeout=10, context=settings.ssl_context()) as response:
-            document = json.load(response)
-    except urllib.error.HTTPError as err:
-        try:
-            problem = json.load(err)
-        except ValueError:
-            problem = {}
+    status, document = _request(settings, "token endpoint", request)
+    if status != 200:
+        problem = document if isinstance(document, dict) else {}
         raise ExchangeError(
-            f"token exchange refused ({err.code}): "
+            f"token exchange refused ({status}): "
             f"{problem.get('error', '?')}: {problem.get('error_description', '')}",
-            problem.get("error"),
-        ) from None
-    except (urllib.error.URLError, TimeoutError, OSError) as err:
-        raise ExchangeError(f"token endpoint unreachable: {getattr(err, 'reason', err)}") from None
-    except ValueError:
-        raise ExchangeError("token endpoint: not a JSON response") from None
-    if not isinstance(document, dict) or str(document.get("token_type", "")).lower() != "bearer":
-        raise ExchangeError("token endpoint: unexpected response")
+            problem.get("error") if isinstance(problem.get("error"), str) else None,
+        )
+    if document is None:
+        raise ExchangeError("token endpoint: not a JSON response")
+    token = document.get("access_token") if isinstance(document, dict) else None
+    lifetime = document.get("expires_in") if isinstance(document, dict) else None
+    if (str(document.get("token_type", "")).lower() != "bearer" or not isinstance(token, str) or not token
+            or not isinstance(lifetime, (int, float)) or isinstance(lifetime, bool) or not 0 < lifetime < 2**31):
+        raise ExchangeError("token endpoint: unexpected response (no Bearer access_token with a positive expires_in)")
     # Count the lifetime from when the request was sent: never later than the server's clock.
-    return Credential(document["access_token"], started + int(document["expires_in"]))
+    return Credential(token, started + int(lifetime))
 
 
 def subject_token(settings: Settings) -> str:
@@ -245,7 +349,7 @@ async def keep_fresh(client: Client, settings: Settings, endpoint: str, credenti
         backoff = 1.0
         while True:
             try:
-                credential = await asyncio.to_thread(exchange, settings, endpoint, credential.token)
+                credential = await off_loop("token endpoint", exchange, settings, endpoint, credential.token)
                 break
             except ExchangeError as err:
                 remaining = credential.expires_at - time.monotonic()
@@ -253,7 +357,8 @@ async def keep_fresh(client: Client, settings: Settings, endpoint: str, credenti
                 # file (the kubelet rotates it; a token already exchanged stays refused).
                 if err.oauth_error == "invalid_grant" and settings.token_file:
                     try:
-                        credential = await asyncio.to_thread(exchange, settings, endpoint, subject_token(settings))
+                        fresh = subject_token(settings)
+                        credential = await off_loop("token endpoint", exchange, settings, endpoint, fresh)
                         break
                     except (ExchangeError, ConfigError) as again:
                         err = again
@@ -285,8 +390,8 @@ async def main(settings: Settings) -> None:
     else:
         tls = settings.tls()
         subject = subject_token(settings)
-        endpoint = await asyncio.to_thread(token_endpoint, settings)
-        credential = await asyncio.to_thread(exchange, settings, endpoint, subject)
+        endpoint = await off_loop(f"discovery at {settings.gateway}", token_endpoint, settings)
+        credential = await off_loop("token endpoint", exchange, settings, endpoint, subject)
         client = await connect(
             settings.address,
             namespace=settings.namespace,

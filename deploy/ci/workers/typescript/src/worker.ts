@@ -31,6 +31,11 @@
  * private CA signed (the system roots otherwise). Node's fetch, which does the exchange, reads
  * extra roots only from NODE_EXTRA_CA_CERTS when node starts: set that to the same file.
  *
+ * The subject token goes to the gateway only. The token endpoint comes from the discovery
+ * document at FLOWGATE_URL and must be on FLOWGATE_URL's https origin (scheme, host and port):
+ * anything else stops the worker (exit 2). No redirect is followed, and a request to the
+ * gateway is given up after 10 s or 256 KiB of response.
+ *
  * Node 20.3 or later (the SDK's floor; global fetch).
  */
 import { readFileSync } from 'node:fs';
@@ -125,20 +130,96 @@ class ExchangeError extends Error {
   }
 }
 
-/** flowgate's token endpoint, from its OIDC discovery document. */
-async function tokenEndpoint(gateway: string): Promise<string> {
+/** One request to the gateway, whole: connect, TLS, headers and body. */
+const DEADLINE_MS = 10_000;
+/** A discovery document or a token response is a few hundred bytes; a larger one is refused, not buffered. */
+const MAX_RESPONSE = 256 * 1024;
+
+/**
+ * Sends one request and returns its status and JSON body (undefined when it is not JSON), for
+ * an error status too. Never follows a redirect (fetch would re-send a 307's POST, subject token
+ * and all, wherever the Location header points); reads at most MAX_RESPONSE bytes; the deadline
+ * covers the body too. `unreachable` begins the message when there is no response at all.
+ */
+async function request(
+  what: string,
+  url: string,
+  init: RequestInit,
+  unreachable = `${what} unreachable`,
+): Promise<{ status: number; body: unknown }> {
+  const signal = AbortSignal.timeout(DEADLINE_MS);
   let response: Response;
   try {
-    response = await fetch(`${gateway}/.well-known/openid-configuration`, { signal: AbortSignal.timeout(10_000) });
+    response = await fetch(url, { ...init, redirect: 'error', signal });
   } catch (err) {
-    throw new ExchangeError(`gateway unreachable: ${gateway}: ${describe(err)}`);
+    const why = describe(err);
+    if (/redirect/i.test(why)) throw new ExchangeError(`${what}: answered with a redirect: redirects are not followed`);
+    throw new ExchangeError(`${unreachable}: ${why}`);
   }
-  if (!response.ok) {
-    throw new ExchangeError(`discovery at ${gateway}: HTTP ${response.status} (is [mint] configured on the gateway?)`);
+  const declared = Number(response.headers.get('content-length') ?? 0);
+  const tooLarge = `${what}: HTTP ${response.status}, a response larger than ${MAX_RESPONSE / 1024} KiB`;
+  if (declared > MAX_RESPONSE) {
+    await response.body?.cancel().catch(() => {});
+    throw new ExchangeError(tooLarge);
   }
-  const doc = (await response.json().catch(() => ({}))) as { token_endpoint?: string };
-  if (!doc.token_endpoint) throw new ExchangeError(`discovery at ${gateway}: no token_endpoint`);
-  return doc.token_endpoint;
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  try {
+    const reader = response.body?.getReader();
+    for (;;) {
+      if (!reader) break;
+      const { done, value } = await reader.read();
+      if (done) break;
+      size += value.byteLength;
+      if (size > MAX_RESPONSE) {
+        await reader.cancel().catch(() => {});
+        throw new ExchangeError(tooLarge);
+      }
+      chunks.push(value);
+    }
+  } catch (err) {
+    if (err instanceof ExchangeError) throw err;
+    const why = signal.aborted ? `no complete response within ${DEADLINE_MS / 1000} s` : describe(err);
+    throw new ExchangeError(`${what}: HTTP ${response.status}, unreadable body: ${why}`);
+  }
+  let body: unknown;
+  try {
+    body = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+  } catch {
+    body = undefined;
+  }
+  return { status: response.status, body };
+}
+
+/** A discovered token endpoint is accepted only on the gateway's own https origin (scheme, host, port). */
+function sameOrigin(gateway: string, endpoint: string): boolean {
+  if (!URL.canParse(endpoint)) return false;
+  const url = new URL(endpoint);
+  return url.protocol === 'https:' && !url.username && !url.password && url.origin === new URL(gateway).origin;
+}
+
+/** flowgate's token endpoint, from its OIDC discovery document, and only on the gateway's own origin. */
+async function tokenEndpoint(gateway: string): Promise<string> {
+  const { status, body } = await request(
+    `discovery at ${gateway}`,
+    `${gateway}/.well-known/openid-configuration`,
+    {},
+    `gateway unreachable: ${gateway}`,
+  );
+  if (status !== 200) {
+    throw new ExchangeError(`discovery at ${gateway}: HTTP ${status} (is [mint] configured on the gateway?)`);
+  }
+  const endpoint = (body as { token_endpoint?: unknown } | undefined)?.token_endpoint;
+  if (!endpoint || typeof endpoint !== 'string') throw new ExchangeError(`discovery at ${gateway}: no token_endpoint`);
+  // The subject token is for the gateway: a discovery document (or whoever answered in the
+  // gateway's place) must not send it anywhere else, nor in the clear.
+  if (!sameOrigin(gateway, endpoint)) {
+    throw new ConfigError(
+      `the discovery document at ${gateway} names token_endpoint "${endpoint}", which is not on FLOWGATE_URL's ` +
+        'https origin (scheme, host and port): the subject token is sent to the gateway only',
+    );
+  }
+  return endpoint;
 }
 
 /** An error's message with its cause (fetch says only "fetch failed"; the cause says why). */
@@ -154,40 +235,43 @@ function describe(err: unknown): string {
  */
 async function exchange(endpoint: string, scope: string, subjectToken: string): Promise<Credential> {
   const sent = Date.now();
-  let response: Response;
-  try {
-    response = await fetch(endpoint, {
-      method: 'POST',
-      headers: { 'content-type': 'application/x-www-form-urlencoded', accept: 'application/json' },
-      body: new URLSearchParams({
-        grant_type: 'urn:ietf:params:oauth:grant-type:token-exchange',
-        subject_token: subjectToken,
-        subject_token_type: 'urn:ietf:params:oauth:token-type:jwt',
-        scope,
-      }),
-      signal: AbortSignal.timeout(10_000),
-    });
-  } catch (err) {
-    throw new ExchangeError(`token endpoint unreachable: ${describe(err)}`);
-  }
-  const body = (await response.json().catch(() => ({}))) as {
-    access_token?: string;
-    expires_in?: number;
-    token_type?: string;
-    error?: string;
-    error_description?: string;
+  const { status, body: parsed } = await request('token endpoint', endpoint, {
+    method: 'POST',
+    headers: { 'content-type': 'application/x-www-form-urlencoded', accept: 'application/json' },
+    body: new URLSearchParams({
+      grant_type: 'urn:ietf:params:oauth:grant-type:token-exchange',
+      subject_token: subjectToken,
+      subject_token_type: 'urn:ietf:params:oauth:token-type:jwt',
+      scope,
+    }),
+  });
+  const body = (parsed && typeof parsed === 'object' ? parsed : {}) as {
+    access_token?: unknown;
+    expires_in?: unknown;
+    token_type?: unknown;
+    error?: unknown;
+    error_description?: unknown;
   };
-  if (!response.ok) {
+  if (status !== 200) {
+    const error = typeof body.error === 'string' ? body.error : undefined;
     throw new ExchangeError(
-      `token exchange refused (HTTP ${response.status}): ${body.error}: ${body.error_description ?? ''}`,
-      body.error,
+      `token exchange refused (HTTP ${status}): ${error ?? '?'}: ${body.error_description ?? ''}`,
+      error,
     );
   }
-  if (!body.access_token || !body.expires_in || body.token_type?.toLowerCase() !== 'bearer') {
-    throw new ExchangeError('token endpoint: unexpected response');
+  const { access_token: token, expires_in: lifetime, token_type: type } = body;
+  if (
+    typeof token !== 'string' ||
+    !token ||
+    typeof lifetime !== 'number' ||
+    !(lifetime > 0 && lifetime < 2 ** 31) ||
+    typeof type !== 'string' ||
+    type.toLowerCase() !== 'bearer'
+  ) {
+    throw new ExchangeError('token endpoint: unexpected response (no Bearer access_token with a positive expires_in)');
   }
   // Counted from when the request was sent: never later than the server's clock.
-  return { token: body.access_token, expiresAt: sent + body.expires_in * 1000 };
+  return { token, expiresAt: sent + lifetime * 1000 };
 }
 
 /** The token the worker starts from: a projected SA token (re-read from its file, which the
