@@ -54,6 +54,57 @@ pub struct Config {
     pub identity: IdentityConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Rate limits and concurrency caps on allowed calls (`ratelimit`).
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitConfig>,
+}
+
+/// One `[[rate_limits]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Names the limit in refusals, records and `flowgate_rate_limited_total{limit}`.
+    pub name: String,
+    /// Actions (RPC names) it picks; empty: every action.
+    #[serde(default)]
+    pub actions: Vec<String>,
+    /// Namespaces it picks; empty: every namespace.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// Principal types it picks (`CiJob`, `User`, `Service`, `Worker`); empty: every type.
+    #[serde(default)]
+    pub principal_types: Vec<String>,
+    /// The `@id`s of policies whose allowed calls it picks; empty: whatever policy allowed them.
+    #[serde(default)]
+    pub policies: Vec<String>,
+    /// What is counted separately: `principal` (default), `namespace`, `principal_namespace`, `all`.
+    #[serde(default)]
+    pub per: RateLimitKey,
+    /// Calls a second, sustained.
+    pub rate: f64,
+    /// Calls at once after a quiet spell (the bucket's size); default: `rate`, at least 1.
+    #[serde(default)]
+    pub burst: Option<f64>,
+    /// Calls picked by this limit in flight at once, per key; none: no cap.
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
+}
+
+impl RateLimitConfig {
+    pub fn burst(&self) -> f64 {
+        self.burst.unwrap_or(self.rate.max(1.0))
+    }
+}
+
+/// What a rate limit counts separately.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitKey {
+    #[default]
+    Principal,
+    Namespace,
+    PrincipalNamespace,
+    All,
 }
 
 /// `[metrics]`: what `/metrics` labels.
@@ -882,6 +933,29 @@ impl Config {
             }
             if issuer.leeway > Duration::from_secs(60) {
                 return Err(invalid(key("leeway"), "must be at most 60s"));
+            }
+        }
+        let mut limits = std::collections::HashSet::new();
+        for (i, limit) in self.rate_limits.iter().enumerate() {
+            let key = |field: &str| format!("rate_limits[{i}].{field}");
+            if limit.name.is_empty() || !limits.insert(limit.name.as_str()) {
+                return Err(invalid(key("name"), format!("`{}` must be non-empty and unique", limit.name)));
+            }
+            if !(limit.rate.is_finite() && limit.rate > 0.0) {
+                return Err(invalid(
+                    key("rate"),
+                    format!("`{}` must be a positive number of calls a second", limit.rate),
+                ));
+            }
+            if !(limit.burst().is_finite() && limit.burst() >= 1.0) {
+                return Err(invalid(key("burst"), format!("`{}` must be at least 1", limit.burst())));
+            }
+            if limit.max_concurrent == Some(0) {
+                return Err(invalid(key("max_concurrent"), "must be at least 1 (omit it for no cap)"));
+            }
+            let types = ["User", "Service", "CiJob", "Worker"];
+            if let Some(bad) = limit.principal_types.iter().find(|t| !types.contains(&t.as_str())) {
+                return Err(invalid(key("principal_types"), format!("`{bad}` is not one of {}", types.join(", "))));
             }
         }
         Ok(())

@@ -56,6 +56,7 @@ pub mod authz;
 pub mod identity;
 pub mod session;
 pub mod reload;
+pub mod ratelimit;
 // Recording, refusing, forwarding.
 pub mod audit;
 pub mod sticky;

@@ -23,6 +23,7 @@ use crate::budget::{OverBudget, TooManyWaiting};
 use crate::layers::DeadlineExceeded;
 use crate::namespace_ids::NamespaceIdError;
 use crate::proxy::UpstreamError;
+use crate::ratelimit::Limited;
 use crate::sticky::StickyError;
 use crate::temporal::InspectError;
 use crate::temporal::task_token::TaskTokenError;
@@ -72,6 +73,8 @@ pub enum Refusal {
     NamespaceId(#[from] NamespaceIdError),
     #[error("the gateway is at `limits.max_concurrent_calls`; retry later")]
     Overloaded,
+    #[error("request refused for now: {0}")]
+    RateLimited(Limited),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -105,7 +108,7 @@ impl Refusal {
             Refusal::Audit(_) | Refusal::Upstream(_) => Code::Unavailable,
             Refusal::Deadline => Code::DeadlineExceeded,
             Refusal::NamespaceId(error) => namespace_id_code(error),
-            Refusal::Overloaded => Code::ResourceExhausted,
+            Refusal::Overloaded | Refusal::RateLimited(_) => Code::ResourceExhausted,
             Refusal::Internal(_) => Code::Internal,
         }
     }

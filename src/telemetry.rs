@@ -23,6 +23,11 @@ struct CallLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    limit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: &'static str,
 }
@@ -101,6 +106,7 @@ pub struct Metrics {
     namespaces: std::collections::HashMap<String, usize>,
     namespace_labels: Vec<&'static str>,
     calls_in_flight: Family<KindLabels, Gauge>,
+    rate_limited: Family<LimitLabels, Counter>,
     token_cache_entries: Gauge,
     upstream_connected: Gauge,
     process: process::ProcessMetrics,
@@ -178,6 +184,12 @@ impl Metrics {
         for kind in ["long_poll", "other"] {
             calls_in_flight.get_or_create(&KindLabels { kind }).set(0);
         }
+        let rate_limited = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Allowed calls refused by a rate limit ([[rate_limits]]), by limit",
+            rate_limited.clone(),
+        );
         let token_cache_entries = Gauge::default();
         registry.register("token_cache_entries", "Verified tokens held in the cache", token_cache_entries.clone());
         let upstream_connected = Gauge::default();
@@ -298,6 +310,7 @@ impl Metrics {
             namespaces,
             namespace_labels,
             calls_in_flight,
+            rate_limited,
             token_cache_entries,
             upstream_connected,
             process,
@@ -354,6 +367,10 @@ impl Metrics {
             self.calls_in_flight.get_or_create(&KindLabels { kind: if long_poll { "long_poll" } else { "other" } });
         gauge.inc();
         InFlight(gauge.clone())
+    }
+
+    pub fn rate_limited(&self, limit: &str) {
+        self.rate_limited.get_or_create(&LimitLabels { limit: limit.to_owned() }).inc();
     }
 
     /// State read when metrics are scraped, not kept up to date on the request path.

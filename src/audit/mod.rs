@@ -200,6 +200,9 @@ pub struct DecisionRecord<'a> {
     /// the top-level fields are then the only question).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub questions: Vec<QuestionRecord<'a>>,
+    /// The rate limit that refused an allowed call (`[[rate_limits]]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<String>,
     /// The W3C trace the call belongs to, when its client sent a valid `traceparent`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<TraceId>,

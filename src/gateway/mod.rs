@@ -50,6 +50,7 @@ use crate::grpc;
 use crate::layers::Decided;
 use crate::namespace_ids::NamespaceIds;
 use crate::proxy::{Ending, ForwardBody, ResponseBody, ResponseWatcher, Upstream};
+use crate::ratelimit::{Admission, CallFacts, RateLimits};
 use crate::reload::PolicySets;
 use crate::session::{Session, Sessions};
 use crate::status::{Code, Refusal, trailers_only};
@@ -90,6 +91,8 @@ pub struct Gateway {
     task_tokens: Arc<TaskTokenKeys>,
     /// Namespace ids resolved to names, for requests that name a namespace by id.
     namespace_ids: NamespaceIds,
+    /// `[[rate_limits]]`: what an allowed call may spend.
+    rate_limits: RateLimits,
 }
 
 /// The connection a call arrived on: who sent it, and the byte budget its calls share.
@@ -157,6 +160,8 @@ struct OutcomeWatcher {
     method: &'static str,
     started: Instant,
     written: bool,
+    /// The rate-limit slots the call holds until it ends.
+    _admission: Option<Admission>,
 }
 
 /// One line per call on the `flowgate::access` log target, at debug level (off unless
@@ -345,6 +350,7 @@ impl Gateway {
             waiting: WaitingCalls::new(config.limits.max_waiting_calls_per_principal),
             sticky: StickyQueues::new(),
             task_tokens,
+            rate_limits: RateLimits::new(&config.rate_limits),
         }
     }
 
@@ -409,11 +415,33 @@ impl Gateway {
         }
 
         // Phase 5: record, before anything goes upstream.
-        let refusal = match &outcome.decision {
+        let mut refusal = match &outcome.decision {
             Ok(decision) if decision.allowed => outcome.refused_question().map(|asked| asked.refusal(spec)),
             Ok(decision) => Some(Refusal::Denied(denial_message(spec, outcome.call.as_ref(), decision))),
             Err(refusal) => Some(refusal.clone()),
         };
+        // An allowed call spends from the rate limits that pick it; over one, it is refused.
+        let mut admission = None;
+        if refusal.is_none()
+            && !self.rate_limits.is_empty()
+            && let (Ok(decision), Some(session)) = (&outcome.decision, &outcome.session)
+        {
+            let facts = CallFacts {
+                action: spec.name,
+                long_poll: spec.long_poll,
+                namespace: outcome.call.as_ref().and_then(|c| c.resource.namespace.as_deref()),
+                principal_id: &session.principal.id,
+                principal_type: session.principal.kind.entity_type(),
+                reasons: &decision.reasons,
+            };
+            match self.rate_limits.admit(&facts) {
+                Ok(admitted) => admission = Some(admitted),
+                Err(limited) => {
+                    self.metrics.rate_limited(limited.limit());
+                    refusal = Some(Refusal::RateLimited(limited));
+                }
+            }
+        }
         let record = self.record(
             &parts,
             client,
@@ -490,7 +518,16 @@ impl Gateway {
                 }
             }
             access_log(&record.decision_id, record.trace_id, spec.name, refusal.code() as u16, started);
-            return Err(trailers_only(refusal.code(), &message));
+            let mut response = trailers_only(refusal.code(), &message);
+            if let Refusal::RateLimited(limited) = &refusal {
+                // gRPC's retry hint (the retry design's server pushback), in milliseconds.
+                let pushback = limited.retry_after().as_millis().max(1).to_string();
+                response.headers_mut().insert(
+                    "grpc-retry-pushback-ms",
+                    http::HeaderValue::from_str(&pushback).expect("digits are a valid header value"),
+                );
+            }
+            return Err(response);
         }
 
         // The record is written: it is not held while the call is upstream.
@@ -530,6 +567,7 @@ impl Gateway {
             method: spec.name,
             started,
             written: false,
+            _admission: admission,
         });
         Ok(Forward { parts, body, method: spec.name, seal, outcome })
     }
@@ -1126,6 +1164,10 @@ impl Gateway {
                 _ => None,
             },
             questions,
+            rate_limit: match refusal {
+                Some(Refusal::RateLimited(limited)) => Some(limited.limit().to_owned()),
+                _ => None,
+            },
             trace_id: parts
                 .headers
                 .get("traceparent")

@@ -153,6 +153,7 @@ async fn exchange(
             _ => None,
         },
         questions: Vec::new(),
+        rate_limit: None,
         trace_id,
     };
     if let Err(error) = endpoint.log.write(&record).await {

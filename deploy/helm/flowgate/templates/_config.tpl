@@ -98,6 +98,12 @@ name = {{ include "flowgate.toml.value" $issuer.name }}
 {{- end }}
 {{- include "flowgate.toml.pairs" (dict "values" (omit $issuer "name")) }}
 {{- end }}
+{{- range $limit := $c.rate_limits }}
+
+[[rate_limits]]
+name = {{ include "flowgate.toml.value" $limit.name }}
+{{- include "flowgate.toml.pairs" (dict "values" (omit $limit "name")) }}
+{{- end }}
 {{- end }}
 
 {{/* sidecar.toml, from sidecar.config plus the listen address and the projected token file. */}}
