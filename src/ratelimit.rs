@@ -14,6 +14,9 @@
 //! counted in `flowgate_rate_limited_total{limit}`. Nothing is spent when a call is refused: the
 //! tokens one limit gave are handed back when another refuses.
 //!
+//! Limits count RPCs: the commands of a workflow task completion (a child workflow a worker
+//! starts) are decided, not counted.
+//!
 //! State is per replica, in memory, bounded: each limit keeps at most [`MAX_KEYS`] keys, and a
 //! bucket that has refilled is forgotten first. With `n` replicas behind a balancer, a
 //! principal's effective rate is up to `n` times the configured one; divide by the replica count
@@ -23,7 +26,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::config::{RateLimitConfig, RateLimitKey};
+use crate::config::{ConfigError, RateLimitConfig, RateLimitKey};
+use crate::temporal::catalog;
 
 /// How many keys (principals, namespaces) one limit tracks at most.
 pub const MAX_KEYS: usize = 100_000;
@@ -177,6 +181,21 @@ impl RateLimits {
         RateLimits { limits: Arc::new(limits) }
     }
 
+    /// Refuses a limit naming an action that is no RPC: a typo would pick nothing, silently.
+    pub fn check(configs: &[RateLimitConfig]) -> Result<(), ConfigError> {
+        for (i, config) in configs.iter().enumerate() {
+            if let Some(unknown) = config.actions.iter().find(|a| catalog::rpc(a).name != a.as_str()) {
+                return Err(ConfigError::Invalid {
+                    key: format!("rate_limits[{i}].actions"),
+                    message: format!(
+                        "`{unknown}` is not a Temporal RPC (actions are RPC names, e.g. `StartWorkflowExecution`)"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.limits.is_empty()
     }
@@ -223,6 +242,21 @@ mod tests {
             principal_type: "CiJob",
             reasons,
         }
+    }
+
+    #[test]
+    fn an_action_that_is_no_rpc_is_refused() {
+        let config: crate::config::Config = toml::from_str(
+            "[listen]\naddress = \"127.0.0.1:0\"\n[upstream]\naddress = \"http://127.0.0.1:1\"\n\
+             [policy]\ndir = \"p\"\n[audit]\npath = \"-\"\n[[rate_limits]]\nname = \"x\"\nrate = 1.0\n\
+             actions = [\"StartWorkflowExecution\", \"StartWorkflow\"]",
+        )
+        .unwrap();
+        let error = RateLimits::check(&config.rate_limits).unwrap_err().to_string();
+        assert!(
+            error.contains("`rate_limits[0].actions`") && error.contains("`StartWorkflow` is not a Temporal RPC"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -40,6 +40,7 @@ use crate::mint::replay::ReplayCache;
 use crate::mint::{Minter, TokenEndpoint, exchange};
 use crate::pem::{read_certs, read_key};
 use crate::proxy::{HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW, ResponseBody, Upstream};
+use crate::ratelimit::RateLimits;
 use crate::reload::PolicySets;
 use crate::session::Sessions;
 use crate::shutdown;
@@ -89,6 +90,7 @@ pub struct Prepared {
 
 /// Loads and checks everything in the config; no sockets, no background tasks.
 pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
+    RateLimits::check(&config.rate_limits)?;
     let metrics = Arc::new(Metrics::with_namespaces(&config.metrics.namespaces));
     let enforced = PolicyEngine::load(&config.policy.dir)?;
     for warning in &enforced.warnings {
