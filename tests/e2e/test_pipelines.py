@@ -10,7 +10,7 @@
   for, as the `[[issuers]]` entry in the pipeline's header says, and `flowgate check` passes on it.
 
 actionlint (scripts/setup.sh builds it into the cache's bin/, which scripts/test.sh puts on PATH)
-and check-jsonschema (requirements.txt, in this interpreter's environment) are required: missing,
+and check-jsonschema (requirements-test.txt, in this interpreter's environment) are required: missing,
 the tests FAIL.
 """
 
@@ -59,10 +59,10 @@ def actionlint() -> str:
 
 
 def check_jsonschema() -> Path:
-    """The one installed for this interpreter (requirements.txt), never one from elsewhere on PATH."""
+    """The one installed for this interpreter (requirements-test.txt), never one from elsewhere on PATH."""
     found = Path(sys.executable).parent / "check-jsonschema"
     if not found.exists():
-        pytest.fail(f"check-jsonschema is not installed for {sys.executable} (requirements.txt lists it)",
+        pytest.fail(f"check-jsonschema is not installed for {sys.executable} (requirements-test.txt lists it)",
                     pytrace=False)  # fmt: skip
     return found
 
