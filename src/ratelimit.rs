@@ -22,6 +22,7 @@
 //! principal's effective rate is up to `n` times the configured one; divide by the replica count
 //! (Redis-shared limits are not built).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -93,52 +94,74 @@ impl Limit {
             && (c.policies.is_empty() || call.reasons.iter().any(|r| c.policies.contains(r)))
     }
 
-    fn key(&self, call: &CallFacts<'_>) -> String {
+    /// The key a call is counted under: borrowed from the call but for the one kind that
+    /// joins two names (no allocation for a key already tracked).
+    fn key<'c>(&self, call: &CallFacts<'c>) -> Cow<'c, str> {
         let namespace = call.namespace.unwrap_or("");
         match self.config.per {
-            RateLimitKey::Principal => format!("principal `{}`", call.principal_id),
-            RateLimitKey::Namespace => format!("namespace `{namespace}`"),
-            RateLimitKey::PrincipalNamespace => format!("principal `{}` in namespace `{namespace}`", call.principal_id),
+            RateLimitKey::Principal => Cow::Borrowed(call.principal_id),
+            RateLimitKey::Namespace => Cow::Borrowed(namespace),
+            RateLimitKey::PrincipalNamespace => Cow::Owned(format!("{}\0{namespace}", call.principal_id)),
+            RateLimitKey::All => Cow::Borrowed(""),
+        }
+    }
+
+    /// A key as refusals name it.
+    fn describe(&self, key: &str) -> String {
+        match self.config.per {
+            RateLimitKey::Principal => format!("principal `{key}`"),
+            RateLimitKey::Namespace => format!("namespace `{key}`"),
+            RateLimitKey::PrincipalNamespace => {
+                let (principal, namespace) = key.split_once('\0').unwrap_or((key, ""));
+                format!("principal `{principal}` in namespace `{namespace}`")
+            }
             RateLimitKey::All => "everyone".to_owned(),
         }
     }
 
-    /// Takes a token (unless `exempt`) and a concurrency slot for `key`, or says why not.
+    /// Takes a token (unless `exempt`) and, with `max_concurrent`, a slot for `key`, or says
+    /// why not.
     fn take(&self, key: &str, exempt: bool, now: Instant) -> Result<(), Limited> {
         let c = &self.config;
         let mut state = self.state.lock().expect("rate limit lock");
-        if !state.contains_key(key) && state.len() >= MAX_KEYS {
-            // Forget the keys whose buckets are full and idle: they behave as new ones would.
-            state.retain(|_, b| b.in_flight > 0 || refill(b, c, now) < c.burst());
+        if !state.contains_key(key) {
             if state.len() >= MAX_KEYS {
-                return Err(Limited::Full { limit: c.name.clone() });
+                // Forget the keys whose buckets are full and idle: they behave as new ones would.
+                state.retain(|_, b| b.in_flight > 0 || refill(b, c, now) < c.burst());
+                if state.len() >= MAX_KEYS {
+                    return Err(Limited::Full { limit: c.name.clone() });
+                }
             }
+            state.insert(key.to_owned(), Bucket { tokens: c.burst(), refilled: now, in_flight: 0 });
         }
-        let bucket =
-            state.entry(key.to_owned()).or_insert_with(|| Bucket { tokens: c.burst(), refilled: now, in_flight: 0 });
+        let bucket = state.get_mut(key).expect("inserted above");
         if let Some(max) = c.max_concurrent
             && bucket.in_flight >= max
         {
-            return Err(Limited::Concurrency { limit: c.name.clone(), key: key.to_owned(), max });
+            return Err(Limited::Concurrency { limit: c.name.clone(), key: self.describe(key), max });
         }
         if !exempt {
             let tokens = refill(bucket, c, now);
             if tokens < 1.0 {
                 let retry_after = Duration::from_secs_f64((1.0 - tokens) / c.rate);
-                return Err(Limited::Rate { limit: c.name.clone(), key: key.to_owned(), retry_after });
+                return Err(Limited::Rate { limit: c.name.clone(), key: self.describe(key), retry_after });
             }
             bucket.tokens = tokens - 1.0;
             bucket.refilled = now;
         }
-        bucket.in_flight += 1;
+        if c.max_concurrent.is_some() {
+            bucket.in_flight += 1;
+        }
         Ok(())
     }
 
-    /// Hands back what [`take`](Self::take) took: the slot, and the token when `refund`.
-    fn give_back(&self, key: &str, refund: bool) {
+    /// Hands back what [`take`](Self::take) took: the slot (`slot`), and the token (`refund`).
+    fn give_back(&self, key: &str, slot: bool, refund: bool) {
         let mut state = self.state.lock().expect("rate limit lock");
         if let Some(bucket) = state.get_mut(key) {
-            bucket.in_flight = bucket.in_flight.saturating_sub(1);
+            if slot {
+                bucket.in_flight = bucket.in_flight.saturating_sub(1);
+            }
             if refund {
                 bucket.tokens = (bucket.tokens + 1.0).min(self.config.burst());
             }
@@ -158,7 +181,8 @@ pub struct RateLimits {
     limits: Arc<Vec<Arc<Limit>>>,
 }
 
-/// The slots an admitted call holds until it ends (dropped: given back).
+/// The concurrency slots an admitted call holds until it ends (dropped: given back). Empty, and
+/// free, unless a limit with `max_concurrent` picked the call.
 #[must_use]
 pub struct Admission {
     held: Vec<(Arc<Limit>, String)>,
@@ -167,7 +191,7 @@ pub struct Admission {
 impl Drop for Admission {
     fn drop(&mut self) {
         for (limit, key) in self.held.drain(..) {
-            limit.give_back(&key, false);
+            limit.give_back(&key, true, false);
         }
     }
 }
@@ -205,16 +229,21 @@ impl RateLimits {
     pub fn admit(&self, call: &CallFacts<'_>) -> Result<Admission, Limited> {
         let now = Instant::now();
         let mut admission = Admission { held: Vec::new() };
+        let mut spent: Vec<(&Arc<Limit>, Cow<'_, str>)> = Vec::new();
         for limit in self.limits.iter().filter(|l| l.applies(call)) {
             let key = limit.key(call);
             if let Err(limited) = limit.take(&key, call.long_poll, now) {
-                // Tokens the earlier limits spent on this call go back with their slots.
-                for (limit, key) in admission.held.drain(..) {
-                    limit.give_back(&key, !call.long_poll);
+                // What the earlier limits gave this call goes back: tokens and slots.
+                for (limit, key) in spent.drain(..) {
+                    limit.give_back(&key, limit.config.max_concurrent.is_some(), !call.long_poll);
                 }
+                admission.held.clear();
                 return Err(limited);
             }
-            admission.held.push((limit.clone(), key));
+            if limit.config.max_concurrent.is_some() {
+                admission.held.push((limit.clone(), key.clone().into_owned()));
+            }
+            spent.push((limit, key));
         }
         Ok(admission)
     }
@@ -303,8 +332,8 @@ mod tests {
             "everyone"
         );
         let state = limits.limits[0].state.lock().unwrap();
-        let bucket = state.get("principal `a`").unwrap();
-        assert!((bucket.tokens - 4.0).abs() < 0.01 && bucket.in_flight == 1, "{}", bucket.tokens);
+        let bucket = state.get("a").unwrap();
+        assert!((bucket.tokens - 4.0).abs() < 0.01, "{}", bucket.tokens);
         drop(state);
         assert_eq!(
             limits.admit(&call("b", "StartWorkflowExecution", &other)).err().expect("refused").limit(),

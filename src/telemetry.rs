@@ -105,7 +105,8 @@ pub struct Metrics {
     /// The namespaces that are labels of their own (`metrics.namespaces`); the rest are `other`.
     namespaces: std::collections::HashMap<String, usize>,
     namespace_labels: Vec<&'static str>,
-    calls_in_flight: Family<KindLabels, Gauge>,
+    /// `flowgate_calls_in_flight{kind="long_poll"}` and `{kind="other"}`, looked up once.
+    calls_in_flight: [Gauge; 2],
     rate_limited: Family<LimitLabels, Counter>,
     token_cache_entries: Gauge,
     upstream_connected: Gauge,
@@ -180,10 +181,10 @@ impl Metrics {
             "Calls between their request and the end of their response, by kind (long_poll, other)",
             calls_in_flight.clone(),
         );
-        // Both kinds exist from the start, at zero: a dashboard shows 0, not "no data".
-        for kind in ["long_poll", "other"] {
-            calls_in_flight.get_or_create(&KindLabels { kind }).set(0);
-        }
+        // Both kinds exist from the start, at zero (a dashboard shows 0, not "no data"), and the
+        // request path counts into them without a family lookup.
+        let calls_in_flight =
+            ["long_poll", "other"].map(|kind| calls_in_flight.get_or_create(&KindLabels { kind }).clone());
         let rate_limited = Family::<LimitLabels, Counter>::default();
         registry.register(
             "rate_limited",
@@ -363,8 +364,7 @@ impl Metrics {
 
     /// A call begins; it is counted in flight until the guard is dropped.
     pub fn call_started(&self, long_poll: bool) -> InFlight {
-        let gauge =
-            self.calls_in_flight.get_or_create(&KindLabels { kind: if long_poll { "long_poll" } else { "other" } });
+        let gauge = &self.calls_in_flight[usize::from(!long_poll)];
         gauge.inc();
         InFlight(gauge.clone())
     }

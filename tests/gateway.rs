@@ -325,7 +325,9 @@ async fn a_verified_token_is_cached_until_it_expires() {
     assert!(metrics.contains(r#"flowgate_token_cache_total{result="hit"} 4"#), "{metrics}");
     assert!(metrics.contains(r#"flowgate_token_cache_total{result="miss"} 1"#), "{metrics}");
     assert!(
-        metrics.contains(r#"flowgate_calls_total{method="DescribeNamespace",decision="allow",grpc_status="0"} 5"#),
+        metrics.contains(
+            r#"flowgate_calls_total{method="DescribeNamespace",decision="allow",grpc_status="0",namespace="other"} 5"#
+        ),
         "{metrics}"
     );
     assert!(metrics.contains("flowgate_authorization_duration_seconds_bucket"), "{metrics}");

@@ -49,7 +49,8 @@ async fn calls_past_the_concurrency_limit_are_shed_at_once_and_counted() {
     assert_eq!(reply.code(), "8", "{reply:?}");
     assert!(reply.message.as_deref().unwrap().contains("limits.max_concurrent_calls"), "{reply:?}");
     assert!(started.elapsed() < Duration::from_secs(1), "shed, not queued: {:?}", started.elapsed());
-    let shed = r#"flowgate_calls_total{method="PollActivityTaskQueue",decision="deny",grpc_status="8"}"#;
+    let shed =
+        r#"flowgate_calls_total{method="PollActivityTaskQueue",decision="deny",grpc_status="8",namespace="other"}"#;
     assert_eq!(gateway.metric(shed).await, 1.0);
 
     // The polls were not disturbed, and once they are done the slots are free again.
@@ -59,7 +60,8 @@ async fn calls_past_the_concurrency_limit_are_shed_at_once_and_counted() {
     let reply =
         client.unary("DescribeNamespace", Some(&key.sign(&claims("d", &["deployers"]))), &field(1, b"payments")).await;
     assert_eq!(reply.code(), "0", "{reply:?}");
-    let forwarded = r#"flowgate_calls_total{method="PollActivityTaskQueue",decision="allow",grpc_status="0"}"#;
+    let forwarded =
+        r#"flowgate_calls_total{method="PollActivityTaskQueue",decision="allow",grpc_status="0",namespace="other"}"#;
     assert_eq!(gateway.metric(forwarded).await, 2.0);
     assert_eq!(upstream.calls().iter().filter(|c| c.path.ends_with("/PollActivityTaskQueue")).count(), 2);
     gateway.stop().await.unwrap();
@@ -85,7 +87,8 @@ async fn a_call_past_its_grpc_timeout_is_cut_by_the_gateway() {
     let elapsed = started.elapsed();
     assert!(elapsed >= Duration::from_millis(1100) && elapsed < Duration::from_millis(1900), "{elapsed:?}");
     // It was allowed, and recorded before it went upstream: it counts as allowed, cut.
-    let cut = r#"flowgate_calls_total{method="PollActivityTaskQueue",decision="allow",grpc_status="4"}"#;
+    let cut =
+        r#"flowgate_calls_total{method="PollActivityTaskQueue",decision="allow",grpc_status="4",namespace="other"}"#;
     assert_eq!(gateway.metric(cut).await, 1.0);
     assert!(gateway.records().iter().any(|r| r["action"] == "PollActivityTaskQueue" && r["decision"] == "allow"));
     gateway.stop().await.unwrap();
