@@ -196,7 +196,7 @@ async fn route(admin: Arc<Admin>, request: Request<Incoming>) -> Result<Response
             Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n"), PLAIN),
         },
         "/metrics" => {
-            admin.metrics.observe_state(admin.sessions.len(), admin.upstream.check_health().await.is_ok());
+            admin.metrics.observe_state(admin.sessions.len(), admin.upstream.connected());
             // OpenMetrics for a scraper that asks for it (Prometheus does); the classic text
             // format otherwise (promtool, curl, older scrapers).
             let accept = request.headers().get(http::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");

@@ -335,6 +335,12 @@ impl Upstream {
         })
     }
 
+    /// Whether a connection to the upstream is open now. It is made by the first call (or
+    /// readiness check) and again after it closes; nothing is sent to find out.
+    pub fn connected(&self) -> bool {
+        self.channel.open().is_some()
+    }
+
     /// A gRPC health check against the upstream, for `/readyz`.
     pub async fn check_health(&self) -> Result<(), String> {
         let request = http::Request::builder()

@@ -196,7 +196,7 @@ impl Metrics {
         let upstream_connected = Gauge::default();
         registry.register(
             "upstream_connected",
-            "Whether the upstream Temporal frontend answered its last health check (1) or not (0)",
+            "Whether a connection to the upstream Temporal frontend is open (1) or not (0)",
             upstream_connected.clone(),
         );
         // Labels live as long as the process: a handful of configured names, leaked once.
