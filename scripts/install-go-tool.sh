@@ -5,6 +5,8 @@
 #
 #   bash scripts/install-go-tool.sh helm helm.sh/helm/v4 cmd/helm v4.3.2
 #
+# (scripts/install-temporal-server.sh builds Temporal's full server with it too.)
+#
 # Idempotent: does nothing when $FLOWGATE_CACHE/bin/<name> was built from that module version
 # (checked with `go version -m`, not by trusting the file name). Builds into a private directory
 # and moves the binary into place, so an interrupted build never leaves half a binary.
