@@ -101,7 +101,10 @@ impl Limit {
         match self.config.per {
             RateLimitKey::Principal => Cow::Borrowed(call.principal_id),
             RateLimitKey::Namespace => Cow::Borrowed(namespace),
-            RateLimitKey::PrincipalNamespace => Cow::Owned(format!("{}\0{namespace}", call.principal_id)),
+            // Length-prefixed: no principal id and namespace can spell another pair's key.
+            RateLimitKey::PrincipalNamespace => {
+                Cow::Owned(format!("{}:{}{namespace}", call.principal_id.len(), call.principal_id))
+            }
             RateLimitKey::All => Cow::Borrowed(""),
         }
     }
@@ -112,7 +115,8 @@ impl Limit {
             RateLimitKey::Principal => format!("principal `{key}`"),
             RateLimitKey::Namespace => format!("namespace `{key}`"),
             RateLimitKey::PrincipalNamespace => {
-                let (principal, namespace) = key.split_once('\0').unwrap_or((key, ""));
+                let (length, rest) = key.split_once(':').unwrap_or(("0", key));
+                let (principal, namespace) = rest.split_at(length.parse::<usize>().unwrap_or(0).min(rest.len()));
                 format!("principal `{principal}` in namespace `{namespace}`")
             }
             RateLimitKey::All => "everyone".to_owned(),
@@ -303,6 +307,23 @@ mod tests {
         drop(admitted);
         std::thread::sleep(Duration::from_millis(120));
         assert!(limits.admit(&ci).is_ok(), "a token came back after 1/rate");
+    }
+
+    #[test]
+    fn principal_and_namespace_keys_cannot_be_spelled_by_another_pair() {
+        let limits = limit("name = \"pn\"\nper = \"principal_namespace\"\nrate = 0.001\nburst = 1");
+        let none = [];
+        let mut victim = call("okta:alice", "StartWorkflowExecution", &none);
+        victim.namespace = Some("payments");
+        let mut other = call("okta:alice\0payments", "StartWorkflowExecution", &none);
+        other.namespace = Some("");
+        let _spent = limits.admit(&other).unwrap();
+        let _victim = limits.admit(&victim).expect("a bucket of its own");
+        let refused = limits.admit(&victim).err().expect("its own bucket is empty");
+        assert_eq!(
+            refused.to_string().split(": retry").next().unwrap(),
+            "rate limit `pn` reached for principal `okta:alice` in namespace `payments`"
+        );
     }
 
     #[test]

@@ -364,9 +364,12 @@ def test_reload_under_load(gateway, okta, temporal, tmp_path):
     assert wall_swap1 - 1 <= ok_ts <= wall_swap2, (wall_begin, wall_swap1, ok_ts, wall_swap2)
     assert wall_swap2 - 1 <= fail_ts <= time.time(), (wall_swap2, fail_ts)
     calls_total = series(m, "flowgate_calls_total")
-    assert calls_total.get(frozenset({("method", START), ("decision", "deny"), ("grpc_status", "7")})) == \
+    # No `metrics.namespaces` here: every namespace is `other`.
+    assert calls_total.get(frozenset({("method", START), ("decision", "deny"), ("grpc_status", "7"),
+                                      ("namespace", "other")})) == \
         by_status[(START, "PERMISSION_DENIED")], calls_total  # fmt: skip
-    assert calls_total.get(frozenset({("method", START), ("decision", "allow"), ("grpc_status", "0")})) == \
+    assert calls_total.get(frozenset({("method", START), ("decision", "allow"), ("grpc_status", "0"),
+                                      ("namespace", "other")})) == \
         by_status[(START, "OK")], calls_total  # fmt: skip
     # The refusal is logged with the file and the line of the error.
     err = gw.stderr
