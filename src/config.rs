@@ -57,6 +57,61 @@ pub struct Config {
     /// Rate limits and concurrency caps on allowed calls (`ratelimit`).
     #[serde(default)]
     pub rate_limits: Vec<RateLimitConfig>,
+    /// OpenTelemetry traces (`traces`); off when absent.
+    #[serde(default)]
+    pub traces: Option<TracesConfig>,
+}
+
+/// `[traces]`: spans for each call and its phases, for JWKS fetches and token exchanges,
+/// exported over OTLP/HTTP (protobuf) to a collector or a tracing backend.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracesConfig {
+    /// The OTLP/HTTP traces URL, e.g. `http://otel-collector:4318/v1/traces` (the path is not
+    /// added: it is used as written).
+    pub endpoint: String,
+    /// The share of new traces that are recorded, from 0 to 1: of calls whose client sent no
+    /// `traceparent`, and of all calls when `follow_client_sampling` is false. Every worker poll
+    /// is a call: 1 on a busy gateway is a trace per poll.
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+    /// Whether a client's `traceparent` decides (its sampled flag), as OpenTelemetry's
+    /// parent-based sampler does. A client can then have every one of its calls traced: turn
+    /// this off where clients should not choose what the gateway spends on tracing.
+    #[serde(default = "default_follow_client_sampling")]
+    pub follow_client_sampling: bool,
+    /// `service.name` of the spans.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// A CA bundle (PEM) trusted for the endpoint besides the system roots.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Headers sent with each export, e.g. a backend's API key. `OTEL_EXPORTER_OTLP_HEADERS`
+    /// (or `OTEL_EXPORTER_OTLP_TRACES_HEADERS`) adds to them, and keeps a secret out of the file.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// How long one export may take.
+    #[serde(default = "default_traces_timeout", with = "duration")]
+    pub timeout: Duration,
+    /// Spans waiting for export at most; beyond it, new spans are dropped (never the calls).
+    #[serde(default = "default_traces_max_queue")]
+    pub max_queue: usize,
+}
+
+fn default_sample_ratio() -> f64 {
+    0.01
+}
+fn default_follow_client_sampling() -> bool {
+    true
+}
+fn default_service_name() -> String {
+    "flowgate".to_owned()
+}
+fn default_traces_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_traces_max_queue() -> usize {
+    2048
 }
 
 /// One `[[rate_limits]]` entry.
@@ -725,6 +780,40 @@ pub(crate) mod duration {
     }
 }
 
+impl TracesConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let url = reqwest::Url::parse(&self.endpoint)
+            .ok()
+            .filter(|url| matches!(url.scheme(), "http" | "https") && url.has_host())
+            .ok_or_else(|| {
+                invalid("traces.endpoint", format!("`{}` is not an http:// or https:// URL", self.endpoint))
+            })?;
+        if url.scheme() == "http" && self.ca.is_some() {
+            return Err(invalid("traces.ca", "needs an https:// `endpoint`"));
+        }
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            return Err(invalid("traces.sample_ratio", format!("`{}` is not between 0 and 1", self.sample_ratio)));
+        }
+        if self.service_name.is_empty() {
+            return Err(invalid("traces.service_name", "must not be empty"));
+        }
+        for (name, value) in &self.headers {
+            if http::HeaderName::try_from(name.as_str()).is_err()
+                || http::HeaderValue::try_from(value.as_str()).is_err()
+            {
+                return Err(invalid("traces.headers", format!("`{name}` is not a valid header")));
+            }
+        }
+        if self.timeout.is_zero() {
+            return Err(invalid("traces.timeout", "must be more than 0s"));
+        }
+        if self.max_queue == 0 {
+            return Err(invalid("traces.max_queue", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
 impl UpstreamConfig {
     /// The effective credential mode (`forward_authorization = true` is `forward`).
     pub fn credentials(&self) -> UpstreamCredentials {
@@ -787,6 +876,9 @@ impl Config {
                 resolve(p);
             }
         }
+        if let Some(ca) = self.traces.as_mut().and_then(|t| t.ca.as_mut()) {
+            resolve(ca);
+        }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -816,6 +908,9 @@ impl Config {
         }
         if upstream.cert.is_some() != upstream.key.is_some() {
             return Err(invalid("upstream", "`cert` and `key` go together"));
+        }
+        if let Some(traces) = &self.traces {
+            traces.validate()?;
         }
         if self.audit.fsync == AuditFsync::Interval && self.audit.fsync_interval.is_zero() {
             return Err(invalid("audit.fsync_interval", "must be more than zero (or set `audit.fsync = \"always\"`)"));

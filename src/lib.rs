@@ -5,7 +5,7 @@
 //! `docs/architecture.md` draws it.
 //!
 //! * **Bottom, what everything may use:** [`config`] (the TOML file), [`telemetry`] (metrics),
-//!   [`error`], [`grpc`] (status codes and framing), [`shutdown`], [`budget`] and [`conn`]
+//!   [`traces`] (OpenTelemetry spans), [`error`], [`grpc`] (status codes and framing), [`shutdown`], [`budget`] and [`conn`]
 //!   (byte budgets, connection caps), [`ecdsa`] (low-s signatures), and [`temporal`]: the method
 //!   catalog, the protobuf reader, what a request names and what it implies. [`layers`] holds
 //!   the cross-cutting tower layers of the call stack (deadline; shedding and concurrency come
@@ -44,6 +44,7 @@ pub mod grpc;
 pub mod shutdown;
 pub mod telemetry;
 pub mod traceparent;
+pub mod traces;
 pub mod budget;
 pub mod conn;
 pub mod ecdsa;

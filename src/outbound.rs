@@ -142,6 +142,14 @@ impl HttpClient {
         Ok(HttpClient { client, direct, max_answer_bytes })
     }
 
+    /// The `reqwest` client a request to `url` goes through, for a library that sends its own
+    /// requests (the OTLP exporter): the same trust and deadline, direct to loopback, through
+    /// the environment's proxy elsewhere. The size cap is the library's.
+    pub fn reqwest_for(&self, url: &str) -> reqwest::Client {
+        let loopback = reqwest::Url::parse(url).ok().and_then(|u| u.host_str().map(is_loopback_host)) == Some(true);
+        if loopback { self.direct.clone() } else { self.client.clone() }
+    }
+
     /// `GET url` with `headers`.
     pub async fn get(&self, url: &str, headers: HeaderMap) -> Result<Answer, SendError> {
         self.send(Method::GET, url, headers, None).await

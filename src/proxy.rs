@@ -335,6 +335,11 @@ impl Upstream {
         })
     }
 
+    /// `upstream.address`, as configured.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
     /// Whether a connection to the upstream is open now. It is made by the first call (or
     /// readiness check) and again after it closes; nothing is sent to find out.
     pub fn connected(&self) -> bool {

@@ -47,6 +47,7 @@ use crate::shutdown;
 use crate::status::RespondLayer;
 use crate::telemetry::Metrics;
 use crate::temporal::task_token::TaskTokenKeys;
+use crate::traces::Traces;
 
 /// The sockets flowgate serves on.
 pub struct Listeners {
@@ -86,17 +87,20 @@ pub struct Prepared {
     pub tls: Option<TlsAcceptor>,
     /// The decision log: reopened on SIGHUP, flushed at shutdown.
     pub log: DecisionLog,
+    /// `[traces]`: started by `run`, flushed at shutdown.
+    pub traces: Arc<Traces>,
 }
 
 /// Loads and checks everything in the config; no sockets, no background tasks.
 pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
     RateLimits::check(&config.rate_limits)?;
     let metrics = Arc::new(Metrics::with_namespaces(&config.metrics.namespaces));
+    let traces = Arc::new(Traces::new(config.traces.as_ref())?);
     let enforced = PolicyEngine::load(&config.policy.dir)?;
     for warning in &enforced.warnings {
         tracing::warn!(%warning, "policy warning");
     }
-    let mut authn = Authenticator::new(config, HttpFetcher::new()?, metrics.clone())?;
+    let mut authn = Authenticator::new(config, HttpFetcher::new()?.with_traces(traces.clone()), metrics.clone())?;
     let signer = config.mint.as_ref().map(Signer::new).transpose()?.map(Arc::new);
     if let Some(signer) = &signer {
         authn = authn.with_own_credentials(signer.clone());
@@ -134,6 +138,7 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
             metrics: metrics.clone(),
             signer: signer.clone(),
             task_tokens,
+            traces: traces.clone(),
         },
     ));
     let admin = Arc::new(Admin {
@@ -153,9 +158,10 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
             policies: policies.clone(),
             log: log.clone(),
             metrics: metrics.clone(),
+            traces: traces.clone(),
         })
     });
-    Ok(Prepared { gateway, admin, token_endpoint, sessions, policies, signer, metrics, tls, log })
+    Ok(Prepared { gateway, admin, token_endpoint, sessions, policies, signer, metrics, tls, log, traces })
 }
 
 fn tls_acceptor(tls: &ServerTlsConfig) -> anyhow::Result<TlsAcceptor> {
@@ -235,7 +241,9 @@ pub fn gateway_stack(
 /// Serves until `shutdown` resolves, then drains.
 pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let nofile = conn::raise_nofile_limit();
-    let Prepared { gateway, admin, token_endpoint, sessions, policies, signer, metrics, tls, log } = prepare(&config)?;
+    let Prepared { gateway, admin, token_endpoint, sessions, policies, signer, metrics, tls, log, traces } =
+        prepare(&config)?;
+    traces.start()?;
     let (trigger, signal) = shutdown::channel();
     sessions.authenticator().spawn_key_refresh(signal.clone());
     if let Some(signer) = &signer {
@@ -322,6 +330,7 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
         () = tokio::time::sleep(config.listen.shutdown_grace) => tracing::warn!("grace period over; closing the remaining connections"),
     }
     log.checkpoint();
+    traces.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }
 

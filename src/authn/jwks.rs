@@ -34,6 +34,7 @@ use sha2::{Digest, Sha256};
 use super::presets::KeySource;
 use crate::outbound::{BuildError, HttpClient, is_https_or_loopback, origin};
 use crate::telemetry::Metrics;
+use crate::traces::{KeyValue, SpanKind, Traces};
 
 const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -69,6 +70,8 @@ pub enum FetchError {
 pub struct HttpFetcher {
     client: HttpClient,
     bearer: Option<BearerToken>,
+    /// Where the spans of key fetches go.
+    traces: Arc<Traces>,
 }
 
 /// A token file, and the only origins (`https://host:port`) it may be sent to: the issuer's
@@ -83,7 +86,22 @@ struct BearerToken {
 impl HttpFetcher {
     /// A fetcher that trusts the system roots and sends no token.
     pub fn new() -> Result<HttpFetcher, BuildError> {
-        Ok(HttpFetcher { client: HttpClient::new(None, FETCH_TIMEOUT, MAX_DOCUMENT_BYTES)?, bearer: None })
+        Ok(HttpFetcher {
+            client: HttpClient::new(None, FETCH_TIMEOUT, MAX_DOCUMENT_BYTES)?,
+            bearer: None,
+            traces: Arc::new(Traces::off()),
+        })
+    }
+
+    /// The same fetcher, tracing its key fetches to `traces`.
+    pub fn with_traces(mut self, traces: Arc<Traces>) -> HttpFetcher {
+        self.traces = traces;
+        self
+    }
+
+    /// Where its key fetches are traced.
+    pub fn traces(&self) -> &Arc<Traces> {
+        &self.traces
     }
 
     /// A fetcher that also trusts `ca` and, when given, authenticates with the token in
@@ -109,7 +127,7 @@ impl HttpFetcher {
                 Some(BearerToken { file: Arc::from(file), origins: origins.into() })
             }
         };
-        Ok(HttpFetcher { client, bearer })
+        Ok(HttpFetcher { client, bearer, traces: Arc::new(Traces::off()) })
     }
 
     pub async fn get_json(&self, url: &str) -> Result<serde_json::Value, FetchError> {
@@ -534,7 +552,15 @@ impl KeyStore {
 
     async fn fetch_locked(&self, refresh: &mut Refresh) -> bool {
         let started = Instant::now();
-        match self.fetch().await {
+        let span = self.fetcher.traces.operation("fetch signing keys", SpanKind::Client, None);
+        span.annotate(|| vec![KeyValue::new("flowgate.issuer", self.issuer_name.clone())]);
+        let fetched = self.fetch().await;
+        span.annotate(|| match &fetched {
+            Ok(keys) => vec![KeyValue::new("flowgate.keys", keys.len() as i64)],
+            Err(_) => Vec::new(),
+        });
+        span.end(fetched.as_ref().err().map(|e| e.to_string()).as_deref());
+        match fetched {
             Ok(keys) => {
                 let generation = self.current.load().generation + 1;
                 tracing::info!(issuer = %self.issuer_name, keys = keys.len(), "fetched signing keys");

@@ -237,16 +237,18 @@ impl Authenticator {
                         if let KeySource::Jwks(uri) = &settings.keys {
                             token_for.push(uri);
                         }
-                        HttpFetcher::for_issuer(ca.as_deref(), token.as_deref(), &token_for).map_err(|e| {
-                            let key = match e {
-                                FetcherError::Client(_) => "ca",
-                                FetcherError::TokenOverPlainHttp { .. } => "fetch_token_file",
-                            };
-                            ConfigError::Invalid {
-                                key: format!("issuers.{}.{key}", settings.name),
-                                message: e.to_string(),
-                            }
-                        })?
+                        HttpFetcher::for_issuer(ca.as_deref(), token.as_deref(), &token_for)
+                            .map(|own| own.with_traces(fetcher.traces().clone()))
+                            .map_err(|e| {
+                                let key = match e {
+                                    FetcherError::Client(_) => "ca",
+                                    FetcherError::TokenOverPlainHttp { .. } => "fetch_token_file",
+                                };
+                                ConfigError::Invalid {
+                                    key: format!("issuers.{}.{key}", settings.name),
+                                    message: e.to_string(),
+                                }
+                            })?
                     }
                 };
                 let keys = KeyStore::new(

@@ -61,6 +61,7 @@ use crate::temporal::implied::{self, Origin, Question, TaskWorkflow};
 use crate::temporal::task_token::{self, Binding, SealContext, TaskKind, TaskTokenKeys};
 use crate::temporal::{Call, Resource, ResourceKind, inspect, wire};
 use crate::traceparent::{TraceId, TraceParent};
+use crate::traces::{CallTrace, KeyValue, Phase, Traces};
 
 /// Everything a call needs, shared by all connections. Each field belongs to one phase.
 pub struct Gateway {
@@ -93,6 +94,8 @@ pub struct Gateway {
     namespace_ids: NamespaceIds,
     /// `[[rate_limits]]`: what an allowed call may spend.
     rate_limits: RateLimits,
+    /// `[traces]`: the spans of sampled calls.
+    traces: Arc<Traces>,
 }
 
 /// The connection a call arrived on: who sent it, and the byte budget its calls share.
@@ -162,6 +165,8 @@ struct OutcomeWatcher {
     written: bool,
     /// The rate-limit slots the call holds until it ends.
     _admission: Option<Admission>,
+    /// The call's spans: the `forward` span and the root end with the response.
+    trace: CallTrace,
 }
 
 /// One line per call on the `flowgate::access` log target, at debug level (off unless
@@ -203,6 +208,7 @@ impl OutcomeWatcher {
             started,
         };
         access_log(&self.decision_id, self.trace_id, self.method, ending.status, self.started);
+        self.trace.end(ending.status, record.message.as_deref());
         // The call has happened: nothing waits on this record, and a failure to write it is
         // counted and logged, not turned into an error the client would misread.
         if let Err(error) = self.log.write_detached(&record) {
@@ -330,11 +336,12 @@ pub struct Parts {
     pub metrics: Arc<Metrics>,
     pub signer: Option<Arc<Signer>>,
     pub task_tokens: Arc<TaskTokenKeys>,
+    pub traces: Arc<Traces>,
 }
 
 impl Gateway {
     pub fn new(config: &Config, parts: Parts) -> Gateway {
-        let Parts { sessions, policies, denials, log, upstream, metrics, signer, task_tokens } = parts;
+        let Parts { sessions, policies, denials, log, upstream, metrics, signer, task_tokens, traces } = parts;
         Gateway {
             sessions,
             policies,
@@ -351,6 +358,7 @@ impl Gateway {
             sticky: StickyQueues::new(),
             task_tokens,
             rate_limits: RateLimits::new(&config.rate_limits),
+            traces,
         }
     }
 
@@ -402,11 +410,14 @@ impl Gateway {
         // The decision's id is known before it is made: an allowed start or signal carries it
         // to Temporal in its initiator header.
         let decision_id = audit::decision_id();
+        // Empty unless tracing is on and this call is sampled.
+        let mut trace = self.traces.call(&parts.headers, spec.service, spec.name, started);
 
         // Phases 2-4: authenticate, inspect, authorize.
         let reservation = Reservation::new(conn.budget.clone(), self.buffered.clone());
-        let (outcome, forward_body) =
-            self.decide(spec, &parts, body, reservation, path, &policies, shadow.as_deref(), &decision_id).await;
+        let (outcome, forward_body) = self
+            .decide(spec, &parts, body, reservation, path, (&policies, shadow.as_deref()), &decision_id, &mut trace)
+            .await;
         self.metrics.authorized_in(started.elapsed());
         if let (Some(decided), Some(namespace)) =
             (parts.extensions.get::<Decided>(), outcome.call.as_ref().and_then(|c| c.resource.namespace.as_deref()))
@@ -442,7 +453,8 @@ impl Gateway {
                 }
             }
         }
-        let record = self.record(
+        trace.enter(Phase::Record);
+        let mut record = self.record(
             &parts,
             client,
             spec,
@@ -453,6 +465,21 @@ impl Gateway {
             decision_id,
             started,
         );
+        // A trace flowgate began (the client sent none) is the one the record points to.
+        record.trace_id = trace.trace_id().or(record.trace_id);
+        trace.annotate(|| {
+            let mut attributes = vec![
+                KeyValue::new("flowgate.decision_id", record.decision_id.clone()),
+                KeyValue::new("flowgate.decision", record.decision),
+            ];
+            if let Some(principal) = &record.principal {
+                attributes.push(KeyValue::new("enduser.id", principal.id.to_owned()));
+            }
+            if let Some(namespace) = record.resource.as_ref().and_then(|r| r.namespace) {
+                attributes.push(KeyValue::new("temporal.namespace", namespace.to_owned()));
+            }
+            attributes
+        });
         // The principal's snapshot goes first, once per token and log file: what it takes to
         // decide this call again offline (`flowgate audit replay`).
         let generation = self.log.generation();
@@ -479,8 +506,10 @@ impl Gateway {
             }
             self.metrics.decision_log_failed();
             let refusal = Refusal::Audit(error);
+            let message = refusal.to_string();
             access_log(&record.decision_id, record.trace_id, spec.name, refusal.code() as u16, started);
-            return Err(trailers_only(refusal.code(), &refusal.to_string()));
+            trace.end(refusal.code() as u16, Some(&message));
+            return Err(trailers_only(refusal.code(), &message));
         }
         if let Some(refusal) = refusal {
             let mut message = refusal.to_string();
@@ -518,6 +547,7 @@ impl Gateway {
                 }
             }
             access_log(&record.decision_id, record.trace_id, spec.name, refusal.code() as u16, started);
+            trace.end(refusal.code() as u16, Some(&message));
             let mut response = trailers_only(refusal.code(), &message);
             if let Refusal::RateLimited(limited) = &refusal {
                 // gRPC's retry hint (the retry design's server pushback), in milliseconds.
@@ -559,6 +589,7 @@ impl Gateway {
         // The message may have been rewritten (stamped, its task token unsealed): its length is
         // the body's, not what the client announced.
         parts.headers.remove(http::header::CONTENT_LENGTH);
+        trace.forward(&mut parts.headers, self.upstream.address());
         let outcome = Box::new(OutcomeWatcher {
             log: self.log.clone(),
             metrics: self.metrics.clone(),
@@ -568,6 +599,7 @@ impl Gateway {
             started,
             written: false,
             _admission: admission,
+            trace,
         });
         Ok(Forward { parts, body, method: spec.name, seal, outcome })
     }
@@ -695,7 +727,6 @@ impl Gateway {
     /// Authenticate, inspect, authorize. Returns the outcome and, for allowed calls, the body
     /// to forward.
     #[allow(clippy::too_many_arguments)]
-    #[allow(clippy::too_many_arguments)]
     async fn decide(
         &self,
         spec: &'static MethodSpec,
@@ -703,9 +734,9 @@ impl Gateway {
         body: Incoming,
         mut reservation: Reservation,
         path: &str,
-        policies: &PolicyEngine,
-        shadow: Option<&PolicyEngine>,
+        (policies, shadow): (&PolicyEngine, Option<&PolicyEngine>),
         decision_id: &str,
+        trace: &mut CallTrace,
     ) -> (Outcome, Option<ForwardBody>) {
         let refused = |session, call, refusal| (Outcome::refused(session, call, refusal), None);
 
@@ -727,10 +758,12 @@ impl Gateway {
         }
 
         // Phase 2: authenticate.
+        trace.enter(Phase::Authenticate);
         let session = match self.sessions.authenticate(parts.headers.get(http::header::AUTHORIZATION)).await {
             Ok(session) => session,
             Err(error) => return refused(None, None, Refusal::Unauthenticated(error)),
         };
+        trace.enter(Phase::Inspect);
 
         // Phase 3: inspect. A large message is only read, and a slow one only waited for, for a
         // principal that some policy could permit the action (see `read_first_message`).
@@ -824,6 +857,7 @@ impl Gateway {
         }
 
         // Phase 4: authorize: the RPC, then every question it implies.
+        trace.enter(Phase::Authorize);
         let decision = policies.authorize_in(&session.decisions, principal, spec, path, &call);
         // A refused RPC asks nothing more: what it would imply cannot happen, and a caller no
         // policy permits must not make the gateway evaluate (and record) a thousand questions

@@ -22,6 +22,7 @@ use crate::authn::Principal;
 use crate::authz::{Decision, ISSUE_CREDENTIAL, PolicyEngine};
 use crate::proxy::ResponseBody;
 use crate::traceparent::TraceParent;
+use crate::traces::{KeyValue, SpanKind};
 
 pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
@@ -106,10 +107,26 @@ async fn exchange(
     let started = Instant::now();
     let policies = endpoint.policies.enforced();
     let client_name = request.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let trace_id =
-        request.headers().get("traceparent").and_then(|v| TraceParent::parse(v.as_bytes())).map(|t| t.trace_id);
+    let span = endpoint.traces.operation("token exchange", SpanKind::Server, Some(request.headers()));
+    let trace_id = span.trace_id().or_else(|| {
+        request.headers().get("traceparent").and_then(|v| TraceParent::parse(v.as_bytes())).map(|t| t.trace_id)
+    });
     let mut found = Exchange::default();
     let outcome = decide(endpoint, &policies, request, &mut found).await;
+    span.annotate(|| {
+        let mut attributes = vec![
+            KeyValue::new("http.request.method", "POST"),
+            KeyValue::new("url.path", TOKEN_ENDPOINT),
+            KeyValue::new("flowgate.decision", if outcome.is_ok() { "allow" } else { "deny" }),
+        ];
+        if let Some(principal) = &found.principal {
+            attributes.push(KeyValue::new("enduser.id", principal.id.clone()));
+        }
+        if let Err(error) = &outcome {
+            attributes.push(KeyValue::new("flowgate.error", error.code));
+        }
+        attributes
+    });
 
     // Record, before a credential exists.
     let (decision, status, reasons) = match &outcome {
@@ -156,6 +173,7 @@ async fn exchange(
         rate_limit: None,
         trace_id,
     };
+    span.annotate(|| vec![KeyValue::new("flowgate.decision_id", record.decision_id.clone())]);
     if let Err(error) = endpoint.log.write(&record).await {
         endpoint.metrics.decision_log_failed();
         endpoint.metrics.token_exchange("temporarily_unavailable");

@@ -106,4 +106,6 @@ pub struct TokenEndpoint {
     pub policies: Arc<PolicySets>,
     pub log: DecisionLog,
     pub metrics: Arc<Metrics>,
+    /// A span per exchange, continuing the client's `traceparent`.
+    pub traces: Arc<crate::traces::Traces>,
 }
