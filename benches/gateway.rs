@@ -346,14 +346,45 @@ fn write_policies(dir: &Path, set: &str, flowgate_bin: &Path) -> anyhow::Result<
 
 /// flowgate with one setting changed, to measure what it costs: (target name, `[audit]` keys,
 /// extra tables).
-const FLOWGATE_VARIANTS: [(&str, &str, &str); 4] = [
+const FLOWGATE_VARIANTS: [(&str, &str, &str); 8] = [
     // Nothing stamped into requests: the cost of identity stamping is `flowgate` less this.
     ("flowgate-nostamp", "", "[identity]\ntemplate = \"\"\nheader = \"\"\n"),
     ("flowgate-fsync-always", "fsync = \"always\"\n", ""),
     ("flowgate-fsync-never", "fsync = \"never\"\n", ""),
     // The default (`interval`, 1 s) is `flowgate` itself.
     ("flowgate-fsync-interval", "fsync = \"interval\"\n", ""),
+    // `[traces]` exporting to an OTLP sink in this process (`{otlp}`), which reads and drops
+    // each export: the cost of tracing is these less `flowgate`, at each sampling ratio. The
+    // bench client sends no `traceparent`, so the ratio alone decides.
+    ("flowgate-traces-0pct", "", "[traces]\nendpoint = \"http://{otlp}/v1/traces\"\nsample_ratio = 0.0\n"),
+    ("flowgate-traces-1pct", "", "[traces]\nendpoint = \"http://{otlp}/v1/traces\"\nsample_ratio = 0.01\n"),
+    ("flowgate-traces-100pct", "", "[traces]\nendpoint = \"http://{otlp}/v1/traces\"\nsample_ratio = 1.0\n"),
+    // Two `[[rate_limits]]` that pick every call and refuse none: the cost of admission.
+    (
+        "flowgate-ratelimits",
+        "",
+        "[[rate_limits]]\nname = \"bench-principal\"\nper = \"principal\"\nrate = 1000000.0\nmax_concurrent = 100000\n\
+         [[rate_limits]]\nname = \"bench-namespace\"\nper = \"namespace\"\nrate = 1000000.0\n",
+    ),
 ];
+
+/// An OTLP/HTTP endpoint that reads every export and answers 200, for the traced variants.
+async fn otlp_sink() -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = hyper::service::service_fn(|request: http::Request<hyper::body::Incoming>| async move {
+                use http_body_util::BodyExt;
+                let _ = request.into_body().collect().await;
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(io, service));
+        }
+    });
+    Ok(addr)
+}
 
 /// The `[audit]` keys and extra tables of a flowgate target; `None` for other targets.
 fn flowgate_variant(name: &str) -> Option<(&'static str, &'static str)> {
@@ -370,6 +401,11 @@ async fn start_flowgate(
     name: &str,
 ) -> anyhow::Result<(ChildGuard, SocketAddr, SocketAddr)> {
     let (audit_extra, tables) = flowgate_variant(name).context("not a flowgate target")?;
+    let tables = if tables.contains("{otlp}") {
+        tables.replace("{otlp}", &otlp_sink().await?.to_string())
+    } else {
+        tables.to_owned()
+    };
     let listen = free_port()?;
     let admin = free_port()?;
     let policies = work.join("policies");

@@ -347,6 +347,67 @@ fn main() {
     time("stamp a PollActivityTaskQueue (identity)", 200_000, || {
         black_box(stamp.apply(poll, black_box(&message), &decision).unwrap());
     });
+
+    // Observability on the hot path (issue 14's budgets): the client's traceparent, a call's
+    // trace with tracing off, on but not sampled, and sampled (root + 4 phases + forward, built
+    // and queued for export), and rate-limit admission.
+    let mut headers = http::HeaderMap::new();
+    headers.insert("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".parse().unwrap());
+    time("traceparent parse", 2_000_000, || {
+        black_box(flowgate::traceparent::TraceParent::parse(black_box(headers["traceparent"].as_bytes())));
+    });
+    let trace_call = |traces: &flowgate::traces::Traces, headers: &http::HeaderMap| {
+        use flowgate::traces::Phase;
+        let mut trace = traces.call(headers, start.service, start.name, Instant::now());
+        for phase in [Phase::Authenticate, Phase::Inspect, Phase::Authorize, Phase::Record] {
+            trace.enter(phase);
+        }
+        let mut upstream_headers = http::HeaderMap::new();
+        trace.forward(&mut upstream_headers, "http://127.0.0.1:7233");
+        trace.end(0, None);
+    };
+    let no_traceparent = http::HeaderMap::new();
+    let off = flowgate::traces::Traces::off();
+    time("a call's trace, tracing off", 2_000_000, || trace_call(&off, &no_traceparent));
+    // An OTLP endpoint nothing listens on: exports fail off the measured thread, and the queue
+    // (2048) drops what it cannot hold, as with a collector that is down.
+    for (label, ratio) in [("on, not sampled (ratio 0)", 0.0), ("on, sampled (ratio 1)", 1.0)] {
+        let config = flowgate::config::TracesConfig {
+            endpoint: "http://127.0.0.1:9/v1/traces".into(),
+            sample_ratio: ratio,
+            follow_client_sampling: false,
+            service_name: "bench".into(),
+            ca: None,
+            headers: Default::default(),
+            timeout: Duration::from_secs(1),
+            max_queue: 2048,
+        };
+        let traces = flowgate::traces::Traces::new(Some(&config)).unwrap();
+        runtime.block_on(async { traces.start().unwrap() });
+        let _entered = runtime.enter();
+        time(&format!("a call's trace, tracing {label}"), 100_000, || trace_call(&traces, &no_traceparent));
+    }
+    let limits: Vec<flowgate::config::RateLimitConfig> = toml::from_str::<toml::Table>(
+        "[[rate_limits]]\nname = \"p\"\nper = \"principal\"\nrate = 1e9\nmax_concurrent = 100000\n\
+         [[rate_limits]]\nname = \"n\"\nper = \"namespace\"\nrate = 1e9\n",
+    )
+    .unwrap()["rate_limits"]
+        .clone()
+        .try_into()
+        .unwrap();
+    let limits = flowgate::ratelimit::RateLimits::new(&limits);
+    let reasons = vec!["github-payments-production-deploy".to_owned()];
+    let facts = flowgate::ratelimit::CallFacts {
+        action: "StartWorkflowExecution",
+        long_poll: false,
+        namespace: Some("payments"),
+        principal_id: &github.id,
+        principal_type: "CiJob",
+        reasons: &reasons,
+    };
+    time("rate-limit admission, 2 limits (per principal, per namespace)", 1_000_000, || {
+        drop(black_box(limits.admit(black_box(&facts)).unwrap()));
+    });
 }
 
 fn wire_message(number: u32, value: &[u8]) -> Vec<u8> {
