@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Builds a Go program the test suite uses (helm, actionlint) from the Go module proxy into the
-# cache, once per version: `helm lint`/`helm template` for the chart in deploy/helm, actionlint
-# for the GitHub Actions workflows in deploy/.
+# Builds a Go program the test suite uses (helm, actionlint, Jaeger) from the Go module proxy into
+# the cache, once per version: `helm lint`/`helm template` for the chart in deploy/helm, actionlint
+# for the GitHub Actions workflows in deploy/, Jaeger as the OTLP receiver of the traces tests.
 #
 #   bash scripts/install-go-tool.sh helm helm.sh/helm/v4 cmd/helm v4.3.2
 #

