@@ -73,7 +73,7 @@ password guesses offline. So a change of the Redis password alone does not roll 
 {{ include "flowgate.toml.table" (dict "name" "policy" "values" $policy) }}
 
 {{ include "flowgate.toml.table" (dict "name" "audit" "values" ($c.audit | default dict)) }}
-{{- range $section := list "identity" "limits" "token_cache" "replay" "metrics" }}
+{{- range $section := list "identity" "limits" "token_cache" "replay" "metrics" "traces" }}
 {{- with (index $c $section) }}
 
 {{ include "flowgate.toml.table" (dict "name" $section "values" .) }}
