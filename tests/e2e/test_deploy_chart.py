@@ -826,6 +826,21 @@ def test_networkpolicy_lets_the_gateway_reach_redis_when_it_uses_one(helm):
     assert [rule["to"] for rule in redis] == [[{"podSelector": {"matchLabels": {"app": "redis"}}}]]
 
 
+def test_traces_are_rendered_and_the_networkpolicy_lets_them_reach_the_collector(helm):
+    docs = render(helm, VARIANTS["observability"])
+    (traces,) = toml_tables(config_text(docs))["traces"]
+    assert toml_string(traces["endpoint"]) == "http://otel-collector.observability:4318/v1/traces"
+    assert traces["sample_ratio"] == "0.01"
+    egress = one(docs, "NetworkPolicy")["spec"]["egress"]
+    collector = [rule for rule in egress if rule["ports"] == [{"port": 4318, "protocol": "TCP"}]]
+    peer = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}}}
+    assert [rule["to"] for rule in collector] == [[peer]]
+    # Without an endpoint, no rule for a collector.
+    quiet = render(helm, VARIANTS["default"], ["networkPolicy.egress.enabled=true"])
+    assert "traces" not in toml_tables(config_text(quiet))
+    assert not [r for r in one(quiet, "NetworkPolicy")["spec"]["egress"] if r["ports"][0]["port"] == 4318]
+
+
 def test_kubernetes_issuer(helm):
     docs = render(helm, VARIANTS["kubernetes-issuer"])
     tables = toml_tables(config_text(docs))
