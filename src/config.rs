@@ -1089,6 +1089,34 @@ mod tests {
     }
 
     #[test]
+    fn traces_are_off_by_default_and_checked_when_on() {
+        assert!(with("").unwrap().traces.is_none());
+        let on = with("[traces]\nendpoint = \"http://collector:4318/v1/traces\"\n").unwrap();
+        let traces = on.traces.unwrap();
+        assert_eq!(traces.sample_ratio, 0.01);
+        assert!(traces.follow_client_sampling);
+        assert_eq!(traces.service_name, "flowgate");
+        assert_eq!(traces.max_queue, 2048);
+        for (extra, expected) in [
+            ("endpoint = \"collector:4318\"", "`traces.endpoint`: `collector:4318` is not an http:// or https:// URL"),
+            (
+                "endpoint = \"http://c/v1/traces\"\nsample_ratio = 1.5",
+                "`traces.sample_ratio`: `1.5` is not between 0 and 1",
+            ),
+            ("endpoint = \"http://c/v1/traces\"\nca = \"ca.pem\"", "`traces.ca`: needs an https:// `endpoint`"),
+            (
+                "endpoint = \"http://c/v1/traces\"\nheaders = { \"bad name\" = \"x\" }",
+                "`traces.headers`: `bad name` is not a valid header",
+            ),
+            ("endpoint = \"http://c/v1/traces\"\nmax_queue = 0", "`traces.max_queue`: must be at least 1"),
+            ("endpoint = \"http://c/v1/traces\"\nsampling = 1", "unknown field `sampling`"),
+        ] {
+            let error = with(&format!("[traces]\n{extra}\n")).unwrap_err().to_string();
+            assert!(error.contains(expected), "{extra}: {error}");
+        }
+    }
+
+    #[test]
     fn minimal_config_gets_production_defaults() {
         let config = Config::parse(MINIMAL).unwrap();
         assert_eq!(config.listen.max_concurrent_streams, 10_000);

@@ -283,3 +283,54 @@ async fn a_collector_that_is_down_costs_no_call() {
         .expect("shutdown is not held by the exporter")
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_token_exchange_is_a_span_in_the_clients_trace() {
+    let receiver = Receiver::start().await;
+    let key = SigningKey::es256("key-1");
+    let jwks = Jwks::start(&[&key]).await;
+    let upstream = Upstream::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let mut setup = Setup::new(&upstream);
+    setup.policy = format!(
+        "{POLICY}\n@id(\"deployers-read-credentials\")\npermit (principal in Temporal::Group::\"test:deployers\", \
+         action == Temporal::Action::\"IssueCredential\", resource == Temporal::Namespace::\"payments\") \
+         when {{ context.role == \"read\" }};\n"
+    );
+    setup.tables = format!(
+        "[mint]\nissuer = \"http://flowgate.test\"\nkey_dir = \"{}\"\n[traces]\nendpoint = \"{}\"\nsample_ratio = 0.0\n",
+        keys.path().display(),
+        receiver.url
+    );
+    let gateway = Gateway::start(&jwks, setup).await;
+    let token = key.sign(&claims("alice", &["deployers"]));
+    let form = form_urlencoded::Serializer::new(String::new())
+        .append_pair("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange")
+        .append_pair("subject_token", &token)
+        .append_pair("subject_token_type", "urn:ietf:params:oauth:token-type:jwt")
+        .append_pair("scope", "namespace:payments role:read")
+        .finish();
+
+    let stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::post("/oauth2/token")
+        .header("host", "flowgate")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("traceparent", format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"))
+        .body(http_body_util::Full::new(Bytes::from(form)))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+
+    let spans = receiver.spans_until(|spans| spans.iter().any(|s| s.name == "token exchange")).await;
+    let span = spans.iter().find(|s| s.name == "token exchange").unwrap();
+    assert_eq!(hex(&span.trace_id), CLIENT_TRACE);
+    assert_eq!(hex(&span.parent_span_id), CLIENT_SPAN);
+    assert_eq!(span.kind, 2, "a server span");
+    assert_eq!(string(span, "flowgate.decision").as_deref(), Some("allow"));
+    assert_eq!(string(span, "enduser.id").as_deref(), Some("test:alice"));
+    let record = gateway.records().into_iter().find(|r| r["kind"] == "token_exchange").expect("recorded");
+    assert_eq!(record["trace_id"], CLIENT_TRACE);
+    assert_eq!(string(span, "flowgate.decision_id").as_deref(), record["decision_id"].as_str());
+}
