@@ -146,7 +146,8 @@ impl Traces {
         // configured service name wins over `OTEL_SERVICE_NAME`.
         let resource = Resource::builder()
             .with_service_name(config.service_name.clone())
-            .with_attribute(KeyValue::new("service.version", crate::VERSION))
+            .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+            .with_attribute(KeyValue::new("vcs.ref.head.revision", env!("FLOWGATE_COMMIT")))
             .build();
         let provider = SdkTracerProvider::builder()
             .with_span_processor(processor)
