@@ -727,6 +727,27 @@ pub struct IssuerConfig {
     /// pod's own service-account token).
     #[serde(default)]
     pub fetch_token_file: Option<PathBuf>,
+    /// People log in to this issuer with `flowgate login`: the gateway publishes it, with this
+    /// public client, at `/.well-known/flowgate-login`.
+    #[serde(default)]
+    pub login: Option<LoginConfig>,
+}
+
+/// An issuer's `login` table: the public OAuth client (no secret) that `flowgate login` uses
+/// for the device flow and the authorization code flow with PKCE.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginConfig {
+    /// The client id, registered at the IdP as a native app with the device grant and a
+    /// loopback redirect URI (`http://127.0.0.1/callback`, any port).
+    pub client_id: String,
+    /// The scopes asked for. `offline_access` gets a refresh token at most IdPs.
+    #[serde(default = "default_login_scopes")]
+    pub scopes: Vec<String>,
+}
+
+fn default_login_scopes() -> Vec<String> {
+    ["openid", "profile", "email", "offline_access"].map(String::from).to_vec()
 }
 
 /// What to do with a high-s ECDSA signature (`s > n/2`, the twin of a low-s one).
@@ -1028,6 +1049,14 @@ impl Config {
             }
             if issuer.leeway > Duration::from_secs(60) {
                 return Err(invalid(key("leeway"), "must be at most 60s"));
+            }
+            if let Some(login) = &issuer.login {
+                if login.client_id.is_empty() || login.client_id.chars().any(char::is_control) {
+                    return Err(invalid(key("login.client_id"), "must be a non-empty client id"));
+                }
+                if !login.scopes.iter().any(|s| s == "openid") {
+                    return Err(invalid(key("login.scopes"), "must include `openid` (people log in with OpenID Connect)"));
+                }
             }
         }
         let mut limits = std::collections::HashSet::new();

@@ -25,7 +25,8 @@
 //!   each reaching the running gateway through a narrow handle.
 //! * **Top:** [`server`] routes each listener's requests to the gateway's stack or the token
 //!   endpoint; beside a worker, [`sidecar`] forwards to the gateway with a short-lived
-//!   credential it keeps fresh through [`exchange_client`].
+//!   credential it keeps fresh through [`exchange_client`]; for people, [`login`] gets and keeps
+//!   an access token from the identity provider a gateway names.
 #![forbid(unsafe_code)]
 
 /// The version `flowgate --version` prints: the package version and the commit it was built
@@ -76,6 +77,7 @@ pub mod admin;
 pub mod server;
 pub mod exchange_client;
 pub mod sidecar;
+pub mod login;
 
 pub use config::Config;
 pub use server::{Listeners, run};

@@ -37,11 +37,17 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
-    /// Get flowgate credentials from a gateway's token endpoint.
+    /// Get flowgate credentials from a gateway's token endpoint, or print your login's token.
     Token {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Log in to a gateway as a person: the device flow or the browser (PKCE), with the
+    /// identity provider the gateway names. The token is kept for `token print` and, with
+    /// --temporal-env, for the Temporal CLI.
+    Login(Box<LoginArgs>),
+    /// Revoke your login to a gateway at the identity provider and delete it.
+    Logout(GatewayArgs),
     /// Manage the keys flowgate signs credentials with.
     Keys {
         #[command(subcommand)]
@@ -126,6 +132,52 @@ struct QueryArgs {
 enum TokenCommand {
     /// Exchange a CI or workload token for a flowgate credential (RFC 8693 token exchange).
     Exchange(ExchangeArgs),
+    /// Print the access token of your login to a gateway (`flowgate login`), refreshed first
+    /// when less than a minute of it is left.
+    Print(GatewayArgs),
+}
+
+#[derive(clap::Args)]
+struct GatewayArgs {
+    /// The gateway: host:port (https, or http on loopback), http://host:port or https://host:port.
+    #[arg(long, env = "FLOWGATE_ADDRESS", value_name = "ADDRESS")]
+    address: String,
+    /// CA bundle (PEM) trusted for the gateway and the identity provider, besides the system roots.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct LoginArgs {
+    #[command(flatten)]
+    gateway: GatewayArgs,
+    /// The issuer to log in to, when the gateway offers several (its `[[issuers]]` name).
+    #[arg(long, value_name = "NAME")]
+    issuer: Option<String>,
+    /// `device`: a URL and a code to enter on any device (SSH, terminals); `browser`: a
+    /// browser on this machine (PKCE, loopback redirect). Default: `browser` when there is a
+    /// display, else `device`.
+    #[arg(long, value_parser = ["device", "browser"])]
+    flow: Option<String>,
+    /// With the browser flow: print the URL, do not open a browser.
+    #[arg(long)]
+    no_browser: bool,
+    /// Log in again even if the stored login can be refreshed.
+    #[arg(long)]
+    force: bool,
+    /// Also write a Temporal CLI environment NAME (address, tls, api-key), so that
+    /// `temporal ... --env NAME` goes through the gateway as you.
+    #[arg(long, value_name = "NAME")]
+    temporal_env: Option<String>,
+    /// The Temporal CLI's env file (default: temporalio/temporal.yaml in your config directory).
+    #[arg(long, value_name = "FILE", requires = "temporal_env")]
+    temporal_env_file: Option<PathBuf>,
+    /// With --temporal-env: its default namespace.
+    #[arg(long, requires = "temporal_env")]
+    namespace: Option<String>,
+    /// How long you have to approve the login.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
 }
 
 #[derive(clap::Args)]
@@ -357,6 +409,9 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Token { command: TokenCommand::Exchange(args) } => token_exchange(args),
+        Command::Token { command: TokenCommand::Print(args) } => token_print(args),
+        Command::Login(args) => login_command(*args),
+        Command::Logout(args) => logout(args),
         Command::Sidecar { config } => sidecar(config),
         Command::Keys { command: KeysCommand::Generate { dir } } => {
             flowgate::credential::keys::generate(&dir, std::time::SystemTime::now())
@@ -691,6 +746,86 @@ fn token_exchange(args: ExchangeArgs) -> anyhow::Result<()> {
         None => println!("{}", output.trim_end()),
     }
     Ok(())
+}
+
+fn login_command(args: LoginArgs) -> anyhow::Result<()> {
+    use flowgate::login::{self, Flow, Gateway, LoginRequest, TemporalEnv};
+    let gateway = Gateway::parse(&args.gateway.address)?;
+    let flow = match args.flow.as_deref() {
+        Some("device") => Flow::Device,
+        Some(_) => Flow::Browser { open: !args.no_browser },
+        None if login::has_display() => Flow::Browser { open: !args.no_browser },
+        None => Flow::Device,
+    };
+    let temporal_env = match args.temporal_env {
+        None => None,
+        Some(name) => Some(TemporalEnv {
+            name,
+            file: match args.temporal_env_file {
+                Some(file) => file,
+                None => login::temporal_env_file()?,
+            },
+            namespace: args.namespace,
+        }),
+    };
+    let request = LoginRequest {
+        gateway,
+        issuer: args.issuer,
+        flow,
+        force: args.force,
+        ca: args.gateway.ca,
+        timeout: args.timeout,
+        temporal_env,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // What the person must do goes to stderr, at once: stdout stays for data.
+    let done = runtime.block_on(login::login(&request, |prompt| eprintln!("{prompt}")))?;
+    let stored = &done.stored;
+    let who = stored.who.as_deref().map(|w| format!(" as {w}")).unwrap_or_default();
+    let how = if done.refreshed { "refreshed the login" } else { "logged in" };
+    eprintln!(
+        "{how} to {}{who} ({} issuer `{}`); the token is good for {} min, kept in {}",
+        stored.gateway,
+        stored.issuer_name,
+        stored.issuer,
+        stored.expires_at.saturating_sub(unix_now()) / 60,
+        done.path.display()
+    );
+    if let Some(env) = &stored.temporal_env {
+        eprintln!(
+            "the Temporal CLI environment `{}` ({}) goes through the gateway: `temporal workflow list --env {}`",
+            env.name,
+            env.file.display(),
+            env.name
+        );
+    }
+    Ok(())
+}
+
+fn token_print(args: GatewayArgs) -> anyhow::Result<()> {
+    let gateway = flowgate::login::Gateway::parse(&args.address)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let stored = runtime.block_on(flowgate::login::current_token(&gateway, args.ca.as_deref()))?;
+    println!("{}", stored.access_token);
+    Ok(())
+}
+
+fn logout(args: GatewayArgs) -> anyhow::Result<()> {
+    let gateway = flowgate::login::Gateway::parse(&args.address)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let done = runtime.block_on(flowgate::login::logout(&gateway, args.ca.as_deref()))?;
+    match (done.deleted, done.revoke_failed) {
+        (false, _) => eprintln!("not logged in to {}", gateway.base),
+        (true, None) => eprintln!("logged out of {}: the refresh token is revoked and the login deleted", gateway.base),
+        (true, Some(why)) => {
+            anyhow::bail!("deleted the login to {}, but could not revoke it at the identity provider: {why}", gateway.base)
+        }
+    }
+    Ok(())
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn sidecar(path: PathBuf) -> anyhow::Result<()> {

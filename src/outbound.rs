@@ -67,10 +67,11 @@ impl SendError {
     }
 }
 
-/// An answer: its status and its whole body.
+/// An answer: its status, its headers and its whole body.
 #[derive(Debug)]
 pub struct Answer {
     pub status: StatusCode,
+    pub headers: HeaderMap,
     pub body: Bytes,
 }
 
@@ -178,6 +179,7 @@ impl HttpClient {
         }
         let mut response = request.send().await.map_err(unreachable)?;
         let status = response.status();
+        let headers = std::mem::take(response.headers_mut());
         let limit = self.max_answer_bytes;
         if response.content_length().is_some_and(|length| length > limit as u64) {
             return Err(SendError::TooLarge { url: url.to_owned(), limit });
@@ -189,6 +191,6 @@ impl HttpClient {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(Answer { status, body: body.freeze() })
+        Ok(Answer { status, headers, body: body.freeze() })
     }
 }

@@ -16,6 +16,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
@@ -27,7 +29,7 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 
 use crate::admin::{self, Admin};
 use crate::audit::DecisionLog;
-use crate::authn::{Authenticator, HttpFetcher};
+use crate::authn::{Authenticator, HttpFetcher, LOGIN_PATH};
 use crate::authz::PolicyEngine;
 use crate::config::{Config, ListenConfig, ServerTlsConfig};
 use crate::conn::{self, Activity, ConnectionLimits, ConnectionTracker, Tracked};
@@ -89,6 +91,8 @@ pub struct Prepared {
     pub log: DecisionLog,
     /// `[traces]`: started by `run`, flushed at shutdown.
     pub traces: Arc<Traces>,
+    /// What `GET /.well-known/flowgate-login` answers (`authn::LOGIN_PATH`).
+    pub login_document: Bytes,
 }
 
 /// Loads and checks everything in the config; no sockets, no background tasks.
@@ -106,6 +110,7 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         authn = authn.with_own_credentials(signer.clone());
     }
     let authn = Arc::new(authn);
+    let login_document = Bytes::from(authn.login_document().to_string());
     let minter = match (&signer, &config.replay.redis_url) {
         (None, _) => None,
         (Some(signer), Some(url)) => {
@@ -161,7 +166,7 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
             traces: traces.clone(),
         })
     });
-    Ok(Prepared { gateway, admin, token_endpoint, sessions, policies, signer, metrics, tls, log, traces })
+    Ok(Prepared { gateway, admin, token_endpoint, sessions, policies, signer, metrics, tls, log, traces, login_document })
 }
 
 fn tls_acceptor(tls: &ServerTlsConfig) -> anyhow::Result<TlsAcceptor> {
@@ -241,8 +246,9 @@ pub fn gateway_stack(
 /// Serves until `shutdown` resolves, then drains.
 pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let nofile = conn::raise_nofile_limit();
-    let Prepared { gateway, admin, token_endpoint, sessions, policies, signer, metrics, tls, log, traces } =
-        prepare(&config)?;
+    let Prepared {
+        gateway, admin, token_endpoint, sessions, policies, signer, metrics, tls, log, traces, login_document,
+    } = prepare(&config)?;
     traces.start()?;
     let (trigger, signal) = shutdown::channel();
     sessions.authenticator().spawn_key_refresh(signal.clone());
@@ -293,10 +299,11 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
             let stack =
                 gateway_stack(gateway.clone(), ClientConn::new(peer, &config.limits), calls.clone(), metrics.clone());
             let token_endpoint = token_endpoint.clone();
+            let login_document = login_document.clone();
             let activity = activity.clone();
             hyper::service::service_fn(move |request| {
                 let in_flight = activity.request();
-                let response = route(stack.clone(), token_endpoint.clone(), request, peer);
+                let response = route(stack.clone(), token_endpoint.clone(), &login_document, request, peer);
                 async move { Ok::<_, Infallible>(response.await.map(|body| Tracked::new(body, in_flight))) }
             })
         };
@@ -334,9 +341,37 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     Ok(())
 }
 
-/// Routes one request of the gateway's listener: the token endpoint (and its JWKS and
-/// discovery document) when flowgate mints credentials, the gateway's stack for everything else.
-async fn route<S>(
+/// Routes one request of the gateway's listener: how people log in (`GET` of
+/// `authn::LOGIN_PATH`), the token endpoint (and its JWKS and discovery document) when flowgate
+/// mints credentials, the gateway's stack for everything else.
+fn route<S>(
+    stack: S,
+    token_endpoint: Option<Arc<TokenEndpoint>>,
+    login_document: &Bytes,
+    request: http::Request<Incoming>,
+    peer: SocketAddr,
+) -> impl Future<Output = http::Response<MeteredBody<ResponseBody>>> + Send + use<S>
+where
+    S: Service<http::Request<Incoming>, Response = http::Response<MeteredBody<ResponseBody>>, Error = Infallible>
+        + Send,
+    S::Future: Send,
+{
+    let login = (request.method() == http::Method::GET && request.uri().path() == LOGIN_PATH)
+        .then(|| login_document.clone());
+    async move {
+        if let Some(document) = login {
+            let response = http::Response::builder()
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .header(http::header::CACHE_CONTROL, "max-age=300")
+                .body(ResponseBody::full(document))
+                .expect("static headers are valid");
+            return response.map(MeteredBody::unobserved);
+        }
+        route_call(stack, token_endpoint, request, peer).await
+    }
+}
+
+async fn route_call<S>(
     stack: S,
     token_endpoint: Option<Arc<TokenEndpoint>>,
     request: http::Request<Incoming>,

@@ -94,6 +94,8 @@ pub struct Issuer {
     leeway: Duration,
     max_lifetime: Duration,
     refresh_every: Duration,
+    /// The public client people log in with (`flowgate login`), when they may.
+    login: Option<crate::config::LoginConfig>,
 }
 
 /// Turns bearer tokens into principals.
@@ -221,6 +223,9 @@ fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// Where a gateway publishes how people log in to it ([`Authenticator::login_document`]).
+pub const LOGIN_PATH: &str = "/.well-known/flowgate-login";
+
 impl Authenticator {
     pub fn new(config: &Config, fetcher: HttpFetcher, metrics: Arc<Metrics>) -> Result<Authenticator, ConfigError> {
         let resolved = resolve_issuers(&config.issuers)?;
@@ -266,11 +271,33 @@ impl Authenticator {
                     leeway: raw.leeway,
                     max_lifetime: raw.max_token_lifetime,
                     refresh_every: raw.jwks_refresh,
+                    login: raw.login.clone(),
                 };
                 Ok((issuer.settings.issuer.clone(), Arc::new(issuer)))
             })
             .collect::<Result<_, ConfigError>>()?;
         Ok(Authenticator { by_iss, own: None })
+    }
+
+    /// What the gateway publishes at [`LOGIN_PATH`] for `flowgate login`: each issuer people
+    /// may log in to, with its URL, the public client id and the scopes to ask for. Public
+    /// facts, like an OIDC discovery document: no secret is in it.
+    pub fn login_document(&self) -> serde_json::Value {
+        let mut issuers: Vec<&Arc<Issuer>> = self.by_iss.values().filter(|i| i.login.is_some()).collect();
+        issuers.sort_by(|a, b| a.settings.name.cmp(&b.settings.name));
+        let issuers: Vec<serde_json::Value> = issuers
+            .into_iter()
+            .filter_map(|issuer| {
+                let login = issuer.login.as_ref()?;
+                Some(serde_json::json!({
+                    "name": issuer.settings.name,
+                    "issuer": issuer.settings.issuer,
+                    "client_id": login.client_id,
+                    "scopes": login.scopes,
+                }))
+            })
+            .collect();
+        serde_json::json!({ "issuers": issuers })
     }
 
     /// Accepts flowgate's own credentials, verified with its own keys.
