@@ -1055,7 +1055,10 @@ impl Config {
                     return Err(invalid(key("login.client_id"), "must be a non-empty client id"));
                 }
                 if !login.scopes.iter().any(|s| s == "openid") {
-                    return Err(invalid(key("login.scopes"), "must include `openid` (people log in with OpenID Connect)"));
+                    return Err(invalid(
+                        key("login.scopes"),
+                        "must include `openid` (people log in with OpenID Connect)",
+                    ));
                 }
             }
         }

@@ -47,12 +47,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use openidconnect::core::{
     CoreAuthDisplay, CoreAuthenticationFlow, CoreClaimName, CoreClaimType, CoreClient, CoreClientAuthMethod,
     CoreDeviceAuthorizationResponse, CoreGrantType, CoreJsonWebKey, CoreJweContentEncryptionAlgorithm,
-    CoreJweKeyManagementAlgorithm, CoreResponseMode, CoreResponseType, CoreRevocableToken, CoreSubjectIdentifierType,
+    CoreJweKeyManagementAlgorithm, CoreResponseMode, CoreResponseType, CoreSubjectIdentifierType,
 };
 use openidconnect::{
     AdditionalProviderMetadata, AuthorizationCode, ClientId, CsrfToken, DeviceAuthorizationUrl, HttpRequest,
     HttpResponse, IssuerUrl, JsonWebKeySet, Nonce, OAuth2TokenResponse, PkceCodeChallenge, ProviderMetadata,
-    RedirectUrl, RefreshToken, RequestTokenError, RevocationUrl, Scope, TokenResponse, TokenUrl,
+    RedirectUrl, RefreshToken, RequestTokenError, RevocationUrl, Scope, TokenUrl,
 };
 use serde::{Deserialize, Serialize};
 
@@ -97,7 +97,9 @@ pub enum LoginError {
     BadResponse(String),
     #[error("not logged in to `{gateway}`: run `flowgate login --address {address}`")]
     NotLoggedIn { gateway: String, address: String },
-    #[error("the login to `{gateway}` has expired and cannot be refreshed ({reason}): run `flowgate login --address {address}`")]
+    #[error(
+        "the login to `{gateway}` has expired and cannot be refreshed ({reason}): run `flowgate login --address {address}`"
+    )]
     LoginExpired { gateway: String, address: String, reason: String },
     #[error("{0}")]
     Io(String),
@@ -426,8 +428,8 @@ pub async fn login(request: &LoginRequest, say: impl Fn(&str)) -> Result<LoggedI
                 .device_authorization_endpoint
                 .clone()
                 .ok_or_else(|| LoginError::NoDeviceFlow { issuer: offered.issuer.clone() })?;
-            let oidc = CoreClient::from_provider_metadata(metadata, client_id, None)
-                .set_device_authorization_url(device_url);
+            let oidc =
+                CoreClient::from_provider_metadata(metadata, client_id, None).set_device_authorization_url(device_url);
             let details: CoreDeviceAuthorizationResponse = oidc
                 .exchange_device_code()
                 .add_scope(Scope::new("openid".into()))
@@ -453,10 +455,9 @@ pub async fn login(request: &LoginRequest, say: impl Fn(&str)) -> Result<LoggedI
                 .request_async(&http, tokio::time::sleep, Some(request.timeout))
                 .await
                 .map_err(|e| token_error(e, "token response", standard))?;
-            let who = token
-                .extra_fields()
-                .id_token()
-                .and_then(|id| id.claims(&oidc.id_token_verifier(), |_: Option<&Nonce>| Ok(())).ok().map(describe_claims));
+            let who = token.extra_fields().id_token().and_then(|id| {
+                id.claims(&oidc.id_token_verifier(), |_: Option<&Nonce>| Ok(())).ok().map(describe_claims)
+            });
             (token, who)
         }
         Flow::Browser { open } => {
@@ -472,7 +473,10 @@ pub async fn login(request: &LoginRequest, say: impl Fn(&str)) -> Result<LoggedI
                 .add_scopes(scopes)
                 .set_pkce_challenge(challenge)
                 .url();
-            say(&format!("To log in to {} as a {} user, open this URL in a browser:\n{url}", gateway.base, offered.name));
+            say(&format!(
+                "To log in to {} as a {} user, open this URL in a browser:\n{url}",
+                gateway.base, offered.name
+            ));
             if open {
                 open_browser(url.as_str());
             }
@@ -506,7 +510,8 @@ pub async fn login(request: &LoginRequest, say: impl Fn(&str)) -> Result<LoggedI
             let claims = id_token
                 .claims(&oidc.id_token_verifier(), &nonce)
                 .map_err(|e| LoginError::BadResponse(format!("an ID token that does not verify: {e}")))?;
-            (token, Some(describe_claims(claims)))
+            let who = describe_claims(claims);
+            (token, Some(who))
         }
     };
     let expires_at = unix_now() + token.expires_in().map_or(300, |d| d.as_secs());
@@ -571,8 +576,8 @@ async fn refresh(client: &HttpClient, stored: &mut Stored) -> Result<(), LoginEr
 /// The current access token of `gateway`'s login, refreshed first when it is about to expire.
 pub async fn current_token(gateway: &Gateway, ca: Option<&Path>) -> Result<Stored, LoginError> {
     let address = gateway.host_port.clone();
-    let mut stored =
-        load(gateway)?.ok_or_else(|| LoginError::NotLoggedIn { gateway: gateway.base.clone(), address: address.clone() })?;
+    let mut stored = load(gateway)?
+        .ok_or_else(|| LoginError::NotLoggedIn { gateway: gateway.base.clone(), address: address.clone() })?;
     if stored.expires_in() > REFRESH_AHEAD {
         return Ok(stored);
     }
@@ -600,21 +605,7 @@ pub async fn logout(gateway: &Gateway, ca: Option<&Path>) -> Result<LoggedOut, L
     if let (Some(refresh), Some(endpoint)) = (&stored.refresh_token, &stored.revocation_endpoint) {
         let client =
             HttpClient::new(ca, REQUEST_TIMEOUT, MAX_ANSWER_BYTES).map_err(|e| LoginError::Io(e.to_string()))?;
-        let http = oidc_http(&client);
-        let revoked = match RevocationUrl::new(endpoint.clone()) {
-            Err(e) => Err(e.to_string()),
-            Ok(url) => match stored_client(&stored)?
-                .set_revocation_url(url)
-                .revoke_token(CoreRevocableToken::from(RefreshToken::new(refresh.clone())))
-            {
-                Err(e) => Err(e.to_string()),
-                Ok(request) => request
-                    .request_async(&http)
-                    .await
-                    .map_err(|e| token_error(e, "revocation response", standard).to_string()),
-            },
-        };
-        revoke_failed = revoked.err();
+        revoke_failed = revoke(&client, endpoint, &stored.client_id, refresh).await.err();
     }
     if let Some(env) = &stored.temporal_env {
         remove_temporal_api_key(env)?;
@@ -622,6 +613,32 @@ pub async fn logout(gateway: &Gateway, ca: Option<&Path>) -> Result<LoggedOut, L
     let path = stored_path(gateway)?;
     std::fs::remove_file(&path).map_err(|e| LoginError::Io(format!("cannot delete `{}`: {e}", path.display())))?;
     Ok(LoggedOut { deleted: true, revoke_failed })
+}
+
+/// Revokes `refresh_token` at `endpoint` (RFC 7009: a form post from a public client). By hand,
+/// not with the `openidconnect` crate: it refuses a revocation endpoint that is not https,
+/// where the rest of flowgate allows plain http on loopback (a local IdP, a port-forward).
+async fn revoke(client: &HttpClient, endpoint: &str, client_id: &str, refresh_token: &str) -> Result<(), String> {
+    if !crate::outbound::is_https_or_loopback(endpoint) {
+        return Err(format!("`{endpoint}` is not https:// (http:// only on loopback)"));
+    }
+    let body = form_urlencoded::Serializer::new(String::new())
+        .append_pair("token", refresh_token)
+        .append_pair("token_type_hint", "refresh_token")
+        .append_pair("client_id", client_id)
+        .finish();
+    let mut headers = http::HeaderMap::new();
+    headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/x-www-form-urlencoded"));
+    let answer =
+        client.send(http::Method::POST, endpoint, headers, Some(body.into_bytes())).await.map_err(|e| e.to_string())?;
+    if answer.status.is_success() {
+        return Ok(());
+    }
+    let error: serde_json::Value = serde_json::from_slice(&answer.body).unwrap_or_default();
+    match error.get("error").and_then(|e| e.as_str()) {
+        Some(code) => Err(format!("`{endpoint}` answered `{code}`")),
+        None => Err(format!("`{endpoint}` answered HTTP {}", answer.status.as_u16())),
+    }
 }
 
 /// Writes the login into its Temporal CLI environment, if it has one: `address`, `tls`,
@@ -717,9 +734,10 @@ async fn callback(listener: tokio::net::TcpListener) -> Result<BTreeMap<String, 
                     let mut response =
                         http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(page.as_bytes())));
                     *response.status_mut() = status;
-                    response
-                        .headers_mut()
-                        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+                    response.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+                    );
                     Ok::<_, std::convert::Infallible>(response)
                 }
             });
@@ -768,7 +786,10 @@ mod tests {
     #[test]
     fn gateway_addresses() {
         let local = Gateway::parse("127.0.0.1:7233").unwrap();
-        assert_eq!(local, Gateway { base: "http://127.0.0.1:7233".into(), host_port: "127.0.0.1:7233".into(), tls: false });
+        assert_eq!(
+            local,
+            Gateway { base: "http://127.0.0.1:7233".into(), host_port: "127.0.0.1:7233".into(), tls: false }
+        );
         let remote = Gateway::parse("gw.acme.example:7233").unwrap();
         assert_eq!(remote.base, "https://gw.acme.example:7233");
         assert!(remote.tls);
@@ -802,7 +823,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("temporalio").join("temporal.yaml");
         std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-        std::fs::write(&file, "env:\n  dev:\n    address: localhost:7233\n  prod:\n    codec-endpoint: https://codec\n").unwrap();
+        std::fs::write(
+            &file,
+            "env:\n  dev:\n    address: localhost:7233\n  prod:\n    codec-endpoint: https://codec\n",
+        )
+        .unwrap();
         let env = TemporalEnv { name: "prod".into(), file: file.clone(), namespace: Some("payments".into()) };
         edit_temporal_env(&env, |keys| {
             keys.insert("api-key".into(), "token".into());

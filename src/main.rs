@@ -818,7 +818,10 @@ fn logout(args: GatewayArgs) -> anyhow::Result<()> {
         (false, _) => eprintln!("not logged in to {}", gateway.base),
         (true, None) => eprintln!("logged out of {}: the refresh token is revoked and the login deleted", gateway.base),
         (true, Some(why)) => {
-            anyhow::bail!("deleted the login to {}, but could not revoke it at the identity provider: {why}", gateway.base)
+            anyhow::bail!(
+                "deleted the login to {}, but could not revoke it at the identity provider: {why}",
+                gateway.base
+            )
         }
     }
     Ok(())

@@ -166,7 +166,19 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
             traces: traces.clone(),
         })
     });
-    Ok(Prepared { gateway, admin, token_endpoint, sessions, policies, signer, metrics, tls, log, traces, login_document })
+    Ok(Prepared {
+        gateway,
+        admin,
+        token_endpoint,
+        sessions,
+        policies,
+        signer,
+        metrics,
+        tls,
+        log,
+        traces,
+        login_document,
+    })
 }
 
 fn tls_acceptor(tls: &ServerTlsConfig) -> anyhow::Result<TlsAcceptor> {
@@ -247,7 +259,17 @@ pub fn gateway_stack(
 pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let nofile = conn::raise_nofile_limit();
     let Prepared {
-        gateway, admin, token_endpoint, sessions, policies, signer, metrics, tls, log, traces, login_document,
+        gateway,
+        admin,
+        token_endpoint,
+        sessions,
+        policies,
+        signer,
+        metrics,
+        tls,
+        log,
+        traces,
+        login_document,
     } = prepare(&config)?;
     traces.start()?;
     let (trigger, signal) = shutdown::channel();
@@ -356,8 +378,8 @@ where
         + Send,
     S::Future: Send,
 {
-    let login = (request.method() == http::Method::GET && request.uri().path() == LOGIN_PATH)
-        .then(|| login_document.clone());
+    let login =
+        (request.method() == http::Method::GET && request.uri().path() == LOGIN_PATH).then(|| login_document.clone());
     async move {
         if let Some(document) = login {
             let response = http::Response::builder()

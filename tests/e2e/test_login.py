@@ -61,6 +61,9 @@ def start_idp(tmp: Path, **env) -> Idp:
     if not (IDP_DIR / "node_modules" / "oidc-provider").is_dir():
         pytest.fail("tests/e2e/idp has no node_modules: `bash scripts/setup.sh test` runs npm ci there", pytrace=False)
     log = open(tmp / f"idp-{uid('log')}.stderr", "wb")
+    # RS256 access tokens, as Okta's and most IdPs' (Node signs ES256 in high-s form half the time,
+    # which an issuer refuses unless `ecdsa_high_s = "accept"`).
+    env = {"IDP_ACCESS_TOKEN_ALG": "RS256", **env}
     proc = subprocess.Popen([node, str(IDP_DIR / "idp.mjs"), "0"], cwd=IDP_DIR, stdout=subprocess.PIPE, stderr=log,
                             stdin=subprocess.PIPE, env={**os.environ, "IDP_EXIT_ON_STDIN_EOF": "1", **env},
                             start_new_session=True)  # fmt: skip
@@ -95,7 +98,7 @@ def people_issuer(issuer: str) -> str:
         'audiences = ["api://temporal"]\n'
         'groups_claim = "groups"\n'
         'principal = "User"\n'
-        'algorithms = ["ES256"]\n'
+        'algorithms = ["RS256"]\n'
         'login = { client_id = "flowgate-cli", scopes = ["openid", "offline_access", "email", "temporal"] }\n'
     )
 
