@@ -1121,6 +1121,23 @@ mod tests {
     }
 
     #[test]
+    fn an_issuers_login_needs_a_client_id_and_openid() {
+        let issuer = |login: &str| {
+            with(&format!(
+                "[[issuers]]\nname = \"okta\"\nissuer = \"https://idp\"\naudiences = [\"a\"]\nlogin = {login}\n"
+            ))
+        };
+        let ok = issuer("{ client_id = \"cli\" }").unwrap();
+        assert_eq!(ok.issuers[0].login.as_ref().unwrap().scopes, ["openid", "profile", "email", "offline_access"]);
+        let error = issuer("{ client_id = \"\" }").unwrap_err().to_string();
+        assert!(error.contains("issuers[0].login.client_id"), "{error}");
+        let error = issuer("{ client_id = \"cli\", scopes = [\"email\"] }").unwrap_err().to_string();
+        assert!(error.contains("must include `openid`"), "{error}");
+        let error = issuer("{ client_id = \"cli\", secret = \"x\" }").unwrap_err().to_string();
+        assert!(error.contains("unknown field `secret`"), "{error}");
+    }
+
+    #[test]
     fn traces_are_off_by_default_and_checked_when_on() {
         assert!(with("").unwrap().traces.is_none());
         let on = with("[traces]\nendpoint = \"http://collector:4318/v1/traces\"\n").unwrap();

@@ -619,3 +619,28 @@ async fn hundreds_of_long_polls_share_one_connection_and_every_call_is_recorded(
     assert!(records.iter().all(|r| r["decision"] == "allow" && r["resource"]["task_queue"] == "deploys"));
     gateway.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_gateway_publishes_the_issuers_people_log_in_to() {
+    let (_key, jwks, upstream) = setup().await;
+    let mut setup = Setup::new(&upstream);
+    setup.issuer_extra = "login = { client_id = \"flowgate-cli\" }".into();
+    let gateway = Gateway::start(&jwks, setup).await;
+    let (status, document) = gateway.http("GET", "/.well-known/flowgate-login", "text/plain", "").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        document,
+        serde_json::json!({"issuers": [{
+            "name": "test", "issuer": ISSUER, "client_id": "flowgate-cli",
+            "scopes": ["openid", "profile", "email", "offline_access"],
+        }]})
+    );
+    // Nothing went upstream, and nothing was recorded: it is not a call.
+    assert!(upstream.calls().is_empty());
+    assert!(gateway.records().is_empty());
+
+    // A gateway without a `login` table publishes none.
+    let plain = Gateway::start(&jwks, Setup::new(&upstream)).await;
+    let (status, document) = plain.http("GET", "/.well-known/flowgate-login", "text/plain", "").await;
+    assert_eq!((status, document), (200, serde_json::json!({"issuers": []})));
+}
