@@ -408,6 +408,13 @@ pub async fn login(request: &LoginRequest, say: impl Fn(&str)) -> Result<LoggedI
     }
 
     let offered = choose(gateway, offered(&client, gateway).await?, request.issuer.as_deref())?;
+    // A person types a password there: not over plain http, except to a local IdP.
+    if !crate::outbound::is_https_or_loopback(&offered.issuer) {
+        return Err(LoginError::Discovery {
+            issuer: offered.issuer.clone(),
+            reason: "not https:// (http:// only on loopback)".into(),
+        });
+    }
     let http = oidc_http(&client);
     let issuer_url = IssuerUrl::new(offered.issuer.clone())
         .map_err(|e| LoginError::Discovery { issuer: offered.issuer.clone(), reason: e.to_string() })?;

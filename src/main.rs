@@ -751,6 +751,9 @@ fn token_exchange(args: ExchangeArgs) -> anyhow::Result<()> {
 fn login_command(args: LoginArgs) -> anyhow::Result<()> {
     use flowgate::login::{self, Flow, Gateway, LoginRequest, TemporalEnv};
     let gateway = Gateway::parse(&args.gateway.address)?;
+    if !gateway.tls && !flowgate::outbound::is_https_or_loopback(&gateway.base) {
+        eprintln!("warning: {} is plain http: your token will travel in clear to it", gateway.base);
+    }
     let flow = match args.flow.as_deref() {
         Some("device") => Flow::Device,
         Some(_) => Flow::Browser { open: !args.no_browser },
