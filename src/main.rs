@@ -24,12 +24,12 @@ struct Cli {
 enum Command {
     /// Run the gateway.
     Serve {
-        #[arg(long, short)]
+        #[arg(long, short, env = "FLOWGATE_CONFIG")]
         config: PathBuf,
     },
     /// Validate a config file and everything it points to (policies, issuers, TLS material).
     Check {
-        #[arg(long, short)]
+        #[arg(long, short, env = "FLOWGATE_CONFIG")]
         config: PathBuf,
     },
     /// Work with policy directories.
@@ -59,9 +59,17 @@ enum Command {
     /// Run a local credential-free endpoint for a worker that forwards to the gateway with a
     /// short-lived credential it keeps fresh.
     Sidecar {
-        #[arg(long, short)]
+        #[arg(long, short, env = "FLOWGATE_SIDECAR_CONFIG")]
         config: PathBuf,
     },
+    /// Print a shell completion script: `source <(flowgate completions bash)`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), generated from this command line's definition:
+    /// `flowgate man > flowgate.1`.
+    Man,
     /// Work with decision logs.
     Audit {
         #[command(subcommand)]
@@ -122,8 +130,8 @@ struct QueryArgs {
     #[arg(long)]
     until: Option<String>,
     /// `text`: a line per decision; `json`: the records, each with its `outcome`, one per line.
-    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
-    format: String,
+    #[arg(long, short, visible_alias = "format", default_value = "text", value_parser = ["text", "json"])]
+    output: String,
     #[arg(required = true)]
     files: Vec<PathBuf>,
 }
@@ -134,7 +142,30 @@ enum TokenCommand {
     Exchange(ExchangeArgs),
     /// Print the access token of your login to a gateway (`flowgate login`), refreshed first
     /// when less than a minute of it is left.
-    Print(GatewayArgs),
+    Print(TokenPrintArgs),
+}
+
+/// `-o/--output text|json`, as every command that prints data takes it (the Temporal CLI's
+/// flag). `--json` is the older spelling of `-o json`.
+#[derive(clap::Args, Clone, Copy)]
+struct OutputArgs {
+    /// `text` for people, `json` for programs.
+    #[arg(long, short, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    #[arg(long, hide = true)]
+    json: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum Output {
+    Text,
+    Json,
+}
+
+impl OutputArgs {
+    fn json(self) -> bool {
+        self.json || self.output == Output::Json
+    }
 }
 
 #[derive(clap::Args)]
@@ -145,6 +176,15 @@ struct GatewayArgs {
     /// CA bundle (PEM) trusted for the gateway and the identity provider, besides the system roots.
     #[arg(long, value_name = "FILE")]
     ca: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct TokenPrintArgs {
+    #[command(flatten)]
+    gateway: GatewayArgs,
+    /// `json`: the token with its issuer and expiry.
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 #[derive(clap::Args)]
@@ -184,7 +224,7 @@ struct LoginArgs {
 #[command(group = clap::ArgGroup::new("subject").required(true).args(["subject_token_env", "subject_token_file"]))]
 struct ExchangeArgs {
     /// The gateway's address; its token endpoint is found by OIDC discovery.
-    #[arg(long)]
+    #[arg(long, visible_alias = "address", env = "FLOWGATE_ADDRESS")]
     gateway: String,
     /// The environment variable holding the subject token (e.g. a CI job's OIDC token).
     #[arg(long, value_name = "VAR")]
@@ -199,11 +239,10 @@ struct ExchangeArgs {
     #[arg(long, value_name = "FILE")]
     ca: Option<PathBuf>,
     /// Write to this file (atomically, mode 0600) instead of standard output.
-    #[arg(long, short, value_name = "FILE")]
-    output: Option<PathBuf>,
-    /// The whole token response as JSON, not just the token.
-    #[arg(long)]
-    json: bool,
+    #[arg(long, value_name = "FILE")]
+    output_file: Option<PathBuf>,
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 #[derive(clap::Args)]
@@ -284,9 +323,8 @@ struct ExplainArgs {
     /// (repeat for each command, in order).
     #[arg(long, value_name = "JSON")]
     command: Vec<String>,
-    /// Print JSON instead of text.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 #[derive(Subcommand)]
@@ -311,6 +349,7 @@ enum PolicyCommand {
     /// Print the Cedar schema of flowgate's requests (write it to DIR/schema.cedarschema).
     Schema,
     /// Run the test cases in DIR/tests/*.yaml against the policies of DIR.
+    #[command(visible_alias = "run-tests")]
     Test {
         dir: PathBuf,
         /// Take issuers from this gateway config (in addition to the test files' `issuers:`).
@@ -324,6 +363,7 @@ enum PolicyCommand {
         require_coverage: bool,
     },
     /// Format every policy file in DIR with Cedar's formatter; print the files it rewrote.
+    #[command(visible_alias = "format")]
     Fmt {
         /// Write nothing: print a diff of each file that is not formatted and exit 1 if any is.
         #[arg(long)]
@@ -413,6 +453,18 @@ fn main() -> ExitCode {
         Command::Login(args) => login_command(*args),
         Command::Logout(args) => logout(args),
         Command::Sidecar { config } => sidecar(config),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "flowgate", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(()),
+            }
+        }
         Command::Keys { command: KeysCommand::Generate { dir } } => {
             flowgate::credential::keys::generate(&dir, std::time::SystemTime::now())
                 .map(|(path, kid)| {
@@ -489,7 +541,7 @@ fn query_filter(args: &QueryArgs) -> anyhow::Result<flowgate::audit::query::Filt
 fn audit_replay(policies: &std::path::Path, fail_on_change: bool, args: QueryArgs) -> anyhow::Result<()> {
     let engine = PolicyEngine::load(policies)?;
     let replayed = flowgate::audit::replay::replay(&args.files, &query_filter(&args)?, &engine)?;
-    if args.format == "json" {
+    if args.output == "json" {
         for changed in &replayed.changed {
             let mut record = changed.record.clone();
             record["replayed"] = serde_json::json!({
@@ -535,7 +587,7 @@ fn audit_query(args: QueryArgs) -> anyhow::Result<()> {
     use flowgate::audit::query::{query, text_line};
     let filter = query_filter(&args)?;
     for record in query(&args.files, &filter)? {
-        if args.format == "json" {
+        if args.output == "json" {
             println!("{record}");
         } else {
             println!("{}", text_line(&record));
@@ -610,7 +662,7 @@ fn explain(args: ExplainArgs) -> anyhow::Result<()> {
         }
     };
     let explanation = flowgate::explain::explain(&enforced, shadow.as_ref(), &principal, &call.resolve()?);
-    if args.json {
+    if args.output.json() {
         println!("{:#}", serde_json::to_value(&explanation)?);
     } else {
         print!("{}", explanation.to_text());
@@ -673,7 +725,7 @@ fn claims_of(text: &str) -> anyhow::Result<serde_json::Map<String, serde_json::V
 /// Asks a running gateway's admin endpoint.
 fn explain_remote(admin: &str, args: &ExplainArgs) -> anyhow::Result<()> {
     let base = admin.trim_end_matches('/');
-    let format = if args.json { "" } else { "?format=text" };
+    let format = if args.output.json() { "" } else { "?format=text" };
     let (method, url, body) = match &args.decision {
         Some(id) => (http::Method::GET, format!("{base}/explain/{id}{format}"), String::new()),
         None => {
@@ -736,11 +788,11 @@ fn token_exchange(args: ExchangeArgs) -> anyhow::Result<()> {
         let discovery = client.discover(&args.gateway).await?;
         anyhow::Ok(client.exchange(&discovery.token_endpoint, subject_token.trim(), &args.scope).await?)
     })?;
-    let output = match args.json {
+    let output = match args.output.json() {
         true => format!("{:#}\n", credential.to_response_json()),
         false => credential.token.clone(),
     };
-    match &args.output {
+    match &args.output_file {
         Some(path) => write_secret_file(path, output.as_bytes())
             .map_err(|e| anyhow::anyhow!("cannot write `{}`: {e}", path.display()))?,
         None => println!("{}", output.trim_end()),
@@ -805,11 +857,21 @@ fn login_command(args: LoginArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn token_print(args: GatewayArgs) -> anyhow::Result<()> {
-    let gateway = flowgate::login::Gateway::parse(&args.address)?;
+fn token_print(args: TokenPrintArgs) -> anyhow::Result<()> {
+    let gateway = flowgate::login::Gateway::parse(&args.gateway.address)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let stored = runtime.block_on(flowgate::login::current_token(&gateway, args.ca.as_deref()))?;
-    println!("{}", stored.access_token);
+    let stored = runtime.block_on(flowgate::login::current_token(&gateway, args.gateway.ca.as_deref()))?;
+    if args.output.json() {
+        let json = serde_json::json!({
+            "access_token": stored.access_token,
+            "expires_at": stored.expires_at,
+            "issuer": stored.issuer,
+            "gateway": stored.gateway,
+        });
+        println!("{json}");
+    } else {
+        println!("{}", stored.access_token);
+    }
     Ok(())
 }
 

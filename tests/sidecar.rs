@@ -804,7 +804,7 @@ async fn the_token_command_prints_writes_and_explains_refusals() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(String::from_utf8_lossy(&output.stdout), "cred-1\n");
 
-    let output = tokio::task::block_in_place(|| token_command(&tokens, "ci-2", &["--json"]));
+    let output = tokio::task::block_in_place(|| token_command(&tokens, "ci-2", &["-o", "json"]));
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let response: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(response["access_token"], "cred-2");
@@ -814,7 +814,8 @@ async fn the_token_command_prints_writes_and_explains_refusals() {
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("credential");
-    let output = tokio::task::block_in_place(|| token_command(&tokens, "ci-3", &["--output", file.to_str().unwrap()]));
+    let output =
+        tokio::task::block_in_place(|| token_command(&tokens, "ci-3", &["--output-file", file.to_str().unwrap()]));
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(output.stdout.is_empty());
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "cred-3");
