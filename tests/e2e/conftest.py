@@ -81,7 +81,7 @@ E2E_DIR = Path(__file__).resolve().parent
 
 sys.path.insert(0, str(E2E_DIR))
 
-from e2e_util import temporal_bin  # noqa: E402
+from e2e_util import stop_group, temporal_bin  # noqa: E402
 
 
 def free_port() -> int:
@@ -150,12 +150,7 @@ def temporal(tmp_path_factory):
             pytest.exit(f"temporal dev server did not answer in 60 s: {last_error!r}", 3)
         time.sleep(0.3)
     yield address
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
+    stop_group(proc)
     log.close()
 
 

@@ -65,6 +65,20 @@ def full_server_binary():
     )
 
 
+def stop_group(proc, grace: float = 10.0) -> None:
+    """Stops a process started with `start_new_session=True` and everything it started: SIGTERM
+    to its group, then SIGKILL if it is still there after `grace` seconds."""
+    import signal
+    import subprocess
+
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
 def run(coro, timeout: float = 60.0):
     """Runs a coroutine to completion with an explicit timeout (no pytest-asyncio needed)."""
     return asyncio.run(asyncio.wait_for(coro, timeout))

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import stat
 import subprocess
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from conftest import E2E_DIR, flowgate_bin, free_port
-from e2e_util import PARKED_QUEUE, by, temporal_bin, uid
+from e2e_util import PARKED_QUEUE, by, stop_group, temporal_bin, uid
 
 IDP_DIR = E2E_DIR / "idp"
 
@@ -75,11 +74,7 @@ def start_idp(tmp: Path, **env) -> Idp:
 
 
 def stop_idp(idp: Idp) -> None:
-    os.killpg(idp.proc.pid, signal.SIGTERM)
-    try:
-        idp.proc.wait(10)
-    except subprocess.TimeoutExpired:
-        os.killpg(idp.proc.pid, signal.SIGKILL)
+    stop_group(idp.proc)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ cache's bin/, which scripts/test.sh puts on PATH."""
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 import urllib.error
@@ -18,7 +17,7 @@ from datetime import timedelta
 
 import pytest
 from conftest import _gateway_factory, _stop_all, free_port
-from e2e_util import PARKED_QUEUE, by, deployer, run, temporal_bin, uid
+from e2e_util import PARKED_QUEUE, by, deployer, run, stop_group, temporal_bin, uid
 from e2e_workflows import DeployWorkflow
 
 WS = "temporal.api.workflowservice.v1.WorkflowService"
@@ -137,12 +136,7 @@ def jaeger(tmp_path_factory):
                 pytest.fail(f"jaeger did not start:\n{(work / 'jaeger.log').read_text()[-3000:]}")
             time.sleep(0.2)
     yield j
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
+    stop_group(proc)
     log.close()
 
 
@@ -172,12 +166,7 @@ def traced_temporal(jaeger, tmp_path_factory):
                 pytest.fail(f"traced dev server did not start:\n{(work / 'temporal.log').read_text()[-3000:]}")
             time.sleep(0.3)
     yield address
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
+    stop_group(proc)
     log.close()
 
 
