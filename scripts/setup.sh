@@ -20,7 +20,7 @@
 #     defense-in-depth tests; ~11 min the first time, then cached) unless TEMPORAL_SERVER_BIN
 #     names one, helm, actionlint and Jaeger (scripts/install-go-tool.sh, into the cache's bin/) and the
 #     Go worker example; Node.js with npm (the TypeScript worker example, the test identity
-#     provider of the login tests: npm ci in tests/e2e/idp); buildah and podman
+#     provider of the login tests: npm ci into the cache); buildah and podman
 #     (the container image), installed with apt-get when missing; redis-server (scripts/install-redis.sh: the shared replay cache test in
 #     tests/exchange.rs) and kill (procps: tests/sidecar.rs signals the sidecar), installed with
 #     apt-get when missing.
@@ -245,12 +245,16 @@ if [[ "$MODE" == test ]]; then
   quiet "scripts/install-go-tool.sh helm" bash "$SCRIPTS/install-go-tool.sh" helm helm.sh/helm/v4 cmd/helm v4.3.2
   quiet "scripts/install-go-tool.sh actionlint" \
     bash "$SCRIPTS/install-go-tool.sh" actionlint github.com/rhysd/actionlint cmd/actionlint v1.7.12
-  # The test identity provider of tests/e2e/test_login.py (oidc-provider, from its lockfile).
-  # Installed again only when the lockfile changed since the last install.
-  idp_dir="$ROOT/tests/e2e/idp"
-  if ! cmp -s "$idp_dir/package-lock.json" "$idp_dir/node_modules/.package-lock.json.installed" 2>/dev/null; then
-    quiet "npm ci (tests/e2e/idp)" bash -c 'cd "$1" && npm ci --no-audit --no-fund --ignore-scripts &&
-      cp package-lock.json node_modules/.package-lock.json.installed' _ "$idp_dir"
+  # The test identity provider of tests/e2e/test_login.py (oidc-provider, from the lockfile in
+  # tests/e2e/idp), installed into the cache, not the repository (the test links it in beside a
+  # copy of idp.mjs); again only when the lockfile changed.
+  idp_src="$ROOT/tests/e2e/idp" idp_dir="$CACHE/test-idp"
+  if ! cmp -s "$idp_src/package-lock.json" "$idp_dir/package-lock.json" ||
+    [[ ! -d "$idp_dir/node_modules/oidc-provider" ]]; then
+    # shellcheck disable=SC2016 # the inner script's own arguments, expanded by that bash
+    quiet "npm ci (the test identity provider, into $idp_dir)" bash -c 'rm -rf "$2" && mkdir -p "$2" &&
+      cp "$1/package.json" "$1/package-lock.json" "$1/.npmrc" "$2/" &&
+      cd "$2" && npm ci --no-audit --no-fund --ignore-scripts' _ "$idp_src" "$idp_dir"
   fi
   # Jaeger: the OTLP receiver tests/e2e/test_traces.py exports flowgate's and Temporal's spans to.
   [[ -x "$CACHE/bin/jaeger" ]] || log "building Jaeger with Go (~9 min the first time; cached at $CACHE/bin/jaeger)"

@@ -164,12 +164,51 @@ impl<'a> Jws<'a> {
 
 /// A JWS segment's JSON object. Base64url exactly as RFC 7515 writes it, without padding: the
 /// signature covers the segment's text, so one token has one text.
+///
+/// A member named twice (`{"alg":"none","alg":"ES256"}`) is refused (RFC 7515 §4 lets a
+/// verifier refuse or take the last): parsers that take the first would read another token
+/// out of the same bytes, and a token is read by more than flowgate (Temporal's own authorizer,
+/// audit tools).
 fn decode_segment(segment: &str, what: &str) -> Result<Map<String, Value>, AuthnError> {
     let bytes =
         URL_SAFE_NO_PAD.decode(segment).map_err(|_| AuthnError::Malformed(format!("{what} is not base64url")))?;
-    match serde_json::from_slice(&bytes) {
-        Ok(Value::Object(map)) => Ok(map),
-        _ => Err(AuthnError::Malformed(format!("{what} is not a JSON object"))),
+    match serde_json::from_slice::<UniqueObject>(&bytes) {
+        Ok(UniqueObject(map)) => Ok(map),
+        Err(error) if error.to_string().starts_with(DUPLICATE) => {
+            let message = error.to_string();
+            let member = message.trim_start_matches(DUPLICATE).split(" at line").next().unwrap_or_default();
+            Err(AuthnError::Malformed(format!("{what} names {} twice", crate::error::truncated(member, 64))))
+        }
+        Err(_) => Err(AuthnError::Malformed(format!("{what} is not a JSON object"))),
+    }
+}
+
+const DUPLICATE: &str = "duplicate member ";
+
+/// A JSON object whose members have distinct names.
+struct UniqueObject(Map<String, Value>);
+
+impl<'de> serde::Deserialize<'de> for UniqueObject {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<UniqueObject, D::Error> {
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = UniqueObject;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<UniqueObject, A::Error> {
+                let mut map = Map::new();
+                while let Some(name) = access.next_key::<String>()? {
+                    let value: Value = access.next_value()?;
+                    if map.contains_key(&name) {
+                        return Err(serde::de::Error::custom(format!("{DUPLICATE}`{name}`")));
+                    }
+                    map.insert(name, value);
+                }
+                Ok(UniqueObject(map))
+            }
+        }
+        deserializer.deserialize_map(Members)
     }
 }
 
@@ -471,6 +510,21 @@ mod tests {
         .unwrap();
         assert_eq!(seen, Some((format!("{header}.{payload}").into_bytes(), vec![1, 2, 3])));
         assert!(matches!(jws.check_signature(|_, _| false), Err(AuthnError::BadSignature)));
+    }
+
+    #[test]
+    fn a_member_named_twice_is_refused_in_the_header_and_the_payload() {
+        let signature = URL_SAFE_NO_PAD.encode([1, 2, 3]);
+        let parse = |header: &str, payload: &str| {
+            Jws::parse(&format!("{}.{}.{signature}", segment(header), segment(payload))).err().map(|e| e.to_string())
+        };
+        let twice = parse(r#"{"alg":"none","alg":"ES256","kid":"k"}"#, r#"{"sub":"s"}"#).unwrap();
+        assert!(twice.contains("header names `alg` twice"), "{twice}");
+        let twice = parse(r#"{"alg":"ES256"}"#, r#"{"sub":"a","iss":"i","sub":"b"}"#).unwrap();
+        assert!(twice.contains("payload names `sub` twice"), "{twice}");
+        // Distinct names, and names repeated only inside a nested object, are fine.
+        assert_eq!(parse(r#"{"alg":"ES256"}"#, r#"{"sub":"a","x":{"k":1},"y":{"k":2}}"#), None);
+        assert!(parse(r#"["alg"]"#, r#"{"sub":"a"}"#).unwrap().contains("header is not a JSON object"));
     }
 
     #[test]

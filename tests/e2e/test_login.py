@@ -53,17 +53,31 @@ class Idp:
             return e.code, json.loads(e.read())
 
 
+def idp_install() -> Path:
+    """Where `scripts/setup.sh test` installed the IdP's packages (its cache, as it computes it)."""
+    cache = os.environ.get("FLOWGATE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "flowgate"
+    )
+    return Path(cache) / "test-idp"
+
+
 def start_idp(tmp: Path, **env) -> Idp:
     node = shutil.which("node")
     if node is None:
         pytest.fail("`node` is missing: Node.js runs the test identity provider", pytrace=False)
-    if not (IDP_DIR / "node_modules" / "oidc-provider").is_dir():
-        pytest.fail("tests/e2e/idp has no node_modules: `bash scripts/setup.sh test` runs npm ci there", pytrace=False)
-    log = open(tmp / f"idp-{uid('log')}.stderr", "wb")
+    installed = idp_install() / "node_modules"
+    if not (installed / "oidc-provider").is_dir():
+        pytest.fail(f"{installed} has no oidc-provider: `bash scripts/setup.sh test` installs it", pytrace=False)
+    # idp.mjs beside a link to the installed packages: node resolves `oidc-provider` from there.
+    work = tmp / uid("idp")
+    work.mkdir()
+    shutil.copy(IDP_DIR / "idp.mjs", work / "idp.mjs")
+    (work / "node_modules").symlink_to(installed, target_is_directory=True)
+    log = open(work / "idp.stderr", "wb")
     # RS256 access tokens, as Okta's and most IdPs' (Node signs ES256 in high-s form half the time,
     # which an issuer refuses unless `ecdsa_high_s = "accept"`).
     env = {"IDP_ACCESS_TOKEN_ALG": "RS256", **env}
-    proc = subprocess.Popen([node, str(IDP_DIR / "idp.mjs"), "0"], cwd=IDP_DIR, stdout=subprocess.PIPE, stderr=log,
+    proc = subprocess.Popen([node, str(work / "idp.mjs"), "0"], cwd=work, stdout=subprocess.PIPE, stderr=log,
                             stdin=subprocess.PIPE, env={**os.environ, "IDP_EXIT_ON_STDIN_EOF": "1", **env},
                             start_new_session=True)  # fmt: skip
     line = proc.stdout.readline()
