@@ -200,7 +200,8 @@ pub struct Stored {
 }
 
 impl Stored {
-    fn expires_in(&self) -> Duration {
+    /// How long the access token has left.
+    pub fn expires_in(&self) -> Duration {
         Duration::from_secs(self.expires_at.saturating_sub(unix_now()))
     }
 }
@@ -491,7 +492,9 @@ pub async fn login(request: &LoginRequest, say: impl Fn(&str)) -> Result<LoggedI
                 .await
                 .map_err(|_| LoginError::TimedOut(request.timeout))??;
             let sent_state = answer.get("state").map(String::as_str).unwrap_or_default();
-            if !constant_time_eq(sent_state.as_bytes(), state.secret().as_bytes()) {
+            if aws_lc_rs::constant_time::verify_slices_are_equal(sent_state.as_bytes(), state.secret().as_bytes())
+                .is_err()
+            {
                 return Err(LoginError::StateMismatch);
             }
             if let Some(error) = answer.get("error") {
@@ -780,10 +783,6 @@ pub fn has_display() -> bool {
         return std::env::var_os("SSH_CONNECTION").is_none();
     }
     ["DISPLAY", "WAYLAND_DISPLAY"].iter().any(|v| std::env::var_os(v).is_some_and(|d| !d.is_empty()))
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

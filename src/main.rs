@@ -843,7 +843,7 @@ fn login_command(args: LoginArgs) -> anyhow::Result<()> {
         stored.gateway,
         stored.issuer_name,
         stored.issuer,
-        stored.expires_at.saturating_sub(unix_now()) / 60,
+        stored.expires_in().as_secs() / 60,
         done.path.display()
     );
     if let Some(env) = &stored.temporal_env {
@@ -890,10 +890,6 @@ fn logout(args: GatewayArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn sidecar(path: PathBuf) -> anyhow::Result<()> {
