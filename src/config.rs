@@ -417,6 +417,10 @@ pub enum UpstreamCredentials {
     /// A credential flowgate mints for the call's principal, namespace and access class, so
     /// Temporal's own JWT authorizer can check that the call came through flowgate.
     Minted,
+    /// flowgate's own API key (`upstream.api_key_file` or `upstream.api_key_env`), the same on
+    /// every call: Temporal Cloud, or any Temporal that knows flowgate as one identity.
+    #[serde(rename = "api_key")]
+    ApiKey,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -502,11 +506,25 @@ pub struct UpstreamConfig {
     /// Forward the client's `authorization` header to Temporal (same as `credentials = "forward"`).
     #[serde(default)]
     pub forward_authorization: bool,
-    /// `none`, `forward` or `minted`: what Temporal receives in `authorization`.
+    /// `none`, `forward`, `minted` or `api_key`: what Temporal receives in `authorization`.
     #[serde(default)]
     pub credentials: UpstreamCredentials,
+    /// `credentials = "api_key"`: a file holding the key (a mounted secret), read again when
+    /// it changes.
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
+    /// `credentials = "api_key"`: the environment variable holding the key, read at start.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// How often `api_key_file` is read to see whether the key changed.
+    #[serde(default = "default_api_key_watch_interval", with = "duration")]
+    pub api_key_watch_interval: Duration,
     #[serde(default = "default_connect_timeout", with = "duration")]
     pub connect_timeout: Duration,
+}
+
+pub(crate) fn default_api_key_watch_interval() -> Duration {
+    Duration::from_secs(10)
 }
 
 pub(crate) fn default_connect_timeout() -> Duration {
@@ -840,6 +858,41 @@ impl UpstreamConfig {
     pub fn credentials(&self) -> UpstreamCredentials {
         if self.forward_authorization { UpstreamCredentials::Forward } else { self.credentials }
     }
+
+    /// `api_key_*` go with `credentials = "api_key"`, and the key goes only over TLS (or to
+    /// this machine).
+    fn validate_api_key(&self, address: &http::Uri) -> Result<(), ConfigError> {
+        let sources = usize::from(self.api_key_file.is_some()) + usize::from(self.api_key_env.is_some());
+        if self.credentials == UpstreamCredentials::ApiKey && self.forward_authorization {
+            return Err(invalid("upstream.forward_authorization", "contradicts `credentials = \"api_key\"`"));
+        }
+        if self.credentials != UpstreamCredentials::ApiKey {
+            if sources > 0 {
+                return Err(invalid("upstream", "`api_key_file` and `api_key_env` need `credentials = \"api_key\"`"));
+            }
+            return Ok(());
+        }
+        if sources != 1 {
+            return Err(invalid("upstream.credentials", "`api_key` needs one of `api_key_file` and `api_key_env`"));
+        }
+        if self.api_key_env.as_deref().is_some_and(|name| name.is_empty() || name.contains(['=', '\0'])) {
+            return Err(invalid("upstream.api_key_env", "is not an environment variable name"));
+        }
+        if self.api_key_watch_interval.is_zero() {
+            return Err(invalid("upstream.api_key_watch_interval", "must be more than 0s"));
+        }
+        let loopback = address.host().is_some_and(|host| {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        });
+        if address.scheme_str() == Some("http") && !loopback {
+            return Err(invalid(
+                "upstream.address",
+                format!("`{}` would carry the API key in cleartext: use https://", self.address),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Config {
@@ -859,8 +912,14 @@ impl Config {
 
     /// Parses and validates config text (paths stay as written).
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text)
+        let mut config: Config = toml::from_str(text)
             .map_err(|e| ConfigError::Parse { path: PathBuf::new(), message: e.to_string().trim_end().to_owned() })?;
+        // An API key turns TLS on, as it does for Temporal's CLI and SDKs: `host:port` alone
+        // means `https://host:port`.
+        let upstream = &mut config.upstream;
+        if upstream.credentials == UpstreamCredentials::ApiKey && !upstream.address.contains("://") {
+            upstream.address = format!("https://{}", upstream.address);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -889,7 +948,10 @@ impl Config {
                 resolve(ca);
             }
         }
-        for p in [&mut self.upstream.ca, &mut self.upstream.cert, &mut self.upstream.key].into_iter().flatten() {
+        let upstream = &mut self.upstream;
+        for p in
+            [&mut upstream.ca, &mut upstream.cert, &mut upstream.key, &mut upstream.api_key_file].into_iter().flatten()
+        {
             resolve(p);
         }
         for issuer in &mut self.issuers {
@@ -999,6 +1061,7 @@ impl Config {
         if upstream.credentials == UpstreamCredentials::Minted && self.mint.is_none() {
             return Err(invalid("upstream.credentials", "`minted` needs a `[mint]` section"));
         }
+        upstream.validate_api_key(&uri)?;
         if let Some(mint) = &self.mint {
             let uri: http::Uri = mint
                 .issuer
@@ -1103,6 +1166,59 @@ mod tests {
         [audit]
         path = "-"
     "#;
+
+    #[test]
+    fn an_api_key_needs_one_source_and_tls_off_this_machine() {
+        let upstream = |keys: &str| {
+            let text = MINIMAL.replace("address = \"http://127.0.0.1:7234\"", keys);
+            Config::parse(&text).map(|c| c.upstream).map_err(|e| e.to_string())
+        };
+        let ok =
+            upstream("address = \"ns.acct.example:7233\"\ncredentials = \"api_key\"\napi_key_env = \"KEY\"").unwrap();
+        assert_eq!(ok.address, "https://ns.acct.example:7233", "`host:port` with a key means TLS");
+        assert_eq!(ok.credentials(), UpstreamCredentials::ApiKey);
+        assert_eq!(ok.api_key_watch_interval, Duration::from_secs(10));
+        for keys in [
+            "address = \"http://127.0.0.1:7234\"\ncredentials = \"api_key\"\napi_key_file = \"k\"",
+            "address = \"http://[::1]:7234\"\ncredentials = \"api_key\"\napi_key_file = \"k\"",
+            "address = \"http://localhost:7234\"\ncredentials = \"api_key\"\napi_key_file = \"k\"",
+        ] {
+            upstream(keys).expect("cleartext to this machine is allowed");
+        }
+        for (keys, expected) in [
+            (
+                "address = \"http://temporal.example:7233\"\ncredentials = \"api_key\"\napi_key_file = \"k\"",
+                "`upstream.address`: `http://temporal.example:7233` would carry the API key in cleartext: use https://",
+            ),
+            (
+                "address = \"https://t.example\"\ncredentials = \"api_key\"",
+                "`upstream.credentials`: `api_key` needs one of `api_key_file` and `api_key_env`",
+            ),
+            (
+                "address = \"https://t.example\"\ncredentials = \"api_key\"\napi_key_file = \"k\"\napi_key_env = \"K\"",
+                "`upstream.credentials`: `api_key` needs one of `api_key_file` and `api_key_env`",
+            ),
+            (
+                "address = \"https://t.example\"\napi_key_file = \"k\"",
+                "`upstream`: `api_key_file` and `api_key_env` need `credentials = \"api_key\"`",
+            ),
+            (
+                "address = \"https://t.example\"\ncredentials = \"api_key\"\napi_key_env = \"A=B\"",
+                "`upstream.api_key_env`: is not an environment variable name",
+            ),
+            (
+                "address = \"https://t.example\"\ncredentials = \"api_key\"\napi_key_env = \"K\"\nforward_authorization = true",
+                "`upstream.forward_authorization`: contradicts `credentials = \"api_key\"`",
+            ),
+            (
+                "address = \"t.example:7233\"",
+                "`upstream.address`: `t.example:7233` must start with http:// or https://",
+            ),
+        ] {
+            let error = upstream(keys).unwrap_err();
+            assert!(error.contains(expected), "{keys}: {error}");
+        }
+    }
 
     #[test]
     fn durations_past_ten_years_are_refused() {

@@ -62,6 +62,7 @@ pub mod ratelimit;
 // Recording, refusing, forwarding.
 pub mod audit;
 pub mod sticky;
+pub mod api_key;
 pub mod proxy;
 pub mod namespace_ids;
 pub mod status;

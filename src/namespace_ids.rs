@@ -232,7 +232,8 @@ impl NamespaceIds {
     /// docs).
     fn authorization(&self, session: &Session, headers: &http::HeaderMap, id: &str) -> Option<http::HeaderValue> {
         match self.credentials {
-            UpstreamCredentials::None => None,
+            // The upstream connection sets the key on every request.
+            UpstreamCredentials::None | UpstreamCredentials::ApiKey => None,
             UpstreamCredentials::Forward => headers.get(http::header::AUTHORIZATION).cloned(),
             UpstreamCredentials::Minted => {
                 let signer = self.signer.as_ref()?;

@@ -34,6 +34,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower::Service;
 
+use crate::api_key::{ApiKey, ApiKeyError};
 use crate::budget::Reservation;
 use crate::config::UpstreamConfig;
 use crate::error::error_chain;
@@ -64,6 +65,8 @@ pub struct Upstream {
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     address: Arc<str>,
+    /// `upstream.credentials = "api_key"`: the `authorization` of every request sent.
+    api_key: Option<Arc<ApiKey>>,
 }
 
 /// The one HTTP/2 connection to the upstream, made when first needed and again after it closed.
@@ -152,20 +155,24 @@ impl Channel {
     }
 }
 
-/// A configuration problem with the upstream's TLS material.
+/// A configuration problem with the upstream's TLS material or its API key.
 #[derive(Debug, thiserror::Error)]
-#[error("upstream TLS: {0}")]
-pub struct UpstreamTlsError(String);
+pub enum UpstreamSetupError {
+    #[error("upstream TLS: {0}")]
+    Tls(String),
+    #[error(transparent)]
+    ApiKey(#[from] ApiKeyError),
+}
 
-impl From<PemError> for UpstreamTlsError {
+impl From<PemError> for UpstreamSetupError {
     fn from(error: PemError) -> Self {
-        UpstreamTlsError(error.to_string())
+        UpstreamSetupError::Tls(error.to_string())
     }
 }
 
 impl Upstream {
-    pub fn new(config: &UpstreamConfig) -> Result<Upstream, UpstreamTlsError> {
-        let uri: http::Uri = config.address.parse().map_err(|e| UpstreamTlsError(format!("{e}")))?;
+    pub fn new(config: &UpstreamConfig) -> Result<Upstream, UpstreamSetupError> {
+        let uri: http::Uri = config.address.parse().map_err(|e| UpstreamSetupError::Tls(format!("{e}")))?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         // Without it a small unary call waits ~40 ms for Nagle and delayed ACK.
@@ -175,33 +182,33 @@ impl Upstream {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let versions = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|e| UpstreamTlsError(e.to_string()))?;
+            .map_err(|e| UpstreamSetupError::Tls(e.to_string()))?;
         // `upstream.ca` alone when set (a private Temporal's CA, as Temporal's own clients take
         // it); otherwise the system's roots, which include the public CAs Temporal Cloud uses.
         let builder = match &config.ca {
             Some(ca) => {
                 let mut roots = rustls::RootCertStore::empty();
                 for cert in read_certs(ca)? {
-                    roots.add(cert).map_err(|e| UpstreamTlsError(format!("bad CA certificate: {e}")))?;
+                    roots.add(cert).map_err(|e| UpstreamSetupError::Tls(format!("bad CA certificate: {e}")))?;
                 }
                 versions.with_root_certificates(roots)
             }
             None => {
                 let verifier = rustls_platform_verifier::Verifier::new(provider)
-                    .map_err(|e| UpstreamTlsError(format!("system roots: {e}")))?;
+                    .map_err(|e| UpstreamSetupError::Tls(format!("system roots: {e}")))?;
                 versions.dangerous().with_custom_certificate_verifier(Arc::new(verifier))
             }
         };
         let tls = match (&config.cert, &config.key) {
             (Some(cert), Some(key)) => builder
                 .with_client_auth_cert(read_certs(cert)?, read_key(key)?)
-                .map_err(|e| UpstreamTlsError(format!("client certificate: {e}")))?,
+                .map_err(|e| UpstreamSetupError::Tls(format!("client certificate: {e}")))?,
             _ => builder.with_no_client_auth(),
         };
         let connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
         let connector = match &config.server_name {
             Some(name) => connector.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(
-                name.clone().try_into().map_err(|e| UpstreamTlsError(format!("server_name `{name}`: {e}")))?,
+                name.clone().try_into().map_err(|e| UpstreamSetupError::Tls(format!("server_name `{name}`: {e}")))?,
             )),
             None => connector,
         }
@@ -225,7 +232,7 @@ impl Upstream {
             .authority(authority.clone())
             .path_and_query("/")
             .build()
-            .map_err(|e| UpstreamTlsError(e.to_string()))?;
+            .map_err(|e| UpstreamSetupError::Tls(e.to_string()))?;
         let channel = Channel {
             connector,
             h2,
@@ -235,7 +242,8 @@ impl Upstream {
             connecting: tokio::sync::Mutex::new(None),
             attempts: AtomicU64::new(0),
         };
-        Ok(Upstream { channel: Arc::new(channel), scheme, authority, address: config.address.as_str().into() })
+        let api_key = ApiKey::load(config)?.map(Arc::new);
+        Ok(Upstream { channel: Arc::new(channel), scheme, authority, address: config.address.as_str().into(), api_key })
     }
 
     /// Sends a request upstream, rewritten to the upstream's scheme and authority.
@@ -308,6 +316,9 @@ impl Upstream {
             .map_err(|e| UpstreamError::Unavailable(e.to_string()))?;
         parts.version = http::Version::HTTP_2;
         parts.headers.remove(http::header::HOST);
+        if let Some(key) = &self.api_key {
+            parts.headers.insert(http::header::AUTHORIZATION, key.header());
+        }
         Ok(http::Request::from_parts(parts, body))
     }
 
@@ -333,6 +344,11 @@ impl Upstream {
             message: crate::grpc::decode_message(&header("grpc-message").unwrap_or_default()),
             body: collected.to_bytes(),
         })
+    }
+
+    /// The API key every request carries (`upstream.credentials = "api_key"`), to watch.
+    pub fn api_key(&self) -> Option<&Arc<ApiKey>> {
+        self.api_key.as_ref()
     }
 
     /// `upstream.address`, as configured.

@@ -28,6 +28,7 @@ use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 use crate::admin::{self, Admin};
+use crate::api_key::ApiKey;
 use crate::audit::DecisionLog;
 use crate::authn::{Authenticator, HttpFetcher, LOGIN_PATH};
 use crate::authz::PolicyEngine;
@@ -93,6 +94,8 @@ pub struct Prepared {
     pub traces: Arc<Traces>,
     /// What `GET /.well-known/flowgate-login` answers (`authn::LOGIN_PATH`).
     pub login_document: Bytes,
+    /// `upstream.credentials = "api_key"`: the key, whose file `run` watches.
+    pub upstream_key: Option<Arc<ApiKey>>,
 }
 
 /// Loads and checks everything in the config; no sockets, no background tasks.
@@ -119,6 +122,7 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         (Some(signer), None) => Some(Minter::new(signer.clone(), ReplayCache::memory())),
     };
     let upstream = Upstream::new(&config.upstream)?;
+    let upstream_key = upstream.api_key().cloned();
     let tls = config.listen.tls.as_ref().map(tls_acceptor).transpose()?;
     let log = DecisionLog::open_with(&config.audit)?;
     let shadow = config.policy.shadow_dir.as_deref().map(PolicyEngine::load).transpose()?;
@@ -178,6 +182,7 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         log,
         traces,
         login_document,
+        upstream_key,
     })
 }
 
@@ -270,6 +275,7 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
         log,
         traces,
         login_document,
+        upstream_key,
     } = prepare(&config)?;
     traces.start()?;
     let (trigger, signal) = shutdown::channel();
@@ -279,6 +285,10 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     }
     spawn_session_sweeper(sessions, signal.clone());
     crate::reload::spawn_policy_watch(policies, signal.clone());
+    if let Some(key) = &upstream_key {
+        tracing::info!(key = %key.fingerprint(), "calls go upstream with flowgate's API key");
+        key.spawn_watch(metrics.clone(), signal.clone());
+    }
     crate::audit::log::spawn_reopen_on_hangup(log.clone(), signal.clone());
     let limits = gateway_limits(&config.listen, nofile);
     if let Some(listener) = listeners.admin {

@@ -126,6 +126,7 @@ pub struct Metrics {
     shadow_decisions: Family<ResultLabels, Counter>,
     shadow_disagreements: Family<DisagreementLabels, Counter>,
     token_exchanges: Family<ResultLabels, Counter>,
+    upstream_key_reloads: Family<ResultLabels, Counter>,
     workflow_tasks_failed: Family<ResultLabels, Counter>,
     connections_open: Family<ListenerLabels, Gauge>,
     connections_refused: Family<ListenerReasonLabels, Counter>,
@@ -280,6 +281,12 @@ impl Metrics {
             "Token exchanges by result (issued or the OAuth error code)",
             token_exchanges.clone(),
         );
+        let upstream_key_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "upstream_key_reload",
+            "Changes of `upstream.api_key_file` taken (success) or refused, the last good key staying (failure)",
+            upstream_key_reloads.clone(),
+        );
         let connections_open = Family::<ListenerLabels, Gauge>::default();
         registry.register("connections_open", "Open client connections by listener", connections_open.clone());
         let connections_refused = Family::<ListenerReasonLabels, Counter>::default();
@@ -335,6 +342,7 @@ impl Metrics {
             shadow_decisions,
             shadow_disagreements,
             token_exchanges,
+            upstream_key_reloads,
             workflow_tasks_failed,
         }
     }
@@ -405,6 +413,11 @@ impl Metrics {
 
     pub fn token_exchange(&self, result: &'static str) {
         self.token_exchanges.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// `upstream.api_key_file` changed and its key was taken, or refused.
+    pub fn upstream_key_reloaded(&self, ok: bool) {
+        self.upstream_key_reloads.get_or_create(&ResultLabels { result: if ok { "success" } else { "failure" } }).inc();
     }
 
     /// A refused workflow task was failed upstream (`ok`), or could not be (`error`, `timeout`).

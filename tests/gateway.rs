@@ -644,3 +644,81 @@ async fn the_gateway_publishes_the_issuers_people_log_in_to() {
     let (status, document) = plain.http("GET", "/.well-known/flowgate-login", "text/plain", "").await;
     assert_eq!((status, document), (200, serde_json::json!({"issuers": []})));
 }
+
+/// `upstream.credentials = "api_key"`: every request upstream (forwarded calls, public ones,
+/// health checks) carries flowgate's key, never the caller's token; `temporal-namespace` names
+/// the namespace the call was authorized in; a rotated key file is taken without a restart and a
+/// broken one leaves the last good key in use.
+#[tokio::test]
+async fn an_api_key_goes_upstream_on_every_request_and_is_rotated_from_its_file() {
+    let (key, jwks, upstream) = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("api-key");
+    std::fs::write(&key_file, "first-key\n").unwrap();
+    let mut setup = Setup::new(&upstream);
+    setup.upstream_extra = format!(
+        "credentials = \"api_key\"\napi_key_file = \"{}\"\napi_key_watch_interval = \"50ms\"",
+        key_file.display()
+    );
+    let gateway = Gateway::start(&jwks, setup).await;
+    let mut client = Client::connect(gateway.addr).await;
+    let token = key.sign(&claims("alice", &["deployers"]));
+    let auth = format!("Bearer {token}");
+    let headers = [("authorization", auth.as_str()), ("temporal-namespace", "analytics")];
+
+    let reply = client.call(&format!("{WS}/StartWorkflowExecution"), &headers, frame(&deploy(), false)).await;
+    assert_eq!(reply.code(), "0", "{reply:?}");
+    assert_eq!(client.unary("GetSystemInfo", None, b"").await.code(), "0");
+    assert_eq!(gateway.admin_get("/readyz").await.0, 200);
+    let calls = upstream.calls();
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    for call in &calls {
+        assert_eq!(call.headers["authorization"], "Bearer first-key", "{}", call.path);
+    }
+    assert_eq!(calls[0].headers["temporal-namespace"], "payments", "the authorized namespace, not the client's");
+    assert!(calls.iter().any(|call| call.path == "/grpc.health.v1.Health/Check"));
+
+    // A new key in the file is used from the next call on.
+    std::fs::write(&key_file, "second-key").unwrap();
+    let mut rotated = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(client.unary("StartWorkflowExecution", Some(&token), &deploy()).await.code(), "0");
+        if upstream.calls().last().unwrap().headers["authorization"] == "Bearer second-key" {
+            rotated = true;
+            break;
+        }
+    }
+    assert!(rotated, "the rotated key was never used");
+    assert_eq!(gateway.metric("flowgate_upstream_key_reload_total{result=\"success\"}").await, 1.0);
+
+    // An emptied file (a secret being rewritten, a mistake) is refused: the last good key stays.
+    std::fs::write(&key_file, "").unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(client.unary("StartWorkflowExecution", Some(&token), &deploy()).await.code(), "0");
+    assert_eq!(upstream.calls().last().unwrap().headers["authorization"], "Bearer second-key");
+    assert_eq!(
+        gateway.metric("flowgate_upstream_key_reload_total{result=\"failure\"}").await,
+        1.0,
+        "one failure counted, however many times the same broken file is read"
+    );
+    // Refused calls never reach the upstream, with or without the key.
+    let before = upstream.calls().len();
+    let wrong = start_request("payments", "deploy-2", "DropTablesWorkflow", "deploys");
+    assert_eq!(client.unary("StartWorkflowExecution", Some(&token), &wrong).await.code(), "7");
+    assert_eq!(upstream.calls().len(), before);
+}
+
+/// The key's source is checked at start: a missing file stops the gateway with the file's name.
+#[tokio::test]
+async fn a_missing_api_key_file_fails_the_start() {
+    let text = format!(
+        "[listen]\naddress = \"127.0.0.1:0\"\n[upstream]\naddress = \"cloud.example:7233\"\ncredentials = \"api_key\"\n\
+         api_key_file = \"/nonexistent/flowgate-key\"\n[policy]\ndir = \"{}\"\n[audit]\npath = \"-\"\n",
+        env!("CARGO_MANIFEST_DIR").to_owned() + "/policies"
+    );
+    let config = flowgate::Config::parse(&text).unwrap();
+    assert_eq!(config.upstream.address, "https://cloud.example:7233", "an API key turns TLS on");
+    let error = flowgate::server::prepare(&config).err().expect("no key, no gateway").to_string();
+    assert!(error.contains("upstream API key from `/nonexistent/flowgate-key`: cannot read it"), "{error}");
+}

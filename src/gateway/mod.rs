@@ -565,6 +565,7 @@ impl Gateway {
         let decision_id = record.decision_id;
         if let (Some(session), Some(call)) = (&outcome.session, &outcome.call) {
             self.set_upstream_credentials(&mut parts.headers, session, spec, call);
+            set_namespace_header(&mut parts.headers, call);
         } else if self.credentials != UpstreamCredentials::Forward {
             // Public methods: Temporal lets them through without a token.
             parts.headers.remove(http::header::AUTHORIZATION);
@@ -647,7 +648,8 @@ impl Gateway {
     ) {
         match self.credentials {
             UpstreamCredentials::Forward => {}
-            UpstreamCredentials::None => {
+            // With an API key the upstream connection sets `authorization` on every request.
+            UpstreamCredentials::None | UpstreamCredentials::ApiKey => {
                 headers.remove(http::header::AUTHORIZATION);
             }
             UpstreamCredentials::Minted => {
@@ -697,6 +699,7 @@ impl Gateway {
         headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
         headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
         self.set_upstream_credentials(headers, session, spec, call);
+        set_namespace_header(headers, call);
         let (request_parts, ()) = request.into_parts();
         let sent = self.upstream.unary(request_parts, grpc::frame(&message), 64 * 1024);
         match tokio::time::timeout(FAIL_TASK_TIMEOUT, sent).await {
@@ -1243,6 +1246,20 @@ impl tower::Service<http::Request<Incoming>> for GatewayService {
 pub const FAIL_TASK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A refusal's message without its `permission denied: ` prefix.
+/// `temporal-namespace` names the namespace the call was authorized in. Temporal Cloud routes
+/// by this header (the SDKs set it from the request), so a client's own value, which flowgate
+/// does not authorize, never goes upstream beside a namespace it does; a call without a
+/// namespace keeps what the client sent.
+fn set_namespace_header(headers: &mut http::HeaderMap, call: &Call) {
+    const TEMPORAL_NAMESPACE: http::HeaderName = http::HeaderName::from_static("temporal-namespace");
+    if let Some(namespace) = &call.resource.namespace {
+        match http::HeaderValue::from_str(namespace) {
+            Ok(value) => headers.insert(TEMPORAL_NAMESPACE, value),
+            Err(_) => headers.remove(TEMPORAL_NAMESPACE),
+        };
+    }
+}
+
 fn refusal_text(refusal: &Refusal) -> String {
     let text = refusal.to_string();
     text.strip_prefix("permission denied: ").map(str::to_owned).unwrap_or(text)

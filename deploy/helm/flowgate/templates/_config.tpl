@@ -13,6 +13,7 @@ mintKeys: /etc/flowgate/keys
 taskTokens: /etc/flowgate/task-tokens
 listenTls: /etc/flowgate/tls
 upstreamTls: /etc/flowgate/upstream-tls
+upstreamApiKey: /etc/flowgate/upstream-api-key
 {{- end }}
 
 {{- define "flowgate.config" -}}
@@ -56,6 +57,10 @@ password guesses offline. So a change of the Redis password alone does not roll 
 {{- if .cert }}{{ $_ := set $upstream "cert" (printf "%s/%s" $paths.upstreamTls .cert) }}{{ end }}
 {{- if .key }}{{ $_ := set $upstream "key" (printf "%s/%s" $paths.upstreamTls .key) }}{{ end }}
 {{- end }}
+{{- end }}
+{{- if $root.Values.upstreamApiKey.existingSecret }}
+{{- $_ := set $upstream "credentials" "api_key" }}
+{{- $_ := set $upstream "api_key_file" (printf "%s/%s" $paths.upstreamApiKey $root.Values.upstreamApiKey.key) }}
 {{- end }}
 {{- $policy := deepCopy ($c.policy | default dict) }}
 {{- $_ := set $policy "dir" $paths.policies }}

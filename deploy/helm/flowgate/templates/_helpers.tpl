@@ -174,7 +174,7 @@ urlParse, whose error message would print a password.
 {{- $port := regexFind "[0-9]+$" (regexFind ":[0-9]+$" $authority) }}
 {{- if $port }}{{ $port }}
 {{- else if eq $scheme "http" }}80
-{{- else if eq $scheme "https" }}443
+{{- else if or (eq $scheme "https") (not (contains "://" .)) }}443
 {{- else if has $scheme (list "redis" "rediss") }}6379
 {{- end }}
 {{- end }}
