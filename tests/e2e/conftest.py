@@ -37,7 +37,8 @@ Fixtures
     ``keys/`` directory unless given (``mint=True``: those defaults only);
     ``upstream_credentials="minted"`` sets ``upstream.credentials``. ``wait="jwks"`` waits for
     the listener's ``/.well-known/jwks.json`` instead of ``/readyz`` (which stays 503 while
-    the upstream does not answer, e.g. a Temporal server that needs flowgate's keys first).
+    the upstream does not answer, e.g. a Temporal server that needs flowgate's keys first);
+    ``wait="healthz"`` only for the process to serve (an upstream it can never reach).
 
     ``listen_extra`` is appended to the ``[listen]`` table (connection caps, timeouts);
     ``nofile=N`` (or ``(soft, hard)``) starts flowgate with that open-file limit.
@@ -472,7 +473,7 @@ class Gateway:
                         last = f"/.well-known/jwks.json answered {r.status}"
                     time.sleep(0.1)
                     continue
-                status, _ = self.http_get("/readyz", timeout=1.0)
+                status, _ = self.http_get("/healthz" if self.wait == "healthz" else "/readyz", timeout=1.0)
                 if status == 200:
                     return self
                 last = f"/readyz answered {status}"
@@ -520,7 +521,8 @@ def _gateway_factory(okta_ref, github_ref, tmp_path, default_upstream: str | Non
     def start(okta: dict | None = None, github: dict | None = None, extra: str = "", policies: Path | None = None,
               upstream: str | None = None, mint: dict | bool | None = None, upstream_credentials: str | None = None,
               wait: str = "readyz", policy_extra: str = "", shadow_policies: Path | dict | None = None,
-              listen_extra: str = "", nofile: int | tuple[int, int] | None = None) -> Gateway:  # fmt: skip
+              listen_extra: str = "", nofile: int | tuple[int, int] | None = None,
+              upstream_extra: str = "") -> Gateway:  # fmt: skip
         upstream = upstream or default_upstream
         if upstream is None:
             raise ValueError("no upstream: pass upstream=\"http://HOST:PORT\"")
@@ -556,6 +558,8 @@ def _gateway_factory(okta_ref, github_ref, tmp_path, default_upstream: str | Non
         upstream_table = f"address = \"{upstream}\"\nforward_authorization = false\n"
         if upstream_credentials is not None:
             upstream_table += f"credentials = {_toml_value(upstream_credentials)}\n"
+        if upstream_extra:
+            upstream_table += upstream_extra.rstrip("\n") + "\n"
         mint_table = ""
         if mint:
             mint_entries = {"issuer": f"http://127.0.0.1:{listen}", "key_dir": str(work / "keys")}

@@ -37,7 +37,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, Gateway, copy_policies, flowgate_bin, free_port, wait_port
 from e2e_exchange import MINT_NAME, ts
-from e2e_util import deployer, github_claims, run, uid, wait_until
+from e2e_util import deployer, github_claims, make_ca, run, uid, wait_until
 from temporalio.client import Client
 from temporalio.service import TLSConfig
 
@@ -239,55 +239,6 @@ def test_python_worker_with_an_empty_token_file_says_so(tmp_path):
     done = python_worker(bare_env(FLOWGATE_SUBJECT_TOKEN_FILE=str(tmp_path / "token"),
                                   FLOWGATE_URL="https://127.0.0.1:1", TEMPORAL_ADDRESS="127.0.0.1:1"))  # fmt: skip
     assert_one_line(done, 2, "FLOWGATE_SUBJECT_TOKEN_FILE", "empty")
-
-
-def make_ca(directory: Path) -> tuple[Path, Path, Path]:
-    """A CA and a server certificate for 127.0.0.1 it signed: (ca.pem, server.pem, server.key)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-    valid = {"not_valid_before": now - datetime.timedelta(minutes=5), "not_valid_after": now + datetime.timedelta(days=1)}
-
-    def name(cn: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder().subject_name(name("e2e worker CA")).issuer_name(name("e2e worker CA"))
-        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(valid["not_valid_before"]).not_valid_after(valid["not_valid_after"])
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                                     key_encipherment=False, data_encipherment=False, key_agreement=False,
-                                     encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )  # fmt: skip
-    key = ec.generate_private_key(ec.SECP256R1())
-    import ipaddress
-
-    server = (
-        x509.CertificateBuilder().subject_name(name("127.0.0.1")).issuer_name(ca.subject)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(valid["not_valid_before"]).not_valid_after(valid["not_valid_after"])
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                                    x509.DNSName("localhost")]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )  # fmt: skip
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = directory / "ca.pem", directory / "server.pem", directory / "server.key"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))  # fmt: skip
-    return paths
-
 
 
 def tls_gateway(work: Path, temporal: str, okta, github, cert: Path, key: Path) -> Gateway:

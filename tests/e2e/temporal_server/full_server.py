@@ -133,6 +133,7 @@ def render_config(
     audience: str = "",
     in_memory: bool = True,
     dynamic_config: Mapping[str, Any] | None = None,
+    tls: "FrontendTls | None" = None,
 ) -> Path:
     """Writes config.yaml and dynamicconfig.yaml into workdir; returns the config path."""
     dyn = workdir / "dynamicconfig.yaml"
@@ -152,11 +153,43 @@ def render_config(
         refresh_interval=refresh_interval,
         audience=audience,
         dynamic_config=str(dyn),
+        tls=tls.yaml() if tls else "",
         **{k: str(v) for k, v in ports.items()},
     )
     path = workdir / "config.yaml"
     path.write_text(text)
     return path
+
+
+class FrontendTls:
+    """TLS on the public frontend (`global.tls.frontend`), as Temporal Cloud has: the server's
+    certificate and key, and with ``client_ca`` client certificates required (mTLS). The
+    internal frontend stays plaintext on loopback (namespaces are registered through it)."""
+
+    def __init__(self, cert: Path, key: Path, ca: Path, client_ca: Path | None = None,
+                 client_cert: Path | None = None, client_key: Path | None = None, server_name: str = "localhost"):  # fmt: skip
+        self.cert, self.key, self.ca, self.client_ca = cert, key, ca, client_ca
+        self.client_cert, self.client_key, self.server_name = client_cert, client_key, server_name
+
+    def yaml(self) -> str:
+        lines = ["  tls:", "    frontend:", "      server:",
+                 f"        certFile: {_yaml_str(str(self.cert))}", f"        keyFile: {_yaml_str(str(self.key))}"]  # fmt: skip
+        if self.client_ca:
+            lines += ["        requireClientAuth: true", f"        clientCaFiles: [{_yaml_str(str(self.client_ca))}]"]
+        lines += ["      client:", f"        serverName: {_yaml_str(self.server_name)}",
+                  f"        rootCaFiles: [{_yaml_str(str(self.ca))}]"]  # fmt: skip
+        return "\n".join(lines)
+
+    def sdk_config(self):
+        """The Python SDK's TLS settings for a client of this frontend (with the client
+        certificate when one is given)."""
+        from temporalio.service import TLSConfig
+
+        return TLSConfig(
+            server_root_ca_cert=self.ca.read_bytes(), domain=self.server_name,
+            client_cert=self.client_cert.read_bytes() if self.client_cert else None,
+            client_private_key=self.client_key.read_bytes() if self.client_key else None,
+        )  # fmt: skip
 
 
 def _die_with_parent() -> None:
@@ -217,6 +250,7 @@ class FullServer:
         keep_workdir: bool = False,
         env: Mapping[str, str] | None = None,
         ports: Mapping[str, int] | None = None,
+        tls: FrontendTls | None = None,
     ):
         self.jwks_urls = [jwks_url] if isinstance(jwks_url, str) else list(jwks_url)
         self.namespaces = list(namespaces)
@@ -235,6 +269,7 @@ class FullServer:
         if unknown:
             raise ValueError(f"unknown port names {sorted(unknown)}; known: {_PORT_NAMES}")
         self.fixed_ports = dict(ports or {})
+        self.tls = tls
         self.proc: subprocess.Popen | None = None
         self.workdir: Path | None = None
         self.ports: dict[str, int] = {}
@@ -306,7 +341,7 @@ class FullServer:
         render_config(
             self.workdir, self.jwks_urls, self.ports,
             log_level=self.log_level, refresh_interval=self.refresh_interval, audience=self.audience,
-            in_memory=self.in_memory, dynamic_config=self.dynamic_config,
+            in_memory=self.in_memory, dynamic_config=self.dynamic_config, tls=self.tls,
         )  # fmt: skip
         log = open(self.log_path, "ab")
         try:
@@ -400,7 +435,10 @@ class FullServer:
             while True:
                 check_alive()
                 try:
-                    await Client.connect(self.address, namespace=self.namespaces[0] if self.namespaces else "default")
+                    await Client.connect(
+                        self.address, namespace=self.namespaces[0] if self.namespaces else "default",
+                        tls=self.tls.sdk_config() if self.tls else False,
+                    )  # fmt: skip
                     return
                 except Exception:  # noqa: BLE001
                     if time.monotonic() > deadline:
@@ -445,7 +483,7 @@ def full_server(jwks_url: str | Sequence[str], namespaces: Sequence[str] = (), *
     audience, in_memory, dynamic_config, retention, startup_timeout, workdir, keep_workdir,
     env: extra environment for the server, e.g. {"SSL_CERT_FILE": ca_pem} for an https JWKS
     with a self-signed certificate; ports: fixed ports by name, e.g. {"frontend_port": P} when
-    a proxy started first already points at P).
+    a proxy started first already points at P; tls: a FrontendTls for TLS or mTLS on the frontend).
     """
     with FullServer(jwks_url, namespaces, **kwargs) as srv:
         yield srv.address
