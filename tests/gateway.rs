@@ -722,3 +722,56 @@ async fn a_missing_api_key_file_fails_the_start() {
     let error = flowgate::server::prepare(&config).err().expect("no key, no gateway").to_string();
     assert!(error.contains("upstream API key from `/nonexistent/flowgate-key`: cannot read it"), "{error}");
 }
+
+/// A call with two `authorization` headers is refused, whichever of them is valid: a reader
+/// that takes the other one would see another principal than the one recorded.
+#[tokio::test]
+async fn two_authorization_headers_are_refused() {
+    let (key, jwks, upstream) = setup().await;
+    let gateway = Gateway::start(&jwks, Setup::new(&upstream)).await;
+    let mut client = Client::connect(gateway.addr).await;
+    let alice = format!("Bearer {}", key.sign(&claims("alice", &["deployers"])));
+    let bob = format!("Bearer {}", key.sign(&claims("bob", &["deployers"])));
+    let headers = [("authorization", alice.as_str()), ("authorization", bob.as_str())];
+    let reply = client.call(&format!("{WS}/StartWorkflowExecution"), &headers, frame(&deploy(), false)).await;
+    assert_eq!(reply.code(), "16", "{reply:?}");
+    assert!(reply.message.as_deref().unwrap().contains("more than one `authorization` header"), "{reply:?}");
+    assert!(upstream.calls().is_empty());
+    let record = &gateway.records()[0];
+    assert_eq!(record["decision"], "deny");
+    assert!(record["principal"].is_null(), "{record}");
+}
+
+/// What carries a client's credentials under other names (`authorization-extras`, the Web UI
+/// server's `grpcgateway-authorization` and `grpcgateway-cookie`, `cookie`) stays in flowgate,
+/// as `authorization` does, unless flowgate forwards the client's credentials.
+#[tokio::test]
+async fn credentials_under_other_names_are_not_forwarded() {
+    let (key, jwks, upstream) = setup().await;
+    let token = key.sign(&claims("alice", &["deployers"]));
+    let auth = format!("Bearer {token}");
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("authorization-extras", "id-token-of-alice"),
+        ("grpcgateway-authorization", auth.as_str()),
+        ("grpcgateway-cookie", "refresh=secret"),
+        ("cookie", "session=secret"),
+        ("grpcgateway-user-agent", "Mozilla/5.0"),
+    ];
+    for (extra, forwarded) in [("", false), ("credentials = \"forward\"", true)] {
+        let mut setup = Setup::new(&upstream);
+        setup.upstream_extra = extra.to_owned();
+        let gateway = Gateway::start(&jwks, setup).await;
+        let mut client = Client::connect(gateway.addr).await;
+        let reply = client.call(&format!("{WS}/StartWorkflowExecution"), &headers, frame(&deploy(), false)).await;
+        assert_eq!(reply.code(), "0", "{reply:?}");
+        let seen = upstream.calls().pop().unwrap().headers;
+        for name in
+            ["authorization", "authorization-extras", "grpcgateway-authorization", "grpcgateway-cookie", "cookie"]
+        {
+            assert_eq!(seen.contains_key(name), forwarded, "{name} with `{extra}`");
+        }
+        assert_eq!(seen["grpcgateway-user-agent"], "Mozilla/5.0", "other metadata goes on");
+        gateway.stop().await.unwrap();
+    }
+}

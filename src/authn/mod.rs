@@ -49,6 +49,8 @@ pub enum AuthnError {
     MissingToken,
     #[error("`authorization` header is not `Bearer <token>`")]
     NotBearer,
+    #[error("more than one `authorization` header")]
+    SeveralAuthorizations,
     #[error("token is not a signed JWT: {0}")]
     Malformed(String),
     #[error("token issuer `{0}` is not trusted")]

@@ -40,7 +40,7 @@ use crate::audit::{
     self, ClientRecord, DecisionLog, DecisionRecord, OutcomeRecord, PrincipalRecord, PrincipalSnapshot, QuestionRecord,
     ResourceRecord, ShadowRecord, SnapshotPrincipal,
 };
-use crate::authn::Principal;
+use crate::authn::{AuthnError, Principal};
 use crate::authz::{self, Decision, PolicyEngine};
 use crate::budget::{ByteBudget, Reservation, SMALL_MESSAGE, WaitingCalls};
 use crate::config::{Config, LimitsConfig, UpstreamCredentials};
@@ -568,7 +568,7 @@ impl Gateway {
             set_namespace_header(&mut parts.headers, call);
         } else if self.credentials != UpstreamCredentials::Forward {
             // Public methods: Temporal lets them through without a token.
-            parts.headers.remove(http::header::AUTHORIZATION);
+            remove_client_credentials(&mut parts.headers);
         }
         if let Some(decided) = parts.extensions.get::<Decided>() {
             decided.allow();
@@ -649,10 +649,9 @@ impl Gateway {
         match self.credentials {
             UpstreamCredentials::Forward => {}
             // With an API key the upstream connection sets `authorization` on every request.
-            UpstreamCredentials::None | UpstreamCredentials::ApiKey => {
-                headers.remove(http::header::AUTHORIZATION);
-            }
+            UpstreamCredentials::None | UpstreamCredentials::ApiKey => remove_client_credentials(headers),
             UpstreamCredentials::Minted => {
+                remove_client_credentials(headers);
                 let signer = self.signer.as_ref().expect("config requires [mint] for minted credentials");
                 let credential =
                     signer.upstream_credential(&session.principal.id, &session.upstream_credentials, spec, call);
@@ -762,7 +761,15 @@ impl Gateway {
 
         // Phase 2: authenticate.
         trace.enter(Phase::Authenticate);
-        let session = match self.sessions.authenticate(parts.headers.get(http::header::AUTHORIZATION)).await {
+        // One `authorization` or none: with two, which one a reader takes is its choice (the Web
+        // UI's server sends a browser's `Grpc-Metadata-Authorization` beside its own), and the
+        // record could name another principal than the one Temporal sees.
+        let mut authorizations = parts.headers.get_all(http::header::AUTHORIZATION).iter();
+        let authorization = authorizations.next();
+        if authorizations.next().is_some() {
+            return refused(None, None, Refusal::Unauthenticated(AuthnError::SeveralAuthorizations));
+        }
+        let session = match self.sessions.authenticate(authorization).await {
             Ok(session) => session,
             Err(error) => return refused(None, None, Refusal::Unauthenticated(error)),
         };
@@ -1246,6 +1253,28 @@ impl tower::Service<http::Request<Incoming>> for GatewayService {
 pub const FAIL_TASK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A refusal's message without its `permission denied: ` prefix.
+/// What a client sends that carries its credentials, by the names Temporal and the proxies in
+/// front of it use: `authorization`; `authorization-extras`, which Temporal hands to its claim
+/// mapper beside the token (the Web UI puts the person's ID token there); and the metadata
+/// grpc-gateway makes of an HTTP request's headers (the Web UI's server forwards the browser's
+/// `Authorization` and cookies as `grpcgateway-authorization` and `grpcgateway-cookie`, the
+/// session's refresh token among them). Unless flowgate forwards the client's credentials
+/// (`credentials = "forward"`), none of them goes upstream: Temporal sees flowgate's
+/// credentials or none, and no token of a person lands in its logs.
+const CLIENT_CREDENTIALS: [http::HeaderName; 5] = [
+    http::header::AUTHORIZATION,
+    http::HeaderName::from_static("authorization-extras"),
+    http::HeaderName::from_static("grpcgateway-authorization"),
+    http::HeaderName::from_static("grpcgateway-cookie"),
+    http::header::COOKIE,
+];
+
+fn remove_client_credentials(headers: &mut http::HeaderMap) {
+    for name in CLIENT_CREDENTIALS {
+        headers.remove(name);
+    }
+}
+
 /// `temporal-namespace` names the namespace the call was authorized in. Temporal Cloud routes
 /// by this header (the SDKs set it from the request), so a client's own value, which flowgate
 /// does not authorize, never goes upstream beside a namespace it does; a call without a
