@@ -7,17 +7,24 @@
 #
 # (scripts/install-temporal-server.sh builds Temporal's full server with it too.)
 #
+# Further arguments pin dependencies, for a program whose go.mod names a version the module
+# proxy does not serve (Temporal's UI server names go.temporal.io/api v1.64.0):
+#
+#   bash scripts/install-go-tool.sh temporal-ui-server github.com/temporalio/ui-server/v2 \
+#     cmd/server v2.58.1 go.temporal.io/api@v1.64.3
+#
 # Idempotent: does nothing when $FLOWGATE_CACHE/bin/<name> was built from that module version
 # (checked with `go version -m`, not by trusting the file name). Builds into a private directory
 # and moves the binary into place, so an interrupted build never leaves half a binary.
 # Progress goes to stderr; the last line on stdout is the binary's absolute path.
 set -euo pipefail
 
-if (($# != 4)); then
-  echo "usage: bash scripts/install-go-tool.sh NAME MODULE PACKAGE VERSION" >&2
+if (($# < 4)); then
+  echo "usage: bash scripts/install-go-tool.sh NAME MODULE PACKAGE VERSION [DEPENDENCY@VERSION ...]" >&2
   exit 2
 fi
 NAME="$1" MODULE="$2" PACKAGE="$3" VERSION="$4"
+PINS=("${@:5}")
 CACHE="${FLOWGATE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/flowgate}"
 BIN_DIR="$CACHE/bin"
 BIN="$BIN_DIR/$NAME"
@@ -50,10 +57,16 @@ start=$(date +%s)
 build_in_module() {
   mkdir -p "$tmp/mod"
   (cd "$tmp/mod" && go mod init flowgate.invalid/tool >/dev/null 2>&1 &&
-    go get -tool "$MODULE/$PACKAGE@$VERSION" &&
+    go get -tool "$MODULE/$PACKAGE@$VERSION" ${PINS[@]+"${PINS[@]}"} &&
     go build -o "$tmp/$(basename "$PACKAGE")" "$MODULE/$PACKAGE")
 }
-if ! CGO_ENABLED=0 GOFLAGS=-buildvcs=false GOBIN="$tmp" \
+if ((${#PINS[@]})); then
+  if ! CGO_ENABLED=0 GOFLAGS=-buildvcs=false build_in_module >"$tmp/build.log" 2>&1; then
+    echo "install-go-tool.sh: building $MODULE/$PACKAGE@$VERSION with ${PINS[*]} failed:" >&2
+    cat "$tmp/build.log" >&2
+    exit 1
+  fi
+elif ! CGO_ENABLED=0 GOFLAGS=-buildvcs=false GOBIN="$tmp" \
     go install "$MODULE/$PACKAGE@$VERSION" >"$tmp/build.log" 2>&1; then
   if grep -q 'replace directives' "$tmp/build.log" &&
     CGO_ENABLED=0 GOFLAGS=-buildvcs=false build_in_module >>"$tmp/build.log" 2>&1; then

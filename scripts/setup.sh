@@ -18,7 +18,8 @@
 #   test only: rustfmt and clippy (scripts/test.sh checks formatting and lints); Go >= 1.21 and
 #     its module proxy, to build Temporal's full server (scripts/install-temporal-server.sh, the
 #     defense-in-depth tests; ~11 min the first time, then cached) unless TEMPORAL_SERVER_BIN
-#     names one, helm, actionlint and Jaeger (scripts/install-go-tool.sh, into the cache's bin/) and the
+#     names one, helm, actionlint, Jaeger and Temporal's UI server (scripts/install-go-tool.sh, into the
+#     cache's bin/; the UI server with GOTOOLCHAIN=go1.27.3, which the go command fetches) and the
 #     Go worker example; Node.js with npm (the TypeScript worker example, the test identity
 #     provider of the login tests: npm ci into the cache); buildah and podman
 #     (the container image), installed with apt-get when missing; redis-server (scripts/install-redis.sh: the shared replay cache test in
@@ -260,6 +261,14 @@ if [[ "$MODE" == test ]]; then
   [[ -x "$CACHE/bin/jaeger" ]] || log "building Jaeger with Go (~9 min the first time; cached at $CACHE/bin/jaeger)"
   quiet "scripts/install-go-tool.sh jaeger" \
     bash "$SCRIPTS/install-go-tool.sh" jaeger github.com/jaegertracing/jaeger cmd/jaeger v1.75.0
+  # Temporal's Web UI server (its web assets embedded) for tests/e2e/test_webui.py. Its go.mod
+  # names go.temporal.io/api v1.64.0, which the module proxy does not serve (v1.64.3 is pinned
+  # instead), and Go 1.26.10: GOTOOLCHAIN takes a newer Go from the module proxy for this build
+  # only (~76 MB, once).
+  [[ -x "$CACHE/bin/temporal-ui-server" ]] || log "building Temporal's UI server with Go (~2 min the first time)"
+  quiet "scripts/install-go-tool.sh temporal-ui-server" env GOTOOLCHAIN=go1.27.3 \
+    bash "$SCRIPTS/install-go-tool.sh" temporal-ui-server github.com/temporalio/ui-server/v2 cmd/server v2.58.1 \
+    go.temporal.io/api@v1.64.3
 fi
 
 if [[ "$MODE" == test && -z "${TEMPORAL_SERVER_BIN:-}" ]]; then

@@ -47,6 +47,13 @@ const DEVICE_TTL = envInt('IDP_DEVICE_TTL', 600);
 const DEVICE_INTERVAL = envInt('IDP_DEVICE_INTERVAL', undefined);
 const REDIRECT_URIS = (process.env.IDP_REDIRECT_URIS || 'http://127.0.0.1/callback,http://[::1]/callback')
   .split(',').map((s) => s.trim()).filter(Boolean);
+// Optional second client for a server-side web app (Temporal's UI server): confidential
+// (client secret, client_secret_basic), authorization code + refresh token, no PKCE (the UI
+// server sends no code_challenge). Registered only when IDP_UI_CLIENT_ID is set.
+const UI_CLIENT_ID = process.env.IDP_UI_CLIENT_ID || '';
+const UI_CLIENT_SECRET = process.env.IDP_UI_CLIENT_SECRET || '';
+const UI_REDIRECT_URIS = (process.env.IDP_UI_REDIRECT_URIS || '')
+  .split(',').map((s) => s.trim()).filter(Boolean);
 const TEST_ENDPOINTS = process.env.IDP_TEST_ENDPOINTS !== '0';
 const LOG = process.env.IDP_LOG === '1';
 // How long expired records are kept in memory (so an expired device_code keeps
@@ -243,7 +250,16 @@ function buildProvider(issuer) {
       grant_types: ['authorization_code', 'refresh_token', DEVICE_GRANT],
       response_types: ['code'],
       redirect_uris: REDIRECT_URIS,
-    }],
+    }, ...(UI_CLIENT_ID ? [{
+      client_id: UI_CLIENT_ID,
+      client_secret: UI_CLIENT_SECRET,
+      client_name: 'Temporal Web UI',
+      application_type: 'web',
+      token_endpoint_auth_method: 'client_secret_basic',
+      grant_types: ['authorization_code', 'refresh_token'],
+      response_types: ['code'],
+      redirect_uris: UI_REDIRECT_URIS,
+    }] : [])],
     claims: {
       openid: ['sub'],
       email: ['email', 'email_verified'],
@@ -252,7 +268,8 @@ function buildProvider(issuer) {
     },
     scopes: ['openid', 'offline_access'],
     responseTypes: ['code'],
-    pkce: { required: () => true }, // S256 is the only method oidc-provider offers
+    // S256 is the only method oidc-provider offers. The UI server's code flow has no PKCE.
+    pkce: { required: (_ctx, client) => !(UI_CLIENT_ID && client.clientId === UI_CLIENT_ID) },
     clientBasedCORS: () => false,
     features: {
       devInteractions: { enabled: false },
@@ -639,6 +656,8 @@ server.listen(PORT, HOST, () => {
     issuer,
     port,
     client_id: CLIENT_ID,
+    ui_client_id: UI_CLIENT_ID || null,
+    ui_redirect_uris: UI_CLIENT_ID ? UI_REDIRECT_URIS : null,
     audience: AUDIENCE,
     resource_scope: RS_SCOPE || null,
     redirect_uris: REDIRECT_URIS,
