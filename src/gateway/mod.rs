@@ -1252,7 +1252,6 @@ impl tower::Service<http::Request<Incoming>> for GatewayService {
 /// How long failing a refused workflow task upstream may take.
 pub const FAIL_TASK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// A refusal's message without its `permission denied: ` prefix.
 /// What a client sends that carries its credentials, by the names Temporal and the proxies in
 /// front of it use: `authorization`; `authorization-extras`, which Temporal hands to its claim
 /// mapper beside the token (the Web UI puts the person's ID token there); and the metadata
@@ -1289,6 +1288,7 @@ fn set_namespace_header(headers: &mut http::HeaderMap, call: &Call) {
     }
 }
 
+/// A refusal's message without its `permission denied: ` prefix.
 fn refusal_text(refusal: &Refusal) -> String {
     let text = refusal.to_string();
     text.strip_prefix("permission denied: ").map(str::to_owned).unwrap_or(text)
