@@ -67,8 +67,14 @@ fn write_go(out: &mut String, value: &Json) -> Result<(), HttpError> {
             out.push(']');
         }
         Json::Object(members) => {
-            // A Go map: the last of duplicate keys, written in sorted (byte) order.
-            let map: BTreeMap<&str, &Json> = members.iter().map(|(k, v)| (k.as_str(), v)).collect();
+            // A Go map, written in sorted (byte) order. Go keeps the last of duplicate keys;
+            // flowgate refuses them, as everywhere else in a request.
+            let mut map: BTreeMap<&str, &Json> = BTreeMap::new();
+            for (key, item) in members {
+                if map.insert(key.as_str(), item).is_some() {
+                    return Err(HttpError::invalid(format!("duplicate key `{}` in payload data", short(key))));
+                }
+            }
             out.push('{');
             for (i, (key, item)) in map.into_iter().enumerate() {
                 if i > 0 {

@@ -40,7 +40,7 @@ pub enum BodyRule {
 }
 
 /// One segment of a path template.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 enum Segment {
     Literal(String),
     /// `{a.b}`: the field path, resolved in the request message.
@@ -49,11 +49,21 @@ enum Segment {
 
 /// A dotted field path resolved against a message, outermost first: every field but the last is
 /// a singular message field.
-#[derive(Debug, Clone)]
+///
+/// `Debug` shows the text only: prost-reflect's `Debug` of a descriptor walks the message types
+/// it reaches, without end for recursive ones (`Failure.cause`), so no type here derives it over
+/// descriptors.
+#[derive(Clone)]
 pub struct FieldPath {
     /// As written in the template, e.g. `execution.workflow_id`.
     pub text: String,
     pub fields: Vec<FieldDescriptor>,
+}
+
+impl fmt::Debug for FieldPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FieldPath({})", self.text)
+    }
 }
 
 impl FieldPath {
@@ -98,8 +108,7 @@ impl FieldPath {
     }
 }
 
-/// One HTTP binding of one RPC.
-#[derive(Debug)]
+/// One HTTP binding of one RPC. (`Debug` by hand, as for [`FieldPath`].)
 pub struct Binding {
     /// `GET`, `POST` or `DELETE` (Temporal uses no others).
     pub method: http::Method,
@@ -144,6 +153,18 @@ impl Binding {
             }
         }
         Some(values)
+    }
+}
+
+impl fmt::Debug for Binding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Binding")
+            .field("method", &self.method)
+            .field("template", &self.template)
+            .field("body", &self.body)
+            .field("grpc_path", &self.grpc_path)
+            .field("index", &self.index)
+            .finish_non_exhaustive()
     }
 }
 
@@ -544,6 +565,35 @@ mod tests {
         assert_eq!(route(http::Method::GET, schedule).unwrap().binding.rpc, "DescribeSchedule");
         assert_eq!(route(http::Method::POST, schedule).unwrap().binding.rpc, "CreateSchedule");
         assert_eq!(route(http::Method::DELETE, schedule).unwrap().binding.rpc, "DeleteSchedule");
+    }
+
+    #[test]
+    fn debug_output_is_finite() {
+        // prost-reflect's descriptor `Debug` never ends on recursive types; ours must.
+        let matched = route(http::Method::POST, "/api/v1/namespaces/p/workflows/wf/signal/s").unwrap();
+        let text = format!("{matched:?}");
+        assert!(text.contains("SignalWorkflowExecution"), "{text}");
+        assert!(format!("{:?}", table()).len() < 100_000);
+    }
+
+    #[test]
+    fn no_two_bindings_of_one_method_overlap() {
+        // grpc-gateway would pick between overlapping templates by registration order; the
+        // table has none, so the first match is the only one.
+        let table = table();
+        for (i, a) in table.bindings().iter().enumerate() {
+            for b in &table.bindings()[i + 1..] {
+                if a.method != b.method || a.segments.len() != b.segments.len() {
+                    continue;
+                }
+                let disjoint = a
+                    .segments
+                    .iter()
+                    .zip(&b.segments)
+                    .any(|pair| matches!(pair, (Segment::Literal(x), Segment::Literal(y)) if x != y));
+                assert!(disjoint, "{a} overlaps {b}");
+            }
+        }
     }
 
     #[test]
