@@ -5,7 +5,7 @@
 
 use base64::Engine as _;
 use http::StatusCode;
-use prost_reflect::{DynamicMessage, Value};
+use prost_reflect::DynamicMessage;
 
 use super::descriptors;
 use super::json_out::{self, OutputOptions};
@@ -129,14 +129,4 @@ fn details_json(code: i32, header: &[u8], options: OutputOptions) -> Option<Vec<
         return None;
     }
     json_out::to_json(&message, options).ok()
-}
-
-/// A `google.rpc.Status` message, for tests and for callers that build one.
-pub fn status_message(code: i32, message: &str, details: Vec<DynamicMessage>) -> Option<DynamicMessage> {
-    let pool = descriptors::pool();
-    let mut status = DynamicMessage::new(pool.get_message_by_name("google.rpc.Status")?);
-    status.set_field_by_name("code", Value::I32(code));
-    status.set_field_by_name("message", Value::String(message.to_owned()));
-    status.set_field_by_name("details", Value::List(details.into_iter().map(Value::Message).collect()));
-    Some(status)
 }

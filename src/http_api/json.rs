@@ -334,9 +334,9 @@ pub fn write_float(out: &mut String, value: f64, single: bool) {
     let abs = value.abs();
     let exponent_form = if single {
         let abs = abs as f32;
-        abs != 0.0 && (abs < 1e-6 || abs >= 1e21)
+        abs != 0.0 && !(1e-6..1e21).contains(&abs)
     } else {
-        abs != 0.0 && (abs < 1e-6 || abs >= 1e21)
+        abs != 0.0 && !(1e-6..1e21).contains(&abs)
     };
     // Rust's shortest round-trip digits are Go's (`-1` precision) for the same bit size.
     let text = match (exponent_form, single) {

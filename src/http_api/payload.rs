@@ -99,7 +99,7 @@ fn short(text: &str) -> &str {
 /// unpadded; trailing bits need not be zero, and `\r`/`\n` are skipped, as Go's decoder does.
 pub fn decode_base64(text: &str) -> Option<Vec<u8>> {
     let url = text.contains(['-', '_']);
-    let padded = text.len() % 4 == 0;
+    let padded = text.len().is_multiple_of(4);
     let config = base64::engine::GeneralPurposeConfig::new()
         .with_decode_allow_trailing_bits(true)
         .with_decode_padding_mode(if padded {
