@@ -7,7 +7,8 @@
 //! * **Bottom, what everything may use:** [`config`] (the TOML file), [`telemetry`] (metrics),
 //!   [`traces`] (OpenTelemetry spans), [`error`], [`grpc`] (status codes and framing), [`shutdown`], [`budget`] and [`conn`]
 //!   (byte budgets, connection caps), [`ecdsa`] (low-s signatures), and [`temporal`]: the method
-//!   catalog, the protobuf reader, what a request names and what it implies. [`layers`] holds
+//!   catalog, the protobuf reader, what a request names and what it implies; [`http_api`]
+//!   transcodes Temporal's HTTP/JSON API to those gRPC calls and back. [`layers`] holds
 //!   the cross-cutting tower layers of the call stack (deadline; shedding and concurrency come
 //!   from tower itself).
 //! * **Identity:** [`credential`] is the format and the keys of flowgate's own credentials;
@@ -50,6 +51,7 @@ pub mod budget;
 pub mod conn;
 pub mod ecdsa;
 pub mod temporal;
+pub mod http_api;
 pub mod layers;
 // Identity, then decisions.
 pub mod credential;
