@@ -43,6 +43,9 @@ pub struct Config {
     pub token_cache: TokenCacheConfig,
     #[serde(default)]
     pub issuers: Vec<IssuerConfig>,
+    /// Temporal's HTTP API on the gateway's listener; off when absent.
+    #[serde(default)]
+    pub http_api: Option<HttpApiConfig>,
     /// Credentials flowgate mints (token exchange); off when absent.
     #[serde(default)]
     pub mint: Option<MintConfig>,
@@ -403,6 +406,28 @@ pub struct ReplayConfig {
     /// cache is in this process's memory.
     #[serde(default)]
     pub redis_url: Option<String>,
+}
+
+/// `[http_api]`: Temporal's HTTP/JSON API (the routes of its HTTP port), served on the
+/// gateway's listener and transcoded to the gRPC calls the gateway authorizes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpApiConfig {
+    /// The largest request body read; Temporal's own limit (4 MiB) at most.
+    #[serde(default = "default_http_api_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// The largest response read from Temporal to be turned into JSON (a history page can be
+    /// large); a larger one is answered with 500 and its size.
+    #[serde(default = "default_http_api_max_response_bytes")]
+    pub max_response_bytes: usize,
+}
+
+pub(crate) fn default_http_api_max_body_bytes() -> usize {
+    4 * 1024 * 1024
+}
+
+pub(crate) fn default_http_api_max_response_bytes() -> usize {
+    64 * 1024 * 1024
 }
 
 /// What flowgate sends Temporal in `authorization`.
@@ -994,6 +1019,14 @@ impl Config {
         }
         if let Some(traces) = &self.traces {
             traces.validate()?;
+        }
+        if let Some(http_api) = &self.http_api {
+            if http_api.max_body_bytes == 0 || http_api.max_body_bytes > default_http_api_max_body_bytes() {
+                return Err(invalid("http_api.max_body_bytes", "must be between 1 and 4194304 (Temporal's own limit)"));
+            }
+            if http_api.max_response_bytes == 0 {
+                return Err(invalid("http_api.max_response_bytes", "must be at least 1 byte"));
+            }
         }
         if self.audit.fsync == AuditFsync::Interval && self.audit.fsync_interval.is_zero() {
             return Err(invalid("audit.fsync_interval", "must be more than zero (or set `audit.fsync = \"always\"`)"));

@@ -70,6 +70,7 @@ pub mod namespace_ids;
 pub mod status;
 // The phases.
 pub mod gateway;
+pub mod http_door;
 // The other doors, and the policy authoring loop.
 pub mod mint;
 pub mod explain;

@@ -389,16 +389,55 @@ pub struct UnaryReply {
     pub body: Bytes,
 }
 
+/// A call's request body as the gateway gets it: a gRPC client's stream, or a message that is
+/// all there already (an HTTP API request flowgate transcoded, framed as gRPC).
+pub enum ClientBody {
+    Stream(Incoming),
+    Whole(Option<Bytes>),
+}
+
+impl ClientBody {
+    pub fn whole(message: Bytes) -> ClientBody {
+        ClientBody::Whole(Some(message))
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ClientBody::Stream(stream) => Pin::new(stream).poll_frame(cx),
+            ClientBody::Whole(message) => Poll::Ready(message.take().map(|bytes| Ok(Frame::data(bytes)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Stream(stream) => stream.is_end_stream(),
+            ClientBody::Whole(message) => message.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Stream(stream) => stream.size_hint(),
+            ClientBody::Whole(message) => SizeHint::with_exact(message.as_ref().map_or(0, |m| m.len() as u64)),
+        }
+    }
+}
+
 /// The request body sent upstream: the bytes read for inspection, then the rest of the stream.
 pub struct ForwardBody {
     prefix: Option<Bytes>,
-    rest: Option<Incoming>,
+    rest: Option<ClientBody>,
     /// The budget the prefix was read under, given back when the body has been sent.
     _held: Option<Reservation>,
 }
 
 impl ForwardBody {
-    pub fn new(prefix: Bytes, rest: Option<Incoming>, held: Option<Reservation>) -> ForwardBody {
+    pub fn new(prefix: Bytes, rest: Option<ClientBody>, held: Option<Reservation>) -> ForwardBody {
         ForwardBody { prefix: (!prefix.is_empty()).then_some(prefix), rest, _held: held }
     }
 }

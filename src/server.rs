@@ -37,12 +37,13 @@ use crate::conn::{self, Activity, ConnectionLimits, ConnectionTracker, Tracked};
 use crate::credential::Signer;
 use crate::explain::Issuers;
 use crate::gateway::{ClientConn, Gateway, GatewayService, Parts, RecentDenials};
+use crate::http_door::{self, HttpDoor};
 use crate::identity::Stamper;
 use crate::layers::{DeadlineLayer, MeteredBody, MetricsLayer};
 use crate::mint::replay::ReplayCache;
 use crate::mint::{Minter, TokenEndpoint, exchange};
 use crate::pem::{read_certs, read_key};
-use crate::proxy::{HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW, ResponseBody, Upstream};
+use crate::proxy::{ClientBody, HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW, ResponseBody, Upstream};
 use crate::ratelimit::RateLimits;
 use crate::reload::PolicySets;
 use crate::session::Sessions;
@@ -96,6 +97,8 @@ pub struct Prepared {
     pub login_document: Bytes,
     /// `upstream.credentials = "api_key"`: the key, whose file `run` watches.
     pub upstream_key: Option<Arc<ApiKey>>,
+    /// With `[http_api]`: Temporal's HTTP API, on the gateway's listener.
+    pub http_door: Option<Arc<HttpDoor>>,
 }
 
 /// Loads and checks everything in the config; no sockets, no background tasks.
@@ -170,7 +173,12 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
             traces: traces.clone(),
         })
     });
+    let http_door = config
+        .http_api
+        .as_ref()
+        .map(|http_api| Arc::new(HttpDoor::new(http_api, gateway.clone(), config.limits.first_message_timeout)));
     Ok(Prepared {
+        http_door,
         gateway,
         admin,
         token_endpoint,
@@ -245,7 +253,7 @@ pub fn gateway_stack(
     calls: Arc<Semaphore>,
     metrics: Arc<Metrics>,
 ) -> impl Service<
-    http::Request<Incoming>,
+    http::Request<ClientBody>,
     Response = http::Response<MeteredBody<ResponseBody>>,
     Error = Infallible,
     Future: Send,
@@ -276,6 +284,7 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
         traces,
         login_document,
         upstream_key,
+        http_door,
     } = prepare(&config)?;
     traces.start()?;
     let (trigger, signal) = shutdown::channel();
@@ -331,11 +340,13 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
             let stack =
                 gateway_stack(gateway.clone(), ClientConn::new(peer, &config.limits), calls.clone(), metrics.clone());
             let token_endpoint = token_endpoint.clone();
+            let http_door = http_door.clone();
             let login_document = login_document.clone();
             let activity = activity.clone();
             hyper::service::service_fn(move |request| {
                 let in_flight = activity.request();
-                let response = route(stack.clone(), token_endpoint.clone(), &login_document, request, peer);
+                let doors = (token_endpoint.clone(), http_door.clone());
+                let response = route(stack.clone(), doors, &login_document, request, peer);
                 async move { Ok::<_, Infallible>(response.await.map(|body| Tracked::new(body, in_flight))) }
             })
         };
@@ -373,18 +384,23 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     Ok(())
 }
 
+/// The doors of the gateway's listener besides gRPC: the token endpoint (with `[mint]`) and the
+/// HTTP API (with `[http_api]`).
+type Doors = (Option<Arc<TokenEndpoint>>, Option<Arc<HttpDoor>>);
+
 /// Routes one request of the gateway's listener: how people log in (`GET` of
 /// `authn::LOGIN_PATH`), the token endpoint (and its JWKS and discovery document) when flowgate
-/// mints credentials, the gateway's stack for everything else.
+/// mints credentials, the HTTP API for other requests that are not gRPC when it is on, the
+/// gateway's stack for everything else.
 fn route<S>(
     stack: S,
-    token_endpoint: Option<Arc<TokenEndpoint>>,
+    doors: Doors,
     login_document: &Bytes,
     request: http::Request<Incoming>,
     peer: SocketAddr,
 ) -> impl Future<Output = http::Response<MeteredBody<ResponseBody>>> + Send + use<S>
 where
-    S: Service<http::Request<Incoming>, Response = http::Response<MeteredBody<ResponseBody>>, Error = Infallible>
+    S: Service<http::Request<ClientBody>, Response = http::Response<MeteredBody<ResponseBody>>, Error = Infallible>
         + Send,
     S::Future: Send,
 {
@@ -399,27 +415,28 @@ where
                 .expect("static headers are valid");
             return response.map(MeteredBody::unobserved);
         }
-        route_call(stack, token_endpoint, request, peer).await
+        route_call(stack, doors, request, peer).await
     }
 }
 
 async fn route_call<S>(
     stack: S,
-    token_endpoint: Option<Arc<TokenEndpoint>>,
+    (token_endpoint, http_door): Doors,
     request: http::Request<Incoming>,
     peer: SocketAddr,
 ) -> http::Response<MeteredBody<ResponseBody>>
 where
-    S: Service<http::Request<Incoming>, Response = http::Response<MeteredBody<ResponseBody>>, Error = Infallible>,
+    S: Service<http::Request<ClientBody>, Response = http::Response<MeteredBody<ResponseBody>>, Error = Infallible>,
     S::Future: Send,
 {
-    match token_endpoint {
+    match (token_endpoint, http_door) {
         // Boxed: this future lives as long as the call (70 s for a long poll), and inline it would
-        // be sized by the token exchange's state, the largest of the two doors.
-        Some(endpoint) if exchange::is_oauth_path(request.uri().path()) => {
+        // be sized by the token exchange's state, the largest of the doors.
+        (Some(endpoint), _) if exchange::is_oauth_path(request.uri().path()) => {
             Box::pin(exchange::serve(&endpoint, request, peer)).await.map(MeteredBody::unobserved)
         }
-        _ => match stack.oneshot(request).await {
+        (_, Some(door)) if http_door::is_http(&request) => Box::pin(door.serve(stack, request)).await,
+        _ => match stack.oneshot(request.map(ClientBody::Stream)).await {
             Ok(response) => response,
             Err(never) => match never {},
         },

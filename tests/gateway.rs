@@ -775,3 +775,61 @@ async fn credentials_under_other_names_are_not_forwarded() {
         gateway.stop().await.unwrap();
     }
 }
+
+/// `[http_api]`: an HTTP API request becomes the gRPC call it stands for, with only the
+/// allowlisted metadata, and the answer comes back as JSON; a caller with no permission gets
+/// the gateway's refusal (and its record) as JSON, and nothing goes upstream.
+#[tokio::test]
+async fn an_http_api_request_is_the_grpc_call_it_stands_for() {
+    let (key, jwks, upstream) = setup().await;
+    let mut setup = Setup::new(&upstream);
+    setup.tables = "[http_api]\n".into();
+    let gateway = Gateway::start(&jwks, setup).await;
+    let alice = format!("Bearer {}", key.sign(&claims("alice", &["deployers"])));
+    let body = r#"{"workflowType":{"name":"DeployWorkflow"},"taskQueue":{"name":"deploys"},"identity":"forged"}"#;
+    let headers = [
+        ("authorization", alice.as_str()),
+        ("content-type", "application/json"),
+        ("cookie", "session=secret"),
+        ("grpc-metadata-temporal-namespace", "analytics"),
+        ("x-forwarded-for", "10.9.8.7"),
+        ("client-name", "curl"),
+    ];
+    let (status, answer) =
+        gateway.http_with("POST", "/api/v1/namespaces/payments/workflows/deploy-1", &headers, body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer, serde_json::json!({"runId": "ok"}), "the fake upstream's answer, as JSON");
+    let calls = upstream.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].path, format!("{WS}/StartWorkflowExecution"));
+    let mut names: Vec<_> = calls[0].headers.keys().map(|name| name.as_str().to_owned()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["client-name", "content-length", "content-type", "grpc-timeout", "te", "temporal-namespace"],
+        "the allowlist"
+    );
+    assert_eq!(calls[0].headers["temporal-namespace"], "payments");
+    let message = &calls[0].body[5..];
+    use flowgate::temporal::wire::last_string;
+    assert_eq!(last_string(message, &[1]).unwrap(), Some("payments"), "the path's namespace");
+    assert_eq!(last_string(message, &[2]).unwrap(), Some("deploy-1"), "the path's workflow id");
+    assert_eq!(last_string(message, &[9]).unwrap(), Some("test:alice via flowgate"), "stamped, not `forged`");
+    let record = &gateway.records()[0];
+    assert_eq!(record["decision"], "allow");
+    assert_eq!(
+        record["http"],
+        serde_json::json!({"method": "POST", "route": "/api/v1/namespaces/{namespace}/workflows/{workflow_id}"})
+    );
+
+    // A caller no policy could permit the action: refused as JSON, recorded, not sent upstream.
+    let bob = format!("Bearer {}", key.sign(&claims("bob", &["nobody"])));
+    let headers = [("authorization", bob.as_str()), ("content-type", "application/json")];
+    let (status, answer) =
+        gateway.http_with("POST", "/api/v1/namespaces/payments/workflows/deploy-2", &headers, body).await;
+    assert_eq!(status, 403, "{answer}");
+    assert_eq!(answer["code"], 7);
+    assert_eq!(upstream.calls().len(), 1);
+    let record = gateway.records().pop().unwrap();
+    assert_eq!((record["decision"].as_str(), record["principal"]["id"].as_str()), (Some("deny"), Some("test:bob")));
+}

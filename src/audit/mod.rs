@@ -206,6 +206,18 @@ pub struct DecisionRecord<'a> {
     /// The W3C trace the call belongs to, when its client sent a valid `traceparent`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<TraceId>,
+    /// For a call that came through the HTTP API: its HTTP method and route.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpRecord<'a>>,
+}
+
+/// How an HTTP API request reached the call (`[http_api]`): `action`, `method` and `resource`
+/// stay the gRPC call's, so policies, queries and replays treat both doors alike.
+#[derive(Debug, Clone, Serialize)]
+pub struct HttpRecord<'a> {
+    pub method: &'a str,
+    /// The route's template, e.g. `/api/v1/namespaces/{namespace}/workflows/{workflow_id}`.
+    pub route: &'a str,
 }
 
 fn is_zero(n: &usize) -> bool {

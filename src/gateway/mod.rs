@@ -34,11 +34,10 @@ use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 use futures_util::future::Either;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use crate::audit::{
-    self, ClientRecord, DecisionLog, DecisionRecord, OutcomeRecord, PrincipalRecord, PrincipalSnapshot, QuestionRecord,
-    ResourceRecord, ShadowRecord, SnapshotPrincipal,
+    self, ClientRecord, DecisionLog, DecisionRecord, HttpRecord, OutcomeRecord, PrincipalRecord, PrincipalSnapshot,
+    QuestionRecord, ResourceRecord, ShadowRecord, SnapshotPrincipal,
 };
 use crate::authn::{AuthnError, Principal};
 use crate::authz::{self, Decision, PolicyEngine};
@@ -49,7 +48,7 @@ use crate::error::truncated;
 use crate::grpc;
 use crate::layers::Decided;
 use crate::namespace_ids::NamespaceIds;
-use crate::proxy::{Ending, ForwardBody, ResponseBody, ResponseWatcher, Upstream};
+use crate::proxy::{ClientBody, Ending, ForwardBody, ResponseBody, ResponseWatcher, Upstream};
 use crate::ratelimit::{Admission, CallFacts, RateLimits};
 use crate::reload::PolicySets;
 use crate::session::{Session, Sessions};
@@ -371,7 +370,7 @@ impl Gateway {
     /// for the whole call did.
     pub fn handle(
         self: &Arc<Self>,
-        request: http::Request<Incoming>,
+        request: http::Request<ClientBody>,
         conn: ClientConn,
     ) -> impl Future<Output = http::Response<ResponseBody>> + Send + use<> {
         let gateway = self.clone();
@@ -384,10 +383,30 @@ impl Gateway {
         })
     }
 
+    /// Whether a request that is not gRPC yet (an HTTP API request) is worth reading and
+    /// transcoding into its message: its method is public, or its caller authenticates with one
+    /// `authorization` and some policy could permit them the action. When it is not, the HTTP
+    /// door sends the call on with an empty message, for the phases to refuse and record it,
+    /// and a caller with no permission cannot make flowgate read and parse megabytes of JSON,
+    /// as `read_first_message` does not read a large gRPC message for them.
+    pub async fn worth_reading(&self, headers: &http::HeaderMap, spec: &'static MethodSpec) -> bool {
+        if spec.access == Access::Public {
+            return true;
+        }
+        let mut authorizations = headers.get_all(http::header::AUTHORIZATION).iter();
+        let (Some(authorization), None) = (authorizations.next(), authorizations.next()) else {
+            return false;
+        };
+        match self.sessions.authenticate(Some(authorization)).await {
+            Ok(session) => self.policies.enforced().may_permit(&session.principal, spec),
+            Err(_) => false,
+        }
+    }
+
     /// Phases 1-5: the call that may go upstream, or the answer to one that may not.
     async fn admit(
         &self,
-        request: http::Request<Incoming>,
+        request: http::Request<ClientBody>,
         conn: &ClientConn,
     ) -> Result<Forward, http::Response<ResponseBody>> {
         let client = conn.addr;
@@ -733,7 +752,7 @@ impl Gateway {
         &self,
         spec: &'static MethodSpec,
         parts: &http::request::Parts,
-        body: Incoming,
+        body: ClientBody,
         mut reservation: Reservation,
         path: &str,
         (policies, shadow): (&PolicyEngine, Option<&PolicyEngine>),
@@ -994,11 +1013,11 @@ impl Gateway {
     /// slots while it waits.
     async fn read_first_message(
         &self,
-        mut body: Incoming,
+        mut body: ClientBody,
         reservation: &mut Reservation,
         principal: &str,
         may_permit: impl Fn() -> Result<(), Refusal>,
-    ) -> Result<(Bytes, Option<Incoming>), Refusal> {
+    ) -> Result<(Bytes, Option<ClientBody>), Refusal> {
         let max = self.limits.max_message_bytes;
         let read = async {
             let mut buffer = BytesMut::new();
@@ -1217,8 +1236,21 @@ impl Gateway {
                 .get("traceparent")
                 .and_then(|v| TraceParent::parse(v.as_bytes()))
                 .map(|t| t.trace_id),
+            http: parts
+                .extensions
+                .get::<ViaHttp>()
+                .map(|via| HttpRecord { method: via.method.as_str(), route: &via.route }),
         }
     }
+}
+
+/// A call that came through the HTTP API (a request extension the HTTP door sets): recorded
+/// with the call.
+#[derive(Debug, Clone)]
+pub struct ViaHttp {
+    pub method: http::Method,
+    /// The route's template.
+    pub route: String,
 }
 
 /// The gateway as a tower `Service` for the calls of one connection: what `server` stacks the
@@ -1235,7 +1267,7 @@ impl GatewayService {
     }
 }
 
-impl tower::Service<http::Request<Incoming>> for GatewayService {
+impl tower::Service<http::Request<ClientBody>> for GatewayService {
     type Response = http::Response<ResponseBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
@@ -1244,7 +1276,7 @@ impl tower::Service<http::Request<Incoming>> for GatewayService {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: http::Request<Incoming>) -> Self::Future {
+    fn call(&mut self, request: http::Request<ClientBody>) -> Self::Future {
         Box::pin(self.gateway.handle(request, self.conn.clone()).map(Ok))
     }
 }

@@ -172,6 +172,7 @@ async fn exchange(
         questions: Vec::new(),
         rate_limit: None,
         trace_id,
+        http: None,
     };
     span.annotate(|| vec![KeyValue::new("flowgate.decision_id", record.decision_id.clone())]);
     if let Err(error) = endpoint.log.write(&record).await {

@@ -24,7 +24,7 @@ use super::SidecarConfig;
 use super::refresher::{RefreshError, State, rounded};
 use crate::conn::{self, Activity, ConnectionLimits, ConnectionTracker, Tracked};
 use crate::grpc::grpc_timeout;
-use crate::proxy::{ForwardBody, Upstream};
+use crate::proxy::{ClientBody, ForwardBody, Upstream};
 use crate::shutdown;
 use crate::status::{Code, Refusal, trailers_only};
 
@@ -87,7 +87,11 @@ impl Forwarder {
         // `insert` replaces every `authorization` value the worker sent.
         parts.headers.insert(http::header::AUTHORIZATION, authorization);
         let deadline = deadline.map(|deadline| deadline.saturating_sub(started.elapsed()));
-        match self.upstream.send_within(parts, ForwardBody::new(Bytes::new(), Some(body), None), deadline).await {
+        match self
+            .upstream
+            .send_within(parts, ForwardBody::new(Bytes::new(), Some(ClientBody::Stream(body)), None), deadline)
+            .await
+        {
             Ok(response) => response.map(Either::Left),
             Err(error) => {
                 let refusal = Refusal::from(error);

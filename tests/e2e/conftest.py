@@ -115,6 +115,12 @@ async def _describe_namespaces(address: str, namespaces: list[str]) -> None:
         await client.workflow_service.describe_namespace(DescribeNamespaceRequest(namespace=ns))
 
 
+class DevServerAddress(str):
+    """The dev server's gRPC address ("127.0.0.1:PORT"), with `.http`, its HTTP API's."""
+
+    http: str
+
+
 @pytest.fixture(scope="session")
 def temporal(tmp_path_factory):
     import asyncio
@@ -134,7 +140,8 @@ def temporal(tmp_path_factory):
     ]  # fmt: skip
     log = open(work / "temporal.log", "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    address = f"127.0.0.1:{port}"
+    address = DevServerAddress(f"127.0.0.1:{port}")
+    address.http = f"127.0.0.1:{http_port}"  # Temporal's own HTTP API, to compare with flowgate's
     deadline = time.monotonic() + 60
     last_error = None
     while True:

@@ -586,16 +586,25 @@ impl Gateway {
 
     /// An HTTP/1.1 request to the gateway's listener (token endpoint, JWKS, discovery).
     pub async fn http(&self, method: &str, path: &str, content_type: &str, body: &str) -> (u16, serde_json::Value) {
+        self.http_with(method, path, &[("content-type", content_type)], body).await
+    }
+
+    /// [`Gateway::http`] with any headers (the HTTP API).
+    pub async fn http_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, serde_json::Value) {
         let stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
         tokio::spawn(connection);
-        let request = http::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "flowgate")
-            .header("content-type", content_type)
-            .body(http_body_util::Full::new(Bytes::from(body.to_owned())))
-            .unwrap();
+        let mut request = http::Request::builder().method(method).uri(path).header("host", "flowgate");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(http_body_util::Full::new(Bytes::from(body.to_owned()))).unwrap();
         let response = sender.send_request(request).await.unwrap();
         let status = response.status().as_u16();
         let body = response.into_body().collect().await.unwrap().to_bytes();

@@ -1,0 +1,329 @@
+//! The HTTP door (`[http_api]`): Temporal's HTTP/JSON API on the gateway's listener, each
+//! request turned into the gRPC call it stands for and sent through the same stack as a gRPC
+//! client's call (deadline, concurrency limit, metrics, then the gateway's phases).
+//!
+//! A request that is not gRPC (its `content-type` is not `application/grpc…`) comes here:
+//!
+//! 1. **route**: [`http_api::HttpApi::route`] matches the method and the raw path to one of
+//!    Temporal's bindings, or answers 400/404/501 as Temporal does (an encoded `/` and
+//!    `X-HTTP-Method-Override` are refused outright: see `http_api`'s docs for why);
+//! 2. **worth reading?** ([`Gateway::worth_reading`]): only a caller who authenticates and
+//!    whom some policy could permit the action has their body read (at most
+//!    `http_api.max_body_bytes`, within `limits.first_message_timeout`) and transcoded; anyone
+//!    else's call goes on with an empty message, for the phases to refuse and record it;
+//! 3. **the call**: the message, framed as gRPC, with metadata built from an allowlist (the
+//!    caller's `authorization`, `client-name`, `client-version`, `user-agent`, `traceparent`,
+//!    `tracestate`, and `Grpc-Timeout` as the call's deadline, 60 s when absent), goes through
+//!    the gateway stack: the same decision, record (with `http: {method, route}`), stamping and
+//!    forwarding to Temporal's gRPC port as any call. No other header crosses: grpc-gateway's
+//!    `Grpc-Metadata-*`, cookies and forwarding headers never become metadata;
+//! 4. **the answer**: read whole (at most `http_api.max_response_bytes`) and written as the
+//!    JSON Temporal's HTTP port would write, or a gRPC status (Temporal's or flowgate's
+//!    refusal) as grpc-gateway writes it: `{code, message, details}` with its HTTP status;
+//!    401 carries `WWW-Authenticate: Bearer`, 429 a `Retry-After`.
+//!
+//! Transcoding above 256 KiB runs on the blocking pool, not on the runtime's threads.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tower::{Service, ServiceExt};
+
+use crate::config::HttpApiConfig;
+use crate::gateway::{Gateway, ViaHttp};
+use crate::grpc::{decode_message, grpc_timeout};
+use crate::http_api::{Formats, HttpApi, HttpError, OutputOptions, Route, status_json};
+use crate::layers::MeteredBody;
+use crate::proxy::{ClientBody, ResponseBody};
+use crate::temporal::catalog;
+
+/// The deadline of an HTTP API call that sends no `Grpc-Timeout`.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Above this, transcoding runs on the blocking pool.
+const BLOCKING_ABOVE: usize = 256 * 1024;
+
+/// Metadata an HTTP request may carry into its gRPC call; nothing else crosses.
+const PASSED_ON: [http::HeaderName; 5] = [
+    http::header::USER_AGENT,
+    http::HeaderName::from_static("client-name"),
+    http::HeaderName::from_static("client-version"),
+    http::HeaderName::from_static("traceparent"),
+    http::HeaderName::from_static("tracestate"),
+];
+
+/// The HTTP API: its routes and limits, and the gateway it asks whether a body is worth reading.
+pub struct HttpDoor {
+    api: HttpApi,
+    gateway: Arc<Gateway>,
+    max_body_bytes: usize,
+    max_response_bytes: usize,
+    read_timeout: Duration,
+}
+
+/// Whether a request is for the HTTP door rather than the gRPC stack.
+pub fn is_http(request: &http::Request<Incoming>) -> bool {
+    !request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"))
+}
+
+type Answer = http::Response<MeteredBody<ResponseBody>>;
+
+impl HttpDoor {
+    pub fn new(config: &HttpApiConfig, gateway: Arc<Gateway>, read_timeout: Duration) -> HttpDoor {
+        HttpDoor {
+            api: HttpApi::new(),
+            gateway,
+            max_body_bytes: config.max_body_bytes,
+            max_response_bytes: config.max_response_bytes,
+            read_timeout,
+        }
+    }
+
+    /// Serves one HTTP API request through `stack`, the gateway's stack for this connection.
+    pub async fn serve<S>(&self, stack: S, request: http::Request<Incoming>) -> Answer
+    where
+        S: Service<http::Request<ClientBody>, Response = Answer, Error = Infallible>,
+    {
+        let (parts, body) = request.into_parts();
+        let query = parts.uri.query().map(str::to_owned);
+        let formats = Formats::from_request(query.as_deref(), &parts.headers);
+        // 1. route
+        let route = match self.api.route(&parts.method, parts.uri.path(), &parts.headers) {
+            Ok(route) => route,
+            Err(error) => return error_answer(&error, formats.response),
+        };
+        let spec = catalog::lookup(route.grpc_path());
+        let headers = match call_headers(&parts.headers) {
+            Ok(headers) => headers,
+            Err(error) => return error_answer(&error, formats.response),
+        };
+        // 2. worth reading? 3. the message
+        let message = if self.gateway.worth_reading(&headers, spec).await {
+            let json = match self.read_body(body).await {
+                Ok(json) => json,
+                Err(error) => return error_answer(&error, formats.response),
+            };
+            let transcoded = off_runtime(json.len(), {
+                let route = route.clone();
+                move || route.request_message(query.as_deref(), &json, formats.request_shorthand)
+            })
+            .await;
+            match transcoded {
+                Ok(message) => message,
+                Err(error) => return error_answer(&error, formats.response),
+            }
+        } else {
+            Vec::new()
+        };
+        let mut call = http::Request::new(ClientBody::whole(framed(&message)));
+        *call.method_mut() = http::Method::POST;
+        *call.uri_mut() = http::Uri::try_from(route.grpc_path()).expect("a binding's gRPC path is a valid URI");
+        *call.version_mut() = http::Version::HTTP_2;
+        *call.headers_mut() = headers;
+        call.extensions_mut().insert(ViaHttp { method: parts.method.clone(), route: route.template().to_owned() });
+        let response = match stack.oneshot(call).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        // 4. the answer
+        self.answer(&route, response, formats.response).await
+    }
+
+    /// The JSON body, at most `max_body_bytes`, within the read timeout.
+    async fn read_body(&self, body: Incoming) -> Result<Vec<u8>, HttpError> {
+        let limited = http_body_util::Limited::new(body, self.max_body_bytes);
+        match tokio::time::timeout(self.read_timeout, limited.collect()).await {
+            Ok(Ok(collected)) => Ok(collected.to_bytes().to_vec()),
+            Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => Err(HttpError::invalid(format!(
+                "http: request body too large (more than {} bytes)",
+                self.max_body_bytes
+            ))),
+            Ok(Err(error)) => Err(HttpError::invalid(format!("the request body could not be read: {error}"))),
+            Err(_) => Err(HttpError::invalid(format!(
+                "the request body did not arrive within {}",
+                humantime::format_duration(self.read_timeout)
+            ))),
+        }
+    }
+
+    async fn answer(&self, route: &Route, response: Answer, output: OutputOptions) -> Answer {
+        let (parts, body) = response.into_parts();
+        let limited = http_body_util::Limited::new(body, self.max_response_bytes);
+        let collected = match limited.collect().await {
+            Ok(collected) => collected,
+            Err(error) => {
+                let message = if error.is::<http_body_util::LengthLimitError>() {
+                    format!("the response is larger than `http_api.max_response_bytes` ({})", self.max_response_bytes)
+                } else {
+                    format!("the response could not be read: {error}")
+                };
+                return error_answer(&HttpError::internal(message), output);
+            }
+        };
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        let field = |name: &str| parts.headers.get(name).or_else(|| trailers.get(name));
+        let code = field("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<i32>().ok());
+        match code {
+            Some(0) => {
+                let body = collected.to_bytes();
+                let message = match unframed(&body) {
+                    Ok(message) => message,
+                    Err(error) => return error_answer(&error, output),
+                };
+                let route = route.clone();
+                match off_runtime(message.len(), move || route.response_json(&message, output)).await {
+                    Ok(json) => json_answer(http::StatusCode::OK, json),
+                    Err(error) => error_answer(&error, output),
+                }
+            }
+            code => {
+                let code = code.unwrap_or(2); // UNKNOWN: no status at all
+                let message =
+                    field("grpc-message").and_then(|v| v.to_str().ok()).map(decode_message).unwrap_or_default();
+                let details = field("grpc-status-details-bin").map(http::HeaderValue::as_bytes);
+                let (status, json) = status_json(code, &message, details, output);
+                let mut answer = json_answer(status, json);
+                let headers = answer.headers_mut();
+                if status == http::StatusCode::UNAUTHORIZED {
+                    headers.insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+                }
+                if let Some(pushback) = field("grpc-retry-pushback-ms").and_then(|v| v.to_str().ok()) {
+                    let seconds = pushback.parse::<u64>().unwrap_or(1000).div_ceil(1000).max(1);
+                    headers.insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds));
+                }
+                answer
+            }
+        }
+    }
+}
+
+/// The call's metadata from the HTTP request: every `authorization` (the gateway refuses two),
+/// the allowlist, the deadline; `content-type` and `te` as gRPC has them.
+fn call_headers(request: &http::HeaderMap) -> Result<http::HeaderMap, HttpError> {
+    let mut headers = http::HeaderMap::new();
+    for value in request.get_all(http::header::AUTHORIZATION) {
+        headers.append(http::header::AUTHORIZATION, value.clone());
+    }
+    for name in PASSED_ON {
+        if let Some(value) = request.get(&name) {
+            headers.insert(name, value.clone());
+        }
+    }
+    let timeout = match request.get("grpc-timeout") {
+        Some(value) => {
+            let mut one = http::HeaderMap::new();
+            one.insert("grpc-timeout", value.clone());
+            grpc_timeout(&one).ok_or_else(|| {
+                HttpError::invalid(format!("`Grpc-Timeout` `{}` is not a gRPC timeout", value.to_str().unwrap_or("?")))
+            })?;
+            value.clone()
+        }
+        None => http::HeaderValue::from_str(&format!("{}S", DEFAULT_DEADLINE.as_secs())).expect("digits"),
+    };
+    headers.insert("grpc-timeout", timeout);
+    headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+    headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+    Ok(headers)
+}
+
+/// `message` as one uncompressed gRPC message.
+fn framed(message: &[u8]) -> Bytes {
+    let mut framed = BytesMut::with_capacity(5 + message.len());
+    framed.put_u8(0);
+    framed.put_u32(message.len() as u32);
+    framed.extend_from_slice(message);
+    framed.freeze()
+}
+
+/// The one message of a unary answer. flowgate asks for no compression, so a compressed one is
+/// an error, as is anything but exactly one message.
+fn unframed(body: &[u8]) -> Result<Vec<u8>, HttpError> {
+    let bad = |why: &str| HttpError::internal(format!("the upstream's answer {why}"));
+    let [flag, a, b, c, d, message @ ..] = body else {
+        return Err(bad("has no message"));
+    };
+    if *flag != 0 {
+        return Err(bad("is compressed, which flowgate did not ask for"));
+    }
+    if u32::from_be_bytes([*a, *b, *c, *d]) as usize != message.len() {
+        return Err(bad("is not one whole message"));
+    }
+    Ok(message.to_vec())
+}
+
+/// Runs `work` on the blocking pool when its input is large.
+async fn off_runtime<T: Send + 'static>(
+    size: usize,
+    work: impl FnOnce() -> Result<T, HttpError> + Send + 'static,
+) -> Result<T, HttpError> {
+    if size <= BLOCKING_ABOVE {
+        return work();
+    }
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|error| Err(HttpError::internal(format!("transcoding failed: {error}"))))
+}
+
+/// flowgate's own answer to a request it did not send on (its status is the route's: 501 for a
+/// known path with another method, where the gRPC code alone would say 404).
+fn error_answer(error: &HttpError, output: OutputOptions) -> Answer {
+    let (_, json) = status_json(error.code, &error.message, None, output);
+    json_answer(error.status, json)
+}
+
+fn json_answer(status: http::StatusCode, json: Vec<u8>) -> Answer {
+    let mut answer = http::Response::new(MeteredBody::unobserved(ResponseBody::full(json)));
+    *answer.status_mut() = status;
+    answer.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    answer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_framed_and_unframed() {
+        let framed = framed(b"abc");
+        assert_eq!(&framed[..], b"\0\0\0\0\x03abc");
+        assert_eq!(unframed(&framed).unwrap(), b"abc");
+        assert!(unframed(b"\x01\0\0\0\x03abc").unwrap_err().message.contains("compressed"));
+        assert!(unframed(b"\0\0\0\0\x04abc").unwrap_err().message.contains("one whole message"));
+        assert!(unframed(b"\0\0").unwrap_err().message.contains("no message"));
+    }
+
+    #[test]
+    fn only_the_allowlist_becomes_metadata() {
+        let mut request = http::HeaderMap::new();
+        request.append("authorization", "Bearer a".parse().unwrap());
+        request.append("authorization", "Bearer b".parse().unwrap());
+        for (name, value) in [
+            ("grpc-metadata-authorization", "Bearer c"),
+            ("grpc-metadata-temporal-namespace", "other"),
+            ("cookie", "session=1"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("authorization-extras", "id-token"),
+            ("client-name", "curl"),
+            ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        ] {
+            request.insert(http::HeaderName::from_static(name), value.parse().unwrap());
+        }
+        let headers = call_headers(&request).unwrap();
+        let mut names: Vec<_> = headers.keys().map(|n| n.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["authorization", "client-name", "content-type", "grpc-timeout", "te", "traceparent"]);
+        assert_eq!(headers.get_all("authorization").iter().count(), 2, "both, for the gateway to refuse");
+        assert_eq!(headers["grpc-timeout"], "60S");
+        request.insert("grpc-timeout", "5S".parse().unwrap());
+        assert_eq!(call_headers(&request).unwrap()["grpc-timeout"], "5S");
+        request.insert("grpc-timeout", "soon".parse().unwrap());
+        assert!(call_headers(&request).unwrap_err().message.contains("`soon` is not a gRPC timeout"));
+    }
+}
