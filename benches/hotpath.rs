@@ -408,6 +408,48 @@ fn main() {
     time("rate-limit admission, 2 limits (per principal, per namespace)", 1_000_000, || {
         drop(black_box(limits.admit(black_box(&facts)).unwrap()));
     });
+
+    // `[http_api]`: what an HTTP request costs before and after the gRPC phases.
+    let api = flowgate::http_api::HttpApi::new();
+    let headers = http::HeaderMap::new();
+    let path = "/api/v1/namespaces/payments/workflows/deploy-42";
+    time("HTTP API: route a start (method and path)", 100_000, || {
+        black_box(api.route(&http::Method::POST, black_box(path), &headers).unwrap());
+    });
+    let route = api.route(&http::Method::POST, path, &headers).unwrap();
+    let body = br#"{"workflowType":{"name":"DeployWorkflow"},"taskQueue":{"name":"deploys"},"input":["api",{"region":"eu","replicas":3}],"workflowIdConflictPolicy":"Fail","memo":{"fields":{"ticket":"OPS-1"}}}"#;
+    time("HTTP API: a start's JSON body to protobuf (shorthand payloads)", 20_000, || {
+        black_box(route.request_message(None, black_box(body), true).unwrap());
+    });
+    let history =
+        api.route(&http::Method::GET, "/api/v1/namespaces/payments/workflows/deploy-42/history", &headers).unwrap();
+    // A history page of 100 events (started, then task scheduled/started/completed and activity
+    // events), each with a small JSON payload, as protobuf.
+    let page = history_page(100);
+    let options = flowgate::http_api::OutputOptions { pretty: false, shorthand: true };
+    time(&format!("HTTP API: a history page ({} bytes, 100 events) to JSON", page.len()), 500, || {
+        black_box(history.response_json(black_box(&page), options).unwrap());
+    });
+}
+
+/// `GetWorkflowExecutionHistoryResponse { history: { events: [...] } }` with `count` events
+/// carrying a `json/plain` payload each (the workflow started event's input).
+fn history_page(count: usize) -> Vec<u8> {
+    let payload = [
+        wire_message(1, &[wire_message(1, b"encoding"), wire_message(2, b"json/plain")].concat()),
+        wire_message(2, br#"{"region":"eu","replicas":3,"steps":["build","test","deploy"]}"#),
+    ]
+    .concat();
+    let mut events = Vec::new();
+    for id in 1..=count as u8 {
+        let started =
+            [wire_message(1, &wire_message(1, b"DeployWorkflow")), wire_message(6, &wire_message(1, &payload))]
+                .concat();
+        // HistoryEvent: event_id (1), event_type (3) = 1, workflow_execution_started_event_attributes (6).
+        let event = [vec![0x08, id], vec![0x18, 0x01], wire_message(6, &started)].concat();
+        events.extend(wire_message(1, &event));
+    }
+    wire_message(1, &events)
 }
 
 fn wire_message(number: u32, value: &[u8]) -> Vec<u8> {

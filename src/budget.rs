@@ -45,6 +45,11 @@ impl ByteBudget {
         Arc::new(ByteBudget { limit, used: AtomicUsize::new(0) })
     }
 
+    /// What it holds at most.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
     /// Bytes currently held.
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
@@ -131,6 +136,45 @@ impl Drop for Reservation {
     }
 }
 
+/// Bytes held from one budget alone (the HTTP door's, `http_api.max_buffered_bytes`), resized as
+/// a request or an answer moves through its stages and given back when dropped.
+#[derive(Debug)]
+pub struct Held {
+    budget: Arc<ByteBudget>,
+    held: usize,
+}
+
+impl Held {
+    pub fn new(budget: Arc<ByteBudget>) -> Held {
+        Held { budget, held: 0 }
+    }
+
+    /// Holds exactly `bytes` from now on: more are taken (all or none, from the whole budget, as
+    /// these are never the small messages the reserve is for), fewer are given back. On refusal,
+    /// what was held stays held.
+    pub fn resize(&mut self, bytes: usize) -> Result<(), OverBudget> {
+        if bytes > self.held {
+            if !self.budget.try_take(bytes - self.held, true) {
+                return Err(OverBudget::Global { limit: self.budget.limit });
+            }
+        } else {
+            self.budget.give_back(self.held - bytes);
+        }
+        self.held = bytes;
+        Ok(())
+    }
+
+    pub fn held(&self) -> usize {
+        self.held
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.budget.give_back(self.held);
+    }
+}
+
 /// Calls of each principal waiting for the rest of their first message (`limits.
 /// max_waiting_calls_per_principal`).
 ///
@@ -214,6 +258,22 @@ mod tests {
         assert_eq!((connection.used(), global.used()), (0, 0));
         second.grow(60).unwrap();
         assert_eq!(second.held(), 60);
+    }
+
+    #[test]
+    fn held_bytes_resize_and_go_back_when_dropped() {
+        let budget = ByteBudget::new(100);
+        let mut a = Held::new(budget.clone());
+        a.resize(70).unwrap();
+        let mut b = Held::new(budget.clone());
+        assert_eq!(b.resize(40), Err(OverBudget::Global { limit: 100 }));
+        assert_eq!((b.held(), budget.used()), (0, 70), "a refused resize takes nothing");
+        a.resize(20).unwrap();
+        b.resize(80).unwrap();
+        assert_eq!(budget.used(), 100);
+        drop(a);
+        drop(b);
+        assert_eq!(budget.used(), 0);
     }
 
     #[test]

@@ -420,6 +420,11 @@ pub struct HttpApiConfig {
     /// large); a larger one is answered with 500 and its size.
     #[serde(default = "default_http_api_max_response_bytes")]
     pub max_response_bytes: usize,
+    /// What the HTTP door's requests and answers may hold in memory together: bodies, JSON
+    /// trees, answers being written and answers not yet read. Over it, a request is refused
+    /// with 429. It must admit the largest request and the largest answer alone.
+    #[serde(default = "default_http_api_max_buffered_bytes")]
+    pub max_buffered_bytes: usize,
 }
 
 pub(crate) fn default_http_api_max_body_bytes() -> usize {
@@ -427,7 +432,11 @@ pub(crate) fn default_http_api_max_body_bytes() -> usize {
 }
 
 pub(crate) fn default_http_api_max_response_bytes() -> usize {
-    64 * 1024 * 1024
+    4 * 1024 * 1024
+}
+
+pub(crate) fn default_http_api_max_buffered_bytes() -> usize {
+    128 * 1024 * 1024
 }
 
 /// What flowgate sends Temporal in `authorization`.

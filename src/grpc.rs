@@ -98,6 +98,10 @@ pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
         return None;
     }
     let (digits, unit) = value.split_at(value.len() - 1);
+    // Digits only (`u64::from_str` takes a `+` too): "TimeoutValue → 1*8ASCII-Digit".
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let amount: u64 = digits.parse().ok()?;
     Some(match unit {
         "H" => Duration::from_secs(amount.saturating_mul(3600)),

@@ -23,6 +23,16 @@
 //!    401 carries `WWW-Authenticate: Bearer`, 429 a `Retry-After`.
 //!
 //! Transcoding above 256 KiB runs on the blocking pool, not on the runtime's threads.
+//!
+//! **Memory.** JSON and the trees made of it take far more memory than their bytes (`[0,0,…]`
+//! about 40 times; a decoded response message several times its wire size), and none of it is
+//! in the gRPC stack's byte budgets. So the door holds its own, `http_api.max_buffered_bytes`,
+//! for everything it keeps: a body as it arrives, the JSON and its trees while it is
+//! transcoded (sized by [`json::count_values`] before parsing), an answer as it arrives and
+//! while it is written, and the written answer until the client has read it. A request that
+//! would go over is refused with 429 (and `Retry-After`) before anything is parsed, and an
+//! answer over it is 503, since the call was made. Routes without a body (`GET`s) never read
+//! one, whoever asks.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -33,16 +43,41 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tower::{Service, ServiceExt};
 
+use crate::budget::{ByteBudget, Held};
 use crate::config::HttpApiConfig;
 use crate::gateway::{Gateway, ViaHttp};
 use crate::grpc::{decode_message, grpc_timeout};
-use crate::http_api::{Formats, HttpApi, HttpError, OutputOptions, Route, status_json};
+use crate::http_api::{BodyRule, Formats, HttpApi, HttpError, OutputOptions, Route, json, status_json};
 use crate::layers::MeteredBody;
 use crate::proxy::{ClientBody, ResponseBody};
 use crate::temporal::catalog;
 
 /// The deadline of an HTTP API call that sends no `Grpc-Timeout`.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
+
+/// How long past its deadline a call waits for its answer: Temporal, which enforces the same
+/// deadline, answers first.
+const ANSWER_GRACE: Duration = Duration::from_secs(2);
+
+/// The longest deadline an HTTP API call may ask for with `Grpc-Timeout`; a longer one is cut
+/// to this.
+pub const MAX_DEADLINE: Duration = Duration::from_secs(300);
+
+/// What transcoding a request holds per byte of JSON, besides its values: the body itself, the
+/// message being built and its encoding (`tests/http_api_memory.rs` measures it: a 4 MiB
+/// string payload peaks at 2 bytes per byte besides the body).
+pub const REQUEST_BYTES_PER_BYTE: usize = 4;
+
+/// What transcoding a request holds per JSON value ([`json::count_values`]): its tree, and
+/// the message it becomes, which is largest when every value is a payload of its own
+/// (`{"input":[0,0,…]}` peaks at ~1.2 KB per value: `tests/http_api_memory.rs`).
+pub const REQUEST_BYTES_PER_VALUE: usize = 1280;
+
+/// What writing an answer holds per byte of its message: the message, its decoded form (a
+/// message per event, each a map of its fields) and the JSON written, besides payload trees
+/// (`tests/http_api_memory.rs` measures it: a page of 1000 history events peaks at ~29 bytes
+/// per byte).
+pub const RESPONSE_BYTES_PER_BYTE: usize = 32;
 
 /// Above this, transcoding runs on the blocking pool.
 const BLOCKING_ABOVE: usize = 256 * 1024;
@@ -63,6 +98,8 @@ pub struct HttpDoor {
     max_body_bytes: usize,
     max_response_bytes: usize,
     read_timeout: Duration,
+    /// `http_api.max_buffered_bytes`: what the door's requests and answers hold together.
+    budget: Arc<ByteBudget>,
 }
 
 /// Whether a request is for the HTTP door rather than the gRPC stack.
@@ -76,14 +113,44 @@ pub fn is_http(request: &http::Request<Incoming>) -> bool {
 type Answer = http::Response<MeteredBody<ResponseBody>>;
 
 impl HttpDoor {
-    pub fn new(config: &HttpApiConfig, gateway: Arc<Gateway>, read_timeout: Duration) -> HttpDoor {
-        HttpDoor {
+    /// The door, or why `config`'s budget cannot admit its own largest request or answer.
+    pub fn new(config: &HttpApiConfig, gateway: Arc<Gateway>, read_timeout: Duration) -> anyhow::Result<HttpDoor> {
+        // A body of n bytes holds at most n / 2 + 1 values (`0,0,…`).
+        let values = json::MAX_VALUES.min(config.max_body_bytes / 2 + 1);
+        let request = config.max_body_bytes * REQUEST_BYTES_PER_BYTE + values * REQUEST_BYTES_PER_VALUE;
+        let answer = config.max_response_bytes.saturating_mul(RESPONSE_BYTES_PER_BYTE);
+        let least = request.max(answer);
+        if config.max_buffered_bytes < least {
+            anyhow::bail!(
+                "`http_api.max_buffered_bytes`: must be at least {least} bytes, for the largest request \
+                 (`max_body_bytes` × {REQUEST_BYTES_PER_BYTE} and its JSON values) and the largest answer \
+                 (`max_response_bytes` × {RESPONSE_BYTES_PER_BYTE}) alone"
+            );
+        }
+        Ok(HttpDoor {
             api: HttpApi::new(),
             gateway,
             max_body_bytes: config.max_body_bytes,
             max_response_bytes: config.max_response_bytes,
             read_timeout,
-        }
+            budget: ByteBudget::new(config.max_buffered_bytes),
+        })
+    }
+
+    /// Bytes the door holds now.
+    pub fn buffered(&self) -> usize {
+        self.budget.used()
+    }
+
+    fn over_budget(&self) -> String {
+        format!(
+            "flowgate holds too many HTTP API bytes for one more (`http_api.max_buffered_bytes`, {}); retry later",
+            self.budget_limit()
+        )
+    }
+
+    fn budget_limit(&self) -> usize {
+        self.budget.limit()
     }
 
     /// Serves one HTTP API request through `stack`, the gateway's stack for this connection.
@@ -105,21 +172,16 @@ impl HttpDoor {
             Err(error) => return error_answer(&error, formats.response),
         };
         // 2. worth reading? 3. the message
-        let message = if self.gateway.worth_reading(&headers, spec).await {
-            let json = match self.read_body(body).await {
-                Ok(json) => json,
-                Err(error) => return error_answer(&error, formats.response),
-            };
-            let transcoded = off_runtime(json.len(), {
-                let route = route.clone();
-                move || route.request_message(query.as_deref(), &json, formats.request_shorthand)
-            })
-            .await;
-            match transcoded {
+        let read = self.gateway.worth_reading(&headers, spec).await;
+        let message = if read {
+            match self.transcode(&route, query, body, formats.request_shorthand).await {
                 Ok(message) => message,
                 Err(error) => return error_answer(&error, formats.response),
             }
         } else {
+            // Read nothing: the phases refuse and record the call, and no policy change in
+            // between can let an empty message through (`ViaHttp::read`).
+            drop(body);
             Vec::new()
         };
         let mut call = http::Request::new(ClientBody::whole(framed(&message)));
@@ -127,25 +189,84 @@ impl HttpDoor {
         *call.uri_mut() = http::Uri::try_from(route.grpc_path()).expect("a binding's gRPC path is a valid URI");
         *call.version_mut() = http::Version::HTTP_2;
         *call.headers_mut() = headers;
-        call.extensions_mut().insert(ViaHttp { method: parts.method.clone(), route: route.template().to_owned() });
-        let response = match stack.oneshot(call).await {
-            Ok(response) => response,
-            Err(never) => match never {},
-        };
-        // 4. the answer
-        self.answer(&route, response, formats.response).await
+        call.extensions_mut().insert(ViaHttp {
+            method: parts.method.clone(),
+            route: route.template().to_owned(),
+            read,
+        });
+        let deadline = grpc_timeout(call.headers()).unwrap_or(DEFAULT_DEADLINE) + ANSWER_GRACE;
+        let answered = tokio::time::timeout(deadline, async {
+            let response = match stack.oneshot(call).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            };
+            // 4. the answer
+            self.answer(&route, response, formats.response).await
+        });
+        match answered.await {
+            Ok(answer) => answer,
+            Err(_) => error_answer(
+                &HttpError::deadline(format!("no answer within {}", humantime::format_duration(deadline))),
+                formats.response,
+            ),
+        }
     }
 
-    /// The JSON body, at most `max_body_bytes`, within the read timeout.
-    async fn read_body(&self, body: Incoming) -> Result<Vec<u8>, HttpError> {
-        let limited = http_body_util::Limited::new(body, self.max_body_bytes);
-        match tokio::time::timeout(self.read_timeout, limited.collect()).await {
-            Ok(Ok(collected)) => Ok(collected.to_bytes().to_vec()),
-            Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => Err(HttpError::invalid(format!(
-                "http: request body too large (more than {} bytes)",
-                self.max_body_bytes
-            ))),
-            Ok(Err(error)) => Err(HttpError::invalid(format!("the request body could not be read: {error}"))),
+    /// The request's message: its query and path (a route without a body: none is read), or
+    /// its JSON body and path, read and transcoded within the door's budget.
+    async fn transcode(
+        &self,
+        route: &Route,
+        query: Option<String>,
+        body: Incoming,
+        shorthand: bool,
+    ) -> Result<Vec<u8>, HttpError> {
+        if route.binding().body == BodyRule::None {
+            drop(body);
+            return route.request_message(query.as_deref(), &[], shorthand);
+        }
+        let mut held = Held::new(self.budget.clone());
+        let json = self.read_body(body, &mut held).await?;
+        // What parsing and building the message will take, held before either starts.
+        let values = json::count_values(&json);
+        if values > json::MAX_VALUES {
+            return Err(HttpError::invalid(format!("JSON with more than {} values", json::MAX_VALUES)));
+        }
+        let needed = json.len() * REQUEST_BYTES_PER_BYTE + values * REQUEST_BYTES_PER_VALUE;
+        held.resize(needed).map_err(|_| HttpError::exhausted(self.over_budget()))?;
+        let route = route.clone();
+        off_runtime(json.len(), move || {
+            let message = route.request_message(query.as_deref(), &json, shorthand);
+            drop(held);
+            message
+        })
+        .await
+    }
+
+    /// The JSON body, at most `max_body_bytes`, within the read timeout, held in `held` as it
+    /// arrives (each frame copied: a frame's bytes may pin a far larger buffer).
+    async fn read_body(&self, body: Incoming, held: &mut Held) -> Result<Vec<u8>, HttpError> {
+        let read = async {
+            let mut body = body;
+            let mut json = Vec::new();
+            while let Some(frame) = body.frame().await {
+                let frame = frame
+                    .map_err(|error| HttpError::invalid(format!("the request body could not be read: {error}")))?;
+                let Ok(data) = frame.into_data() else { continue };
+                let total = json.len() + data.len();
+                if total > self.max_body_bytes {
+                    return Err(HttpError::invalid(format!(
+                        "http: request body too large (more than {} bytes)",
+                        self.max_body_bytes
+                    )));
+                }
+                held.resize(total).map_err(|_| HttpError::exhausted(self.over_budget()))?;
+                json.extend_from_slice(&data);
+            }
+            Ok(json)
+        };
+        match tokio::time::timeout(self.read_timeout, read).await {
+            Ok(read) => read,
             Err(_) => Err(HttpError::invalid(format!(
                 "the request body did not arrive within {}",
                 humantime::format_duration(self.read_timeout)
@@ -154,32 +275,70 @@ impl HttpDoor {
     }
 
     async fn answer(&self, route: &Route, response: Answer, output: OutputOptions) -> Answer {
-        let (parts, body) = response.into_parts();
-        let limited = http_body_util::Limited::new(body, self.max_response_bytes);
-        let collected = match limited.collect().await {
-            Ok(collected) => collected,
-            Err(error) => {
-                let message = if error.is::<http_body_util::LengthLimitError>() {
-                    format!("the response is larger than `http_api.max_response_bytes` ({})", self.max_response_bytes)
-                } else {
-                    format!("the response could not be read: {error}")
-                };
-                return error_answer(&HttpError::internal(message), output);
+        let (parts, mut body) = response.into_parts();
+        let mut held = Held::new(self.budget.clone());
+        let mut wire = BytesMut::new();
+        let mut trailers = http::HeaderMap::new();
+        while let Some(frame) = body.frame().await {
+            let frame = match frame {
+                Ok(frame) => frame,
+                Err(error) => {
+                    let error = HttpError::internal(format!("the response could not be read: {error}"));
+                    return error_answer(&error, output);
+                }
+            };
+            match frame.into_data() {
+                Ok(data) => {
+                    if wire.len() + data.len() > self.max_response_bytes {
+                        let message = format!(
+                            "the response is larger than `http_api.max_response_bytes` ({})",
+                            self.max_response_bytes
+                        );
+                        return error_answer(&HttpError::internal(message), output);
+                    }
+                    if held.resize(wire.len() + data.len()).is_err() {
+                        return error_answer(&self.unanswerable(), output);
+                    }
+                    wire.extend_from_slice(&data);
+                }
+                Err(frame) => {
+                    if let Ok(more) = frame.into_trailers() {
+                        trailers.extend(more);
+                    }
+                }
             }
-        };
-        let trailers = collected.trailers().cloned().unwrap_or_default();
+        }
         let field = |name: &str| parts.headers.get(name).or_else(|| trailers.get(name));
         let code = field("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<i32>().ok());
         match code {
             Some(0) => {
-                let body = collected.to_bytes();
-                let message = match unframed(&body) {
+                let message = match unframed(&wire) {
                     Ok(message) => message,
                     Err(error) => return error_answer(&error, output),
                 };
+                drop(wire);
+                let base = message.len() * RESPONSE_BYTES_PER_BYTE;
+                if held.resize(base).is_err() {
+                    return error_answer(&self.unanswerable(), output);
+                }
                 let route = route.clone();
-                match off_runtime(message.len(), move || route.response_json(&message, output)).await {
-                    Ok(json) => json_answer(http::StatusCode::OK, json),
+                let unanswerable = self.unanswerable();
+                let written = off_runtime(message.len(), move || {
+                    let json = {
+                        let mut hold = |trees: usize| held.resize(base + trees).map_err(|_| unanswerable.clone());
+                        route.response_json_held(&message, output, &mut hold)?
+                    };
+                    drop(message);
+                    // The answer holds its bytes until the client has read them.
+                    held.resize(json.len()).map_err(|_| unanswerable.clone())?;
+                    Ok((json, held))
+                })
+                .await;
+                match written {
+                    Ok((json, held)) => {
+                        let body = ResponseBody::full(json).holding(Box::new(held));
+                        answer_with(http::StatusCode::OK, body)
+                    }
                     Err(error) => error_answer(&error, output),
                 }
             }
@@ -202,6 +361,13 @@ impl HttpDoor {
             }
         }
     }
+
+    fn unanswerable(&self) -> HttpError {
+        HttpError::unavailable(format!(
+            "the call was made, but flowgate holds too many HTTP API bytes to write its answer (`http_api.max_buffered_bytes`, {})",
+            self.budget_limit()
+        ))
+    }
 }
 
 /// The call's metadata from the HTTP request: every `authorization` (the gateway refuses two),
@@ -216,17 +382,19 @@ fn call_headers(request: &http::HeaderMap) -> Result<http::HeaderMap, HttpError>
             headers.insert(name, value.clone());
         }
     }
-    let timeout = match request.get("grpc-timeout") {
+    let deadline = match request.get("grpc-timeout") {
         Some(value) => {
             let mut one = http::HeaderMap::new();
             one.insert("grpc-timeout", value.clone());
             grpc_timeout(&one).ok_or_else(|| {
                 HttpError::invalid(format!("`Grpc-Timeout` `{}` is not a gRPC timeout", value.to_str().unwrap_or("?")))
-            })?;
-            value.clone()
+            })?
         }
-        None => http::HeaderValue::from_str(&format!("{}S", DEFAULT_DEADLINE.as_secs())).expect("digits"),
+        None => DEFAULT_DEADLINE,
     };
+    // Written again, as milliseconds: what goes upstream is what flowgate read.
+    let millis = deadline.min(MAX_DEADLINE).as_millis().max(1);
+    let timeout = http::HeaderValue::from_str(&format!("{millis}m")).expect("digits");
     headers.insert("grpc-timeout", timeout);
     headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
     headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
@@ -275,11 +443,19 @@ async fn off_runtime<T: Send + 'static>(
 /// known path with another method, where the gRPC code alone would say 404).
 fn error_answer(error: &HttpError, output: OutputOptions) -> Answer {
     let (_, json) = status_json(error.code, &error.message, None, output);
-    json_answer(error.status, json)
+    let mut answer = json_answer(error.status, json);
+    if error.status == http::StatusCode::TOO_MANY_REQUESTS {
+        answer.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+    }
+    answer
 }
 
 fn json_answer(status: http::StatusCode, json: Vec<u8>) -> Answer {
-    let mut answer = http::Response::new(MeteredBody::unobserved(ResponseBody::full(json)));
+    answer_with(status, ResponseBody::full(json))
+}
+
+fn answer_with(status: http::StatusCode, body: ResponseBody) -> Answer {
+    let mut answer = http::Response::new(MeteredBody::unobserved(body));
     *answer.status_mut() = status;
     answer.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     answer
@@ -320,9 +496,13 @@ mod tests {
         names.sort();
         assert_eq!(names, ["authorization", "client-name", "content-type", "grpc-timeout", "te", "traceparent"]);
         assert_eq!(headers.get_all("authorization").iter().count(), 2, "both, for the gateway to refuse");
-        assert_eq!(headers["grpc-timeout"], "60S");
+        assert_eq!(headers["grpc-timeout"], "60000m");
         request.insert("grpc-timeout", "5S".parse().unwrap());
-        assert_eq!(call_headers(&request).unwrap()["grpc-timeout"], "5S");
+        assert_eq!(call_headers(&request).unwrap()["grpc-timeout"], "5000m");
+        request.insert("grpc-timeout", "99999999H".parse().unwrap());
+        assert_eq!(call_headers(&request).unwrap()["grpc-timeout"], "300000m", "cut to MAX_DEADLINE");
+        request.insert("grpc-timeout", "+5S".parse().unwrap());
+        assert!(call_headers(&request).is_err(), "a sign is not a gRPC timeout");
         request.insert("grpc-timeout", "soon".parse().unwrap());
         assert!(call_headers(&request).unwrap_err().message.contains("`soon` is not a gRPC timeout"));
     }

@@ -31,6 +31,8 @@ enum Command {
     Check {
         #[arg(long, short, env = "FLOWGATE_CONFIG")]
         config: PathBuf,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Work with policy directories.
     Policy {
@@ -85,6 +87,8 @@ enum AuditCommand {
     Verify {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// The decisions in FILEs (in order; rotated and gzipped ones too) that match every filter
     /// given, each with what Temporal answered. Times are RFC 3339, a day (`2026-12-05`, from
@@ -332,9 +336,17 @@ enum KeysCommand {
     /// Add a new P-256 signing key to DIR (`mint.key_dir`). A running gateway publishes it at
     /// its next key reload and signs with it once it has been published for
     /// `mint.key_publish_ahead`; the previous key stays published until its tokens expire.
-    Generate { dir: PathBuf },
+    Generate {
+        dir: PathBuf,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
     /// List the keys of DIR with their kids.
-    List { dir: PathBuf },
+    List {
+        dir: PathBuf,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -345,6 +357,8 @@ enum PolicyCommand {
         /// Fail (exit 1) when there are warnings too.
         #[arg(long)]
         deny_warnings: bool,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Print the Cedar schema of flowgate's requests (write it to DIR/schema.cedarschema).
     Schema,
@@ -361,6 +375,8 @@ enum PolicyCommand {
         /// Fail (exit 1) when a policy determines no case.
         #[arg(long)]
         require_coverage: bool,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Format every policy file in DIR with Cedar's formatter; print the files it rewrote.
     #[command(visible_alias = "format")]
@@ -396,7 +412,22 @@ fn init_tracing() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_policy_report(engine: &PolicyEngine) {
+/// A valid policy set's summary; with `-o json`, one object (and `config`, for `check`).
+fn print_policy_report(engine: &PolicyEngine, output: OutputArgs, config: Option<&std::path::Path>) {
+    if output.json() {
+        let mut report = serde_json::json!({
+            "ok": true,
+            "policies": engine.policy_count(),
+            "files": engine.files.len(),
+            "version": engine.version(),
+            "warnings": engine.warnings.iter().map(problem_json).collect::<Vec<_>>(),
+        });
+        if let Some(config) = config {
+            report["config"] = serde_json::json!(config);
+        }
+        println!("{report:#}");
+        return;
+    }
     for warning in &engine.warnings {
         eprintln!("warning: {warning}");
     }
@@ -408,15 +439,27 @@ fn print_policy_report(engine: &PolicyEngine) {
     );
 }
 
-fn list_keys(dir: &std::path::Path) -> anyhow::Result<()> {
+fn problem_json(problem: &flowgate::authz::PolicyProblem) -> serde_json::Value {
+    serde_json::json!({"file": problem.file, "line": problem.line, "column": problem.column, "message": problem.message})
+}
+
+fn list_keys(dir: &std::path::Path, output: OutputArgs) -> anyhow::Result<()> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .filter(|path| path.extension().is_some_and(|ext| ext == "pem"))
         .collect();
     paths.sort();
+    let mut keys = Vec::new();
     for path in paths {
         let key = flowgate::credential::keys::SigningKey::read(&path)?;
-        println!("{}\t{}\t{}", key.kid, humantime::format_rfc3339_seconds(key.created), path.display());
+        let created = humantime::format_rfc3339_seconds(key.created).to_string();
+        match output.json() {
+            true => keys.push(serde_json::json!({"kid": key.kid, "created": created, "path": path})),
+            false => println!("{}\t{created}\t{}", key.kid, path.display()),
+        }
+    }
+    if output.json() {
+        println!("{:#}", serde_json::Value::Array(keys));
     }
     Ok(())
 }
@@ -425,23 +468,30 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config } => serve(config),
-        Command::Check { config } => check(config),
-        Command::Policy { command: PolicyCommand::Validate { dir, deny_warnings } } => match PolicyEngine::load(&dir) {
-            Ok(engine) => {
-                print_policy_report(&engine);
-                if deny_warnings && !engine.warnings.is_empty() {
-                    Err(anyhow::anyhow!("warnings are denied (--deny-warnings)"))
-                } else {
-                    Ok(())
+        Command::Check { config, output } => check(config, output),
+        Command::Policy { command: PolicyCommand::Validate { dir, deny_warnings, output } } => {
+            match PolicyEngine::load(&dir) {
+                Ok(engine) => {
+                    print_policy_report(&engine, output, None);
+                    if deny_warnings && !engine.warnings.is_empty() {
+                        Err(anyhow::anyhow!("warnings are denied (--deny-warnings)"))
+                    } else {
+                        Ok(())
+                    }
                 }
+                Err(PolicyError::Invalid(problems)) if output.json() => {
+                    let errors: Vec<_> = problems.iter().map(problem_json).collect();
+                    println!("{:#}", serde_json::json!({"ok": false, "errors": errors}));
+                    Err(anyhow::anyhow!("policy set is invalid ({} problems)", problems.len()))
+                }
+                Err(error) => Err(error.into()),
             }
-            Err(error) => Err(error.into()),
-        },
+        }
         Command::Policy { command: PolicyCommand::Fmt { check, dir } } => {
             flowgate::policy_fmt::run(&dir, check).map_err(Into::into)
         }
-        Command::Policy { command: PolicyCommand::Test { dir, config, filter, require_coverage } } => {
-            policy_test(&dir, config.as_deref(), filter.as_deref(), require_coverage)
+        Command::Policy { command: PolicyCommand::Test { dir, config, filter, require_coverage, output } } => {
+            policy_test(&dir, config.as_deref(), filter.as_deref(), require_coverage, output)
         }
         Command::Explain(args) => explain(*args),
         Command::Policy { command: PolicyCommand::Schema } => {
@@ -465,15 +515,16 @@ fn main() -> ExitCode {
                 _ => Ok(()),
             }
         }
-        Command::Keys { command: KeysCommand::Generate { dir } } => {
+        Command::Keys { command: KeysCommand::Generate { dir, output } } => {
             flowgate::credential::keys::generate(&dir, std::time::SystemTime::now())
-                .map(|(path, kid)| {
-                    println!("{kid}\t{}", path.display());
+                .map(|(path, kid)| match output.json() {
+                    true => println!("{:#}", serde_json::json!({"kid": kid, "path": path})),
+                    false => println!("{kid}\t{}", path.display()),
                 })
                 .map_err(Into::into)
         }
-        Command::Keys { command: KeysCommand::List { dir } } => list_keys(&dir),
-        Command::Audit { command: AuditCommand::Verify { files } } => audit_verify(&files),
+        Command::Keys { command: KeysCommand::List { dir, output } } => list_keys(&dir, output),
+        Command::Audit { command: AuditCommand::Verify { files, output } } => audit_verify(&files, output),
         Command::Audit { command: AuditCommand::Query(args) } => audit_query(*args),
         Command::Audit { command: AuditCommand::Replay { policies, fail_on_change, query } } => {
             audit_replay(&policies, fail_on_change, *query)
@@ -496,12 +547,33 @@ fn main() -> ExitCode {
     }
 }
 
-fn audit_verify(files: &[PathBuf]) -> anyhow::Result<()> {
+fn audit_verify(files: &[PathBuf], output: OutputArgs) -> anyhow::Result<()> {
     let verified = flowgate::audit::chain::verify(files)?;
-    for broken in &verified.breaks {
-        println!("{broken}");
+    if output.json() {
+        let breaks: Vec<_> = verified
+            .breaks
+            .iter()
+            .map(|b| serde_json::json!({"file": b.file, "line": b.line, "problem": b.problem}))
+            .collect();
+        println!(
+            "{:#}",
+            serde_json::json!({
+                "intact": verified.intact(),
+                "lines": verified.lines,
+                "files": files,
+                "start": verified.start_text(),
+                "head": flowgate::audit::log::hex(&verified.head),
+                "breaks": breaks,
+            })
+        );
+    } else {
+        for broken in &verified.breaks {
+            println!("{broken}");
+        }
     }
-    if verified.intact() {
+    if verified.intact() && output.json() {
+        Ok(())
+    } else if verified.intact() {
         println!(
             "ok: {} lines in {} files, chain intact from {} to head {}",
             verified.lines,
@@ -601,13 +673,17 @@ fn policy_test(
     config: Option<&std::path::Path>,
     filter: Option<&str>,
     require_coverage: bool,
+    output: OutputArgs,
 ) -> anyhow::Result<()> {
     let issuers = match config {
         Some(path) => Some(Issuers::from_config(&Config::load(path)?)?),
         None => None,
     };
     let report = flowgate::policy_test::run(dir, issuers.as_ref(), filter)?;
-    print!("{}", report.to_text());
+    match output.json() {
+        true => println!("{:#}", report.to_json()),
+        false => print!("{}", report.to_text()),
+    }
     if report.results.is_empty() {
         anyhow::bail!("no test case ran{}", filter.map(|f| format!(" (filter `{f}`)")).unwrap_or_default());
     }
@@ -751,13 +827,15 @@ fn explain_remote(admin: &str, args: &ExplainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn check(path: PathBuf) -> anyhow::Result<()> {
+fn check(path: PathBuf, output: OutputArgs) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     let prepared = flowgate::server::prepare(&config)?;
     drop(prepared);
     let engine = PolicyEngine::load(&config.policy.dir)?;
-    println!("config ok: {}", path.display());
-    print_policy_report(&engine);
+    if !output.json() {
+        println!("config ok: {}", path.display());
+    }
+    print_policy_report(&engine, output, Some(&path));
     Ok(())
 }
 

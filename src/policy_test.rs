@@ -136,6 +136,37 @@ impl Report {
         self.results.len() - self.passed()
     }
 
+    /// The report for programs (`-o json`): every case with its outcome, and the coverage.
+    pub fn to_json(&self) -> serde_json::Value {
+        let cases: Vec<_> = self
+            .results
+            .iter()
+            .map(|result| {
+                let mut case = serde_json::json!({"file": result.file, "name": result.name});
+                match &result.outcome {
+                    Outcome::Passed => case["outcome"] = "passed".into(),
+                    Outcome::Failed { expected, got } => {
+                        case["outcome"] = "failed".into();
+                        case["expected"] = serde_json::json!(expected);
+                        case["got"] = serde_json::json!(got);
+                    }
+                    Outcome::Broken(message) => {
+                        case["outcome"] = "error".into();
+                        case["message"] = message.as_str().into();
+                    }
+                }
+                case
+            })
+            .collect();
+        serde_json::json!({
+            "passed": self.passed(),
+            "failed": self.failed(),
+            "cases": cases,
+            "policies": self.policy_count,
+            "uncovered": self.uncovered,
+        })
+    }
+
     /// The report as a test runner prints it.
     pub fn to_text(&self) -> String {
         let mut out = String::new();

@@ -483,6 +483,8 @@ pub struct ResponseBody {
     full: Option<Bytes>,
     /// Told how the response ended ([`ResponseBody::watched`]).
     watch: Option<Box<Watch>>,
+    /// Kept until the body is dropped ([`ResponseBody::holding`]).
+    kept: Option<Box<dyn std::any::Any + Send>>,
 }
 
 /// How a forwarded call's response ended: what its outcome record says.
@@ -745,7 +747,7 @@ where
 impl ResponseBody {
     /// The upstream's response, frame by frame (the metrics layer watches its trailers).
     pub fn forwarded(upstream: Incoming) -> ResponseBody {
-        ResponseBody { upstream: Some(upstream), rewriting: None, full: None, watch: None }
+        ResponseBody { upstream: Some(upstream), rewriting: None, full: None, watch: None, kept: None }
     }
 
     /// This body, with `watcher` told how it ends. `headers` are the response's: a
@@ -792,21 +794,40 @@ impl ResponseBody {
             state: RewriteState::Reading,
             method,
         };
-        ResponseBody { upstream: None, rewriting: Some(Box::pin(rewriting)), full: None, watch: None }
+        ResponseBody { upstream: None, rewriting: Some(Box::pin(rewriting)), full: None, watch: None, kept: None }
+    }
+
+    /// This body, keeping `kept` alive until it is dropped (the HTTP door's hold on the bytes
+    /// of an answer not read yet).
+    pub fn holding(mut self, kept: Box<dyn std::any::Any + Send>) -> ResponseBody {
+        self.kept = Some(kept);
+        self
     }
 
     pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
-        ResponseBody { upstream: None, rewriting: None, full: Some(bytes.into()), watch: None }
+        ResponseBody { upstream: None, rewriting: None, full: Some(bytes.into()), watch: None, kept: None }
     }
 }
+
+/// The chunk a held full body gives at a time (the HTTP/2 frame size most clients use).
+const HELD_CHUNK: usize = 16 * 1024;
 
 impl Body for ResponseBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        if let Some(bytes) = self.full.take() {
-            return Poll::Ready(Some(Ok(Frame::data(bytes))));
+        let held = self.kept.is_some();
+        if let Some(bytes) = self.full.as_mut() {
+            // A body that holds its bytes ([`ResponseBody::holding`]) gives them a chunk at a
+            // time: hyper asks for the next as the client's window opens, so the body (and what
+            // it holds) lives until the client has nearly read it all, and a client that reads
+            // nothing has no more than a chunk queued in the connection.
+            let chunk = match held && bytes.len() > HELD_CHUNK {
+                true => bytes.split_to(HELD_CHUNK),
+                false => self.full.take().expect("checked above"),
+            };
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
         let polled = if let Some(rewriting) = self.rewriting.as_mut() {
             rewriting.as_mut().poll_frame(cx)

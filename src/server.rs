@@ -176,7 +176,8 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
     let http_door = config
         .http_api
         .as_ref()
-        .map(|http_api| Arc::new(HttpDoor::new(http_api, gateway.clone(), config.limits.first_message_timeout)));
+        .map(|http_api| HttpDoor::new(http_api, gateway.clone(), config.limits.first_message_timeout).map(Arc::new))
+        .transpose()?;
     Ok(Prepared {
         http_door,
         gateway,

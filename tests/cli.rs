@@ -106,3 +106,75 @@ fn the_gateway_address_as_the_temporal_cli_names_it() {
     let out = flowgate(&["token", "print", "--address", "127.0.0.1:7233", "-o", "yaml"], &[]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("possible values: text, json"), "{out:?}");
 }
+
+/// `-o json` on every command that prints data: one JSON document on stdout, errors still on
+/// stderr with a failing exit.
+#[test]
+fn commands_that_print_data_print_json_with_o_json() {
+    let json = |out: &std::process::Output| -> serde_json::Value {
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(policies.join("schema.cedarschema"), flowgate::authz::generated_schema()).unwrap();
+    std::fs::write(policies.join("a.cedar"), "@id(\"all\")\npermit(principal, action, resource);\n").unwrap();
+    let p = policies.to_str().unwrap();
+
+    let validated = flowgate(&["policy", "validate", p, "-o", "json"], &[]);
+    assert!(validated.status.success());
+    let report = json(&validated);
+    assert_eq!((report["ok"].as_bool(), report["policies"].as_u64()), (Some(true), Some(1)), "{report}");
+    assert!(report["version"].is_string() && report["warnings"].is_array(), "{report}");
+
+    std::fs::write(policies.join("b.cedar"), "permit(principal, action, resource) when { nope };\n").unwrap();
+    let invalid = flowgate(&["policy", "validate", p, "-o", "json"], &[]);
+    assert!(!invalid.status.success());
+    let report = json(&invalid);
+    assert_eq!(report["ok"], false);
+    let error = &report["errors"][0];
+    assert!(error["file"].as_str().unwrap().ends_with("b.cedar") && error["line"] == 1, "{report}");
+    std::fs::remove_file(policies.join("b.cedar")).unwrap();
+
+    std::fs::create_dir(policies.join("tests")).unwrap();
+    std::fs::write(
+        policies.join("tests/t.yaml"),
+        "issuers:\n  okta: { preset: okta }\ncases:\n  - name: anyone may describe\n    \
+         principal: { issuer: okta, claims: { sub: alice } }\n    \
+         call: { method: DescribeNamespace, namespace: payments }\n    expect: allow\n",
+    )
+    .unwrap();
+    let tested = flowgate(&["policy", "test", p, "-o", "json"], &[]);
+    let report = json(&tested);
+    assert_eq!((report["passed"].as_u64(), report["failed"].as_u64()), (Some(1), Some(0)), "{report}");
+    assert_eq!(report["cases"][0]["outcome"], "passed", "{report}");
+
+    let keys = dir.path().join("keys");
+    let generated = flowgate(&["keys", "generate", keys.to_str().unwrap(), "-o", "json"], &[]);
+    assert!(generated.status.success(), "{generated:?}");
+    let key = json(&generated);
+    let listed = json(&flowgate(&["keys", "list", keys.to_str().unwrap(), "-o", "json"], &[]));
+    assert_eq!(listed[0]["kid"], key["kid"], "{listed}");
+
+    let log = dir.path().join("decisions.jsonl");
+    std::fs::write(&log, "").unwrap();
+    let verified = flowgate(&["audit", "verify", log.to_str().unwrap(), "-o", "json"], &[]);
+    assert!(verified.status.success(), "{verified:?}");
+    let report = json(&verified);
+    assert_eq!((report["intact"].as_bool(), report["lines"].as_u64()), (Some(true), Some(0)), "{report}");
+
+    let config = dir.path().join("flowgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listen]\naddress = \"127.0.0.1:0\"\n[upstream]\naddress = \"http://127.0.0.1:7233\"\n\
+             [policy]\ndir = {p:?}\n[audit]\npath = \"-\"\n"
+        ),
+    )
+    .unwrap();
+    let checked = flowgate(&["check", "--config", config.to_str().unwrap(), "-o", "json"], &[]);
+    assert!(checked.status.success(), "{checked:?}");
+    let report = json(&checked);
+    assert_eq!(report["ok"], true);
+    assert!(report["config"].as_str().unwrap().ends_with("flowgate.toml"), "{report}");
+}

@@ -833,3 +833,85 @@ async fn an_http_api_request_is_the_grpc_call_it_stands_for() {
     let record = gateway.records().pop().unwrap();
     assert_eq!((record["decision"].as_str(), record["principal"]["id"].as_str()), (Some("deny"), Some("test:bob")));
 }
+
+/// The HTTP door holds what it reads from its own budget (`http_api.max_buffered_bytes`): bodies
+/// that arrive slowly fill it, the next request is refused with 429 and `Retry-After` before
+/// anything is parsed, and the budget comes back when they end. A route without a body never
+/// reads one.
+#[tokio::test]
+async fn the_http_door_reads_within_its_budget() {
+    use bytes::Bytes;
+    use http_body_util::BodyExt as _;
+    use hyper_util::rt::TokioIo;
+    let (key, jwks, upstream) = setup().await;
+    let mut setup = Setup::new(&upstream);
+    // The least budget these limits allow: one largest request (2000 × 4 bytes, 1001 values ×
+    // 1280 bytes) or answer alone.
+    setup.tables =
+        "[http_api]\nmax_body_bytes = 2000\nmax_response_bytes = 2000\nmax_buffered_bytes = 1290000\n".into();
+    let gateway = Gateway::start(&jwks, setup).await;
+    let alice = format!("Bearer {}", key.sign(&claims("alice", &["deployers"])));
+
+    let stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = |path: &str, body| {
+        http::Request::post(path)
+            .header("authorization", alice.as_str())
+            .header("content-type", "application/json")
+            .body(body)
+            .unwrap()
+    };
+    // Slow bodies, 1900 bytes of each sent and the rest never: the door holds them, ~675 fit.
+    let mut calls = Vec::new();
+    for i in 0..800 {
+        let (mut more, body) = http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(1);
+        more.send_data(Bytes::from(vec![b' '; 1900])).await.unwrap();
+        let mut sender = sender.clone();
+        let call = request(&format!("/api/v1/namespaces/payments/workflows/slow-{i}"), body);
+        calls.push((more, tokio::spawn(async move { sender.send_request(call).await.unwrap() })));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (answered, slow): (Vec<_>, Vec<_>) = calls.into_iter().partition(|(_, answer)| answer.is_finished());
+    assert!((600..=700).contains(&slow.len()), "{} slow bodies held, not ~675", slow.len());
+    for (_, refused) in answered {
+        let refused = refused.await.unwrap();
+        assert_eq!(refused.status(), 429);
+        assert_eq!(refused.headers()["retry-after"], "1");
+        let answer = refused.into_body().collect().await.unwrap().to_bytes();
+        let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+        assert_eq!(answer["code"], 8, "{answer}");
+        assert!(answer["message"].as_str().unwrap().contains("http_api.max_buffered_bytes"), "{answer}");
+    }
+    assert!(upstream.calls().is_empty(), "nothing went upstream");
+
+    // A route without a body is not held up: its body is never read.
+    let (stalled, body) = http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(1);
+    let mut system_info = sender.clone();
+    let get = http::Request::get("/api/v1/system-info").body(body).unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(5), system_info.send_request(get)).await;
+    answered.expect("answered without its body").unwrap();
+    assert!(upstream.calls().iter().any(|call| call.path.ends_with("/GetSystemInfo")), "sent on without its body");
+    drop(stalled);
+
+    // The slow bodies end (whitespace only: refused); their bytes come back.
+    for (more, answer) in slow {
+        drop(more);
+        let status = answer.await.unwrap().status();
+        // An empty body is an empty message, whose start names no workflow type (403), or no
+        // room to parse it while the others still hold theirs (429).
+        assert!(status == 403 || status == 429, "{status}");
+    }
+    let (status, answer) = gateway
+        .http_with(
+            "POST",
+            "/api/v1/namespaces/payments/workflows/deploy-1",
+            &[("authorization", alice.as_str()), ("content-type", "application/json")],
+            r#"{"workflowType":{"name":"DeployWorkflow"},"taskQueue":{"name":"deploys"}}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+}

@@ -793,6 +793,12 @@ impl Gateway {
             Err(error) => return refused(None, None, Refusal::Unauthenticated(error)),
         };
         trace.enter(Phase::Inspect);
+        // An HTTP API call whose body the door did not read (no policy could permit the caller
+        // then) is refused so, even if a reload since would permit it: its message is empty,
+        // not the one the client sent.
+        if parts.extensions.get::<ViaHttp>().is_some_and(|via| !via.read) {
+            return refused(Some(session.clone()), None, Refusal::NeverPermitted { action: spec.name });
+        }
 
         // Phase 3: inspect. A large message is only read, and a slow one only waited for, for a
         // principal that some policy could permit the action (see `read_first_message`).
@@ -1251,6 +1257,9 @@ pub struct ViaHttp {
     pub method: http::Method,
     /// The route's template.
     pub route: String,
+    /// Whether the door read the request into the message ([`Gateway::worth_reading`]); a
+    /// call it did not is refused.
+    pub read: bool,
 }
 
 /// The gateway as a tower `Service` for the calls of one connection: what `server` stacks the

@@ -23,9 +23,12 @@ pub struct HttpError {
 /// gRPC status codes used here.
 pub mod code {
     pub const INVALID_ARGUMENT: i32 = 3;
+    pub const DEADLINE_EXCEEDED: i32 = 4;
     pub const NOT_FOUND: i32 = 5;
+    pub const RESOURCE_EXHAUSTED: i32 = 8;
     pub const UNIMPLEMENTED: i32 = 12;
     pub const INTERNAL: i32 = 13;
+    pub const UNAVAILABLE: i32 = 14;
 }
 
 impl HttpError {
@@ -47,6 +50,21 @@ impl HttpError {
             code: code::UNIMPLEMENTED,
             message: "Method Not Allowed".to_owned(),
         }
+    }
+
+    /// 504, `DeadlineExceeded`: no answer within the call's deadline.
+    pub fn deadline(message: impl Into<String>) -> HttpError {
+        HttpError { status: StatusCode::GATEWAY_TIMEOUT, code: code::DEADLINE_EXCEEDED, message: message.into() }
+    }
+
+    /// 429, `ResourceExhausted`: flowgate holds too much for one more (retry later).
+    pub fn exhausted(message: impl Into<String>) -> HttpError {
+        HttpError { status: StatusCode::TOO_MANY_REQUESTS, code: code::RESOURCE_EXHAUSTED, message: message.into() }
+    }
+
+    /// 503, `Unavailable`: a call was made but its answer cannot be given (it may have been done).
+    pub fn unavailable(message: impl Into<String>) -> HttpError {
+        HttpError { status: StatusCode::SERVICE_UNAVAILABLE, code: code::UNAVAILABLE, message: message.into() }
     }
 
     /// 500, `Internal`: a response flowgate cannot write as JSON.

@@ -5,13 +5,22 @@
 //! `encoding/json` for payload data).
 //!
 //! Every walk over a [`Json`] tree is bounded by the reader's depth limit, so nothing in this
-//! module or its users recurses without bound.
+//! module or its users recurses without bound. A tree takes far more memory than its text (a
+//! value is a 32-byte enum, most with a heap allocation of their own, so `[0,0,…]` grows about
+//! 40 times), so the reader also refuses more than [`MAX_VALUES`] values, and
+//! [`count_values`] tells, without parsing, how many a text would make: the HTTP door holds
+//! memory for them from its budget before it parses.
 
 use std::fmt::Write as _;
 
 /// Nesting deeper than this (arrays and objects) is refused. Temporal's requests nest far less:
 /// a history event with a failure chain is about 15 levels.
 pub const MAX_DEPTH: usize = 64;
+
+/// More values than this in one text are refused (a request body), or not parsed (a payload
+/// written in shorthand is then written in full). Temporal's requests hold a few dozen values
+/// besides their payloads.
+pub const MAX_VALUES: usize = 1 << 16;
 
 /// A parsed JSON value. Objects keep their members in order, duplicates included; numbers keep
 /// their text.
@@ -53,11 +62,39 @@ pub enum SyntaxError {
     TooDeep,
     #[error("trailing data after the JSON value at byte {0}")]
     Trailing(usize),
+    #[error("JSON with more than {MAX_VALUES} values")]
+    TooMany,
+}
+
+/// At least as many as the values [`parse`] would make of `input` (arrays, objects and members
+/// included), counted in one pass without allocating: one, plus one per `,`, `:`, `[` and `{`
+/// outside strings.
+pub fn count_values(input: &[u8]) -> usize {
+    let mut count = 1;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in input {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else {
+            match byte {
+                b'"' => in_string = true,
+                b',' | b':' | b'[' | b'{' => count += 1,
+                _ => {}
+            }
+        }
+    }
+    count
 }
 
 /// Parses one JSON value (surrounding whitespace allowed).
 pub fn parse(input: &[u8]) -> Result<Json, SyntaxError> {
-    let mut parser = Parser { input, at: 0 };
+    let mut parser = Parser { input, at: 0, values: 0 };
     parser.skip_whitespace();
     let value = parser.value(0)?;
     parser.skip_whitespace();
@@ -70,6 +107,7 @@ pub fn parse(input: &[u8]) -> Result<Json, SyntaxError> {
 struct Parser<'a> {
     input: &'a [u8],
     at: usize,
+    values: usize,
 }
 
 impl Parser<'_> {
@@ -96,6 +134,10 @@ impl Parser<'_> {
     }
 
     fn value(&mut self, depth: usize) -> Result<Json, SyntaxError> {
+        self.values += 1;
+        if self.values > MAX_VALUES {
+            return Err(SyntaxError::TooMany);
+        }
         match self.peek()? {
             b'n' => self.literal(b"null", Json::Null),
             b't' => self.literal(b"true", Json::Bool(true)),
@@ -387,9 +429,28 @@ enum Last {
     Value,
 }
 
+/// Where a [`Writer`] was, to go back to ([`Writer::rewind`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Mark {
+    len: usize,
+    depth: usize,
+    last: Last,
+}
+
 impl Writer {
     pub fn new(pretty: bool) -> Writer {
         Writer { out: String::new(), indent: pretty.then_some("  "), depth: 0, last: Last::Nothing }
+    }
+
+    pub fn mark(&self) -> Mark {
+        Mark { len: self.out.len(), depth: self.depth, last: self.last }
+    }
+
+    /// Forgets everything written since `mark`.
+    pub fn rewind(&mut self, mark: Mark) {
+        self.out.truncate(mark.len);
+        self.depth = mark.depth;
+        self.last = mark.last;
     }
 
     fn newline(&mut self) {
@@ -564,6 +625,33 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{:?} is not JSON", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn values_are_counted_before_and_bounded_while_parsing() {
+        for text in [
+            "0",
+            "[]",
+            "[0,1,2]",
+            r#"{"a":[1,{"b":"x,y:[{"}],"c\"":null}"#,
+            r#"["\\",",",{}]"#,
+            r#"{"input":[1,"two",{"three":3}]}"#,
+        ] {
+            fn size(value: &Json) -> usize {
+                match value {
+                    Json::Array(items) => 1 + items.iter().map(size).sum::<usize>(),
+                    Json::Object(members) => 1 + members.iter().map(|(_, v)| 1 + size(v)).sum::<usize>(),
+                    _ => 1,
+                }
+            }
+            let parsed = parse(text.as_bytes()).unwrap();
+            assert!(count_values(text.as_bytes()) >= size(&parsed), "{text} counted short");
+        }
+        let most = format!("[{}0]", "0,".repeat(MAX_VALUES - 2));
+        assert!(parse(most.as_bytes()).is_ok());
+        assert_eq!(count_values(most.as_bytes()), MAX_VALUES);
+        let more = format!("[{}0]", "0,".repeat(MAX_VALUES - 1));
+        assert_eq!(parse(more.as_bytes()), Err(SyntaxError::TooMany));
     }
 
     #[test]

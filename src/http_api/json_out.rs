@@ -11,7 +11,7 @@ use base64::Engine as _;
 use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MapKey, ReflectMessage as _, Value};
 
 use super::errors::HttpError;
-use super::json::Writer;
+use super::json::{self, Writer};
 use super::json_in::{MAX_TIMESTAMP_SECONDS, MIN_TIMESTAMP_SECONDS};
 use super::payload::{self, PAYLOAD, PAYLOADS};
 use super::strcase;
@@ -35,9 +35,33 @@ impl Default for OutputOptions {
 /// Writes `message` as JSON. Fails (500) only where Temporal's marshaler fails too: an `Any` of
 /// a type not in the pool, a `Duration` or `Timestamp` out of range, a `Value` with no kind.
 pub fn to_json(message: &DynamicMessage, options: OutputOptions) -> Result<Vec<u8>, HttpError> {
-    let mut w = Writer::new(options.pretty);
-    write_message(&mut w, message, options, None)?;
-    Ok(w.out.into_bytes())
+    to_json_held(message, options, &mut |_| Ok(()))
+}
+
+/// [`to_json`], asking `hold` for the memory a payload's trees take while it is written (and
+/// failing with its error when it refuses).
+pub fn to_json_held(
+    message: &DynamicMessage,
+    options: OutputOptions,
+    hold: &mut dyn FnMut(usize) -> Result<(), HttpError>,
+) -> Result<Vec<u8>, HttpError> {
+    let mut cx = Cx { w: Writer::new(options.pretty), options, anys: 0, hold };
+    write_message(&mut cx, message, None)?;
+    Ok(cx.w.out.into_bytes())
+}
+
+/// `Any`s inside `Any`s deeper than this fail: each is decoded on its own, with a fresh recursion
+/// limit, so this bounds the writer's recursion where the decoder's limit does not.
+const MAX_ANY_DEPTH: usize = 16;
+
+/// One response being written: the output, its options, and how deep in `Any`s it is.
+struct Cx<'h> {
+    w: Writer,
+    options: OutputOptions,
+    anys: usize,
+    /// Asked to hold this many bytes more (`0`: none more) while a payload is written in
+    /// shorthand: the parsed tree can be far larger than the payload (see `json`'s docs).
+    hold: &'h mut dyn FnMut(usize) -> Result<(), HttpError>,
 }
 
 fn fail(message: String) -> HttpError {
@@ -55,74 +79,89 @@ fn declared_fields(message: &DynamicMessage) -> Vec<FieldDescriptor> {
         .collect()
 }
 
-fn write_message(
-    w: &mut Writer,
-    message: &DynamicMessage,
-    options: OutputOptions,
-    type_url: Option<&str>,
-) -> Result<(), HttpError> {
+fn write_message(cx: &mut Cx<'_>, message: &DynamicMessage, type_url: Option<&str>) -> Result<(), HttpError> {
     let name = message.descriptor().full_name().to_owned();
-    if name.starts_with("google.protobuf.") && write_well_known(w, message, options, type_url)? {
+    if name.starts_with("google.protobuf.") && write_well_known(cx, message, type_url)? {
         return Ok(());
     }
-    if options.shorthand && type_url.is_none() && write_shorthand(w, message, &name) {
+    if cx.options.shorthand && type_url.is_none() && write_shorthand(cx, message, &name)? {
         return Ok(());
     }
-    w.open('{');
+    cx.w.open('{');
     if let Some(url) = type_url {
-        w.name("@type");
-        w.string(url);
+        cx.w.name("@type");
+        cx.w.string(url);
     }
     for field in declared_fields(message) {
         if !message.has_field(&field) {
             continue;
         }
-        w.name(field.json_name());
-        write_value(w, &field, &message.get_field(&field), options)?;
+        cx.w.name(field.json_name());
+        write_value(cx, &field, &message.get_field(&field))?;
     }
-    w.close('}');
+    cx.w.close('}');
     Ok(())
 }
 
-/// A `Payload` or `Payloads` in shorthand, if it has one.
-fn write_shorthand(w: &mut Writer, message: &DynamicMessage, name: &str) -> bool {
+/// A `Payload` in shorthand, or `Payloads` if every payload has one; `false` when not.
+fn write_shorthand(cx: &mut Cx<'_>, message: &DynamicMessage, name: &str) -> Result<bool, HttpError> {
     if name == PAYLOAD {
-        if let Some(value) = payload::payload_shorthand(message) {
-            value.write(w);
-            return true;
-        }
-    } else if name == PAYLOADS {
-        let items = match message.get_field_by_name("payloads").as_deref() {
-            Some(Value::List(items)) => items.clone(),
-            _ => Vec::new(),
+        return write_payload_shorthand(cx, message);
+    }
+    if name != PAYLOADS {
+        return Ok(false);
+    }
+    let field = message.get_field_by_name("payloads");
+    let items: &[Value] = match field.as_deref() {
+        Some(Value::List(items)) => items,
+        _ => &[],
+    };
+    let mark = cx.w.mark();
+    cx.w.open('[');
+    for item in items {
+        let written = match item.as_message() {
+            Some(payload) => write_payload_shorthand(cx, payload)?,
+            None => false,
         };
-        let values: Option<Vec<_>> =
-            items.iter().map(|item| item.as_message().and_then(payload::payload_shorthand)).collect();
-        if let Some(values) = values {
-            w.open('[');
-            for value in values {
-                value.write(w);
-            }
-            w.close(']');
-            return true;
+        if !written {
+            cx.w.rewind(mark);
+            return Ok(false);
         }
     }
-    false
+    cx.w.close(']');
+    Ok(true)
 }
 
-fn write_value(
-    w: &mut Writer,
-    field: &FieldDescriptor,
-    value: &Value,
-    options: OutputOptions,
-) -> Result<(), HttpError> {
+/// What a payload's JSON tree may take per value of its data, both trees (the parsed one and
+/// Go's `any` form) alive at once; `tests/http_api_memory.rs` measures it.
+pub const TREE_BYTES_PER_VALUE: usize = 256;
+
+/// One payload in shorthand, if it has one. Its trees are held from the budget while it is
+/// written, one payload at a time.
+fn write_payload_shorthand(cx: &mut Cx<'_>, payload: &DynamicMessage) -> Result<bool, HttpError> {
+    let data = payload.get_field_by_name("data");
+    let data: &[u8] = data.as_deref().and_then(Value::as_bytes).map(|b| b.as_ref()).unwrap_or_default();
+    let tree = json::count_values(data).min(json::MAX_VALUES) * TREE_BYTES_PER_VALUE + 2 * data.len();
+    (cx.hold)(tree)?;
+    let written = match payload::payload_shorthand(payload) {
+        Some(value) => {
+            value.write(&mut cx.w);
+            true
+        }
+        None => false,
+    };
+    (cx.hold)(0)?;
+    Ok(written)
+}
+
+fn write_value(cx: &mut Cx<'_>, field: &FieldDescriptor, value: &Value) -> Result<(), HttpError> {
     match value {
         Value::List(items) => {
-            w.open('[');
+            cx.w.open('[');
             for item in items {
-                write_singular(w, &field.kind(), item, options)?;
+                write_singular(cx, &field.kind(), item)?;
             }
-            w.close(']');
+            cx.w.close(']');
         }
         Value::Map(map) => {
             let Kind::Message(entry) = field.kind() else {
@@ -130,14 +169,14 @@ fn write_value(
             };
             let value_kind = entry.map_entry_value_field().kind();
             let sorted: BTreeMap<&MapKey, &Value> = map.iter().collect();
-            w.open('{');
+            cx.w.open('{');
             for (key, item) in sorted {
-                w.name(&map_key_text(key));
-                write_singular(w, &value_kind, item, options)?;
+                cx.w.name(&map_key_text(key));
+                write_singular(cx, &value_kind, item)?;
             }
-            w.close('}');
+            cx.w.close('}');
         }
-        single => write_singular(w, &field.kind(), single, options)?,
+        single => write_singular(cx, &field.kind(), single)?,
     }
     Ok(())
 }
@@ -153,26 +192,26 @@ fn map_key_text(key: &MapKey) -> String {
     }
 }
 
-fn write_singular(w: &mut Writer, kind: &Kind, value: &Value, options: OutputOptions) -> Result<(), HttpError> {
+fn write_singular(cx: &mut Cx<'_>, kind: &Kind, value: &Value) -> Result<(), HttpError> {
     match value {
-        Value::Bool(b) => w.raw(if *b { "true" } else { "false" }),
-        Value::I32(n) => w.raw(&n.to_string()),
-        Value::U32(n) => w.raw(&n.to_string()),
-        Value::I64(n) => w.string(&n.to_string()),
-        Value::U64(n) => w.string(&n.to_string()),
-        Value::F32(n) => w.float(f64::from(*n), true),
-        Value::F64(n) => w.float(*n, false),
-        Value::String(s) => w.string(s),
-        Value::Bytes(bytes) => w.string(&base64::engine::general_purpose::STANDARD.encode(bytes)),
+        Value::Bool(b) => cx.w.raw(if *b { "true" } else { "false" }),
+        Value::I32(n) => cx.w.raw(&n.to_string()),
+        Value::U32(n) => cx.w.raw(&n.to_string()),
+        Value::I64(n) => cx.w.string(&n.to_string()),
+        Value::U64(n) => cx.w.string(&n.to_string()),
+        Value::F32(n) => cx.w.float(f64::from(*n), true),
+        Value::F64(n) => cx.w.float(*n, false),
+        Value::String(s) => cx.w.string(s),
+        Value::Bytes(bytes) => cx.w.string(&base64::engine::general_purpose::STANDARD.encode(bytes)),
         Value::EnumNumber(number) => match kind {
-            Kind::Enum(descriptor) if descriptor.full_name() == "google.protobuf.NullValue" => w.raw("null"),
+            Kind::Enum(descriptor) if descriptor.full_name() == "google.protobuf.NullValue" => cx.w.raw("null"),
             Kind::Enum(descriptor) => match descriptor.get_value(*number) {
-                Some(known) => w.string(known.name()),
-                None => w.raw(&number.to_string()),
+                Some(known) => cx.w.string(known.name()),
+                None => cx.w.raw(&number.to_string()),
             },
-            _ => w.raw(&number.to_string()),
+            _ => cx.w.raw(&number.to_string()),
         },
-        Value::Message(message) => write_message(w, message, options, None)?,
+        Value::Message(message) => write_message(cx, message, None)?,
         Value::List(_) | Value::Map(_) => return Err(fail("a list or map inside a list or map".to_owned())),
     }
     Ok(())
@@ -187,15 +226,10 @@ fn number_field(message: &DynamicMessage, name: &str) -> i64 {
 }
 
 /// Writes the well-known types with their own JSON form; `false` for the others.
-fn write_well_known(
-    w: &mut Writer,
-    message: &DynamicMessage,
-    options: OutputOptions,
-    type_url: Option<&str>,
-) -> Result<bool, HttpError> {
+fn write_well_known(cx: &mut Cx<'_>, message: &DynamicMessage, type_url: Option<&str>) -> Result<bool, HttpError> {
     let name = message.descriptor().full_name().to_owned();
     if name == "google.protobuf.Any" {
-        write_any(w, message, options)?;
+        write_any(cx, message)?;
         return Ok(true);
     }
     if !super::json_in::is_well_known_with_own_form(&name) {
@@ -203,12 +237,12 @@ fn write_well_known(
     }
     // Inside an Any: `{"@type": …, "value": <the form>}`.
     if let Some(url) = type_url {
-        w.open('{');
-        w.name("@type");
-        w.string(url);
-        w.name("value");
-        write_well_known(w, message, options, None)?;
-        w.close('}');
+        cx.w.open('{');
+        cx.w.name("@type");
+        cx.w.string(url);
+        cx.w.name("value");
+        write_well_known(cx, message, None)?;
+        cx.w.close('}');
         return Ok(true);
     }
     match name.as_str() {
@@ -223,7 +257,7 @@ fn write_well_known(
                 return Err(fail(format!("google.protobuf.Duration out of range: {seconds}s {nanos}ns")));
             }
             let duration = prost_types::Duration { seconds, nanos: i32::try_from(nanos).unwrap_or_default() };
-            w.string(&duration.to_string());
+            cx.w.string(&duration.to_string());
         }
         "google.protobuf.Timestamp" => {
             let seconds = number_field(message, "seconds");
@@ -234,7 +268,7 @@ fn write_well_known(
                 return Err(fail(format!("google.protobuf.Timestamp out of range: {seconds}s {nanos}ns")));
             }
             let timestamp = prost_types::Timestamp { seconds, nanos: i32::try_from(nanos).unwrap_or_default() };
-            w.string(&timestamp.to_string());
+            cx.w.string(&timestamp.to_string());
         }
         "google.protobuf.FieldMask" => {
             let mut paths = Vec::new();
@@ -248,21 +282,21 @@ fn write_well_known(
                     paths.push(camel);
                 }
             }
-            w.string(&paths.join(","));
+            cx.w.string(&paths.join(","));
         }
         "google.protobuf.Empty" => {
-            w.open('{');
-            w.close('}');
+            cx.w.open('{');
+            cx.w.close('}');
         }
         "google.protobuf.Struct" => {
             let field =
                 message.descriptor().get_field_by_name("fields").ok_or_else(|| fail("no Struct.fields".into()))?;
-            write_value(w, &field, &message.get_field(&field), options)?;
+            write_value(cx, &field, &message.get_field(&field))?;
         }
         "google.protobuf.ListValue" => {
             let field =
                 message.descriptor().get_field_by_name("values").ok_or_else(|| fail("no ListValue.values".into()))?;
-            write_value(w, &field, &message.get_field(&field), options)?;
+            write_value(cx, &field, &message.get_field(&field))?;
         }
         "google.protobuf.Value" => {
             let set = declared_fields(message).into_iter().find(|field| message.has_field(field));
@@ -275,25 +309,25 @@ fn write_well_known(
             {
                 return Err(fail(format!("google.protobuf.Value: invalid number {n}")));
             }
-            write_value(w, &field, &value, options)?;
+            write_value(cx, &field, &value)?;
         }
         _ => {
             // The wrappers: the value alone (a default value is still written).
             let field =
                 message.descriptor().get_field_by_name("value").ok_or_else(|| fail(format!("no {name}.value")))?;
-            write_singular(w, &field.kind(), &message.get_field(&field), options)?;
+            write_singular(cx, &field.kind(), &message.get_field(&field))?;
         }
     }
     Ok(true)
 }
 
-fn write_any(w: &mut Writer, any: &DynamicMessage, options: OutputOptions) -> Result<(), HttpError> {
+fn write_any(cx: &mut Cx<'_>, any: &DynamicMessage) -> Result<(), HttpError> {
     let type_url = any.get_field_by_name("type_url").and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
     let bytes = any.get_field_by_name("value").and_then(|v| v.as_bytes().cloned()).unwrap_or_default();
     if type_url.is_empty() {
         if bytes.is_empty() {
-            w.open('{');
-            w.close('}');
+            cx.w.open('{');
+            cx.w.close('}');
             return Ok(());
         }
         return Err(fail("google.protobuf.Any: type_url is not set".to_owned()));
@@ -304,7 +338,13 @@ fn write_any(w: &mut Writer, any: &DynamicMessage, options: OutputOptions) -> Re
         .parent_pool()
         .get_message_by_name(type_name)
         .ok_or_else(|| fail(format!("google.protobuf.Any: unable to resolve `{type_url}`")))?;
+    if cx.anys >= MAX_ANY_DEPTH {
+        return Err(fail(format!("google.protobuf.Any: nested more than {MAX_ANY_DEPTH} deep")));
+    }
     let inner = DynamicMessage::decode(descriptor, bytes)
         .map_err(|error| fail(format!("google.protobuf.Any: unable to unmarshal `{type_url}`: {error}")))?;
-    write_message(w, &inner, options, Some(&type_url))
+    cx.anys += 1;
+    let written = write_message(cx, &inner, Some(&type_url));
+    cx.anys -= 1;
+    written
 }

@@ -166,9 +166,20 @@ impl Route {
 
     /// The JSON of a successful response, from the (unframed, uncompressed) response message.
     pub fn response_json(&self, protobuf: &[u8], options: OutputOptions) -> Result<Vec<u8>, HttpError> {
+        self.response_json_held(protobuf, options, &mut |_| Ok(()))
+    }
+
+    /// [`Route::response_json`], with `hold` asked for the memory payload trees take
+    /// ([`json_out::to_json_held`]).
+    pub fn response_json_held(
+        &self,
+        protobuf: &[u8],
+        options: OutputOptions,
+        hold: &mut dyn FnMut(usize) -> Result<(), HttpError>,
+    ) -> Result<Vec<u8>, HttpError> {
         let message = DynamicMessage::decode(self.matched.binding.output.clone(), protobuf)
             .map_err(|error| HttpError::internal(format!("cannot decode the response message: {error}")))?;
-        json_out::to_json(&message, options)
+        json_out::to_json_held(&message, options, hold)
     }
 }
 

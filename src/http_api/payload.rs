@@ -262,21 +262,21 @@ fn metadata_of(payload: &DynamicMessage) -> BTreeMap<String, Vec<u8>> {
 /// full (another encoding, extra metadata, or data that is not the JSON it claims).
 pub fn payload_shorthand(payload: &DynamicMessage) -> Option<GoAny> {
     let metadata = metadata_of(payload);
-    let data =
-        payload.get_field_by_name("data").and_then(|value| value.as_bytes().map(|b| b.to_vec())).unwrap_or_default();
+    let data = payload.get_field_by_name("data");
+    let data: &[u8] = data.as_deref().and_then(Value::as_bytes).map(|b| b.as_ref()).unwrap_or_default();
     match metadata.get("encoding").map(Vec::as_slice) {
         Some(b"binary/null") => {
             let encoding =
                 GoAny::Object(BTreeMap::from([("encoding".to_owned(), GoAny::String(BINARY_NULL_BASE64.to_owned()))]));
             Some(GoAny::Object(BTreeMap::from([("metadata".to_owned(), encoding)])))
         }
-        Some(b"json/plain") if metadata.len() == 1 => GoAny::from_json(&json::parse(&data).ok()?),
+        Some(b"json/plain") if metadata.len() == 1 => GoAny::from_json(&json::parse(data).ok()?),
         Some(b"json/protobuf") => {
             let message_type = String::from_utf8(metadata.get("messageType")?.clone()).ok()?;
             if message_type.is_empty() || metadata.len() != 2 {
                 return None;
             }
-            match GoAny::from_json(&json::parse(&data).ok()?)? {
+            match GoAny::from_json(&json::parse(data).ok()?)? {
                 // A nil map: written as `{}`, without the message type.
                 GoAny::Null => Some(GoAny::Object(BTreeMap::new())),
                 GoAny::Object(mut map) => {

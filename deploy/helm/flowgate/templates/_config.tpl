@@ -84,6 +84,11 @@ password guesses offline. So a change of the Redis password alone does not roll 
 {{ include "flowgate.toml.table" (dict "name" $section "values" .) }}
 {{- end }}
 {{- end }}
+{{- /* [http_api] is on when present, even empty: `with` would skip an empty map. */}}
+{{- if kindIs "map" $c.http_api }}
+
+{{ include "flowgate.toml.table" (dict "name" "http_api" "values" $c.http_api) }}
+{{- end }}
 {{- if include "flowgate.mintEnabled" $root }}
 {{- $mint := deepCopy $c.mint }}
 {{- $_ := set $mint "key_dir" $paths.mintKeys }}
