@@ -837,3 +837,22 @@ fn requests_round_trip_json_protobuf_json() {
         assert_eq!(json_out::to_json(&third, plain).unwrap(), written, "{body} (pretty)");
     }
 }
+
+/// An `Any` inside an `Any` is decoded on its own, with a fresh recursion limit: the writer
+/// bounds that nesting itself, so an upstream's answer cannot take the stack.
+#[test]
+fn anys_nested_past_the_limit_fail_instead_of_recursing() {
+    let any = message("google.protobuf.Any");
+    let wrap = |inner: Vec<u8>| {
+        let mut out = Vec::new();
+        crate::temporal::wire::put_bytes_field(&mut out, 1, b"type.googleapis.com/google.protobuf.Any");
+        crate::temporal::wire::put_bytes_field(&mut out, 2, &inner);
+        out
+    };
+    let nested = |depth: usize| (0..depth).fold(Vec::new(), |inner, _| wrap(inner));
+    let shallow = DynamicMessage::decode(any.clone(), nested(8).as_slice()).unwrap();
+    assert!(json_out::to_json(&shallow, OutputOptions::default()).is_ok());
+    let deep = DynamicMessage::decode(any, nested(5000).as_slice()).unwrap();
+    let error = json_out::to_json(&deep, OutputOptions::default()).unwrap_err();
+    assert!(error.message.contains("nested more than 16 deep"), "{}", error.message);
+}
