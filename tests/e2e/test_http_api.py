@@ -182,3 +182,28 @@ def test_bad_requests_get_temporals_error_shape(gw, okta):
     status, _, answer = request(url, "POST", start_body("DeployWorkflow"), auth)
     assert status == 409 and answer["code"] == 6, answer
     assert answer["details"][0]["@type"].endswith("WorkflowExecutionAlreadyStartedFailure"), answer
+
+
+def test_what_json_would_cost_is_bounded_before_it_is_parsed(gw, okta, temporal):
+    """JSON parsed takes far more memory than its text: the door counts a body's values before
+    parsing (more than 65 536 is a 400, nothing allocated for them) and never reads the body of
+    a route that has none, so a GET with a body still gets Temporal's answer."""
+    auth = {"Authorization": f"Bearer {deployer(okta, 'alice')}"}
+    root = f"http://{gw.address}/api/v1/namespaces/payments"
+    wf_id = uid("http-values")
+    many = b'{"workflowType":{"name":"DeployWorkflow"},"taskQueue":{"name":"%s"},"input":[%s0]}' % (
+        PARKED_QUEUE.encode(), b"0," * 70_000)
+    status, _, answer = request(f"{root}/workflows/{wf_id}", "POST", many, auth)
+    assert (status, answer["code"]) == (400, 3), answer
+    assert "more than 65536 values" in answer["message"], answer
+    assert not exists(temporal, wf_id)
+
+    # The same payloads, fewer of them: started, each value a payload of its own.
+    fewer = many.replace(b"0," * 70_000, b"0," * 60_000)
+    status, _, answer = request(f"{root}/workflows/{wf_id}", "POST", fewer, auth)
+    assert status == 200 and answer.get("runId"), answer
+    assert describe(temporal, wf_id).workflow_type == "DeployWorkflow"
+
+    # A body on a GET is not read: the answer is Temporal's, the body ignored.
+    status, _, answer = request(f"{root}/workflows/{wf_id}", "GET", b"[" * 10_000, auth)
+    assert status == 200 and answer["workflowExecutionInfo"]["execution"]["workflowId"] == wf_id, answer
