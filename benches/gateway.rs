@@ -39,6 +39,11 @@
 //!   BENCH_POLICY_SET     [repo] `repo` = the repo's policies/ plus a bench policy; `bench` = schema + bench policy only
 //!   BENCH_OUT            write the markdown report here too
 //!   BENCH_KEEP           keep the work dir (flowgate config, logs, decision log)
+//!   TEMPORAL_HTTP_ADDR   host:port of Temporal's HTTP API port: with it, the HTTP API section
+//!                        (GET /api/v1/namespaces/NS, HTTP/1.1 keep-alive) compares it with
+//!                        flowgate's HTTP door
+//!   BENCH_HTTP_CALLS     [1000] sequential calls per round in that section; then
+//!                        BENCH_HTTP_CONNS [8] connections for BENCH_DURATION / 2
 
 mod support;
 
@@ -421,6 +426,7 @@ address = "http://{temporal}"
 dir = "{policies}"
 [audit]
 path = "{audit}"
+[http_api]
 {audit_extra}{tables}
 {issuers}"#,
         temporal = s.temporal,
@@ -1009,7 +1015,11 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         }
     }
 
-    let text = report(&s, &cells, &memory);
+    let mut text = report(&s, &cells, &memory);
+    if let Some(http) = std::env::var("TEMPORAL_HTTP_ADDR").ok().filter(|a| !a.is_empty()) {
+        let http: SocketAddr = http.parse().context("TEMPORAL_HTTP_ADDR must be ip:port")?;
+        text.push_str(&http_api_section(&s, http, &targets).await?);
+    }
     println!("{text}");
     if let Some(path) = &s.out {
         std::fs::write(path, &text)?;
@@ -1019,6 +1029,81 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         eprintln!("kept {}", kept.display());
     }
     Ok(())
+}
+
+/// The HTTP API: Temporal's own HTTP port beside each flowgate target's HTTP door, rounds
+/// alternating; medians of the rounds.
+async fn http_api_section(s: &Settings, temporal_http: SocketAddr, targets: &[Target]) -> anyhow::Result<String> {
+    use support::http_api;
+    let calls: usize = env_num("BENCH_HTTP_CALLS", 1000)?;
+    let conns: usize = env_num("BENCH_HTTP_CONNS", 8)?;
+    let mut http_targets = vec![("direct (Temporal's HTTP port)".to_owned(), temporal_http, None, None)];
+    for t in targets.iter().filter(|t| t.token.is_some()) {
+        http_targets.push((format!("{} (HTTP door)", t.name), t.addr, t.token.clone(), t.pid));
+    }
+    /// One target's rounds.
+    #[derive(Default)]
+    struct Rounds {
+        p50: Vec<f64>,
+        p99: Vec<f64>,
+        rps: Vec<f64>,
+        cpu: Vec<f64>,
+        statuses: BTreeMap<u16, u64>,
+    }
+    let mut rows: Vec<Rounds> = http_targets.iter().map(|_| Rounds::default()).collect();
+    for _ in 0..3 {
+        let _ = http_api::sequential(temporal_http, None, &s.namespace, 50).await?;
+    }
+    for round in 0..s.rounds {
+        for k in 0..http_targets.len() {
+            let i = (k + round) % http_targets.len();
+            let (name, addr, token, pid) = &http_targets[i];
+            let _ = http_api::sequential(*addr, token.as_deref(), &s.namespace, calls / 10).await?;
+            let mut seq = http_api::sequential(*addr, token.as_deref(), &s.namespace, calls).await?;
+            let cpu_before = pid.and_then(cpu_us);
+            let max = http_api::throughput(*addr, token.as_deref(), &s.namespace, conns, s.duration / 2).await?;
+            let cpu = match (cpu_before, pid.and_then(cpu_us)) {
+                (Some(a), Some(b)) => (b - a) / max.latencies.len().max(1) as f64,
+                _ => f64::NAN,
+            };
+            seq.latencies.sort_unstable();
+            let (p50, p99) = (loadgen::percentile(&seq.latencies, 0.5), loadgen::percentile(&seq.latencies, 0.99));
+            let rps = max.latencies.len() as f64 / max.elapsed.as_secs_f64();
+            eprintln!(
+                "round {} http {name:<32} p50 {p50:>6.0} p99 {p99:>6.0} µs  {rps:>6.0} rps ({conns} conns)  cpu/call {cpu:>5.0} µs  {:?}",
+                round + 1,
+                seq.statuses
+            );
+            let row = &mut rows[i];
+            row.p50.push(p50);
+            row.p99.push(p99);
+            row.rps.push(rps);
+            row.cpu.push(cpu);
+            for (status, n) in seq.statuses.into_iter().chain(max.statuses) {
+                *row.statuses.entry(status).or_default() += n;
+            }
+        }
+    }
+    let mut out = format!(
+        "\n### HTTP API: GET /api/v1/namespaces/{ns} (DescribeNamespace), HTTP/1.1 keep-alive\n\n\
+         {calls} sequential calls, then {conns} connections for {secs:.0} s; medians of {rounds} rounds.\n\n\
+         | target | p50 µs | p99 µs | rps ({conns} conns) | proxy CPU µs/call | HTTP statuses |\n|---|---|---|---|---|---|\n",
+        ns = s.namespace,
+        secs = (s.duration / 2).as_secs_f64(),
+        rounds = s.rounds,
+    );
+    for ((name, ..), Rounds { p50, p99, rps, cpu, statuses }) in http_targets.iter().zip(rows) {
+        let statuses = statuses.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ");
+        let _ = writeln!(
+            out,
+            "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {statuses} |",
+            median(p50),
+            median(p99),
+            median(rps),
+            median(cpu)
+        );
+    }
+    Ok(out)
 }
 
 fn main() -> anyhow::Result<()> {

@@ -72,7 +72,7 @@ if [[ -z "${TEMPORAL_ADDR:-}" ]]; then
     --dynamic-config-value frontend.namespaceCount=100000 \
     >"$workdir/temporal.log" 2>&1 &
   temporal_pid=$!
-  export TEMPORAL_ADDR="127.0.0.1:$port" TEMPORAL_PID="$temporal_pid"
+  export TEMPORAL_ADDR="127.0.0.1:$port" TEMPORAL_PID="$temporal_pid" TEMPORAL_HTTP_ADDR="127.0.0.1:$http_port"
   log "temporal dev server pid $temporal_pid on $TEMPORAL_ADDR; waiting for namespace payments"
   ok=""
   for _ in $(seq 120); do
