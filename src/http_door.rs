@@ -140,20 +140,11 @@ impl HttpDoor {
         })
     }
 
-    /// Bytes the door holds now.
-    pub fn buffered(&self) -> usize {
-        self.budget.used()
-    }
-
     fn over_budget(&self) -> String {
         format!(
             "flowgate holds too many HTTP API bytes for one more (`http_api.max_buffered_bytes`, {}); retry later",
-            self.budget_limit()
+            self.budget.limit()
         )
-    }
-
-    fn budget_limit(&self) -> usize {
-        self.budget.limit()
     }
 
     /// Serves one HTTP API request through `stack`, the gateway's stack for this connection.
@@ -368,7 +359,7 @@ impl HttpDoor {
     fn unanswerable(&self) -> HttpError {
         HttpError::unavailable(format!(
             "the call was made, but flowgate holds too many HTTP API bytes to write its answer (`http_api.max_buffered_bytes`, {})",
-            self.budget_limit()
+            self.budget.limit()
         ))
     }
 }
