@@ -77,7 +77,7 @@ if [[ -z "${TEMPORAL_ADDR:-}" ]]; then
   ok=""
   for _ in $(seq 120); do
     if ! kill -0 "$temporal_pid" 2>/dev/null; then break; fi
-    if temporal operator namespace describe --address "$TEMPORAL_ADDR" --namespace payments >/dev/null 2>&1; then
+    if "$temporal_bin" operator namespace describe --address "$TEMPORAL_ADDR" --namespace payments >/dev/null 2>&1; then
       ok=1; break
     fi
     sleep 0.5
