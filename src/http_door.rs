@@ -330,7 +330,7 @@ impl HttpDoor {
                 .await;
                 match written {
                     Ok((json, held)) => {
-                        let body = ResponseBody::full(json).holding(Box::new(held));
+                        let body = ResponseBody::full(json).holding(held);
                         answer_with(http::StatusCode::OK, body)
                     }
                     Err(error) => error_answer(&error, output),

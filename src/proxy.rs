@@ -35,7 +35,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower::Service;
 
 use crate::api_key::{ApiKey, ApiKeyError};
-use crate::budget::Reservation;
+use crate::budget::{Held, Reservation};
 use crate::config::UpstreamConfig;
 use crate::error::error_chain;
 use crate::grpc::{Code, encode_message};
@@ -483,8 +483,8 @@ pub struct ResponseBody {
     full: Option<Bytes>,
     /// Told how the response ended ([`ResponseBody::watched`]).
     watch: Option<Box<Watch>>,
-    /// Kept until the body is dropped ([`ResponseBody::holding`]).
-    kept: Option<Box<dyn std::any::Any + Send>>,
+    /// Budget bytes given back when the body is dropped ([`ResponseBody::holding`]).
+    held: Option<Held>,
 }
 
 /// How a forwarded call's response ended: what its outcome record says.
@@ -747,7 +747,7 @@ where
 impl ResponseBody {
     /// The upstream's response, frame by frame (the metrics layer watches its trailers).
     pub fn forwarded(upstream: Incoming) -> ResponseBody {
-        ResponseBody { upstream: Some(upstream), rewriting: None, full: None, watch: None, kept: None }
+        ResponseBody { upstream: Some(upstream), rewriting: None, full: None, watch: None, held: None }
     }
 
     /// This body, with `watcher` told how it ends. `headers` are the response's: a
@@ -794,18 +794,18 @@ impl ResponseBody {
             state: RewriteState::Reading,
             method,
         };
-        ResponseBody { upstream: None, rewriting: Some(Box::pin(rewriting)), full: None, watch: None, kept: None }
+        ResponseBody { upstream: None, rewriting: Some(Box::pin(rewriting)), full: None, watch: None, held: None }
     }
 
-    /// This body, keeping `kept` alive until it is dropped (the HTTP door's hold on the bytes
-    /// of an answer not read yet).
-    pub fn holding(mut self, kept: Box<dyn std::any::Any + Send>) -> ResponseBody {
-        self.kept = Some(kept);
+    /// This body, holding `held` until it is dropped (the HTTP door's hold on the bytes of an
+    /// answer not read yet).
+    pub fn holding(mut self, held: Held) -> ResponseBody {
+        self.held = Some(held);
         self
     }
 
     pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
-        ResponseBody { upstream: None, rewriting: None, full: Some(bytes.into()), watch: None, kept: None }
+        ResponseBody { upstream: None, rewriting: None, full: Some(bytes.into()), watch: None, held: None }
     }
 }
 
@@ -817,13 +817,13 @@ impl Body for ResponseBody {
     type Error = hyper::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let held = self.kept.is_some();
+        let chunked = self.held.is_some();
         if let Some(bytes) = self.full.as_mut() {
             // A body that holds its bytes ([`ResponseBody::holding`]) gives them a chunk at a
             // time: hyper asks for the next as the client's window opens, so the body (and what
             // it holds) lives until the client has nearly read it all, and a client that reads
             // nothing has no more than a chunk queued in the connection.
-            let chunk = match held && bytes.len() > HELD_CHUNK {
+            let chunk = match chunked && bytes.len() > HELD_CHUNK {
                 true => bytes.split_to(HELD_CHUNK),
                 false => self.full.take().expect("checked above"),
             };
