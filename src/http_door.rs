@@ -50,6 +50,7 @@ use crate::grpc::{decode_message, grpc_timeout};
 use crate::http_api::{BodyRule, Formats, HttpApi, HttpError, OutputOptions, Route, json, status_json};
 use crate::layers::MeteredBody;
 use crate::proxy::{ClientBody, ResponseBody};
+use crate::telemetry::Metrics;
 use crate::temporal::catalog;
 
 /// The deadline of an HTTP API call that sends no `Grpc-Timeout`.
@@ -103,6 +104,7 @@ pub struct HttpDoor {
     read_timeout: Duration,
     /// `http_api.max_buffered_bytes`: what the door's requests and answers hold together.
     budget: Arc<ByteBudget>,
+    metrics: Arc<Metrics>,
 }
 
 /// Whether a request is for the HTTP door rather than the gRPC stack.
@@ -117,7 +119,12 @@ type Answer = http::Response<MeteredBody<ResponseBody>>;
 
 impl HttpDoor {
     /// The door, or why `config`'s budget cannot admit its own largest request or answer.
-    pub fn new(config: &HttpApiConfig, gateway: Arc<Gateway>, read_timeout: Duration) -> anyhow::Result<HttpDoor> {
+    pub fn new(
+        config: &HttpApiConfig,
+        gateway: Arc<Gateway>,
+        metrics: Arc<Metrics>,
+        read_timeout: Duration,
+    ) -> anyhow::Result<HttpDoor> {
         // A body of n bytes holds at most n / 2 + 1 values (`0,0,…`).
         let values = json::MAX_VALUES.min(config.max_body_bytes / 2 + 1);
         let request = config.max_body_bytes * REQUEST_BYTES_PER_BYTE + values * REQUEST_BYTES_PER_VALUE;
@@ -137,6 +144,7 @@ impl HttpDoor {
             max_response_bytes: config.max_response_bytes,
             read_timeout,
             budget: ByteBudget::new(config.max_buffered_bytes),
+            metrics,
         })
     }
 
@@ -158,19 +166,19 @@ impl HttpDoor {
         // 1. route
         let route = match self.api.route(&parts.method, parts.uri.path(), &parts.headers) {
             Ok(route) => route,
-            Err(error) => return error_answer(&error, formats.response),
+            Err(error) => return self.refuse(&error, formats.response),
         };
         let spec = catalog::lookup(route.grpc_path());
         let headers = match call_headers(&parts.headers) {
             Ok(headers) => headers,
-            Err(error) => return error_answer(&error, formats.response),
+            Err(error) => return self.refuse(&error, formats.response),
         };
         // 2. worth reading? 3. the message
         let read = self.gateway.worth_reading(&headers, spec).await;
         let message = if read {
             match self.transcode(&route, query, body, formats.request_shorthand).await {
                 Ok(message) => message,
-                Err(error) => return error_answer(&error, formats.response),
+                Err(error) => return self.refuse(&error, formats.response),
             }
         } else {
             // Read nothing: the phases refuse and record the call, and no policy change in
@@ -199,7 +207,7 @@ impl HttpDoor {
         });
         match answered.await {
             Ok(answer) => answer,
-            Err(_) => error_answer(
+            Err(_) => self.refuse(
                 &HttpError::deadline(format!("no answer within {}", humantime::format_duration(deadline))),
                 formats.response,
             ),
@@ -278,7 +286,7 @@ impl HttpDoor {
                 Ok(frame) => frame,
                 Err(error) => {
                     let error = HttpError::internal(format!("the response could not be read: {error}"));
-                    return error_answer(&error, output);
+                    return self.refuse(&error, output);
                 }
             };
             match frame.into_data() {
@@ -288,10 +296,10 @@ impl HttpDoor {
                             "the response is larger than `http_api.max_response_bytes` ({})",
                             self.max_response_bytes
                         );
-                        return error_answer(&HttpError::internal(message), output);
+                        return self.refuse(&HttpError::internal(message), output);
                     }
                     if held.resize(wire.len() + data.len()).is_err() {
-                        return error_answer(&self.unanswerable(), output);
+                        return self.refuse(&self.unanswerable(), output);
                     }
                     wire.extend_from_slice(&data);
                 }
@@ -308,12 +316,12 @@ impl HttpDoor {
             Some(0) => {
                 let message = match unframed(&wire) {
                     Ok(message) => message,
-                    Err(error) => return error_answer(&error, output),
+                    Err(error) => return self.refuse(&error, output),
                 };
                 drop(wire);
                 let base = message.len() * RESPONSE_BYTES_PER_BYTE;
                 if held.resize(base).is_err() {
-                    return error_answer(&self.unanswerable(), output);
+                    return self.refuse(&self.unanswerable(), output);
                 }
                 let route = route.clone();
                 let unanswerable = self.unanswerable();
@@ -333,7 +341,7 @@ impl HttpDoor {
                         let body = ResponseBody::full(json).holding(held);
                         answer_with(http::StatusCode::OK, body)
                     }
-                    Err(error) => error_answer(&error, output),
+                    Err(error) => self.refuse(&error, output),
                 }
             }
             code => {
@@ -354,6 +362,12 @@ impl HttpDoor {
                 answer
             }
         }
+    }
+
+    /// flowgate's own answer to a request, counted (`flowgate_http_api_refusals_total`).
+    fn refuse(&self, error: &HttpError, output: OutputOptions) -> Answer {
+        self.metrics.http_api_refused(error.status);
+        error_answer(error, output)
     }
 
     fn unanswerable(&self) -> HttpError {

@@ -176,7 +176,9 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
     let http_door = config
         .http_api
         .as_ref()
-        .map(|http_api| HttpDoor::new(http_api, gateway.clone(), config.limits.first_message_timeout).map(Arc::new))
+        .map(|http_api| {
+            HttpDoor::new(http_api, gateway.clone(), metrics.clone(), config.limits.first_message_timeout).map(Arc::new)
+        })
         .transpose()?;
     Ok(Prepared {
         http_door,

@@ -95,6 +95,11 @@ struct ScopeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     policy_version: String,
 }
@@ -132,6 +137,7 @@ pub struct Metrics {
     connections_refused: Family<ListenerReasonLabels, Counter>,
     connection_timeouts: Family<ListenerPhaseLabels, Counter>,
     request_budget_refusals: Family<ScopeLabels, Counter>,
+    http_api_refusals: Family<StatusLabels, Counter>,
     buffered_request_bytes: Gauge,
 }
 
@@ -301,6 +307,12 @@ impl Metrics {
             "Connections closed for sending no request in time (handshake) or none for a while (idle)",
             connection_timeouts.clone(),
         );
+        let http_api_refusals = Family::<StatusLabels, Counter>::default();
+        registry.register(
+            "http_api_refusals",
+            "HTTP API requests flowgate answered itself before the gateway's phases, by HTTP status (no route, bad JSON, over `http_api.max_buffered_bytes`, no answer in time)",
+            http_api_refusals.clone(),
+        );
         let request_budget_refusals = Family::<ScopeLabels, Counter>::default();
         registry.register(
             "request_budget_refusals",
@@ -326,6 +338,7 @@ impl Metrics {
             connections_refused,
             connection_timeouts,
             request_budget_refusals,
+            http_api_refusals,
             buffered_request_bytes,
             calls,
             call_duration,
@@ -475,6 +488,11 @@ impl Metrics {
 
     pub fn request_budget_refused(&self, scope: &'static str) {
         self.request_budget_refusals.get_or_create(&ScopeLabels { scope }).inc();
+    }
+
+    /// An HTTP API request the door answered itself with `status`.
+    pub fn http_api_refused(&self, status: http::StatusCode) {
+        self.http_api_refusals.get_or_create(&StatusLabels { status: status.as_u16().to_string() }).inc();
     }
 
     /// The bytes the global request budget holds now.

@@ -877,6 +877,9 @@ async fn the_http_door_reads_within_its_budget() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (answered, slow): (Vec<_>, Vec<_>) = calls.into_iter().partition(|(_, answer)| answer.is_finished());
     assert!((600..=700).contains(&slow.len()), "{} slow bodies held, not ~675", slow.len());
+    let (_, metrics) = gateway.admin_get("/metrics").await;
+    let counted = format!("flowgate_http_api_refusals_total{{status=\"429\"}} {}", answered.len());
+    assert!(metrics.contains(&counted), "{counted} in\n{metrics}");
     for (_, refused) in answered {
         let refused = refused.await.unwrap();
         assert_eq!(refused.status(), 429);
